@@ -1,0 +1,2 @@
+//! hvarch-devices (work in progress).
+#![deny(missing_docs)]

@@ -1,0 +1,2 @@
+//! hvarch-qmp: a QMP client (work in progress).
+#![deny(missing_docs)]

@@ -1,0 +1,90 @@
+//! `cargo xtask`: the project's automation, in Rust so it runs wherever cargo does.
+//!
+//! * `cargo xtask setup` installs what the tests need on a Debian bookworm machine (idempotent).
+//! * `cargo xtask ci` runs every CI stage in order and stops at the first failure.
+//! * `cargo xtask cross` builds for aarch64 with Debian's toolchain and runs the tests under qemu-user.
+
+mod cross;
+mod run;
+mod setup;
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+
+use crate::run::cargo;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "hvarch project automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install QEMU 10, UEFI firmware and the aarch64 toolchain (Debian bookworm; idempotent).
+    Setup,
+    /// Run every CI stage: setup, fmt, clippy, tests, docs, aarch64 cross tests.
+    Ci,
+    /// Build for aarch64-unknown-linux-gnu and run the test suite under qemu-aarch64.
+    Cross,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Setup => setup::run(),
+        Command::Ci => ci(),
+        Command::Cross => cross::run(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The CI pipeline. Each stage prints a header and its duration.
+fn ci() -> Result<(), String> {
+    let started = Instant::now();
+    stage("setup", setup::run)?;
+    stage("fmt", || cargo(&["fmt", "--all", "--", "--check"]).run())?;
+    stage("clippy", || {
+        cargo(&[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--all-features",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .run()
+    })?;
+    stage("test", || {
+        cargo(&["test", "--workspace", "--all-features", "--no-fail-fast"]).run()
+    })?;
+    stage("doc", || {
+        cargo(&["doc", "--workspace", "--all-features", "--no-deps"])
+            .env("RUSTDOCFLAGS", "-D warnings")
+            .run()
+    })?;
+    stage("cross (aarch64 under qemu-user)", cross::run)?;
+    eprintln!("xtask ci: all stages passed in {:.0?}", started.elapsed());
+    Ok(())
+}
+
+fn stage(name: &str, f: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
+    eprintln!("\n==> {name}");
+    let t = Instant::now();
+    let result = f();
+    match &result {
+        Ok(()) => eprintln!("<== {name}: ok in {:.1?}", t.elapsed()),
+        Err(_) => eprintln!("<== {name}: FAILED after {:.1?}", t.elapsed()),
+    }
+    result.map_err(|e| format!("stage `{name}` failed: {e}"))
+}
