@@ -155,7 +155,10 @@ impl QemuProcess {
                 );
             }
             if Instant::now() > deadline {
-                panic!("QEMU's QMP socket did not appear within {timeout:?}:\n{}", self.stderr());
+                panic!(
+                    "QEMU's QMP socket did not appear within {timeout:?}:\n{}",
+                    self.stderr()
+                );
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -194,7 +197,9 @@ impl QemuProcess {
 
     /// The exit status, if the child has exited.
     pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// Connects a fresh [`RawQmp`] and negotiates capabilities.
@@ -273,7 +278,10 @@ impl RawQmp {
 
     fn read_message(&mut self) -> Value {
         let mut line = String::new();
-        let n = self.reader.read_line(&mut line).expect("read from QMP socket");
+        let n = self
+            .reader
+            .read_line(&mut line)
+            .expect("read from QMP socket");
         assert!(n > 0, "QMP socket closed by QEMU");
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad QMP line {line:?}: {e}"))
     }
@@ -343,7 +351,11 @@ impl RawQmp {
             .as_array()
             .into_iter()
             .flatten()
-            .filter_map(|n| n.get("node-name").and_then(Value::as_str).map(str::to_owned))
+            .filter_map(|n| {
+                n.get("node-name")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
             .collect()
     }
 

@@ -15,14 +15,27 @@ pub fn run() -> Result<(), String> {
     let target_dir = workspace_root().join("target").join("aarch64-debian");
     Step::new(
         "/usr/bin/cargo",
-        &["test", "--workspace", "--all-features", "--target", TARGET, "--no-fail-fast"],
+        &[
+            "test",
+            "--workspace",
+            "--all-features",
+            "--target",
+            TARGET,
+            "--no-fail-fast",
+        ],
     )
     .current_dir(workspace_root())
     .env("PATH", "/usr/bin:/bin:/usr/sbin:/sbin")
     .env("RUSTC", "/usr/bin/rustc")
     .env("RUSTDOC", "/usr/bin/rustdoc")
     .env("CARGO_TARGET_DIR", &target_dir)
-    .env("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER", "aarch64-linux-gnu-gcc")
-    .env("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER", "qemu-aarch64")
+    .env(
+        "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER",
+        "aarch64-linux-gnu-gcc",
+    )
+    .env(
+        "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER",
+        "qemu-aarch64",
+    )
     .run()
 }

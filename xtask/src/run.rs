@@ -54,7 +54,11 @@ impl Step {
 
     fn describe(&self) -> String {
         let mut parts = vec![self.cmd.get_program().to_string_lossy().into_owned()];
-        parts.extend(self.cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
+        parts.extend(
+            self.cmd
+                .get_args()
+                .map(|a| a.to_string_lossy().into_owned()),
+        );
         parts.join(" ")
     }
 }

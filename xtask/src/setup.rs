@@ -111,11 +111,20 @@ fn check_only() -> Result<(), String> {
     let missing: Vec<&str> = tools
         .iter()
         .copied()
-        .filter(|t| Step::new("sh", &["-c", &format!("command -v {t}")]).output().is_none())
+        .filter(|t| {
+            Step::new("sh", &["-c", &format!("command -v {t}")])
+                .output()
+                .is_none()
+        })
         .collect();
-    for firmware in ["/usr/share/AAVMF/AAVMF_CODE.fd", "/usr/share/AAVMF/AAVMF_VARS.fd"] {
+    for firmware in [
+        "/usr/share/AAVMF/AAVMF_CODE.fd",
+        "/usr/share/AAVMF/AAVMF_VARS.fd",
+    ] {
         if !Path::new(firmware).exists() {
-            return Err(format!("UEFI firmware {firmware} is missing (package qemu-efi-aarch64)"));
+            return Err(format!(
+                "UEFI firmware {firmware} is missing (package qemu-efi-aarch64)"
+            ));
         }
     }
     if !missing.is_empty() {

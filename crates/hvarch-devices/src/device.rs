@@ -1,0 +1,76 @@
+//! The [`QemuDevice`] trait every device implements, and [`Device`], the enum of all of them
+//! (what a VM configuration holds and what a spec file names with `type = "…"`).
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::part::Part;
+
+/// A device or backend that QEMU creates from one or more [`Part`]s.
+///
+/// One definition serves cold plug (render the parts to arguments) and hot plug (send each
+/// part's [`Part::qmp_add`] in order; remove with [`Part::qmp_del`] in reverse order).
+pub trait QemuDevice {
+    /// A short name for errors and logs, e.g. `"virtio-blk"`.
+    fn kind(&self) -> &'static str;
+
+    /// The id of the guest-visible frontend (what `device_del` takes), if it has one.
+    fn id(&self) -> Option<&str>;
+
+    /// Checks every field; the error names the first field at fault.
+    fn validate(&self) -> Result<()>;
+
+    /// The parts in creation order (backends before the frontend that uses them).
+    /// Validates first, so a device that renders is a device QEMU can take.
+    fn parts(&self) -> Result<Vec<Part>>;
+}
+
+macro_rules! device_enum {
+    ($( $(#[$doc:meta])* $variant:ident($ty:ty) = $tag:literal, )*) => {
+        /// Every device and backend of the model, tagged by `type` in spec files.
+        ///
+        /// ```
+        /// use hvarch_devices::{Device, QemuDevice};
+        /// let device: Device = serde_json::from_str(r#"{"type": "block", "id": "disk0",
+        ///     "backend": {"node_name": "n0", "protocol": {"driver": "null-co", "size": 1048576}}}"#,
+        /// ).unwrap();
+        /// assert_eq!(device.kind(), "virtio-blk");
+        /// assert_eq!(device.id(), Some("disk0"));
+        /// ```
+        #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+        #[serde(tag = "type", rename_all = "kebab-case")]
+        #[non_exhaustive]
+        pub enum Device {
+            $( $(#[$doc])* #[serde(rename = $tag)] $variant($ty), )*
+        }
+
+        impl QemuDevice for Device {
+            fn kind(&self) -> &'static str {
+                match self { $( Device::$variant(d) => d.kind(), )* }
+            }
+            fn id(&self) -> Option<&str> {
+                match self { $( Device::$variant(d) => d.id(), )* }
+            }
+            fn validate(&self) -> Result<()> {
+                match self { $( Device::$variant(d) => d.validate(), )* }
+            }
+            fn parts(&self) -> Result<Vec<Part>> {
+                match self { $( Device::$variant(d) => d.parts(), )* }
+            }
+        }
+
+        $(
+            impl From<$ty> for Device {
+                fn from(d: $ty) -> Self {
+                    Device::$variant(d)
+                }
+            }
+        )*
+    };
+}
+
+// One line per device type. Keep the list grouped as the modules are.
+device_enum! {
+    /// A virtio-blk disk on a `-blockdev` node.
+    Block(crate::block::BlockDevice) = "block",
+}
