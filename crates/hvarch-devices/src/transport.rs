@@ -184,8 +184,10 @@ mod tests {
         opts.romfile = Some(String::new());
         assert!(opts.validate("virtio-blk").is_err());
 
-        let mut pci = VirtioOpts::default();
-        pci.iommu_platform = true;
+        let pci = VirtioOpts {
+            iommu_platform: true,
+            ..VirtioOpts::default()
+        };
         assert!(pci.validate("virtio-blk").is_err());
         assert!(VirtioOpts {
             devno: Some("fe.0.1".into()),
