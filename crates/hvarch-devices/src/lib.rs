@@ -37,6 +37,7 @@ pub mod device;
 pub mod error;
 pub mod fd;
 pub mod id;
+pub mod kernel_params;
 pub mod part;
 pub mod pci;
 pub mod props;
