@@ -1,2 +1,59 @@
-//! hvarch-qmp: a QMP client (work in progress).
+//! hvarch-qmp: a QMP (QEMU Machine Protocol) client that never hangs and never panics.
+//!
+//! * [`protocol`]: a sans-IO core (greeting, negotiation, ids, replies routed by id, events,
+//!   line framing with a maximum message size). No sockets, no threads.
+//! * [`Qmp`]: a blocking client over a Unix socket (a reader thread, a timeout on every wait).
+//! * [`AsyncQmp`] (feature `tokio`): the same surface with cancel-safe futures.
+//! * [`commands`]: the govmm command set with exact JSON arguments; any qapi-qmp command struct
+//!   can be executed typed with `execute`.
+//!
+//! Every inbound line is decoded as raw JSON first, so events, fields and enum values that this
+//! crate's qapi-qmp (QEMU 9.1 schema) does not know never break the connection; typed decoding
+//! happens on demand ([`Event::as_typed`], `execute::<C>`).
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use hvarch_qmp::{commands, Config, Qmp};
+//!
+//! let qmp = Qmp::connect("/run/vm/qmp.sock", &Config::default())?;
+//! println!("QEMU {}", qmp.version());
+//! let status = qmp.execute(&qapi_qmp::query_status {})?;
+//! println!("running: {}", status.running);
+//! qmp.execute_command(&commands::blockdev_add("/dev/loop0", "drive0", false))?;
+//! qmp.execute_raw("device_add", serde_json::json!({
+//!     "driver": "virtio-blk-pci", "id": "disk0", "drive": "drive0", "bus": "rp0",
+//! }))?;
+//! qmp.device_del("disk0", Duration::from_secs(10))?; // waits for DEVICE_DELETED
+//! qmp.close();
+//! # Ok::<(), hvarch_qmp::Error>(())
+//! ```
 #![deny(missing_docs)]
+
+mod blocking;
+pub mod codec;
+pub mod commands;
+mod config;
+mod error;
+mod event;
+mod fdpass;
+mod message;
+pub mod protocol;
+#[doc(hidden)]
+pub mod testing;
+#[cfg(feature = "tokio")]
+mod tokio;
+mod version;
+
+pub use blocking::{EventSubscription, Qmp};
+pub use config::{AddFdInfo, Config};
+pub use error::{Error, Result};
+pub use event::{Event, EventFilter, Timestamp};
+pub use fdpass::{recv_with_fds, send_with_fds};
+pub use message::{Command, Greeting, Inbound};
+pub use version::{ParseVersionError, QemuVersion};
+
+#[cfg(feature = "tokio")]
+pub use crate::tokio::{AsyncEventSubscription, AsyncQmp};
+
+pub use qapi_qmp;
+pub use qapi_spec;

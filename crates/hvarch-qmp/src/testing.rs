@@ -1,0 +1,161 @@
+//! A scripted fake QMP server for tests (not part of the stable API).
+//!
+//! [`FakeServer::spawn`] runs a script on a thread against the server end of a socket pair and
+//! returns the client end. The script drives the conversation with [`FakeConn`]: send a greeting,
+//! read commands, reply in any order, emit events, misbehave, hang up.
+
+use std::io::{self, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+/// A scripted server thread. [`FakeServer::join`] propagates the script's panics (assertions).
+#[derive(Debug)]
+pub struct FakeServer {
+    handle: Option<JoinHandle<()>>,
+}
+
+impl FakeServer {
+    /// Runs `script` on a new thread with the server end; returns the client end and the server.
+    pub fn spawn(
+        script: impl FnOnce(FakeConn) + Send + 'static,
+    ) -> io::Result<(UnixStream, FakeServer)> {
+        let (client, server) = UnixStream::pair()?;
+        server.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let conn = FakeConn {
+            stream: server,
+            buf: Vec::new(),
+            fds: Vec::new(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("fake-qmp".into())
+            .spawn(move || script(conn))?;
+        Ok((
+            client,
+            FakeServer {
+                handle: Some(handle),
+            },
+        ))
+    }
+
+    /// Waits for the script to finish; panics if it panicked.
+    pub fn join(mut self) {
+        if let Some(h) = self.handle.take() {
+            if let Err(p) = h.join() {
+                std::panic::resume_unwind(p);
+            }
+        }
+    }
+}
+
+/// The server end of a fake QMP connection.
+#[derive(Debug)]
+pub struct FakeConn {
+    stream: UnixStream,
+    buf: Vec<u8>,
+    fds: Vec<OwnedFd>,
+}
+
+/// A QEMU 10.0.2 greeting offering `oob`.
+pub fn greeting_json() -> Value {
+    json!({"QMP": {"version": {"qemu": {"micro": 2, "minor": 0, "major": 10}, "package": "Debian 1:10.0.2+ds-1"}, "capabilities": ["oob"]}})
+}
+
+impl FakeConn {
+    /// Sends raw bytes; errors (client gone) are ignored.
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        let _ = self.stream.write_all(bytes);
+    }
+
+    /// Sends one JSON message terminated by CRLF, as QEMU does.
+    pub fn send(&mut self, msg: &Value) {
+        let mut bytes = serde_json::to_vec(msg).unwrap_or_default();
+        bytes.extend_from_slice(b"\r\n");
+        self.send_raw(&bytes);
+    }
+
+    /// Sends the standard greeting ([`greeting_json`]).
+    pub fn greet(&mut self) {
+        self.send(&greeting_json());
+    }
+
+    /// Greets, accepts `qmp_capabilities`; returns the negotiation command.
+    pub fn handshake(&mut self) -> Value {
+        self.greet();
+        let cmd = self.expect_command("qmp_capabilities");
+        self.reply(&cmd, json!({}));
+        cmd
+    }
+
+    /// Sends an event with a timestamp.
+    pub fn event(&mut self, name: &str, data: Value) {
+        self.send(&json!({"event": name, "data": data, "timestamp": {"seconds": 1_700_000_000, "microseconds": 123_456}}));
+    }
+
+    /// Reads one JSON line; `None` on EOF or timeout (10 s). Fds that arrive are kept.
+    pub fn recv(&mut self) -> Option<Value> {
+        loop {
+            if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=pos).collect();
+                return serde_json::from_slice(&line).ok();
+            }
+            let mut chunk = [0u8; 65536];
+            match crate::fdpass::recv_with_fds(self.stream.as_fd(), &mut chunk) {
+                Ok((0, _)) | Err(_) => return None,
+                Ok((n, fds)) => {
+                    self.buf
+                        .extend_from_slice(chunk.get(..n).unwrap_or_default());
+                    self.fds.extend(fds);
+                }
+            }
+        }
+    }
+
+    /// Reads a command and asserts its name.
+    pub fn expect_command(&mut self, name: &str) -> Value {
+        let cmd = self
+            .recv()
+            .unwrap_or_else(|| panic!("fake server: expected `{name}`, got EOF"));
+        assert_eq!(
+            cmd["execute"],
+            json!(name),
+            "fake server: unexpected command {cmd}"
+        );
+        cmd
+    }
+
+    /// Fds received so far (taken).
+    pub fn take_fds(&mut self) -> Vec<OwnedFd> {
+        std::mem::take(&mut self.fds)
+    }
+
+    /// Replies `{"return": value, "id": <cmd id>}`.
+    pub fn reply(&mut self, cmd: &Value, value: Value) {
+        self.send(&json!({"return": value, "id": cmd["id"]}));
+    }
+
+    /// Replies with an error; `desc: None` omits `desc`.
+    pub fn reply_error(&mut self, cmd: &Value, class: &str, desc: Option<&str>) {
+        let mut error = json!({"class": class});
+        if let Some(d) = desc {
+            error["desc"] = json!(d);
+        }
+        self.send(&json!({"error": error, "id": cmd["id"]}));
+    }
+
+    /// Answers every command with `{"return": {"echo": <command>}}` until EOF.
+    pub fn echo_until_eof(&mut self) {
+        while let Some(cmd) = self.recv() {
+            let args = cmd.get("arguments").cloned().unwrap_or(Value::Null);
+            self.reply(&cmd, json!({"echo": cmd["execute"], "arguments": args}));
+        }
+    }
+
+    /// Closes the connection (EOF for the client).
+    pub fn hang_up(self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+}
