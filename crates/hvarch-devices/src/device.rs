@@ -73,4 +73,8 @@ macro_rules! device_enum {
 device_enum! {
     /// A virtio-blk disk on a `-blockdev` node.
     Block(crate::block::BlockDevice) = "block",
+    /// A virtio-scsi controller.
+    ScsiController(crate::scsi::ScsiController) = "scsi-controller",
+    /// A SCSI disk or CD-ROM (`scsi-hd` / `scsi-cd`) on a `-blockdev` node.
+    ScsiDisk(crate::scsi::ScsiDisk) = "scsi-disk",
 }

@@ -41,6 +41,7 @@ pub mod kernel_params;
 pub mod part;
 pub mod pci;
 pub mod props;
+pub mod scsi;
 pub mod syntax;
 pub mod transport;
 
