@@ -73,6 +73,8 @@ macro_rules! device_enum {
 device_enum! {
     /// A virtio-blk disk on a `-blockdev` node.
     Block(crate::block::BlockDevice) = "block",
+    /// A virtio-9p share of a host directory (`-fsdev` + `virtio-9p-pci`); cold plug only.
+    Fs9p(crate::fs9p::FsDevice) = "9p",
     /// A virtio-scsi controller.
     ScsiController(crate::scsi::ScsiController) = "scsi-controller",
     /// A SCSI disk or CD-ROM (`scsi-hd` / `scsi-cd`) on a `-blockdev` node.

@@ -36,6 +36,7 @@ pub mod block;
 pub mod device;
 pub mod error;
 pub mod fd;
+pub mod fs9p;
 pub mod id;
 pub mod kernel_params;
 pub mod part;
