@@ -1,0 +1,70 @@
+//! The arch layer's error type.
+
+use crate::bridge::BridgeType;
+
+/// What can go wrong when the arch layer builds or changes a VM.
+///
+/// Messages keep Kata's wording where Kata has one, so logs read the same.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ArchError {
+    /// The machine type is not one this architecture supports.
+    #[error("unrecognised machine type: {machine} (supported: {supported})")]
+    UnsupportedMachine {
+        /// The requested machine type.
+        machine: String,
+        /// The supported ones, comma-separated.
+        supported: String,
+    },
+    /// No QEMU binary is known for the machine type, and none was configured.
+    #[error("Unknown machine type: {machine}: no QEMU path known for it; set hypervisor_path")]
+    NoQemuPath {
+        /// The machine type.
+        machine: String,
+    },
+    /// A hotplug was asked for, but the VM has no bridges.
+    #[error("failed to get available address from bridges")]
+    NoBridges,
+    /// Every bridge of the wanted type is full.
+    #[error("no more bridge slots available")]
+    NoBridgeSlot {
+        /// The bridge type that was searched.
+        bridge_type: BridgeType,
+    },
+    /// One bridge is full.
+    #[error("Unable to hot plug device on bridge {bridge}: there are no empty slots")]
+    BridgeFull {
+        /// The bridge.
+        bridge: String,
+    },
+    /// The device is not on the bridge.
+    #[error("Unable to hot unplug device {device}: not present on bridge")]
+    NotOnBridge {
+        /// The device id.
+        device: String,
+    },
+    /// A CCW address was asked of a non-CCW bridge.
+    #[error("bridge {bridge} is not a CCW bridge")]
+    NotCcw {
+        /// The bridge.
+        bridge: String,
+    },
+    /// A PCI path was asked of a CCW bridge.
+    #[error("bridge {bridge} is not a PCI bridge")]
+    NotPci {
+        /// The bridge.
+        bridge: String,
+    },
+    /// A guest PCI path with no slots or a slot above 0x1f.
+    #[error("invalid PCI path: {path}")]
+    InvalidPciPath {
+        /// What is wrong.
+        path: String,
+    },
+    /// A device the arch layer built was refused by the device model.
+    #[error(transparent)]
+    Device(#[from] hvarch_devices::Error),
+}
+
+/// The result type of the arch layer.
+pub type Result<T, E = ArchError> = std::result::Result<T, E>;
