@@ -79,4 +79,6 @@ device_enum! {
     ScsiController(crate::scsi::ScsiController) = "scsi-controller",
     /// A SCSI disk or CD-ROM (`scsi-hd` / `scsi-cd`) on a `-blockdev` node.
     ScsiDisk(crate::scsi::ScsiDisk) = "scsi-disk",
+    /// A virtio-net NIC on a tap, macvtap or user-mode `-netdev`.
+    Net(crate::net::NetDevice) = "net",
 }

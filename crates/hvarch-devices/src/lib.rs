@@ -39,6 +39,7 @@ pub mod fd;
 pub mod fs9p;
 pub mod id;
 pub mod kernel_params;
+pub mod net;
 pub mod part;
 pub mod pci;
 pub mod props;
