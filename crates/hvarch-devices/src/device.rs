@@ -75,6 +75,12 @@ device_enum! {
     Block(crate::block::BlockDevice) = "block",
     /// A virtio-9p share of a host directory (`-fsdev` + `virtio-9p-pci`); cold plug only.
     Fs9p(crate::fs9p::FsDevice) = "9p",
+    /// A virtio-serial controller (`virtio-serial-pci`), the bus of console and serial ports.
+    SerialController(crate::chardev::SerialController) = "serial-controller",
+    /// A `virtconsole` or `virtserialport` on its own `-chardev`.
+    CharDevice(crate::chardev::CharDevice) = "char-device",
+    /// A legacy serial port (`-serial chardev:<id>`) on its own `-chardev`; cold plug only.
+    LegacySerial(crate::chardev::LegacySerial) = "legacy-serial",
     /// A virtio-scsi controller.
     ScsiController(crate::scsi::ScsiController) = "scsi-controller",
     /// A SCSI disk or CD-ROM (`scsi-hd` / `scsi-cd`) on a `-blockdev` node.
