@@ -7,6 +7,10 @@
 //! and `share-rw` is always allowed. Typed alternatives: any qapi-qmp command struct can be
 //! executed with `execute::<C>()` or turned into a `Command` with [`Command::from_typed`].
 //!
+//! Typed values: QEMU's JSON `device_add` is strictly typed since 6.2, so where govmm sent strings
+//! for booleans or numbers (`"share-rw":"on"`, `"mq":"on"`, `"num-queues":"4"`, string CPU ids and
+//! `guest-cid`) these helpers send JSON booleans and integers, which QEMU 10 requires.
+//!
 //! Optional string arguments are `Option<&str>` (omitted when `None`) where govmm omits empty
 //! strings; `romfile` is `Option<&str>` so that `Some("")` reproduces govmm's empty `romfile`.
 
@@ -289,7 +293,7 @@ pub struct BlockDeviceAdd<'a> {
     pub bus: &'a str,
     /// `romfile` (PCI drivers only); omitted when `None`.
     pub romfile: Option<&'a str>,
-    /// Adds `"share-rw":"on"`.
+    /// Adds `"share-rw":true`.
     pub shared: bool,
     /// Adds `"disable-modern":true`.
     pub disable_modern: bool,
@@ -297,7 +301,7 @@ pub struct BlockDeviceAdd<'a> {
     pub ccw: bool,
 }
 
-/// `device_add {"id","driver","drive"}` + `"devno"` (CCW) or `"bus"`, `"share-rw":"on"`,
+/// `device_add {"id","driver","drive"}` + `"devno"` (CCW) or `"bus"`, `"share-rw":true`,
 /// `"romfile"`, `"disable-modern":true` as set.
 pub fn device_add_block(a: &BlockDeviceAdd<'_>) -> Command {
     let mut m = obj(json!({"id": a.dev_id, "driver": a.driver, "drive": a.blockdev_id}));
@@ -307,7 +311,7 @@ pub fn device_add_block(a: &BlockDeviceAdd<'_>) -> Command {
         put_nonempty(&mut m, "bus", a.bus);
     }
     if a.shared {
-        m.insert("share-rw".into(), "on".into());
+        m.insert("share-rw".into(), true.into());
     }
     put_some(&mut m, "romfile", a.romfile);
     if a.disable_modern {
@@ -331,11 +335,11 @@ pub struct ScsiDeviceAdd<'a> {
     pub scsi_id: Option<u32>,
     /// `lun` (int), omitted when `None`.
     pub lun: Option<u32>,
-    /// Adds `"share-rw":"on"`.
+    /// Adds `"share-rw":true`.
     pub shared: bool,
 }
 
-/// `device_add {"id","driver","drive","bus"}` + `"scsi-id"`, `"lun"`, `"share-rw":"on"`.
+/// `device_add {"id","driver","drive","bus"}` + `"scsi-id"`, `"lun"`, `"share-rw":true`.
 /// A driver other than `scsi-hd`/`scsi-cd`/`scsi-disk` is an error.
 pub fn device_add_scsi(a: &ScsiDeviceAdd<'_>) -> Result<Command, Error> {
     if !matches!(a.driver, "scsi-hd" | "scsi-cd" | "scsi-disk") {
@@ -353,7 +357,7 @@ pub fn device_add_scsi(a: &ScsiDeviceAdd<'_>) -> Result<Command, Error> {
         m.insert("lun".into(), lun.into());
     }
     if a.shared {
-        m.insert("share-rw".into(), "on".into());
+        m.insert("share-rw".into(), true.into());
     }
     Ok(cmd("device_add", m))
 }
@@ -373,25 +377,25 @@ pub struct PciDeviceAdd<'a> {
     pub bus: &'a str,
     /// `romfile`; omitted when `None`.
     pub romfile: Option<&'a str>,
-    /// `"num-queues":"<q>"` (a string, as govmm sends it) when > 0.
+    /// `"num-queues":q` when > 0.
     pub queues: u32,
-    /// Adds `"share-rw":"on"`.
+    /// Adds `"share-rw":true`.
     pub shared: bool,
     /// Adds `"disable-modern":true`.
     pub disable_modern: bool,
 }
 
-/// `device_add {"id","driver","drive","addr"}` + `"bus"`, `"share-rw":"on"`, `"num-queues"`,
+/// `device_add {"id","driver","drive","addr"}` + `"bus"`, `"share-rw":true`, `"num-queues"`,
 /// `"romfile"`, `"disable-modern":true` as set.
 pub fn device_add_pci(a: &PciDeviceAdd<'_>) -> Command {
     let mut m =
         obj(json!({"id": a.dev_id, "driver": a.driver, "drive": a.blockdev_id, "addr": a.addr}));
     put_nonempty(&mut m, "bus", a.bus);
     if a.shared {
-        m.insert("share-rw".into(), "on".into());
+        m.insert("share-rw".into(), true.into());
     }
     if a.queues > 0 {
-        m.insert("num-queues".into(), a.queues.to_string().into());
+        m.insert("num-queues".into(), a.queues.into());
     }
     put_some(&mut m, "romfile", a.romfile);
     if a.disable_modern {
@@ -415,14 +419,14 @@ pub struct NetPciDeviceAdd<'a> {
     pub bus: &'a str,
     /// `romfile`; omitted when `None` (govmm always sent it, often empty).
     pub romfile: Option<&'a str>,
-    /// With queues > 0: `"mq":"on","vectors":2*queues+2`.
+    /// With queues > 0: `"mq":true,"vectors":2*queues+2`.
     pub queues: u32,
     /// Adds `"disable-modern":true`.
     pub disable_modern: bool,
 }
 
 /// `device_add {"id","driver":"virtio-net-pci"}` + `"romfile"`, `"bus"`, `"addr"`, `"mac"`,
-/// `"netdev"`, `"disable-modern"`, `"mq":"on"`, `"vectors"` as set.
+/// `"netdev"`, `"disable-modern"`, `"mq":true`, `"vectors"` as set.
 pub fn device_add_net_pci(a: &NetPciDeviceAdd<'_>) -> Command {
     let mut m = obj(json!({"id": a.dev_id, "driver": "virtio-net-pci"}));
     put_some(&mut m, "romfile", a.romfile);
@@ -434,13 +438,13 @@ pub fn device_add_net_pci(a: &NetPciDeviceAdd<'_>) -> Command {
         m.insert("disable-modern".into(), true.into());
     }
     if a.queues > 0 {
-        m.insert("mq".into(), "on".into());
+        m.insert("mq".into(), true.into());
         m.insert("vectors".into(), (2 * u64::from(a.queues) + 2).into());
     }
     cmd("device_add", m)
 }
 
-/// `device_add {"id","driver":"virtio-net-ccw","netdev","mac","devno":bus}` + `"mq":"on"` when
+/// `device_add {"id","driver":"virtio-net-ccw","netdev","mac","devno":bus}` + `"mq":true` when
 /// queues > 0.
 pub fn device_add_net_ccw(
     netdev_id: &str,
@@ -453,7 +457,7 @@ pub fn device_add_net_ccw(
         json!({"id": dev_id, "driver": "virtio-net-ccw", "netdev": netdev_id, "mac": mac, "devno": bus}),
     );
     if queues > 0 {
-        m.insert("mq".into(), "on".into());
+        m.insert("mq".into(), true.into());
     }
     cmd("device_add", m)
 }
@@ -518,33 +522,40 @@ pub fn device_add_ap_vfio_mediated(sysfsdev: &str) -> Command {
     )
 }
 
-/// Arguments of govmm's `ExecuteCPUDeviceAdd`. ids are strings, as govmm sends them.
+/// Arguments of govmm's `ExecuteCPUDeviceAdd`. Topology ids are integers (QEMU's JSON
+/// `device_add` is typed; govmm's strings are refused by QEMU ≥ 6.2).
 #[derive(Debug, Clone, Default)]
 pub struct CpuDeviceAdd<'a> {
     /// The CPU driver, e.g. `host-x86_64-cpu`.
     pub driver: &'a str,
     /// The device id.
     pub cpu_id: &'a str,
-    /// `socket-id`; omitted when empty or for s390x/ppc64 host CPUs.
-    pub socket_id: &'a str,
-    /// `die-id`; sent only for `host-x86_64-cpu` and when non-empty.
-    pub die_id: &'a str,
+    /// `socket-id`; omitted when `None` or for s390x/ppc64 host CPUs.
+    pub socket_id: Option<u32>,
+    /// `die-id`; sent only for `host-x86_64-cpu`.
+    pub die_id: Option<u32>,
     /// `core-id`.
-    pub core_id: &'a str,
-    /// `thread-id`; omitted when empty or for s390x/ppc64 host CPUs.
-    pub thread_id: &'a str,
+    pub core_id: u32,
+    /// `thread-id`; omitted when `None` or for s390x/ppc64 host CPUs.
+    pub thread_id: Option<u32>,
 }
 
 /// `device_add {"driver","id","core-id"}` + `"socket-id"`, `"thread-id"`, `"die-id"` per govmm's
-/// rules (all string values).
+/// rules.
 pub fn device_add_cpu(a: &CpuDeviceAdd<'_>) -> Command {
     let mut m = obj(json!({"driver": a.driver, "id": a.cpu_id, "core-id": a.core_id}));
     if !matches!(a.driver, "host-s390x-cpu" | "host-powerpc64-cpu") {
-        put_nonempty(&mut m, "socket-id", a.socket_id);
-        put_nonempty(&mut m, "thread-id", a.thread_id);
+        if let Some(v) = a.socket_id {
+            m.insert("socket-id".into(), v.into());
+        }
+        if let Some(v) = a.thread_id {
+            m.insert("thread-id".into(), v.into());
+        }
     }
     if a.driver == "host-x86_64-cpu" {
-        put_nonempty(&mut m, "die-id", a.die_id);
+        if let Some(v) = a.die_id {
+            m.insert("die-id".into(), v.into());
+        }
     }
     cmd("device_add", m)
 }
@@ -554,8 +565,8 @@ pub fn device_add_cpu(a: &CpuDeviceAdd<'_>) -> Command {
 pub struct VsockPciAdd<'a> {
     /// The device id.
     pub id: &'a str,
-    /// The guest CID (govmm sends it as a string).
-    pub guest_cid: &'a str,
+    /// The guest CID.
+    pub guest_cid: u64,
     /// The vhost fd name or number, as a string.
     pub vhostfd: &'a str,
     /// The PCI address.

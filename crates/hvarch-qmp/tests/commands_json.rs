@@ -99,7 +99,7 @@ fn device_add_block_variants() {
             ..base.clone()
         }),
         "device_add",
-        json!({"id": "disk-0", "driver": "virtio-blk-pci", "drive": "drive-0", "bus": "rp0", "share-rw": "on", "romfile": "", "disable-modern": true}),
+        json!({"id": "disk-0", "driver": "virtio-blk-pci", "drive": "drive-0", "bus": "rp0", "share-rw": true, "romfile": "", "disable-modern": true}),
     );
     check_args(
         device_add_block(&BlockDeviceAdd {
@@ -132,7 +132,7 @@ fn device_add_scsi_variants() {
     check_args(
         device_add_scsi(&a).expect("valid"),
         "device_add",
-        json!({"id": "scsi-disk-1", "driver": "scsi-hd", "drive": "drive-1", "bus": "scsi0.0", "scsi-id": 1, "lun": 0, "share-rw": "on"}),
+        json!({"id": "scsi-disk-1", "driver": "scsi-hd", "drive": "drive-1", "bus": "scsi0.0", "scsi-id": 1, "lun": 0, "share-rw": true}),
     );
     check_args(
         device_add_scsi(&ScsiDeviceAdd {
@@ -174,7 +174,7 @@ fn device_add_pci_block() {
         }),
         "device_add",
         json!({"id": "disk-2", "driver": "virtio-blk-pci", "drive": "drive-2", "addr": "0x3", "bus": "pci-bridge-0",
-               "share-rw": "on", "num-queues": "4", "romfile": "efi-virtio.rom", "disable-modern": true}),
+               "share-rw": true, "num-queues": 4, "romfile": "efi-virtio.rom", "disable-modern": true}),
     );
     check_args(
         device_add_pci(&PciDeviceAdd {
@@ -239,7 +239,7 @@ fn net_devices() {
         }),
         "device_add",
         json!({"id": "virtio-net-0", "driver": "virtio-net-pci", "romfile": "", "bus": "rp1", "addr": "0x5",
-               "mac": "02:00:00:00:00:01", "netdev": "net-0", "disable-modern": true, "mq": "on", "vectors": 10}),
+               "mac": "02:00:00:00:00:01", "netdev": "net-0", "disable-modern": true, "mq": true, "vectors": 10}),
     );
     check_args(
         device_add_net_pci(&NetPciDeviceAdd {
@@ -252,7 +252,7 @@ fn net_devices() {
     check_args(
         device_add_net_ccw("net-0", "virtio-net-0", "02:00:00:00:00:01", "fe.0.0002", 2),
         "device_add",
-        json!({"id": "virtio-net-0", "driver": "virtio-net-ccw", "netdev": "net-0", "mac": "02:00:00:00:00:01", "devno": "fe.0.0002", "mq": "on"}),
+        json!({"id": "virtio-net-0", "driver": "virtio-net-ccw", "netdev": "net-0", "mac": "02:00:00:00:00:01", "devno": "fe.0.0002", "mq": true}),
     );
     check_args(
         device_add_net_ccw("net-0", "virtio-net-0", "02:00:00:00:00:01", "fe.0.0002", 0),
@@ -335,7 +335,7 @@ fn vhost_user_vfio_vsock() {
     check_args(
         device_add_pci_vsock(&VsockPciAdd {
             id: "vsock-0",
-            guest_cid: "3",
+            guest_cid: 3,
             vhostfd: "vhostfd0",
             addr: "0x9",
             bus: "rp5",
@@ -343,7 +343,7 @@ fn vhost_user_vfio_vsock() {
             disable_modern: true,
         }),
         "device_add",
-        json!({"driver": "vhost-vsock-pci", "id": "vsock-0", "guest-cid": "3", "vhostfd": "vhostfd0", "addr": "0x9",
+        json!({"driver": "vhost-vsock-pci", "id": "vsock-0", "guest-cid": 3, "vhostfd": "vhostfd0", "addr": "0x9",
                "romfile": "", "bus": "rp5", "disable-modern": true}),
     );
 }
@@ -353,15 +353,15 @@ fn cpu_hotplug() {
     let a = CpuDeviceAdd {
         driver: "host-x86_64-cpu",
         cpu_id: "cpu-1",
-        socket_id: "0",
-        die_id: "0",
-        core_id: "1",
-        thread_id: "0",
+        socket_id: Some(0),
+        die_id: Some(0),
+        core_id: 1,
+        thread_id: Some(0),
     };
     check_args(
         device_add_cpu(&a),
         "device_add",
-        json!({"driver": "host-x86_64-cpu", "id": "cpu-1", "core-id": "1", "socket-id": "0", "thread-id": "0", "die-id": "0"}),
+        json!({"driver": "host-x86_64-cpu", "id": "cpu-1", "core-id": 1, "socket-id": 0, "thread-id": 0, "die-id": 0}),
     );
     check_args(
         device_add_cpu(&CpuDeviceAdd {
@@ -369,16 +369,16 @@ fn cpu_hotplug() {
             ..a.clone()
         }),
         "device_add",
-        json!({"driver": "host-s390x-cpu", "id": "cpu-1", "core-id": "1"}),
+        json!({"driver": "host-s390x-cpu", "id": "cpu-1", "core-id": 1}),
     );
     check_args(
         device_add_cpu(&CpuDeviceAdd {
             driver: "host-aarch64-cpu",
-            thread_id: "",
+            thread_id: None,
             ..a
         }),
         "device_add",
-        json!({"driver": "host-aarch64-cpu", "id": "cpu-1", "core-id": "1", "socket-id": "0"}),
+        json!({"driver": "host-aarch64-cpu", "id": "cpu-1", "core-id": 1, "socket-id": 0}),
     );
 }
 
