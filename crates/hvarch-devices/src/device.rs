@@ -87,4 +87,6 @@ device_enum! {
     ScsiDisk(crate::scsi::ScsiDisk) = "scsi-disk",
     /// A virtio-net NIC on a tap, macvtap or user-mode `-netdev`.
     Net(crate::net::NetDevice) = "net",
+    /// A vhost-user net, SCSI, block or fs device on a client socket chardev.
+    VhostUser(crate::vhost_user::VhostUserDevice) = "vhost-user",
 }

@@ -47,6 +47,7 @@ pub mod props;
 pub mod scsi;
 pub mod syntax;
 pub mod transport;
+pub mod vhost_user;
 
 pub use device::{Device, QemuDevice};
 pub use error::{Error, Result};
