@@ -81,6 +81,10 @@ device_enum! {
     CharDevice(crate::chardev::CharDevice) = "char-device",
     /// A legacy serial port (`-serial chardev:<id>`) on its own `-chardev`; cold plug only.
     LegacySerial(crate::chardev::LegacySerial) = "legacy-serial",
+    /// A PCI bridge (`pci-bridge` or `pcie-pci-bridge`).
+    PciBridge(crate::bridge::PciBridge) = "pci-bridge",
+    /// A PCI Express root port (`pcie-root-port`).
+    PcieRootPort(crate::bridge::PcieRootPort) = "pcie-root-port",
     /// A virtio-scsi controller.
     ScsiController(crate::scsi::ScsiController) = "scsi-controller",
     /// A SCSI disk or CD-ROM (`scsi-hd` / `scsi-cd`) on a `-blockdev` node.

@@ -33,6 +33,7 @@
 #![deny(missing_docs)]
 
 pub mod block;
+pub mod bridge;
 pub mod chardev;
 pub mod device;
 pub mod error;

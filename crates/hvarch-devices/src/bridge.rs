@@ -1,0 +1,651 @@
+//! PCI topology devices: PCI bridges ([`PciBridge`]: `pci-bridge`, `pcie-pci-bridge`) and
+//! PCI Express root ports ([`PcieRootPort`]).
+//!
+//! Both are cold-plugged in practice: QEMU refuses `device_add` on `pcie.0` ("Bus 'pcie.0'
+//! does not support hotplugging"). Their QMP rendering stays available for buses that do
+//! accept them.
+
+use serde::{Deserialize, Serialize};
+
+use crate::device::QemuDevice;
+use crate::error::{invalid, Error, Result};
+use crate::id::check_id;
+use crate::part::Part;
+use crate::pci::PciAddr;
+use crate::props::Props;
+
+/// Which bridge device a [`PciBridge`] is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BridgeType {
+    /// `pci-bridge`: a conventional PCI-to-PCI bridge (Kata's default on `virt`, `q35`, `pc`),
+    /// with a chassis number and an SHPC hotplug controller.
+    #[default]
+    PciBridge,
+    /// `pcie-pci-bridge`: a PCIe-to-PCI bridge; no chassis, SHPC or resource reservations.
+    PcieBridge,
+}
+
+impl BridgeType {
+    fn driver(self) -> &'static str {
+        match self {
+            BridgeType::PciBridge => "pci-bridge",
+            BridgeType::PcieBridge => "pcie-pci-bridge",
+        }
+    }
+}
+
+/// A PCI bridge (`pci-bridge` or `pcie-pci-bridge`): a bus of 31 hot-pluggable slots.
+///
+/// ```
+/// use hvarch_devices::bridge::PciBridge;
+/// use hvarch_devices::pci::PciAddr;
+/// use hvarch_devices::{fd::NoFds, part::Syntax, QemuDevice};
+/// let mut bridge = PciBridge::pci("pci-bridge-0", "pcie.0", 1);
+/// bridge.shpc = Some(true);
+/// bridge.addr = Some(PciAddr::slot_only(2).unwrap());
+/// assert_eq!(
+///     bridge.parts().unwrap()[0].to_args(Syntax::Options, &mut NoFds).unwrap(),
+///     ["-device", "pci-bridge,bus=pcie.0,id=pci-bridge-0,chassis_nr=1,shpc=on,addr=02"],
+/// );
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PciBridge {
+    /// The device id (the bus its devices name).
+    pub id: String,
+    /// `pci-bridge` (default) or `pcie-pci-bridge`.
+    #[serde(default)]
+    pub bridge_type: BridgeType,
+    /// The parent bus: `pcie.0` on `q35` and `virt`, `pci.0` on `pc`.
+    pub bus: String,
+    /// `pci-bridge` only, required there: the chassis number (1 to 255, unique per bridge).
+    #[serde(default)]
+    pub chassis_nr: Option<u8>,
+    /// `pci-bridge` only: the SHPC hotplug controller (`shpc=`; QEMU's default on).
+    #[serde(default)]
+    pub shpc: Option<bool>,
+    /// The address on the parent bus.
+    #[serde(default)]
+    pub addr: Option<PciAddr>,
+    /// `pci-bridge` only: bus numbers to reserve behind the bridge (`bus-reserve=`).
+    #[serde(default)]
+    pub bus_reserve: Option<u32>,
+    /// `pci-bridge` only: I/O space to reserve, in bytes (`io-reserve=`).
+    #[serde(default)]
+    pub io_reserve: Option<u64>,
+    /// `pci-bridge` only: non-prefetchable memory to reserve, in bytes (`mem-reserve=`).
+    #[serde(default)]
+    pub mem_reserve: Option<u64>,
+    /// `pci-bridge` only: 32-bit prefetchable memory to reserve, in bytes (`pref32-reserve=`;
+    /// excludes `pref64_reserve`).
+    #[serde(default)]
+    pub pref32_reserve: Option<u64>,
+    /// `pci-bridge` only: 64-bit prefetchable memory to reserve, in bytes (`pref64-reserve=`).
+    #[serde(default)]
+    pub pref64_reserve: Option<u64>,
+    /// The option ROM file; `Some("")` asks for an explicit empty `romfile=`.
+    #[serde(default)]
+    pub romfile: Option<String>,
+}
+
+impl PciBridge {
+    /// A `pci-bridge` `id` on `bus` with chassis number `chassis_nr`.
+    pub fn pci(id: impl Into<String>, bus: impl Into<String>, chassis_nr: u8) -> Self {
+        PciBridge {
+            id: id.into(),
+            bridge_type: BridgeType::PciBridge,
+            bus: bus.into(),
+            chassis_nr: Some(chassis_nr),
+            shpc: None,
+            addr: None,
+            bus_reserve: None,
+            io_reserve: None,
+            mem_reserve: None,
+            pref32_reserve: None,
+            pref64_reserve: None,
+            romfile: None,
+        }
+    }
+
+    /// A `pcie-pci-bridge` `id` on `bus`.
+    pub fn pcie(id: impl Into<String>, bus: impl Into<String>) -> Self {
+        PciBridge {
+            bridge_type: BridgeType::PcieBridge,
+            chassis_nr: None,
+            ..PciBridge::pci(id, bus, 0)
+        }
+    }
+}
+
+impl QemuDevice for PciBridge {
+    fn kind(&self) -> &'static str {
+        self.bridge_type.driver()
+    }
+
+    fn id(&self) -> Option<&str> {
+        Some(&self.id)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let what = self.kind();
+        check_id(what, "id", &self.id)?;
+        check_id(what, "bus", &self.bus)?;
+        match self.bridge_type {
+            BridgeType::PciBridge => match self.chassis_nr {
+                None => {
+                    return Err(Error::MissingField {
+                        what,
+                        field: "chassis_nr",
+                    })
+                }
+                Some(0) => {
+                    return Err(invalid(
+                        what,
+                        "chassis_nr",
+                        0,
+                        "QEMU needs a unique chassis number of at least 1",
+                    ))
+                }
+                Some(_) => {}
+            },
+            BridgeType::PcieBridge => {
+                let pci_bridge_only = [
+                    ("chassis_nr", self.chassis_nr.is_some()),
+                    ("shpc", self.shpc.is_some()),
+                    ("bus_reserve", self.bus_reserve.is_some()),
+                    ("io_reserve", self.io_reserve.is_some()),
+                    ("mem_reserve", self.mem_reserve.is_some()),
+                    ("pref32_reserve", self.pref32_reserve.is_some()),
+                    ("pref64_reserve", self.pref64_reserve.is_some()),
+                ];
+                if let Some((field, _)) = pci_bridge_only.into_iter().find(|&(_, set)| set) {
+                    return Err(invalid(
+                        what,
+                        field,
+                        "set",
+                        "applies to pci-bridge only (pcie-pci-bridge has no such property)",
+                    ));
+                }
+            }
+        }
+        if self.pref32_reserve.is_some() && self.pref64_reserve.is_some() {
+            return Err(Error::Conflict {
+                what,
+                field: "pref32_reserve",
+                other: "pref64_reserve",
+            });
+        }
+        Ok(())
+    }
+
+    fn parts(&self) -> Result<Vec<Part>> {
+        self.validate()?;
+        Ok(vec![Part::device(
+            self.bridge_type.driver(),
+            Props::new()
+                .with("bus", self.bus.as_str())
+                .with("id", self.id.as_str())
+                .opt("chassis_nr", self.chassis_nr)
+                .opt("shpc", self.shpc)
+                .opt("addr", self.addr.map(|a| a.to_string()))
+                .opt("bus-reserve", self.bus_reserve)
+                .opt_size("io-reserve", self.io_reserve)
+                .opt_size("mem-reserve", self.mem_reserve)
+                .opt_size("pref32-reserve", self.pref32_reserve)
+                .opt_size("pref64-reserve", self.pref64_reserve)
+                .opt("romfile", self.romfile.as_deref()),
+        )])
+    }
+}
+
+fn default_root_bus() -> String {
+    "pcie.0".to_owned()
+}
+
+/// A PCI Express root port (`pcie-root-port`): one hot-pluggable slot on `pcie.0`.
+///
+/// ```
+/// use hvarch_devices::bridge::PcieRootPort;
+/// use hvarch_devices::{fd::NoFds, part::Syntax, QemuDevice};
+/// let mut port = PcieRootPort::new("rp0");
+/// port.chassis = 1;
+/// port.mem_reserve = Some(64 << 20);
+/// assert_eq!(
+///     port.parts().unwrap()[0].to_args(Syntax::Options, &mut NoFds).unwrap(),
+///     ["-device", "pcie-root-port,id=rp0,bus=pcie.0,chassis=1,slot=0,multifunction=off,mem-reserve=64M"],
+/// );
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PcieRootPort {
+    /// The device id (the bus the device plugged into it names).
+    pub id: String,
+    /// The parent bus (default `pcie.0`).
+    #[serde(default = "default_root_bus")]
+    pub bus: String,
+    /// The chassis number (`chassis=`); each chassis/slot pair must be unique.
+    #[serde(default)]
+    pub chassis: u8,
+    /// The slot number (`slot=`).
+    #[serde(default)]
+    pub slot: u16,
+    /// `multifunction=on`: further functions of the same slot follow at `addr` `.1`, `.2`, ….
+    #[serde(default)]
+    pub multifunction: bool,
+    /// The address on the parent bus.
+    #[serde(default)]
+    pub addr: Option<PciAddr>,
+    /// Bus numbers to reserve behind the port (`bus-reserve=`).
+    #[serde(default)]
+    pub bus_reserve: Option<u32>,
+    /// 64-bit prefetchable memory to reserve, in bytes (`pref64-reserve=`).
+    #[serde(default)]
+    pub pref64_reserve: Option<u64>,
+    /// 32-bit prefetchable memory to reserve, in bytes (`pref32-reserve=`; excludes
+    /// `pref64_reserve`).
+    #[serde(default)]
+    pub pref32_reserve: Option<u64>,
+    /// Non-prefetchable memory to reserve, in bytes (`mem-reserve=`).
+    #[serde(default)]
+    pub mem_reserve: Option<u64>,
+    /// I/O space to reserve, in bytes (`io-reserve=`).
+    #[serde(default)]
+    pub io_reserve: Option<u64>,
+    /// The option ROM file; `Some("")` asks for an explicit empty `romfile=`.
+    #[serde(default)]
+    pub romfile: Option<String>,
+}
+
+impl PcieRootPort {
+    /// A root port `id` on `pcie.0`, chassis 0, slot 0.
+    pub fn new(id: impl Into<String>) -> Self {
+        PcieRootPort {
+            id: id.into(),
+            bus: default_root_bus(),
+            chassis: 0,
+            slot: 0,
+            multifunction: false,
+            addr: None,
+            bus_reserve: None,
+            pref64_reserve: None,
+            pref32_reserve: None,
+            mem_reserve: None,
+            io_reserve: None,
+            romfile: None,
+        }
+    }
+}
+
+impl QemuDevice for PcieRootPort {
+    fn kind(&self) -> &'static str {
+        "pcie-root-port"
+    }
+
+    fn id(&self) -> Option<&str> {
+        Some(&self.id)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let what = self.kind();
+        check_id(what, "id", &self.id)?;
+        check_id(what, "bus", &self.bus)?;
+        if self.pref32_reserve.is_some() && self.pref64_reserve.is_some() {
+            return Err(Error::Conflict {
+                what,
+                field: "pref32_reserve",
+                other: "pref64_reserve",
+            });
+        }
+        Ok(())
+    }
+
+    fn parts(&self) -> Result<Vec<Part>> {
+        self.validate()?;
+        Ok(vec![Part::device(
+            "pcie-root-port",
+            Props::new()
+                .with("id", self.id.as_str())
+                .with("bus", self.bus.as_str())
+                .with("chassis", self.chassis)
+                .with("slot", self.slot)
+                .opt("addr", self.addr.map(|a| a.to_string()))
+                .with("multifunction", self.multifunction)
+                .opt("bus-reserve", self.bus_reserve)
+                .opt_size("pref64-reserve", self.pref64_reserve)
+                .opt_size("pref32-reserve", self.pref32_reserve)
+                .opt_size("mem-reserve", self.mem_reserve)
+                .opt_size("io-reserve", self.io_reserve)
+                .opt("romfile", self.romfile.as_deref()),
+        )])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fd::NoFds;
+    use crate::part::Syntax;
+    use crate::syntax::{flatten, parse_options};
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn args(device: &dyn QemuDevice) -> Vec<String> {
+        device
+            .parts()
+            .unwrap()
+            .iter()
+            .flat_map(|p| p.to_args(Syntax::Options, &mut NoFds).unwrap())
+            .collect()
+    }
+
+    fn slot(n: u8) -> Option<PciAddr> {
+        Some(PciAddr::slot_only(n).unwrap())
+    }
+
+    /// govmm's BridgeDevice reference cases (kata-go.md §2.3). Deliberate differences:
+    /// `bus=pcie.0` instead of `/pci-bus/pcie.0` (QEMU 10 refuses that path: "Device
+    /// 'pci-bus' not found"); `addr=1f` instead of `addr=ff`, which is not a PCI slot (slots
+    /// are 0 to 0x1f, and QEMU refuses ff).
+    #[test]
+    fn govmm_bridge_reference_cases() {
+        let mut bridge = PciBridge::pci("mybridge", "pcie.0", 5);
+        bridge.shpc = Some(true);
+        bridge.addr = slot(0x1f);
+        bridge.romfile = Some("efi-virtio.rom".into());
+        assert_eq!(
+            args(&bridge),
+            [
+                "-device",
+                "pci-bridge,bus=pcie.0,id=mybridge,chassis_nr=5,shpc=on,addr=1f,romfile=efi-virtio.rom"
+            ]
+        );
+        let mut bridge = PciBridge::pcie("mybridge", "pcie.0");
+        bridge.addr = slot(0x1f);
+        bridge.romfile = Some("efi-virtio.rom".into());
+        assert_eq!(
+            args(&bridge),
+            [
+                "-device",
+                "pcie-pci-bridge,bus=pcie.0,id=mybridge,addr=1f,romfile=efi-virtio.rom"
+            ]
+        );
+    }
+
+    /// govmm HEAD's reservations case. Differences besides bus/addr (above): sizes in QEMU's
+    /// upper-case suffix form (`4K`, `1M`); `romfile` last.
+    #[test]
+    fn govmm_head_bridge_reservations() {
+        let mut bridge = PciBridge::pci("mybridge", "pcie.0", 5);
+        bridge.shpc = Some(false);
+        bridge.addr = slot(0x1f);
+        bridge.romfile = Some("efi-virtio.rom".into());
+        bridge.io_reserve = Some(4 << 10);
+        bridge.mem_reserve = Some(1 << 20);
+        bridge.pref64_reserve = Some(1 << 20);
+        assert_eq!(
+            args(&bridge),
+            [
+                "-device",
+                "pci-bridge,bus=pcie.0,id=mybridge,chassis_nr=5,shpc=off,addr=1f,\
+                 io-reserve=4K,mem-reserve=1M,pref64-reserve=1M,romfile=efi-virtio.rom"
+            ]
+        );
+    }
+
+    /// Kata's arm64 default bridge. Differences: no empty `romfile=` (Kata's `romFile` was
+    /// `""`); `addr=02` (the same slot in QEMU's hex form).
+    #[test]
+    fn kata_arm64_default_bridge() {
+        let mut bridge = PciBridge::pci("pci-bridge-0", "pcie.0", 1);
+        bridge.shpc = Some(true);
+        bridge.addr = slot(2);
+        assert_eq!(
+            args(&bridge),
+            [
+                "-device",
+                "pci-bridge,bus=pcie.0,id=pci-bridge-0,chassis_nr=1,shpc=on,addr=02"
+            ]
+        );
+    }
+
+    /// govmm's PCIeRootPortDevice reference cases. Differences: numbers in decimal
+    /// (`chassis=0`, `slot=1`, `bus-reserve=3`) and `addr` in QEMU's `02` form, where govmm
+    /// wrote `0x…`; QEMU reads both. `addr` is emitted whenever set (govmm: only with
+    /// multifunction).
+    #[test]
+    fn govmm_root_port_reference_cases() {
+        assert_eq!(
+            args(&PcieRootPort::new("rp1")),
+            [
+                "-device",
+                "pcie-root-port,id=rp1,bus=pcie.0,chassis=0,slot=0,multifunction=off"
+            ]
+        );
+        let port = PcieRootPort {
+            slot: 1,
+            addr: slot(2),
+            multifunction: true,
+            bus_reserve: Some(3),
+            pref64_reserve: Some(16 << 30),
+            mem_reserve: Some(1 << 30),
+            io_reserve: Some(512 << 20),
+            romfile: Some("efi-virtio.rom".into()),
+            ..PcieRootPort::new("rp2")
+        };
+        assert_eq!(
+            args(&port),
+            [
+                "-device",
+                "pcie-root-port,id=rp2,bus=pcie.0,chassis=0,slot=1,addr=02,multifunction=on,\
+                 bus-reserve=3,pref64-reserve=16G,mem-reserve=1G,io-reserve=512M,\
+                 romfile=efi-virtio.rom"
+            ]
+        );
+    }
+
+    #[test]
+    fn qmp_and_json_renderings() {
+        let port = PcieRootPort {
+            chassis: 2,
+            slot: 1,
+            pref64_reserve: Some(16 << 30),
+            ..PcieRootPort::new("rp2")
+        };
+        let part = &port.parts().unwrap()[0];
+        assert_eq!(
+            part.render(Syntax::Json, &mut NoFds).unwrap(),
+            r#"{"driver":"pcie-root-port","id":"rp2","bus":"pcie.0","chassis":2,"slot":1,"multifunction":false,"pref64-reserve":17179869184}"#
+        );
+        let add = part.qmp_add(&mut NoFds).unwrap();
+        assert_eq!(add.command, "device_add");
+        assert_eq!(
+            add.arguments,
+            json!({"driver": "pcie-root-port", "id": "rp2", "bus": "pcie.0", "chassis": 2,
+                   "slot": 1, "multifunction": false, "pref64-reserve": 17179869184u64})
+        );
+        let mut bridge = PciBridge::pci("br1", "pci.0", 3);
+        bridge.shpc = Some(true);
+        bridge.bus_reserve = Some(1);
+        assert_eq!(
+            bridge.parts().unwrap()[0]
+                .qmp_add(&mut NoFds)
+                .unwrap()
+                .arguments,
+            json!({"driver": "pci-bridge", "bus": "pci.0", "id": "br1", "chassis_nr": 3,
+                   "shpc": true, "bus-reserve": 1})
+        );
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let mut bridge = PciBridge::pci("b", "pcie.0", 0);
+        assert!(bridge
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("`chassis_nr`"));
+        bridge.chassis_nr = None;
+        assert_eq!(
+            bridge.validate().unwrap_err(),
+            Error::MissingField {
+                what: "pci-bridge",
+                field: "chassis_nr"
+            }
+        );
+        bridge.chassis_nr = Some(1);
+        bridge.pref32_reserve = Some(1 << 20);
+        bridge.pref64_reserve = Some(1 << 20);
+        assert_eq!(
+            bridge.validate().unwrap_err(),
+            Error::Conflict {
+                what: "pci-bridge",
+                field: "pref32_reserve",
+                other: "pref64_reserve"
+            }
+        );
+        bridge.bus = "/pci-bus/pcie.0".into();
+        bridge.pref32_reserve = None;
+        assert!(bridge.validate().unwrap_err().to_string().contains("bus"));
+
+        let mut pcie = PciBridge::pcie("b", "pcie.0");
+        pcie.validate().unwrap();
+        pcie.io_reserve = Some(4096);
+        let msg = pcie.validate().unwrap_err().to_string();
+        assert!(
+            msg.contains("pcie-pci-bridge") && msg.contains("`io_reserve`"),
+            "{msg}"
+        );
+        pcie.io_reserve = None;
+        pcie.shpc = Some(false);
+        assert!(pcie.validate().unwrap_err().to_string().contains("`shpc`"));
+
+        let port = PcieRootPort {
+            pref32_reserve: Some(1 << 20),
+            pref64_reserve: Some(1 << 30),
+            ..PcieRootPort::new("rp0")
+        };
+        assert_eq!(
+            port.parts().unwrap_err(),
+            Error::Conflict {
+                what: "pcie-root-port",
+                field: "pref32_reserve",
+                other: "pref64_reserve"
+            }
+        );
+        let port = PcieRootPort::new("rp 0");
+        assert!(port.validate().unwrap_err().to_string().contains("id"));
+    }
+
+    #[test]
+    fn toml_spec_round_trip() {
+        let text = r#"
+            id = "rp0"
+            chassis = 1
+            slot = 2
+            addr = "04.1"
+            pref64_reserve = 2147483648
+        "#;
+        let port: PcieRootPort = toml::from_str(text).unwrap();
+        assert_eq!(port.bus, "pcie.0");
+        assert_eq!(port.addr, Some(PciAddr::new(4, 1).unwrap()));
+        let again: PcieRootPort = toml::from_str(&toml::to_string(&port).unwrap()).unwrap();
+        assert_eq!(again, port);
+        assert!(toml::from_str::<PcieRootPort>(&format!("{text}\nport = 3")).is_err());
+
+        let text = r#"
+            id = "pci-bridge-0"
+            bridge_type = "pcie-bridge"
+            bus = "pcie.0"
+            addr = "02"
+        "#;
+        let bridge: PciBridge = toml::from_str(text).unwrap();
+        assert_eq!(bridge.bridge_type, BridgeType::PcieBridge);
+        let again: PciBridge = toml::from_str(&toml::to_string(&bridge).unwrap()).unwrap();
+        assert_eq!(again, bridge);
+        assert!(toml::from_str::<PciBridge>(&format!("{text}\nchassis = 1")).is_err());
+        let device: crate::Device =
+            toml::from_str(&format!("type = \"pci-bridge\"\n{}", text.trim_start())).unwrap();
+        assert_eq!(device.kind(), "pcie-pci-bridge");
+        let device: crate::Device =
+            toml::from_str("type = \"pcie-root-port\"\nid = \"rp1\"\n").unwrap();
+        assert_eq!(device.id(), Some("rp1"));
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[^\u{0}]{0,24}",
+            "[a-z,= \"'é/]{0,12}",
+            "[a-z][a-z0-9.-]{0,8}",
+        ]
+    }
+
+    /// Mostly valid identifiers, sometimes arbitrary text.
+    fn ident() -> impl Strategy<Value = String> {
+        prop_oneof![3 => "[a-z][a-z0-9._-]{0,8}", 1 => text()]
+    }
+
+    fn check_round_trip(part: &Part) -> std::result::Result<(), TestCaseError> {
+        let rendered = part.render(Syntax::Options, &mut NoFds).unwrap();
+        let key = part.kind().implied_key();
+        let parsed = parse_options(&rendered, key).unwrap();
+        let mut expected = Vec::new();
+        if let Some(key) = key {
+            expected.push((key.to_owned(), part.implied().unwrap().to_owned()));
+        }
+        let rest: Props = part
+            .props()
+            .iter()
+            .filter(|(k, _)| Some(*k) != key)
+            .map(|(k, v)| (k, v.clone()))
+            .collect();
+        expected.extend(flatten(&rest, &mut NoFds).unwrap());
+        prop_assert_eq!(parsed, expected);
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn parts_never_panic_and_round_trip(
+            id in ident(), bus in ident(), pcie in any::<bool>(),
+            chassis in any::<Option<u8>>(), shpc in any::<Option<bool>>(),
+            reserves in any::<(Option<u32>, Option<u64>, Option<u64>, Option<u64>)>(),
+            pref32 in any::<Option<u64>>(),
+            romfile in proptest::option::of(text()), slot_nr in any::<u16>(),
+        ) {
+            let (bus_reserve, io_reserve, mem_reserve, pref64_reserve) = reserves;
+            let bridge = PciBridge {
+                bridge_type: if pcie { BridgeType::PcieBridge } else { BridgeType::PciBridge },
+                chassis_nr: chassis,
+                shpc,
+                bus_reserve,
+                io_reserve,
+                mem_reserve,
+                pref32_reserve: pref32,
+                pref64_reserve,
+                romfile: romfile.clone(),
+                ..PciBridge::pci(id.clone(), bus.clone(), 1)
+            };
+            let port = PcieRootPort {
+                bus,
+                chassis: chassis.unwrap_or_default(),
+                slot: slot_nr,
+                bus_reserve,
+                io_reserve,
+                mem_reserve,
+                pref32_reserve: pref32,
+                pref64_reserve,
+                romfile,
+                ..PcieRootPort::new(id)
+            };
+            let devices: [&dyn QemuDevice; 2] = [&bridge, &port];
+            for device in devices {
+                if let Ok(parts) = device.parts() {
+                    for part in &parts {
+                        check_round_trip(part)?;
+                    }
+                }
+            }
+        }
+    }
+}
