@@ -93,4 +93,6 @@ device_enum! {
     Net(crate::net::NetDevice) = "net",
     /// A vhost-user net, SCSI, block or fs device on a client socket chardev.
     VhostUser(crate::vhost_user::VhostUserDevice) = "vhost-user",
+    /// An assigned host device (`vfio-pci`, `vfio-ccw`, `vfio-ap`).
+    Vfio(crate::vfio::VfioDevice) = "vfio",
 }

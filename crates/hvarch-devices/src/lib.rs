@@ -48,6 +48,7 @@ pub mod props;
 pub mod scsi;
 pub mod syntax;
 pub mod transport;
+pub mod vfio;
 pub mod vhost_user;
 
 pub use device::{Device, QemuDevice};
