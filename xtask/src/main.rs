@@ -4,6 +4,7 @@
 //! * `cargo xtask ci` runs every CI stage in order and stops at the first failure.
 //! * `cargo xtask cross` builds for aarch64 with Debian's toolchain and runs the tests under qemu-user.
 
+mod bench;
 mod cross;
 mod run;
 mod setup;
@@ -30,6 +31,11 @@ enum Command {
     Ci,
     /// Build for aarch64-unknown-linux-gnu and run the test suite under qemu-aarch64.
     Cross,
+    /// Run a benchmark (not a test): `qmp` compares QMP clients' query-status round trips.
+    Bench {
+        /// Which benchmark (`qmp`); all when omitted.
+        what: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -38,6 +44,7 @@ fn main() -> ExitCode {
         Command::Setup => setup::run(),
         Command::Ci => ci(),
         Command::Cross => cross::run(),
+        Command::Bench { what } => bench::run(what.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
