@@ -434,7 +434,7 @@ mod tests {
                 .unwrap()
                 .render(Syntax::Options, &mut NoFds)
                 .unwrap(),
-            "driver=null-co,node-name=null0,size=64M"
+            "driver=null-co,node-name=null0,size=67108864"
         );
         let mut bad = backend.clone();
         bad.format = BlockFormat::Raw;
