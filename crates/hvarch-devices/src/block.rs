@@ -180,8 +180,9 @@ impl BlockBackend {
                 .with("driver", "host_device")
                 .with("filename", path_str(WHAT, "filename", filename)?)
                 .opt("aio", aio),
+            // QAPI types null-co's size as `int`: -blockdev wants plain digits, no suffix.
             BlockProtocol::NullCo { size } => {
-                Props::new().with("driver", "null-co").size("size", *size)
+                Props::new().with("driver", "null-co").with("size", *size)
             }
         })
     }
