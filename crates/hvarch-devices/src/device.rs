@@ -85,6 +85,8 @@ device_enum! {
     PciBridge(crate::bridge::PciBridge) = "pci-bridge",
     /// A PCI Express root port (`pcie-root-port`).
     PcieRootPort(crate::bridge::PcieRootPort) = "pcie-root-port",
+    /// A vhost-vsock device (`vhost-vsock-pci`).
+    Vsock(crate::vsock::VsockDevice) = "vsock",
     /// A virtio-scsi controller.
     ScsiController(crate::scsi::ScsiController) = "scsi-controller",
     /// A SCSI disk or CD-ROM (`scsi-hd` / `scsi-cd`) on a `-blockdev` node.

@@ -50,6 +50,7 @@ pub mod syntax;
 pub mod transport;
 pub mod vfio;
 pub mod vhost_user;
+pub mod vsock;
 
 pub use device::{Device, QemuDevice};
 pub use error::{Error, Result};
