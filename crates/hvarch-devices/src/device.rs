@@ -87,6 +87,8 @@ device_enum! {
     PcieRootPort(crate::bridge::PcieRootPort) = "pcie-root-port",
     /// A vhost-vsock device (`vhost-vsock-pci`).
     Vsock(crate::vsock::VsockDevice) = "vsock",
+    /// A virtio-rng device on its own `rng-random` object.
+    Rng(crate::rng::RngDevice) = "rng",
     /// A virtio-scsi controller.
     ScsiController(crate::scsi::ScsiController) = "scsi-controller",
     /// A SCSI disk or CD-ROM (`scsi-hd` / `scsi-cd`) on a `-blockdev` node.

@@ -45,6 +45,7 @@ pub mod net;
 pub mod part;
 pub mod pci;
 pub mod props;
+pub mod rng;
 pub mod scsi;
 pub mod syntax;
 pub mod transport;

@@ -1,0 +1,321 @@
+//! The virtio entropy device ([`RngDevice`]): an `rng-random` object reading a host entropy
+//! source and the `virtio-rng` frontend that feeds it to the guest.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::device::QemuDevice;
+use crate::error::{invalid, Result};
+use crate::id::{check_id, check_opt_id};
+use crate::part::Part;
+use crate::pci::PciAddr;
+use crate::props::Props;
+use crate::transport::{path_str, Transport, VirtioOpts};
+
+/// A virtio-rng device (`virtio-rng-pci` / `-ccw` / `-device`) on its own `rng-random`
+/// object.
+///
+/// QEMU takes `max_bytes` and `period` independently (each has a default), so either may be
+/// set alone: the guest gets at most `max_bytes` every `period` milliseconds.
+///
+/// ```
+/// use hvarch_devices::rng::RngDevice;
+/// use hvarch_devices::{fd::NoFds, part::Syntax, QemuDevice};
+/// let mut rng = RngDevice::new("rng0-dev", "rng0");
+/// rng.filename = Some("/dev/urandom".into());
+/// let args: Vec<String> = rng.parts().unwrap().iter()
+///     .flat_map(|p| p.to_args(Syntax::Options, &mut NoFds).unwrap()).collect();
+/// assert_eq!(args, [
+///     "-object", "rng-random,id=rng0,filename=/dev/urandom",
+///     "-device", "virtio-rng-pci,id=rng0-dev,rng=rng0",
+/// ]);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RngDevice {
+    /// The device id.
+    pub id: String,
+    /// The id of the `rng-random` object (what the device's `rng=` names).
+    pub object_id: String,
+    /// The host entropy source (`filename=`; QEMU's default `/dev/urandom`).
+    #[serde(default)]
+    pub filename: Option<PathBuf>,
+    /// The most bytes the guest gets per period (`max-bytes=`; at most `i64::MAX`).
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
+    /// The rate-limit period in milliseconds (`period=`; at least 1).
+    #[serde(default)]
+    pub period: Option<u32>,
+    /// The bus (a bridge or root port id).
+    #[serde(default)]
+    pub bus: Option<String>,
+    /// The address on the bus (PCI only).
+    #[serde(default)]
+    pub addr: Option<PciAddr>,
+    /// Transport settings.
+    #[serde(default)]
+    pub virtio: VirtioOpts,
+}
+
+impl RngDevice {
+    /// A virtio-rng-pci device `id` on a new `rng-random` object `object_id`.
+    pub fn new(id: impl Into<String>, object_id: impl Into<String>) -> Self {
+        RngDevice {
+            id: id.into(),
+            object_id: object_id.into(),
+            filename: None,
+            max_bytes: None,
+            period: None,
+            bus: None,
+            addr: None,
+            virtio: VirtioOpts::default(),
+        }
+    }
+}
+
+impl QemuDevice for RngDevice {
+    fn kind(&self) -> &'static str {
+        "virtio-rng"
+    }
+
+    fn id(&self) -> Option<&str> {
+        Some(&self.id)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let what = self.kind();
+        check_id(what, "id", &self.id)?;
+        check_id(what, "object_id", &self.object_id)?;
+        if let Some(filename) = &self.filename {
+            path_str(what, "filename", filename)?;
+        }
+        if let Some(max) = self.max_bytes {
+            if max > i64::MAX as u64 {
+                return Err(invalid(
+                    what,
+                    "max_bytes",
+                    max,
+                    "must be less than 2^63 (QEMU reads it as a signed number)",
+                ));
+            }
+        }
+        if self.period == Some(0) {
+            return Err(invalid(what, "period", 0, "must be at least 1 ms"));
+        }
+        check_opt_id(what, "bus", self.bus.as_deref())?;
+        if self.addr.is_some() && self.virtio.transport != Transport::Pci {
+            return Err(invalid(
+                what,
+                "addr",
+                "set",
+                "applies to the pci transport only",
+            ));
+        }
+        self.virtio.validate(what)
+    }
+
+    fn parts(&self) -> Result<Vec<Part>> {
+        self.validate()?;
+        let filename = match &self.filename {
+            Some(f) => Some(path_str(self.kind(), "filename", f)?),
+            None => None,
+        };
+        let object = Part::object(
+            "rng-random",
+            &self.object_id,
+            Props::new().opt("filename", filename),
+        );
+        let device = Part::device(
+            &self.virtio.driver("virtio-rng"),
+            Props::new()
+                .with("id", self.id.as_str())
+                .with("rng", self.object_id.as_str())
+                .opt("bus", self.bus.as_deref())
+                .opt("addr", self.addr.map(|a| a.to_string()))
+                .opt("max-bytes", self.max_bytes)
+                .opt("period", self.period)
+                .extend(self.virtio.props()),
+        );
+        Ok(vec![object, device])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fd::NoFds;
+    use crate::part::Syntax;
+    use crate::syntax::{flatten, parse_options};
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn args(device: &RngDevice) -> Vec<String> {
+        device
+            .parts()
+            .unwrap()
+            .iter()
+            .flat_map(|p| p.to_args(Syntax::Options, &mut NoFds).unwrap())
+            .collect()
+    }
+
+    /// govmm's RngDevice reference case (kata-go.md §2.3). Deliberate differences: the device
+    /// has its own `id` (govmm gives none and reuses the object id only for `rng=`);
+    /// `romfile` (a transport property) comes last.
+    #[test]
+    fn govmm_reference_case() {
+        let mut rng = RngDevice::new("rng0-dev", "rng0");
+        rng.filename = Some("/dev/urandom".into());
+        rng.max_bytes = Some(20);
+        rng.period = Some(500);
+        rng.virtio.romfile = Some("efi-virtio.rom".into());
+        assert_eq!(
+            args(&rng),
+            [
+                "-object",
+                "rng-random,id=rng0,filename=/dev/urandom",
+                "-device",
+                "virtio-rng-pci,id=rng0-dev,rng=rng0,max-bytes=20,period=500,romfile=efi-virtio.rom",
+            ]
+        );
+    }
+
+    #[test]
+    fn ccw_without_the_double_comma_bug() {
+        let mut rng = RngDevice::new("rng0-dev", "rng0");
+        rng.virtio = VirtioOpts {
+            iommu_platform: true,
+            devno: Some("fe.0.0004".into()),
+            ..VirtioOpts::on(Transport::Ccw)
+        };
+        assert_eq!(
+            args(&rng)[3],
+            "virtio-rng-ccw,id=rng0-dev,rng=rng0,iommu_platform=on,devno=fe.0.0004"
+        );
+    }
+
+    #[test]
+    fn qmp_and_json() {
+        let mut rng = RngDevice::new("rng1-dev", "rng1");
+        rng.filename = Some("/dev/random".into());
+        rng.max_bytes = Some(1024);
+        let parts = rng.parts().unwrap();
+        let calls: Vec<_> = parts
+            .iter()
+            .map(|p| p.qmp_add(&mut NoFds).unwrap())
+            .collect();
+        assert_eq!(calls[0].command, "object-add");
+        assert_eq!(
+            calls[0].arguments,
+            json!({"qom-type": "rng-random", "id": "rng1", "filename": "/dev/random"})
+        );
+        assert_eq!(calls[1].command, "device_add");
+        assert_eq!(
+            calls[1].arguments,
+            json!({"driver": "virtio-rng-pci", "id": "rng1-dev", "rng": "rng1",
+                   "max-bytes": 1024})
+        );
+        assert_eq!(
+            parts[0].render(Syntax::Json, &mut NoFds).unwrap(),
+            r#"{"qom-type":"rng-random","id":"rng1","filename":"/dev/random"}"#
+        );
+        let del: Vec<_> = parts
+            .iter()
+            .rev()
+            .map(|p| p.qmp_del().unwrap().command)
+            .collect();
+        assert_eq!(del, ["device_del", "object-del"]);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let mut rng = RngDevice::new("r", "o");
+        rng.period = Some(0);
+        assert!(rng.validate().unwrap_err().to_string().contains("`period`"));
+        rng.period = Some(1);
+        rng.max_bytes = Some(u64::MAX);
+        assert!(rng
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("`max_bytes`"));
+        rng.max_bytes = Some(i64::MAX as u64);
+        rng.validate().unwrap();
+        rng.object_id = "o,x".into();
+        assert!(rng
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("object_id"));
+        rng.object_id = "o".into();
+        rng.filename = Some(PathBuf::new());
+        assert_eq!(
+            rng.validate().unwrap_err().to_string(),
+            "virtio-rng: `filename` is required"
+        );
+    }
+
+    #[test]
+    fn toml_spec_round_trip() {
+        let text = r#"
+            id = "rng0-dev"
+            object_id = "rng0"
+            filename = "/dev/urandom"
+            period = 1000
+        "#;
+        let rng: RngDevice = toml::from_str(text).unwrap();
+        assert_eq!(rng.period, Some(1000));
+        let again: RngDevice = toml::from_str(&toml::to_string(&rng).unwrap()).unwrap();
+        assert_eq!(again, rng);
+        assert!(toml::from_str::<RngDevice>(&format!("{text}\nrng = \"x\"")).is_err());
+        let device: crate::Device =
+            toml::from_str(&format!("type = \"rng\"\n{}", text.trim_start())).unwrap();
+        assert_eq!(device, crate::Device::from(rng));
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[^\u{0}]{0,24}",
+            "[a-z,= \"'é/]{0,12}",
+            "[a-z][a-z0-9.-]{0,8}",
+        ]
+    }
+
+    /// Mostly valid identifiers, sometimes arbitrary text.
+    fn ident() -> impl Strategy<Value = String> {
+        prop_oneof![3 => "[a-z][a-z0-9._-]{0,8}", 1 => text()]
+    }
+
+    proptest! {
+        #[test]
+        fn parts_never_panic_and_round_trip(
+            id in ident(), object_id in ident(), filename in proptest::option::of(text()),
+            max_bytes in any::<Option<u64>>(), period in any::<Option<u32>>(),
+            bus in proptest::option::of(ident()), romfile in proptest::option::of(text()),
+        ) {
+            let mut rng = RngDevice::new(id, object_id);
+            rng.filename = filename.map(PathBuf::from);
+            rng.max_bytes = max_bytes;
+            rng.period = period;
+            rng.bus = bus;
+            rng.virtio.romfile = romfile;
+            if let Ok(parts) = rng.parts() {
+                for part in &parts {
+                    let rendered = part.render(Syntax::Options, &mut NoFds).unwrap();
+                    let key = part.kind().implied_key();
+                    let parsed = parse_options(&rendered, key).unwrap();
+                    let mut expected = Vec::new();
+                    if let Some(key) = key {
+                        expected.push((key.to_owned(), part.implied().unwrap().to_owned()));
+                    }
+                    let rest: Props = part.props().iter()
+                        .filter(|(k, _)| Some(*k) != key)
+                        .map(|(k, v)| (k, v.clone()))
+                        .collect();
+                    expected.extend(flatten(&rest, &mut NoFds).unwrap());
+                    prop_assert_eq!(parsed, expected);
+                }
+            }
+        }
+    }
+}
