@@ -89,6 +89,8 @@ device_enum! {
     Vsock(crate::vsock::VsockDevice) = "vsock",
     /// A virtio-rng device on its own `rng-random` object.
     Rng(crate::rng::RngDevice) = "rng",
+    /// A virtio-balloon device.
+    Balloon(crate::balloon::BalloonDevice) = "balloon",
     /// A virtio-scsi controller.
     ScsiController(crate::scsi::ScsiController) = "scsi-controller",
     /// A SCSI disk or CD-ROM (`scsi-hd` / `scsi-cd`) on a `-blockdev` node.
