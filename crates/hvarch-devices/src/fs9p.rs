@@ -2,7 +2,7 @@
 //! ([`FsDevice`]).
 //!
 //! `-fsdev` has no QMP counterpart, so a 9p share can only be cold-plugged: [`Part::qmp_add`]
-//! of its `-fsdev` part gives [`Error::NotHotpluggable`](crate::Error::NotHotpluggable).
+//! of its `-fsdev` part gives [`Error::NotHotpluggable`].
 
 use std::path::PathBuf;
 
