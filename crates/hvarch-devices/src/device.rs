@@ -101,4 +101,22 @@ device_enum! {
     VhostUser(crate::vhost_user::VhostUserDevice) = "vhost-user",
     /// An assigned host device (`vfio-pci`, `vfio-ccw`, `vfio-ap`).
     Vfio(crate::vfio::VfioDevice) = "vfio",
+    /// An emulated Intel IOMMU (`intel-iommu`, q35); cold plug only.
+    IntelIommu(crate::iommu::IntelIommu) = "intel-iommu",
+    /// A virtio IOMMU (`virtio-iommu-pci`); cold plug only.
+    VirtioIommu(crate::iommu::VirtioIommu) = "virtio-iommu",
+    /// A host memory backend alone (`-object memory-backend-*`), e.g. the VM's main memory.
+    MemoryBackend(crate::memory::MemoryBackend) = "memory-backend",
+    /// An NVDIMM, DIMM or virtio-mem device on its own memory backend.
+    MemoryDevice(crate::memory::MemoryDevice) = "memory-device",
+    /// A paravirtual panic device (`pvpanic` ISA or `pvpanic-pci`).
+    PvPanic(crate::pvpanic::PvPanic) = "pvpanic",
+    /// A generic loader (`-device loader`) putting a file in guest memory; cold plug only.
+    Loader(crate::loader::Loader) = "loader",
+    /// An I/O thread (`-object iothread`).
+    IoThread(crate::iothread::IoThread) = "iothread",
+    /// A hot-pluggable vCPU (`device_add host-x86_64-cpu`, …).
+    Cpu(crate::cpu::CpuDevice) = "cpu",
+    /// A fw_cfg item (`-fw_cfg name=…,file=…|string=…`); cold plug only.
+    FwCfg(crate::fw_cfg::FwCfg) = "fw-cfg",
 }
