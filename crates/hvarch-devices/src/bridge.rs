@@ -84,7 +84,9 @@ pub struct PciBridge {
     /// `pci-bridge` only: 64-bit prefetchable memory to reserve, in bytes (`pref64-reserve=`).
     #[serde(default)]
     pub pref64_reserve: Option<u64>,
-    /// The option ROM file; `Some("")` asks for an explicit empty `romfile=`.
+    /// Only `Some("")`, an explicit empty `romfile=` (no option ROM), is accepted: QEMU 10.0.2
+    /// aborts on an assertion in `pci_register_bar` when a bridge or root port is given a ROM
+    /// file, so govmm's `romfile=efi-virtio.rom` is refused here.
     #[serde(default)]
     pub romfile: Option<String>,
 }
@@ -176,7 +178,7 @@ impl QemuDevice for PciBridge {
                 other: "pref64_reserve",
             });
         }
-        Ok(())
+        check_bridge_romfile(what, self.romfile.as_deref())
     }
 
     fn parts(&self) -> Result<Vec<Part>> {
@@ -196,6 +198,20 @@ impl QemuDevice for PciBridge {
                 .opt_size("pref64-reserve", self.pref64_reserve)
                 .opt("romfile", self.romfile.as_deref()),
         )])
+    }
+}
+
+/// Refuses a non-empty `romfile` on a bridge or root port (QEMU 10 aborts on it).
+fn check_bridge_romfile(what: &'static str, romfile: Option<&str>) -> Result<()> {
+    match romfile {
+        Some(file) if !file.is_empty() => Err(invalid(
+            what,
+            "romfile",
+            file,
+            "bridges and root ports take no option ROM (QEMU aborts on one); \
+             leave it unset or empty",
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -252,7 +268,9 @@ pub struct PcieRootPort {
     /// I/O space to reserve, in bytes (`io-reserve=`).
     #[serde(default)]
     pub io_reserve: Option<u64>,
-    /// The option ROM file; `Some("")` asks for an explicit empty `romfile=`.
+    /// Only `Some("")`, an explicit empty `romfile=` (no option ROM), is accepted: QEMU 10.0.2
+    /// aborts on an assertion in `pci_register_bar` when a bridge or root port is given a ROM
+    /// file, so govmm's `romfile=efi-virtio.rom` is refused here.
     #[serde(default)]
     pub romfile: Option<String>,
 }
@@ -297,7 +315,7 @@ impl QemuDevice for PcieRootPort {
                 other: "pref64_reserve",
             });
         }
-        Ok(())
+        check_bridge_romfile(what, self.romfile.as_deref())
     }
 
     fn parts(&self) -> Result<Vec<Part>> {
@@ -345,41 +363,59 @@ mod tests {
 
     /// govmm's BridgeDevice reference cases (kata-go.md §2.3). Deliberate differences:
     /// `bus=pcie.0` instead of `/pci-bus/pcie.0` (QEMU 10 refuses that path: "Device
-    /// 'pci-bus' not found"); `addr=1f` instead of `addr=ff`, which is not a PCI slot (slots
-    /// are 0 to 0x1f, and QEMU refuses ff).
+    /// 'pci-bus' not found"); `addr=1e` instead of `addr=ff`, which is not a PCI slot (slots
+    /// are 0 to 0x1f; 0x1f holds q35's LPC); no `romfile=efi-virtio.rom`, on which QEMU 10
+    /// aborts for any bridge (see [`bridge_romfile_is_refused`]).
     #[test]
     fn govmm_bridge_reference_cases() {
         let mut bridge = PciBridge::pci("mybridge", "pcie.0", 5);
         bridge.shpc = Some(true);
-        bridge.addr = slot(0x1f);
-        bridge.romfile = Some("efi-virtio.rom".into());
+        bridge.addr = slot(0x1e);
         assert_eq!(
             args(&bridge),
             [
                 "-device",
-                "pci-bridge,bus=pcie.0,id=mybridge,chassis_nr=5,shpc=on,addr=1f,romfile=efi-virtio.rom"
+                "pci-bridge,bus=pcie.0,id=mybridge,chassis_nr=5,shpc=on,addr=1e"
             ]
         );
         let mut bridge = PciBridge::pcie("mybridge", "pcie.0");
-        bridge.addr = slot(0x1f);
+        bridge.addr = slot(0x1e);
+        assert_eq!(
+            args(&bridge),
+            ["-device", "pcie-pci-bridge,bus=pcie.0,id=mybridge,addr=1e"]
+        );
+    }
+
+    /// QEMU 10.0.2 aborts (`pci_register_bar: Assertion ... failed`) when a pci-bridge,
+    /// pcie-pci-bridge or pcie-root-port gets a ROM file, so only an empty `romfile=` passes.
+    #[test]
+    fn bridge_romfile_is_refused() {
+        let mut bridge = PciBridge::pci("b", "pcie.0", 1);
         bridge.romfile = Some("efi-virtio.rom".into());
+        let msg = bridge.validate().unwrap_err().to_string();
+        assert!(msg.contains("`romfile`"), "{msg}");
+        bridge.romfile = Some(String::new());
         assert_eq!(
             args(&bridge),
             [
                 "-device",
-                "pcie-pci-bridge,bus=pcie.0,id=mybridge,addr=1f,romfile=efi-virtio.rom"
+                "pci-bridge,bus=pcie.0,id=b,chassis_nr=1,romfile="
             ]
         );
+        let port = PcieRootPort {
+            romfile: Some("efi-virtio.rom".into()),
+            ..PcieRootPort::new("rp0")
+        };
+        assert!(port.parts().unwrap_err().to_string().contains("`romfile`"));
     }
 
-    /// govmm HEAD's reservations case. Differences besides bus/addr (above): sizes in QEMU's
-    /// upper-case suffix form (`4K`, `1M`); `romfile` last.
+    /// govmm HEAD's reservations case. Differences besides bus/addr/romfile (above): sizes in
+    /// QEMU's upper-case suffix form (`4K`, `1M`).
     #[test]
     fn govmm_head_bridge_reservations() {
         let mut bridge = PciBridge::pci("mybridge", "pcie.0", 5);
         bridge.shpc = Some(false);
-        bridge.addr = slot(0x1f);
-        bridge.romfile = Some("efi-virtio.rom".into());
+        bridge.addr = slot(0x1e);
         bridge.io_reserve = Some(4 << 10);
         bridge.mem_reserve = Some(1 << 20);
         bridge.pref64_reserve = Some(1 << 20);
@@ -387,8 +423,8 @@ mod tests {
             args(&bridge),
             [
                 "-device",
-                "pci-bridge,bus=pcie.0,id=mybridge,chassis_nr=5,shpc=off,addr=1f,\
-                 io-reserve=4K,mem-reserve=1M,pref64-reserve=1M,romfile=efi-virtio.rom"
+                "pci-bridge,bus=pcie.0,id=mybridge,chassis_nr=5,shpc=off,addr=1e,\
+                 io-reserve=4K,mem-reserve=1M,pref64-reserve=1M"
             ]
         );
     }
@@ -412,7 +448,8 @@ mod tests {
     /// govmm's PCIeRootPortDevice reference cases. Differences: numbers in decimal
     /// (`chassis=0`, `slot=1`, `bus-reserve=3`) and `addr` in QEMU's `02` form, where govmm
     /// wrote `0x…`; QEMU reads both. `addr` is emitted whenever set (govmm: only with
-    /// multifunction).
+    /// multifunction). No `romfile=efi-virtio.rom`: QEMU 10 aborts on it (see
+    /// [`bridge_romfile_is_refused`]).
     #[test]
     fn govmm_root_port_reference_cases() {
         assert_eq!(
@@ -430,7 +467,6 @@ mod tests {
             pref64_reserve: Some(16 << 30),
             mem_reserve: Some(1 << 30),
             io_reserve: Some(512 << 20),
-            romfile: Some("efi-virtio.rom".into()),
             ..PcieRootPort::new("rp2")
         };
         assert_eq!(
@@ -438,8 +474,7 @@ mod tests {
             [
                 "-device",
                 "pcie-root-port,id=rp2,bus=pcie.0,chassis=0,slot=1,addr=02,multifunction=on,\
-                 bus-reserve=3,pref64-reserve=16G,mem-reserve=1G,io-reserve=512M,\
-                 romfile=efi-virtio.rom"
+                 bus-reserve=3,pref64-reserve=16G,mem-reserve=1G,io-reserve=512M"
             ]
         );
     }
