@@ -61,6 +61,18 @@ pub enum ArchError {
         /// What is wrong.
         path: String,
     },
+    /// The machine or architecture has no vIOMMU.
+    #[error("{reason}")]
+    NoIommu {
+        /// Kata's message, e.g. "Arm64 architecture does not support vIOMMU".
+        reason: String,
+    },
+    /// The pflash images are not what the architecture needs.
+    #[error("{reason}")]
+    Pflash {
+        /// Kata's message, e.g. "two pflash images needed for arm64".
+        reason: String,
+    },
     /// A device the arch layer built was refused by the device model.
     #[error(transparent)]
     Device(#[from] hvarch_devices::Error),

@@ -1,0 +1,177 @@
+//! # hvarch-amd64
+//!
+//! The x86_64 backend: Kata's `qemu_amd64.go` as a [`QemuArch`] implementation, for the
+//! machines `pc`, `q35` (the default) and `microvm` (plus `pc-lite` and `virt` as Kata lists
+//! them; `virt` has no default binary).
+//!
+//! What it changes from [`ArchBase`]:
+//!
+//! | method | x86_64 behaviour |
+//! |---|---|
+//! | machine options | `kernel_irqchip=on` under KVM, `kernel_irqchip=split` with a vIOMMU (needed for interrupt remapping); none under TCG |
+//! | [`QemuArch::kernel_parameters`] | Kata's x86 set, then `intel_iommu=on iommu=pt` with a vIOMMU or `iommu=off` |
+//! | [`QemuArch::capabilities`] | block hotplug only on `pc`, `q35` and `virt` |
+//! | [`QemuArch::bridges`] | bridges of the machine's kind (none on `microvm`) |
+//! | [`QemuArch::cpu_model`] | `vmx=off` for VM templates |
+//! | [`QemuArch::memory_topology`] | `maxmem` = host + offset + 1024 MiB (room for the NVDIMM image) |
+//! | [`QemuArch::append_image`] | NVDIMM unless disabled (read-only, disarmed) |
+//! | [`QemuArch::supports_guest_memory_hotplug`] | not on `microvm` |
+//!
+//! Devices on `microvm` use the virtio-mmio transport. 240 vCPUs at most; 5 s migration wait.
+//!
+//! ```
+//! use hvarch_amd64::Amd64;
+//! use hvarch_arch::{arch::QemuArch, settings::HypervisorConfig};
+//! use hvarch_devices::config::Accelerator;
+//!
+//! let config = HypervisorConfig { iommu: true, ..HypervisorConfig::default() };
+//! let arch = Amd64::new(&config).unwrap();
+//! let machine = arch.machine().unwrap().to_machine(Accelerator::Kvm);
+//! assert_eq!(machine.options.get("kernel_irqchip"), Some("split"));
+//! assert!(arch.kernel_parameters(false).to_string().contains("intel_iommu=on iommu=pt"));
+//! ```
+#![deny(missing_docs)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use hvarch_arch::arch::{ArchBase, ArchSpec, Capabilities, QemuArch};
+use hvarch_arch::guest_arch::GuestArch;
+use hvarch_arch::machine::{MachineSpec, MICROVM, PC, PC_LITE, Q35, VIRT};
+use hvarch_arch::settings::{HypervisorConfig, TemplateRole};
+use hvarch_arch::Result;
+use hvarch_devices::config::{Accelerator, Cpu, Memory};
+use hvarch_devices::kernel_params::KernelParams;
+use hvarch_devices::Device;
+
+/// The default QEMU binary.
+pub const QEMU_PATH: &str = "/usr/bin/qemu-system-x86_64";
+/// The QEMU-lite binary Kata used for `pc-lite`.
+pub const QEMU_LITE_PATH: &str = "/usr/bin/qemu-lite-system-x86_64";
+/// The machine used when none is configured (Kata 2.x's choice; Kata 1.x used `pc`).
+pub const DEFAULT_MACHINE: &str = Q35;
+/// The architecture's kernel parameters (before the IOMMU switch).
+pub const KERNEL_PARAMS: &str = "tsc=reliable no_timer_check rcupdate.rcu_expedited=1 \
+    i8042.direct=1 i8042.dumbkbd=1 i8042.nopnp=1 i8042.noaux=1 noreplace-smp reboot=k \
+    console=hvc0 console=hvc1 cryptomgr.notests net.ifnames=0 pci=lastbus=0";
+/// The most vCPUs QEMU gives an x86_64 guest here.
+pub const MAX_VCPUS: u32 = 240;
+/// How long to wait for a migration.
+pub const MIGRATION_WAIT: Duration = Duration::from_secs(5);
+/// MiB reserved above host memory in `maxmem` for the NVDIMM image (clearcontainers#380).
+pub const NVDIMM_RESERVE_MB: u64 = 1024;
+
+/// The x86_64 backend.
+#[derive(Clone, Debug)]
+pub struct Amd64 {
+    base: ArchBase,
+    iommu: bool,
+    template: TemplateRole,
+}
+
+impl Amd64 {
+    /// The backend for `config`.
+    pub fn new(config: &HypervisorConfig) -> Result<Self> {
+        let irqchip = match (config.accelerator, config.iommu) {
+            (Accelerator::Kvm, true) => "kernel_irqchip=split",
+            (Accelerator::Kvm, false) => "kernel_irqchip=on",
+            (Accelerator::Tcg, _) => "",
+        };
+        let machines = [PC_LITE, PC, Q35, VIRT, MICROVM]
+            .iter()
+            .map(|m| MachineSpec::new(m, irqchip))
+            .collect();
+        let mut kernel_params = KernelParams::parse(KERNEL_PARAMS).unwrap_or_default();
+        let iommu_params = if config.iommu {
+            "intel_iommu=on iommu=pt"
+        } else {
+            "iommu=off"
+        };
+        kernel_params.extend(&KernelParams::parse(iommu_params).unwrap_or_default());
+        let spec = ArchSpec {
+            guest_arch: GuestArch::X86_64,
+            default_machine: DEFAULT_MACHINE,
+            machines,
+            qemu_paths: vec![
+                (PC_LITE, QEMU_LITE_PATH),
+                (PC, QEMU_PATH),
+                (Q35, QEMU_PATH),
+                (MICROVM, QEMU_PATH),
+            ],
+            kernel_params,
+            max_vcpus: MAX_VCPUS,
+            migration_wait: MIGRATION_WAIT,
+            dax: true,
+        };
+        let mut arch = Amd64 {
+            base: ArchBase::new(spec, config)?,
+            iommu: config.iommu,
+            template: config.template,
+        };
+        arch.handle_image_path(config);
+        Ok(arch)
+    }
+
+    /// Whether the VM gets a vIOMMU.
+    pub fn iommu(&self) -> bool {
+        self.iommu
+    }
+}
+
+impl QemuArch for Amd64 {
+    fn base(&self) -> &ArchBase {
+        &self.base
+    }
+
+    fn base_mut(&mut self) -> &mut ArchBase {
+        &mut self.base
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            block_device_hotplug: matches!(self.base.machine_type.as_str(), PC | Q35 | VIRT),
+            multi_queue: true,
+            fs_sharing: true,
+        }
+    }
+
+    fn bridges(&mut self, number: u32) {
+        self.base.generic_bridges(number);
+    }
+
+    fn cpu_model(&self) -> Cpu {
+        let mut cpu = Cpu {
+            model: match self.base.accelerator {
+                Accelerator::Kvm => "host",
+                Accelerator::Tcg => "max",
+            }
+            .to_owned(),
+            features: self.base.cpu_features.clone(),
+        };
+        // A template's CPU state must restore on any host: no nested VMX.
+        if self.template != TemplateRole::None {
+            cpu.features.push("vmx=off".into());
+        }
+        cpu
+    }
+
+    fn memory_topology(&self, memory_mb: u64, host_memory_mb: u64, slots: u32) -> Memory {
+        let mut memory = Memory::size(memory_mb << 20);
+        memory.slots = Some(slots);
+        memory.maxmem =
+            Some((host_memory_mb + self.base.memory_offset_mb + NVDIMM_RESERVE_MB) << 20);
+        memory
+    }
+
+    fn append_image(&self, devices: &mut Vec<Device>, path: &Path) -> Result<()> {
+        if self.base.disable_nvdimm {
+            self.append_block_image(devices, path)
+        } else {
+            self.append_nvdimm_image(devices, path)
+        }
+    }
+
+    fn supports_guest_memory_hotplug(&self) -> bool {
+        self.base.machine_type != MICROVM
+    }
+}
