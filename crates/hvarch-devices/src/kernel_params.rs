@@ -48,10 +48,14 @@ pub enum KernelParamError {
     #[error("kernel parameter with an empty name")]
     EmptyKey,
     /// The key holds whitespace, `=`, `"` or a control character.
-    #[error("kernel parameter name {0:?} may not contain whitespace, '=', '\"' or control characters")]
+    #[error(
+        "kernel parameter name {0:?} may not contain whitespace, '=', '\"' or control characters"
+    )]
     InvalidKey(String),
     /// The value holds `"` or a control character (Linux has no escape for them).
-    #[error("value {value:?} of kernel parameter {key:?} may not contain '\"' or control characters")]
+    #[error(
+        "value {value:?} of kernel parameter {key:?} may not contain '\"' or control characters"
+    )]
     InvalidValue {
         /// The parameter.
         key: String,
