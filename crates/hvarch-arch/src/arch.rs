@@ -848,3 +848,636 @@ fn generic_vhost_user(attrs: &VhostUserDevice) -> Result<dev_vhost_user::VhostUs
         kind,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hvarch_devices::fd::NoFds;
+    use hvarch_devices::part::Syntax;
+    use hvarch_devices::QemuDevice;
+
+    /// A backend with no overrides: every method is the base's.
+    #[derive(Debug)]
+    struct Generic(ArchBase);
+
+    impl QemuArch for Generic {
+        fn base(&self) -> &ArchBase {
+            &self.0
+        }
+        fn base_mut(&mut self) -> &mut ArchBase {
+            &mut self.0
+        }
+    }
+
+    fn spec() -> ArchSpec {
+        ArchSpec {
+            guest_arch: GuestArch::X86_64,
+            default_machine: machine::Q35,
+            machines: [machine::PC, machine::Q35, machine::VIRT, machine::MICROVM]
+                .iter()
+                .map(|m| MachineSpec::new(m, "usb=off"))
+                .collect(),
+            qemu_paths: vec![
+                (machine::PC, "/usr/bin/qemu-pc"),
+                (machine::Q35, "/usr/bin/qemu-q35"),
+            ],
+            kernel_params: KernelParams::parse("console=hvc0").unwrap(),
+            max_vcpus: 42,
+            migration_wait: Duration::from_secs(5),
+            dax: true,
+        }
+    }
+
+    fn generic(config: &HypervisorConfig) -> Generic {
+        let mut arch = Generic(ArchBase::new(spec(), config).unwrap());
+        arch.handle_image_path(config);
+        arch
+    }
+
+    fn on(machine_type: &str) -> Generic {
+        generic(&HypervisorConfig {
+            machine_type: Some(machine_type.into()),
+            ..HypervisorConfig::default()
+        })
+    }
+
+    fn argv(devices: &[Device]) -> Vec<String> {
+        devices
+            .iter()
+            .flat_map(|d| d.parts().unwrap())
+            .flat_map(|p| p.to_args(Syntax::Options, &mut NoFds).unwrap())
+            .collect()
+    }
+
+    fn temp_file(name: &str, size: u64) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("hvarch-arch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::File::create(&path).unwrap().set_len(size).unwrap();
+        path
+    }
+
+    #[test]
+    fn nesting_and_vhost_switches() {
+        let mut arch = on("q35");
+        assert!(!arch.run_nested());
+        arch.enable_nesting_checks();
+        assert!(arch.run_nested());
+        let mut devices = Vec::new();
+        arch.append_rng_device(
+            &mut devices,
+            &RngDev {
+                id: "rng0".into(),
+                filename: "/dev/urandom".into(),
+            },
+        )
+        .unwrap();
+        assert!(argv(&devices)[3].contains("disable-modern=on"));
+        arch.disable_nesting_checks();
+        assert!(!arch.run_nested());
+        assert!(arch.base().vhost);
+        arch.disable_vhost_net();
+        assert!(!arch.base().vhost);
+        arch.enable_vhost_net();
+        assert!(arch.base().vhost);
+    }
+
+    #[test]
+    fn machine_and_path_lookup() {
+        let arch = on("pc");
+        assert_eq!(arch.machine().unwrap().machine_type, "pc");
+        assert_eq!(arch.qemu_path().unwrap(), PathBuf::from("/usr/bin/qemu-pc"));
+        assert_eq!(
+            on("virt").qemu_path().unwrap_err().to_string(),
+            "Unknown machine type: virt: no QEMU path known for it; set hypervisor_path"
+        );
+        let configured = generic(&HypervisorConfig {
+            machine_type: Some("virt".into()),
+            hypervisor_path: Some("/opt/qemu".into()),
+            ..HypervisorConfig::default()
+        });
+        assert_eq!(configured.qemu_path().unwrap(), PathBuf::from("/opt/qemu"));
+        let err = ArchBase::new(
+            spec(),
+            &HypervisorConfig {
+                machine_type: Some("s390-ccw-virtio".into()),
+                ..HypervisorConfig::default()
+            },
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unrecognised machine type: s390-ccw-virtio (supported: pc, q35, virt, microvm)"
+        );
+        // Default machine, and machine_accelerators appended to the options.
+        let arch = generic(&HypervisorConfig {
+            machine_accelerators: "nosmm=on".into(),
+            ..HypervisorConfig::default()
+        });
+        let machine = arch.machine().unwrap();
+        assert_eq!(machine.machine_type, "q35");
+        assert_eq!(machine.options.get("nosmm"), Some("on"));
+        assert_eq!(machine.options.get("usb"), Some("off"));
+    }
+
+    #[test]
+    fn kernel_parameters_debug_and_not() {
+        let arch = on("q35");
+        assert_eq!(
+            arch.kernel_parameters(false).to_string(),
+            "console=hvc0 quiet"
+        );
+        assert_eq!(
+            arch.kernel_parameters(true).to_string(),
+            "console=hvc0 debug"
+        );
+    }
+
+    #[test]
+    fn image_path_handling() {
+        let image = temp_file("img-handling.img", 4096);
+        let arch = generic(&HypervisorConfig {
+            image_path: Some(image.clone()),
+            ..HypervisorConfig::default()
+        });
+        for machine in &arch.base().machines {
+            assert_eq!(machine.options.get("nvdimm"), Some("on"));
+        }
+        assert_eq!(
+            arch.kernel_parameters(false).to_string(),
+            "console=hvc0 root=/dev/pmem0p1 rootflags=dax,data=ordered,errors=remount-ro ro \
+             rootfstype=ext4 quiet systemd.show_status=false"
+        );
+        assert_eq!(
+            arch.kernel_parameters(true).to_string(),
+            "console=hvc0 root=/dev/pmem0p1 rootflags=dax,data=ordered,errors=remount-ro ro \
+             rootfstype=ext4 debug systemd.show_status=true systemd.log_level=debug"
+        );
+        // The shared constants are untouched (Kata's fix e2661943).
+        assert!(spec()
+            .machines
+            .iter()
+            .all(|m| m.options.get("nvdimm").is_none()));
+
+        let no_nvdimm = generic(&HypervisorConfig {
+            image_path: Some(image),
+            disable_nvdimm: true,
+            ..HypervisorConfig::default()
+        });
+        assert!(no_nvdimm.machine().unwrap().options.get("nvdimm").is_none());
+        assert!(no_nvdimm
+            .kernel_parameters(false)
+            .to_string()
+            .contains("root=/dev/vda1"));
+
+        let initrd = generic(&HypervisorConfig {
+            initrd_path: Some("/boot/initrd".into()),
+            ..HypervisorConfig::default()
+        });
+        assert!(initrd.machine().unwrap().options.get("nvdimm").is_none());
+        assert_eq!(
+            initrd.kernel_parameters(false).to_string(),
+            "console=hvc0 quiet"
+        );
+    }
+
+    #[test]
+    fn capabilities_topology_cpu_memory() {
+        let arch = on("q35");
+        assert_eq!(
+            arch.capabilities(),
+            Capabilities {
+                block_device_hotplug: true,
+                multi_queue: true,
+                fs_sharing: true
+            }
+        );
+        assert_eq!(
+            arch.cpu_topology(2, 8),
+            Smp {
+                cpus: 2,
+                sockets: Some(8),
+                dies: None,
+                cores: Some(1),
+                threads: Some(1),
+                maxcpus: Some(8)
+            }
+        );
+        assert_eq!(arch.cpu_model().model, "host");
+        let tcg = generic(&HypervisorConfig {
+            accelerator: Accelerator::Tcg,
+            cpu_features: vec!["pmu=off".into()],
+            ..HypervisorConfig::default()
+        });
+        assert_eq!(tcg.cpu_model().model, "max");
+        assert_eq!(tcg.cpu_model().features, ["pmu=off"]);
+        let memory = arch.memory_topology(2048, 16384, 10);
+        assert_eq!(memory.size, 2048 << 20);
+        assert_eq!(memory.slots, Some(10));
+        assert_eq!(memory.maxmem, Some(16384 << 20));
+        let offset = generic(&HypervisorConfig {
+            memory_offset_mb: 512,
+            ..HypervisorConfig::default()
+        });
+        assert_eq!(
+            offset.memory_topology(2048, 16384, 10).maxmem,
+            Some((16384 + 512) << 20)
+        );
+        assert_eq!(arch.max_vcpus(), 42);
+        assert_eq!(arch.migration_wait_timeout(), Duration::from_secs(5));
+        assert!(arch.supports_guest_memory_hotplug());
+        assert_eq!(
+            arch.migration_capabilities(),
+            [MigrationCapability {
+                capability: "x-ignore-shared".into(),
+                state: true
+            }]
+        );
+    }
+
+    #[test]
+    fn console_is_virtio_serial_and_virtconsole() {
+        let mut devices = Vec::new();
+        on("q35")
+            .append_console(&mut devices, Path::new("/run/vm/console.sock"))
+            .unwrap();
+        assert_eq!(
+            argv(&devices),
+            [
+                "-device",
+                "virtio-serial-pci,id=serial0,max_ports=2",
+                "-chardev",
+                "socket,id=charconsole0,path=/run/vm/console.sock,server=on,wait=off",
+                "-device",
+                "virtconsole,chardev=charconsole0,id=console0",
+            ]
+        );
+    }
+
+    #[test]
+    fn block_and_nvdimm_images() {
+        let image = temp_file("rootfs.img", 1 << 20);
+        let arch = on("q35");
+        let mut devices = Vec::new();
+        arch.append_image(&mut devices, &image).unwrap();
+        let args = argv(&devices);
+        let id = truncate_id(format!("image-{}", stable_hex(&image.to_string_lossy())));
+        assert_eq!(args[0], "-blockdev");
+        assert!(args[1].starts_with(&format!("driver=raw,node-name={id}-node,read-only=on")));
+        assert!(args[1].ends_with("file.aio=threads"));
+        assert_eq!(
+            args[3],
+            format!("virtio-blk-pci,id={id},drive={id}-node,share-rw=on")
+        );
+        assert!(arch
+            .append_image(&mut devices, Path::new("/nonexistent/rootfs.img"))
+            .unwrap_err()
+            .to_string()
+            .contains("cannot read the image"));
+
+        let mut devices = Vec::new();
+        arch.append_nvdimm_image(&mut devices, &image).unwrap();
+        assert_eq!(
+            argv(&devices),
+            [
+                "-object",
+                &format!(
+                    "memory-backend-file,id=mem0,size=1M,mem-path={},readonly=on",
+                    image.display()
+                ),
+                "-device",
+                "nvdimm,id=nv0,memdev=mem0,unarmed=on",
+            ]
+        );
+    }
+
+    #[test]
+    fn scsi_controller_with_and_without_iothread() {
+        let arch = on("q35");
+        let mut devices = Vec::new();
+        assert!(arch
+            .append_scsi_controller(&mut devices, false)
+            .unwrap()
+            .is_none());
+        assert_eq!(argv(&devices), ["-device", "virtio-scsi-pci,id=scsi0"]);
+        let mut devices = Vec::new();
+        let iothread = arch
+            .append_scsi_controller(&mut devices, true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(iothread.id, "iothread-scsi0");
+        assert_eq!(
+            argv(&devices),
+            [
+                "-device",
+                "virtio-scsi-pci,id=scsi0,iothread=iothread-scsi0"
+            ]
+        );
+    }
+
+    #[test]
+    fn bridges_base_and_generic() {
+        // Base: PCI bridges whatever the machine.
+        let mut arch = on("microvm");
+        arch.bridges(2);
+        assert_eq!(arch.get_bridges().len(), 2);
+        assert!(arch
+            .get_bridges()
+            .iter()
+            .all(|b| b.bridge_type == BridgeType::Pci));
+
+        // Generic: by machine kind.
+        for (machine_type, expected) in [
+            ("q35", Some(BridgeType::Pci)),
+            ("pc", Some(BridgeType::Pci)),
+            ("virt", Some(BridgeType::Pci)),
+            ("microvm", None),
+        ] {
+            let mut arch = on(machine_type);
+            arch.base_mut().generic_bridges(1);
+            let kinds: Vec<BridgeType> = arch.get_bridges().iter().map(|b| b.bridge_type).collect();
+            assert_eq!(
+                kinds,
+                expected.into_iter().collect::<Vec<_>>(),
+                "{machine_type}"
+            );
+        }
+
+        let mut arch = on("virt");
+        arch.bridges(2);
+        let mut devices = Vec::new();
+        arch.append_bridges(&mut devices).unwrap();
+        assert_eq!(
+            argv(&devices),
+            [
+                "-device",
+                "pci-bridge,bus=pcie.0,id=pci-bridge-0,chassis_nr=1,shpc=on,addr=02",
+                "-device",
+                "pci-bridge,bus=pcie.0,id=pci-bridge-1,chassis_nr=2,shpc=on,addr=03",
+            ]
+        );
+        let mut arch = on("pc");
+        arch.bridges(1);
+        let mut devices = Vec::new();
+        arch.append_bridges(&mut devices).unwrap();
+        assert!(argv(&devices)[1].starts_with("pci-bridge,bus=pci.0,"));
+
+        // Slot allocation through the trait, and the guest path.
+        let slot = arch.add_device_to_bridge("blk0", BridgeType::Pci).unwrap();
+        assert_eq!((slot.bridge_id.as_str(), slot.slot), ("pci-bridge-0", 1));
+        assert_eq!(slot.pci_path().unwrap().to_string(), "02/01");
+        arch.remove_device_from_bridge("blk0").unwrap();
+        assert!(arch.remove_device_from_bridge("blk0").is_err());
+        arch.add_bridge(Bridge::new(BridgeType::Pci, "extra", 9));
+        assert_eq!(arch.get_bridges().len(), 2);
+        arch.set_bridges(Bridges::new());
+        assert!(arch.get_bridges().is_empty());
+    }
+
+    #[test]
+    fn nine_p_volumes() {
+        let arch = on("q35");
+        let mut devices = Vec::new();
+        let volume = Volume {
+            mount_tag: "a-long-mount-tag-for-tests".into(),
+            host_path: "/srv/share".into(),
+        };
+        arch.append_9p_volume(&mut devices, &volume).unwrap();
+        let args = argv(&devices);
+        // extra-9p-<tag> cut to 31 bytes.
+        assert_eq!(
+            args[1],
+            "local,id=extra-9p-a-long-mount-tag-for-t,path=/srv/share,security_model=none,multidevs=remap"
+        );
+        assert!(args[3].contains("mount_tag=a-long-mount-tag-for-tests"));
+        let empty = Volume {
+            mount_tag: String::new(),
+            host_path: "/srv".into(),
+        };
+        assert!(arch.append_9p_volume(&mut devices, &empty).is_err());
+    }
+
+    #[test]
+    fn socket_vsock_rng_vfio_vhost_user() {
+        let arch = on("q35");
+        let mut devices = Vec::new();
+        arch.append_socket(
+            &mut devices,
+            &Socket {
+                device_id: "channel0".into(),
+                id: "charch0".into(),
+                host_path: "/run/vm/kata.sock".into(),
+                name: "agent.channel.0".into(),
+            },
+        )
+        .unwrap();
+        arch.append_vsock(
+            &mut devices,
+            &VSock {
+                context_id: 3,
+                vhost_fd: None,
+            },
+        )
+        .unwrap();
+        arch.append_rng_device(
+            &mut devices,
+            &RngDev {
+                id: "rng0".into(),
+                filename: "/dev/urandom".into(),
+            },
+        )
+        .unwrap();
+        arch.append_vfio_device(
+            &mut devices,
+            &VfioDev {
+                id: "vfio-0".into(),
+                bdf: "0000:02:00.0".into(),
+                vendor_id: None,
+                device_id: None,
+                bus: Some("rp0".into()),
+            },
+        )
+        .unwrap();
+        arch.append_vhost_user_device(
+            &mut devices,
+            &VhostUserDevice {
+                kind: VhostUserKind::Fs,
+                socket_path: "/run/vm/vhost-fs.sock".into(),
+                dev_id: "fs0".into(),
+                mac: None,
+                tag: Some("kataShared".into()),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            argv(&devices),
+            [
+                "-chardev",
+                "socket,id=charch0,path=/run/vm/kata.sock,server=on,wait=off",
+                "-device",
+                "virtserialport,chardev=charch0,id=channel0,name=agent.channel.0",
+                "-device",
+                "vhost-vsock-pci,id=vsock-3,guest-cid=3",
+                "-object",
+                "rng-random,id=rng0,filename=/dev/urandom",
+                "-device",
+                "virtio-rng-pci,id=rng0-dev,rng=rng0",
+                "-device",
+                "vfio-pci,id=vfio-0,host=0000:02:00.0,bus=rp0",
+                "-chardev",
+                "socket,id=char-fs0,path=/run/vm/vhost-fs.sock",
+                "-device",
+                "vhost-user-fs-pci,id=vhost-user-fs0,chardev=char-fs0,tag=kataShared",
+            ]
+        );
+        let no_tag = VhostUserDevice {
+            kind: VhostUserKind::Fs,
+            socket_path: "/s".into(),
+            dev_id: "x".into(),
+            mac: None,
+            tag: None,
+        };
+        assert!(arch
+            .append_vhost_user_device(&mut devices, &no_tag)
+            .is_err());
+    }
+
+    #[test]
+    fn network_devices_are_numbered() {
+        let mut arch = on("q35");
+        let mut devices = Vec::new();
+        let tap = NetEndpoint {
+            kind: EndpointKind::Tuntap,
+            interworking: InterworkingModel::TcFilter,
+            ifname: "tap0".into(),
+            mac: "02:00:ca:fe:00:01".into(),
+            vm_fds: Vec::new(),
+            vhost_fds: Vec::new(),
+        };
+        arch.append_network(&mut devices, &tap).unwrap();
+        arch.append_network(&mut devices, &tap).unwrap();
+        let args = argv(&devices);
+        assert_eq!(
+            args[1],
+            "tap,id=network-0-netdev,vhost=on,ifname=tap0,downscript=no,script=no"
+        );
+        assert_eq!(
+            args[3],
+            "virtio-net-pci,id=network-0,netdev=network-0-netdev,mac=02:00:ca:fe:00:01"
+        );
+        assert!(args[5].contains("id=network-1-netdev"));
+        assert_eq!(arch.base().network_index, 2);
+        let other = NetEndpoint {
+            kind: EndpointKind::Other,
+            ..tap
+        };
+        assert!(arch
+            .append_network(&mut devices, &other)
+            .unwrap_err()
+            .to_string()
+            .contains("Unknown type for endpoint"));
+        assert_eq!(arch.base().network_index, 2);
+    }
+
+    #[test]
+    fn block_devices() {
+        let arch = on("q35");
+        let mut devices = Vec::new();
+        let drive = BlockDrive {
+            file: "/var/lib/disk.qcow2".into(),
+            format: "qcow2".into(),
+            id: "drive-with-a-name-longer-than-thirty-one".into(),
+            read_only: false,
+            share_rw: true,
+            index: 0,
+        };
+        arch.append_block_device(&mut devices, &drive).unwrap();
+        let args = argv(&devices);
+        assert_eq!(
+            args[1],
+            "driver=qcow2,node-name=drive-with-a-name-longer-than-t,file.driver=file,\
+             file.filename=/var/lib/disk.qcow2,file.aio=threads"
+        );
+        assert!(args[3].starts_with("virtio-blk-pci,id=drive-with-a-name-longer-than-t,"));
+        for broken in [
+            BlockDrive {
+                file: PathBuf::new(),
+                ..drive.clone()
+            },
+            BlockDrive {
+                id: String::new(),
+                ..drive.clone()
+            },
+            BlockDrive {
+                format: "vmdk".into(),
+                ..drive.clone()
+            },
+        ] {
+            assert!(arch.append_block_device(&mut devices, &broken).is_err());
+        }
+    }
+
+    #[test]
+    fn root_ports_and_iommu() {
+        let mut devices = Vec::new();
+        on("virt").append_pcie_root_ports(&mut devices, 2).unwrap();
+        assert_eq!(
+            argv(&devices),
+            [
+                "-device",
+                "pcie-root-port,id=rp0,bus=pcie.0,chassis=1,slot=0,multifunction=off",
+                "-device",
+                "pcie-root-port,id=rp1,bus=pcie.0,chassis=2,slot=1,multifunction=off",
+            ]
+        );
+        on("pc").append_pcie_root_ports(&mut devices, 0).unwrap();
+        assert!(on("pc")
+            .append_pcie_root_ports(&mut devices, 1)
+            .unwrap_err()
+            .to_string()
+            .contains("machine pc has no PCIe root bus"));
+
+        let mut devices = Vec::new();
+        on("q35").append_iommu(&mut devices).unwrap();
+        assert_eq!(
+            argv(&devices),
+            [
+                "-device",
+                "intel-iommu,intremap=on,device-iotlb=on,caching-mode=on"
+            ]
+        );
+        assert_eq!(
+            on("pc").append_iommu(&mut devices).unwrap_err().to_string(),
+            "Machine Type pc does not support vIOMMU"
+        );
+    }
+
+    #[test]
+    fn microvm_devices_use_mmio() {
+        let arch = on("microvm");
+        let mut devices = Vec::new();
+        arch.append_console(&mut devices, Path::new("/c.sock"))
+            .unwrap();
+        assert_eq!(
+            argv(&devices)[1],
+            "virtio-serial-device,id=serial0,max_ports=2"
+        );
+    }
+
+    #[test]
+    fn pflash_is_passed_through() {
+        let mut arch = on("q35");
+        assert!(arch.pflash().unwrap().is_empty());
+        arch.set_pflash(vec!["/a".into()]);
+        assert_eq!(arch.pflash().unwrap(), [PathBuf::from("/a")]);
+    }
+
+    #[test]
+    fn ids_are_truncated_on_char_boundaries() {
+        assert_eq!(truncate_id("a".repeat(40)).len(), 31);
+        assert_eq!(truncate_id("short".into()), "short");
+        assert_eq!(stable_hex("x"), stable_hex("x"));
+        assert_ne!(stable_hex("x"), stable_hex("y"));
+        assert_eq!(stable_hex("x").len(), 16);
+    }
+}
