@@ -152,3 +152,234 @@ impl QemuArch for Arm64 {
         Vec::new()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hvarch_arch::bridge::BridgeType;
+    use hvarch_devices::fd::NoFds;
+    use hvarch_devices::part::Syntax;
+    use hvarch_devices::QemuDevice;
+
+    fn arm64(config: HypervisorConfig) -> Arm64 {
+        Arm64::new(&config).unwrap()
+    }
+
+    fn kvm() -> Arm64 {
+        arm64(HypervisorConfig::default())
+    }
+
+    fn argv(devices: &[Device]) -> Vec<String> {
+        devices
+            .iter()
+            .flat_map(|d| d.parts().unwrap())
+            .flat_map(|p| p.to_args(Syntax::Options, &mut NoFds).unwrap())
+            .collect()
+    }
+
+    fn image(size: u64) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("hvarch-arm64-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("rootfs-{size}.img"));
+        std::fs::File::create(&path).unwrap().set_len(size).unwrap();
+        path
+    }
+
+    #[test]
+    fn constants_of_qemu_arm64_go() {
+        let arch = kvm();
+        assert_eq!(arch.guest_arch(), GuestArch::Aarch64);
+        assert_eq!(arch.qemu_path().unwrap(), PathBuf::from(QEMU_PATH));
+        let machine = arch.machine().unwrap().to_machine(Accelerator::Kvm);
+        assert_eq!(machine.machine_type, "virt");
+        assert_eq!(machine.accel, Some(Accelerator::Kvm));
+        assert_eq!(
+            machine.options.iter().collect::<Vec<_>>(),
+            [("usb", "off"), ("gic-version", "host")]
+        );
+        assert_eq!(
+            arch.kernel_parameters(false).to_string(),
+            "console=hvc0 console=hvc1 iommu.passthrough=0 quiet"
+        );
+        assert_eq!(arch.max_vcpus(), 123);
+        assert_eq!(arch.migration_wait_timeout(), Duration::from_secs(10));
+        assert_eq!(arch.cpu_model().model, "host");
+        // Only `virt` is supported.
+        let err = Arm64::new(&HypervisorConfig {
+            machine_type: Some("q35".into()),
+            ..HypervisorConfig::default()
+        })
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unrecognised machine type: q35 (supported: virt)"
+        );
+    }
+
+    #[test]
+    fn tcg_uses_gicv3_and_cpu_max() {
+        let arch = arm64(HypervisorConfig {
+            accelerator: Accelerator::Tcg,
+            ..HypervisorConfig::default()
+        });
+        let machine = arch.machine().unwrap().to_machine(Accelerator::Tcg);
+        assert_eq!(machine.options.get("gic-version"), Some("3"));
+        assert_eq!(arch.cpu_model().model, "max");
+        assert_eq!(arch.max_vcpus(), GicVersion::V3.max_vcpus());
+    }
+
+    #[test]
+    fn pflash_needs_none_or_two_images() {
+        let with = |n: usize| {
+            arm64(HypervisorConfig {
+                pflashes: (0..n)
+                    .map(|i| PathBuf::from(format!("/fw/{i}.fd")))
+                    .collect(),
+                ..HypervisorConfig::default()
+            })
+            .pflash()
+        };
+        assert!(with(0).unwrap().is_empty());
+        assert_eq!(
+            with(1).unwrap_err().to_string(),
+            "two pflash images needed for arm64"
+        );
+        assert_eq!(with(2).unwrap().len(), 2);
+        assert_eq!(
+            with(3).unwrap_err().to_string(),
+            "too many pflash images for arm64"
+        );
+    }
+
+    #[test]
+    fn no_viommu_on_arm64() {
+        let mut devices = Vec::new();
+        assert_eq!(
+            kvm().append_iommu(&mut devices).unwrap_err().to_string(),
+            "Arm64 architecture does not support vIOMMU"
+        );
+        assert!(devices.is_empty());
+    }
+
+    #[test]
+    fn nine_p_without_multidevs() {
+        let volume = Volume {
+            mount_tag: "shared".into(),
+            host_path: "/srv".into(),
+        };
+        let mut devices = Vec::new();
+        kvm().append_9p_volume(&mut devices, &volume).unwrap();
+        assert_eq!(
+            argv(&devices)[1],
+            "local,id=extra-9p-shared,path=/srv,security_model=none"
+        );
+        // An empty tag is an error here too (Kata's arm64 skipped the check).
+        let empty = Volume {
+            mount_tag: String::new(),
+            ..volume
+        };
+        assert!(kvm().append_9p_volume(&mut devices, &empty).is_err());
+    }
+
+    #[test]
+    fn image_on_nvdimm_without_readonly() {
+        let path = image(4 << 20);
+        let arch = arm64(HypervisorConfig {
+            image_path: Some(path.clone()),
+            ..HypervisorConfig::default()
+        });
+        assert_eq!(arch.machine().unwrap().options.get("nvdimm"), Some("on"));
+        assert!(arch
+            .kernel_parameters(false)
+            .to_string()
+            .contains("root=/dev/pmem0p1 rootflags=dax,data=ordered,errors=remount-ro ro"));
+        let mut devices = Vec::new();
+        arch.append_image(&mut devices, &path).unwrap();
+        assert_eq!(
+            argv(&devices),
+            [
+                "-object",
+                &format!(
+                    "memory-backend-file,id=mem0,size=4M,mem-path={}",
+                    path.display()
+                ),
+                "-device",
+                "nvdimm,id=nv0,memdev=mem0",
+            ]
+        );
+
+        let disabled = arm64(HypervisorConfig {
+            image_path: Some(path.clone()),
+            disable_nvdimm: true,
+            ..HypervisorConfig::default()
+        });
+        let mut devices = Vec::new();
+        disabled.append_image(&mut devices, &path).unwrap();
+        assert!(argv(&devices)[3].starts_with("virtio-blk-pci,"));
+        assert!(disabled.machine().unwrap().options.get("nvdimm").is_none());
+    }
+
+    #[test]
+    fn initrd_boot_has_no_nvdimm() {
+        let arch = arm64(HypervisorConfig {
+            initrd_path: Some("/boot/initrd.img".into()),
+            ..HypervisorConfig::default()
+        });
+        assert!(arch.machine().unwrap().options.get("nvdimm").is_none());
+        assert!(!arch.kernel_parameters(false).contains("root"));
+    }
+
+    #[test]
+    fn no_migration_capabilities() {
+        assert!(kvm().migration_capabilities().is_empty());
+    }
+
+    #[test]
+    fn kata_1x_gaps_are_fixed() {
+        // The memory offset is honoured.
+        let arch = arm64(HypervisorConfig {
+            memory_offset_mb: 1024,
+            ..HypervisorConfig::default()
+        });
+        assert_eq!(
+            arch.memory_topology(2048, 8192, 10).maxmem,
+            Some((8192 + 1024) << 20)
+        );
+        // PCIe root ports work on virt.
+        let mut devices = Vec::new();
+        arch.append_pcie_root_ports(&mut devices, 1).unwrap();
+        assert_eq!(
+            argv(&devices)[1],
+            "pcie-root-port,id=rp0,bus=pcie.0,chassis=1,slot=0,multifunction=off"
+        );
+    }
+
+    #[test]
+    fn bridges_are_pci_on_virt() {
+        let mut arch = kvm();
+        arch.bridges(1);
+        assert_eq!(arch.get_bridges().len(), 1);
+        let bridge = arch.get_bridges().iter().next().unwrap();
+        assert_eq!(
+            (bridge.id.as_str(), bridge.bridge_type),
+            ("pci-bridge-0", BridgeType::Pci)
+        );
+        let mut devices = Vec::new();
+        arch.append_bridges(&mut devices).unwrap();
+        assert_eq!(
+            argv(&devices),
+            [
+                "-device",
+                "pci-bridge,bus=pcie.0,id=pci-bridge-0,chassis_nr=1,shpc=on,addr=02"
+            ]
+        );
+    }
+
+    #[test]
+    fn everything_else_is_the_base() {
+        let arch = kvm();
+        assert!(arch.supports_guest_memory_hotplug());
+        assert!(arch.capabilities().block_device_hotplug);
+        assert_eq!(arch.cpu_topology(1, 4).maxcpus, Some(4));
+    }
+}
