@@ -1,0 +1,3 @@
+//! The subcommands, one module each (`run`, `qmp` and `probe` will join `cmdline`).
+
+pub mod cmdline;

@@ -1,0 +1,518 @@
+//! Turning a [`VmSpec`] into a QEMU configuration the way Kata's `createSandbox` does
+//! (kata-go.md §2.8 and §4.2), with the arch backend doing every arch-specific step.
+//!
+//! # What is assembled, in order
+//!
+//! - `-name sandbox-<id>`, `-uuid`, `-machine` (the backend's machine, options and
+//!   `machine_accelerators`), `-cpu` (the backend's model and `cpu_features`);
+//! - the QMP monitor on `<runtime_dir>/qmp.sock`;
+//! - `-m` from the backend's memory topology (ceiling: host memory + offset, plus 1 GiB on
+//!   x86_64), with guest RAM on a backend `dimm1` (RAM, hugepages, or file-backed and shared
+//!   for virtio-fs and templates);
+//! - devices: bridges, console (`<runtime_dir>/console.sock`), the rootfs image (NVDIMM or
+//!   virtio-blk), the vIOMMU, the virtio-scsi controller (its I/O thread just before it),
+//!   `rng0` on the entropy source, PCIe root ports; then the cold-plugged resources: 9p
+//!   volumes, the agent channel (`channel0` / `charch0` / `agent.channel.0` on
+//!   `<runtime_dir>/kata.sock`) *or* vsock, network endpoints, block drives, VFIO devices;
+//!   then `extra_devices`;
+//! - `-rtc base=utc,driftfix=slew,clock=host`; `-global kvm-pit.lost_tick_policy=discard`
+//!   on x86_64 only (Kata emitted it on every arch; qemu-system-aarch64 warns
+//!   "global kvm-pit.lost_tick_policy has invalid class name" and ignores it); pflash (the
+//!   UEFI code image read-only when there are two), `-vga none`;
+//! - knobs: `-no-user-config -nodefaults -nographic -no-reboot`, `-no-shutdown` and
+//!   `-daemonize` when asked, `-overcommit mem-lock=on` unless `enable_swap`, `-S` when
+//!   `stopped`;
+//! - `-kernel`, `-initrd`, `-append` (the backend's parameters, then `panic=1`,
+//!   `nr_cpus=<max vCPUs>`, `agent.use_vsock=<bool>`, then the user's `kernel_params`, which
+//!   win in the guest), `-bios`;
+//! - `-pidfile <runtime_dir>/pid`, `-D <runtime_dir>/qemu.log` in debug, `-smp` last.
+
+use std::path::{Path, PathBuf};
+
+use hvarch_amd64::Amd64;
+use hvarch_arch::arch::QemuArch;
+use hvarch_arch::guest_arch::GuestArch;
+use hvarch_arch::machine::MICROVM;
+use hvarch_arch::resources::{RngDev, Socket, VSock};
+use hvarch_arch::settings::{
+    BlockDriver, HypervisorConfig, SharedFs, TemplateRole, MAX_PCI_BRIDGES,
+};
+use hvarch_arch::ArchError;
+use hvarch_arm64::Arm64;
+use hvarch_devices::config::{
+    Global, Incoming, Kernel, Knobs, Monitor, MonitorEndpoint, Pflash, RamAttach, Rtc, VmConfig,
+};
+use hvarch_devices::fd::FdTable;
+use hvarch_devices::kernel_params::KernelParams;
+use hvarch_devices::memory::MemoryBackend;
+use hvarch_devices::part::Syntax;
+use hvarch_devices::Device;
+
+use crate::error::{Error, Result};
+use crate::host;
+use crate::spec::{check_id, VmSpec};
+
+/// The most PCIe root ports a spec may ask for (Kata 2.x's `maxPCIeRootPort`).
+pub const MAX_PCIE_ROOT_PORTS: u32 = 16;
+/// The largest memory size, offset or host memory accepted, in MiB (1 PiB): far beyond any
+/// guest, and small enough that every sum the backends compute fits in bytes.
+pub const MAX_MEMORY_MB: u64 = 1 << 30;
+/// The id of the guest RAM backend (govmm's `dimm1`).
+pub const RAM_BACKEND_ID: &str = "dimm1";
+/// The id of the QMP monitor's chardev.
+pub const QMP_MONITOR_ID: &str = "qmp";
+/// The agent channel's port id, chardev id and guest-visible name (Kata's).
+pub const AGENT_CHANNEL: (&str, &str, &str) = ("channel0", "charch0", "agent.channel.0");
+
+/// The runtime files of a VM, all inside its runtime directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuntimePaths {
+    /// The directory.
+    pub dir: PathBuf,
+    /// The console socket (`console.sock`).
+    pub console: PathBuf,
+    /// The QMP socket (`qmp.sock`).
+    pub qmp: PathBuf,
+    /// The agent channel socket (`kata.sock`).
+    pub agent: PathBuf,
+    /// QEMU's pid file (`pid`).
+    pub pidfile: PathBuf,
+    /// QEMU's debug log (`qemu.log`).
+    pub log: PathBuf,
+}
+
+impl RuntimePaths {
+    /// The files inside `dir`.
+    pub fn new(dir: &Path) -> Self {
+        RuntimePaths {
+            dir: dir.to_path_buf(),
+            console: dir.join("console.sock"),
+            qmp: dir.join("qmp.sock"),
+            agent: dir.join("kata.sock"),
+            pidfile: dir.join("pid"),
+            log: dir.join("qemu.log"),
+        }
+    }
+}
+
+/// The arch backend for `arch`, configured by `config` (ppc64le and s390x: no backend yet).
+///
+/// ```
+/// use hvarch::{backend, GuestArch};
+/// let arch = backend(GuestArch::Aarch64, &Default::default()).unwrap();
+/// assert_eq!(arch.machine().unwrap().machine_type, "virt");
+/// assert!(backend(GuestArch::S390x, &Default::default()).is_err());
+/// ```
+pub fn backend(arch: GuestArch, config: &HypervisorConfig) -> Result<Box<dyn QemuArch>> {
+    let wrap = |e: ArchError| {
+        let field = match e {
+            ArchError::UnsupportedMachine { .. } => "hypervisor.machine_type",
+            ArchError::Device(_) => "hypervisor.machine_accelerators",
+            _ => "hypervisor",
+        };
+        Error::Arch { field, source: e }
+    };
+    match arch {
+        GuestArch::Aarch64 => Ok(Box::new(Arm64::new(config).map_err(wrap)?)),
+        GuestArch::X86_64 => Ok(Box::new(Amd64::new(config).map_err(wrap)?)),
+        other => Err(Error::NoBackend { arch: other }),
+    }
+}
+
+/// A VM ready to launch: QEMU's configuration, its binary, and the backend that built it
+/// (which keeps the bridge slot state hotplug needs).
+#[derive(Debug)]
+pub struct Assembled {
+    /// The guest architecture.
+    pub guest_arch: GuestArch,
+    /// The QEMU binary (configured `hypervisor_path`, else the backend's default).
+    pub qemu_path: PathBuf,
+    /// The whole QEMU configuration.
+    pub config: VmConfig,
+    /// The runtime files.
+    pub paths: RuntimePaths,
+    /// The vCPU ceiling (`maxcpus`, `nr_cpus`).
+    pub max_vcpus: u32,
+    /// The backend, after assembly (bridges placed).
+    pub arch: Box<dyn QemuArch>,
+}
+
+impl Assembled {
+    /// QEMU's arguments without the binary; descriptors are numbered through `fds`, which
+    /// the launcher must map into the child.
+    pub fn args(&self, syntax: Syntax, fds: &mut FdTable) -> Result<Vec<String>> {
+        self.config
+            .to_args(syntax, fds)
+            .map_err(Error::device("vm"))
+    }
+
+    /// The whole command line, binary first (descriptor numbers as a launcher would assign
+    /// them; use [`Assembled::args`] to keep the table).
+    pub fn argv(&self, syntax: Syntax) -> Result<Vec<String>> {
+        let mut argv = vec![self.qemu_path.to_string_lossy().into_owned()];
+        argv.extend(self.args(syntax, &mut FdTable::new())?);
+        Ok(argv)
+    }
+}
+
+/// Assembles `spec` (see the [module docs](self) for what and in which order).
+///
+/// ```
+/// let mut spec = hvarch::VmSpec::kata_default();
+/// spec.arch = Some(hvarch::GuestArch::Aarch64);
+/// spec.host_memory_mb = Some(8192);
+/// spec.host_cpus = Some(4);
+/// let vm = hvarch::assemble(&spec).unwrap();
+/// let argv = vm.argv(hvarch::Syntax::Options).unwrap();
+/// assert_eq!(argv[0], "/usr/bin/qemu-system-aarch64");
+/// assert!(argv.contains(&"virt,accel=kvm,usb=off,gic-version=host".to_string()));
+/// ```
+pub fn assemble(spec: &VmSpec) -> Result<Assembled> {
+    check_id(&spec.id)?;
+    let config = &spec.hypervisor;
+    check_numbers(spec)?;
+    let guest_arch = spec.guest_arch()?;
+    let kernel_path = config.kernel_path.clone().ok_or(Error::Missing {
+        field: "hypervisor.kernel_path",
+        reason: "the VM boots a kernel directly",
+    })?;
+    match (&config.image_path, &config.initrd_path) {
+        (Some(_), Some(_)) => {
+            return Err(Error::Conflict {
+                field: "hypervisor.image_path",
+                other: "hypervisor.initrd_path",
+            })
+        }
+        (None, None) => {
+            return Err(Error::Missing {
+                field: "hypervisor.initrd_path",
+                reason: "set an initrd or a rootfs image (hypervisor.image_path)",
+            })
+        }
+        _ => {}
+    }
+    if !spec.volumes.is_empty() && config.shared_fs != SharedFs::VirtioFs9p {
+        return Err(Error::Conflict {
+            field: "volumes",
+            other: "hypervisor.shared_fs",
+        });
+    }
+    let paths = RuntimePaths::new(&spec.runtime_dir());
+
+    // setup(): the backend, its bridges.
+    let mut arch = backend(guest_arch, config)?;
+    if config.disable_vhost_net {
+        arch.disable_vhost_net();
+    } else {
+        arch.enable_vhost_net();
+    }
+    arch.bridges(config.default_bridges);
+
+    // Machine, CPU, topology, memory.
+    let machine_spec = arch
+        .machine()
+        .map_err(Error::arch("hypervisor.machine_type"))?;
+    let machine = machine_spec.to_machine(config.accelerator);
+    let host_cpus = spec.host_cpus.unwrap_or_else(host::host_cpus);
+    let max_vcpus = max_vcpus(config.default_max_vcpus, host_cpus, arch.max_vcpus());
+    if config.num_vcpus > max_vcpus {
+        return Err(Error::invalid(
+            "hypervisor.num_vcpus",
+            config.num_vcpus,
+            format!(
+                "more than the vCPU ceiling {max_vcpus} (default_max_vcpus, host_cpus and the \
+                 {guest_arch} backend's limit {})",
+                arch.max_vcpus()
+            ),
+        ));
+    }
+    let smp = arch.cpu_topology(config.num_vcpus, max_vcpus);
+    let host_memory_mb = match spec.host_memory_mb {
+        Some(mb) => mb,
+        None => host::host_memory_mb()?,
+    };
+    if host_memory_mb < config.memory_mb {
+        return Err(Error::invalid(
+            "hypervisor.memory_mb",
+            config.memory_mb,
+            format!("more than the host memory ({host_memory_mb} MiB, host_memory_mb)"),
+        ));
+    }
+    let mut memory = arch.memory_topology(config.memory_mb, host_memory_mb, config.memory_slots);
+    memory.backend = Some(ram_backend(config, memory.size));
+    if machine.machine_type == MICROVM {
+        memory.attach = RamAttach::MachineProperty;
+    }
+    let cpu = arch.cpu_model();
+
+    // Kernel command line: arch → panic=1 → nr_cpus → agent.use_vsock → user.
+    let params = kernel_params(arch.as_ref(), config, max_vcpus, spec.use_vsock)?;
+
+    // Devices, in Kata's order.
+    let devices = devices(arch.as_mut(), spec, &paths)?;
+
+    let pflash = arch.pflash().map_err(Error::arch("hypervisor.pflashes"))?;
+    let pflash_count = pflash.len();
+    let pflash = pflash
+        .into_iter()
+        .enumerate()
+        .map(|(unit, file)| Pflash {
+            file,
+            readonly: unit == 0 && pflash_count == 2,
+        })
+        .collect();
+    let qemu_path = arch
+        .qemu_path()
+        .map_err(Error::arch("hypervisor.hypervisor_path"))?;
+
+    let mut vm = VmConfig::new(machine);
+    vm.name = Some(format!("sandbox-{}", spec.id));
+    vm.uuid = Some(spec.uuid());
+    vm.cpu = Some(cpu);
+    vm.smp = Some(smp);
+    vm.memory = Some(memory);
+    vm.monitors = vec![Monitor::qmp(
+        QMP_MONITOR_ID,
+        MonitorEndpoint::Path(paths.qmp.clone()),
+    )];
+    vm.devices = devices;
+    vm.rtc = Some(Rtc::kata());
+    if guest_arch == GuestArch::X86_64 {
+        vm.globals.push(Global {
+            driver: "kvm-pit".into(),
+            property: "lost_tick_policy".into(),
+            value: "discard".into(),
+        });
+    }
+    vm.pflash = pflash;
+    vm.vga = Some("none".into());
+    vm.knobs = Knobs {
+        no_user_config: true,
+        nodefaults: true,
+        nographic: true,
+        no_reboot: true,
+        no_shutdown: spec.no_shutdown,
+        daemonize: spec.daemonize,
+        mem_lock: (!config.enable_swap).then_some(true),
+        stopped: spec.stopped,
+    };
+    vm.kernel = Some(Kernel {
+        path: kernel_path,
+        initrd: config.initrd_path.clone(),
+        params,
+    });
+    vm.bios = config.firmware_path.clone();
+    if config.template == TemplateRole::BootFromTemplate {
+        vm.incoming = Some(Incoming::Defer);
+    }
+    vm.pidfile = Some(paths.pidfile.clone());
+    if config.debug {
+        vm.log_file = Some(paths.log.clone());
+    }
+    vm.validate().map_err(Error::device("vm"))?;
+    tracing::debug!(id = %spec.id, arch = %guest_arch, devices = vm.devices.len(), "assembled VM");
+    Ok(Assembled {
+        guest_arch,
+        qemu_path,
+        config: vm,
+        paths,
+        max_vcpus,
+        arch,
+    })
+}
+
+/// Refuses numbers no VM can have, before any backend arithmetic sees them.
+fn check_numbers(spec: &VmSpec) -> Result<()> {
+    let config = &spec.hypervisor;
+    if config.num_vcpus == 0 {
+        return Err(Error::invalid(
+            "hypervisor.num_vcpus",
+            0,
+            "at least one vCPU is needed",
+        ));
+    }
+    if config.memory_mb == 0 {
+        return Err(Error::invalid(
+            "hypervisor.memory_mb",
+            0,
+            "the guest needs RAM",
+        ));
+    }
+    for (field, value) in [
+        ("hypervisor.memory_mb", Some(config.memory_mb)),
+        ("hypervisor.memory_offset_mb", Some(config.memory_offset_mb)),
+        ("host_memory_mb", spec.host_memory_mb),
+    ] {
+        if let Some(v) = value.filter(|v| *v > MAX_MEMORY_MB) {
+            return Err(Error::invalid(
+                field,
+                v,
+                format!("at most {MAX_MEMORY_MB} MiB"),
+            ));
+        }
+    }
+    if spec.host_memory_mb == Some(0) {
+        return Err(Error::invalid("host_memory_mb", 0, "must be at least 1"));
+    }
+    if spec.host_cpus == Some(0) {
+        return Err(Error::invalid("host_cpus", 0, "must be at least 1"));
+    }
+    if config.default_bridges > MAX_PCI_BRIDGES {
+        return Err(Error::invalid(
+            "hypervisor.default_bridges",
+            config.default_bridges,
+            format!("at most {MAX_PCI_BRIDGES} bridges"),
+        ));
+    }
+    if config.pcie_root_ports > MAX_PCIE_ROOT_PORTS {
+        return Err(Error::invalid(
+            "hypervisor.pcie_root_ports",
+            config.pcie_root_ports,
+            format!("at most {MAX_PCIE_ROOT_PORTS} root ports"),
+        ));
+    }
+    if spec.use_vsock && spec.vsock_cid.is_none() {
+        return Err(Error::Missing {
+            field: "vsock_cid",
+            reason: "use_vsock needs the guest's context id",
+        });
+    }
+    Ok(())
+}
+
+/// Kata's vCPU ceiling (`defaultMaxVCPUs`): unset or at least the host's CPUs means the
+/// host's CPUs; never above the backend's limit.
+fn max_vcpus(requested: u32, host_cpus: u32, arch_max: u32) -> u32 {
+    let max = if requested == 0 || requested >= host_cpus {
+        host_cpus
+    } else {
+        requested
+    };
+    max.min(arch_max)
+}
+
+/// The guest RAM backend `dimm1`: hugepages, file-backed (virtio-fs and
+/// `file_backed_mem_root`, in `/dev/shm` unless set), or anonymous RAM; shared where
+/// vhost-user daemons or a template need to map it; preallocated with hugepages or
+/// `mem_prealloc`.
+fn ram_backend(config: &HypervisorConfig, size: u64) -> MemoryBackend {
+    let file_root = config
+        .file_backed_mem_root
+        .clone()
+        .or_else(|| (config.shared_fs == SharedFs::VirtioFs).then(|| PathBuf::from("/dev/shm")));
+    let mut backend = if config.hugepages {
+        MemoryBackend::hugepages(RAM_BACKEND_ID, size)
+    } else if let Some(root) = &file_root {
+        MemoryBackend::file(RAM_BACKEND_ID, size, root)
+    } else {
+        MemoryBackend::ram(RAM_BACKEND_ID, size)
+    };
+    let shared = file_root.is_some()
+        || config.shared_fs == SharedFs::VirtioFs
+        || config.template == TemplateRole::BootToBeTemplate;
+    if shared {
+        backend.share = Some(true);
+    }
+    backend.prealloc = config.mem_prealloc || config.hugepages;
+    backend
+}
+
+fn kernel_params(
+    arch: &dyn QemuArch,
+    config: &HypervisorConfig,
+    max_vcpus: u32,
+    use_vsock: bool,
+) -> Result<KernelParams> {
+    let mut params = arch.kernel_parameters(config.debug);
+    let nr_cpus = max_vcpus.to_string();
+    for (key, value) in [
+        ("panic", "1"),
+        ("nr_cpus", nr_cpus.as_str()),
+        ("agent.use_vsock", if use_vsock { "true" } else { "false" }),
+    ] {
+        params
+            .push(key, Some(value))
+            .map_err(|e| Error::invalid("hypervisor.kernel_params", key, e.to_string()))?;
+    }
+    params.extend(&config.kernel_params);
+    Ok(params)
+}
+
+/// Kata's `buildDevices`, the config-level devices, then the cold-plugged resources.
+fn devices(arch: &mut dyn QemuArch, spec: &VmSpec, paths: &RuntimePaths) -> Result<Vec<Device>> {
+    let config = &spec.hypervisor;
+    let mut devices = Vec::new();
+    arch.append_bridges(&mut devices)
+        .map_err(Error::arch("hypervisor.default_bridges"))?;
+    arch.append_console(&mut devices, &paths.console)
+        .map_err(Error::arch("runtime_dir"))?;
+    if let Some(image) = &config.image_path {
+        arch.append_image(&mut devices, image)
+            .map_err(Error::arch("hypervisor.image_path"))?;
+    }
+    if config.iommu {
+        arch.append_iommu(&mut devices)
+            .map_err(Error::arch("hypervisor.iommu"))?;
+    }
+    if config.block_device_driver == BlockDriver::VirtioScsi {
+        let mut scsi = Vec::new();
+        let iothread = arch
+            .append_scsi_controller(&mut scsi, config.enable_iothreads)
+            .map_err(Error::arch("hypervisor.enable_iothreads"))?;
+        // The controller's I/O thread joins the VM, created before the controller uses it.
+        devices.extend(iothread.map(Device::from));
+        devices.extend(scsi);
+    }
+    arch.append_rng_device(
+        &mut devices,
+        &RngDev {
+            id: "rng0".into(),
+            filename: config.entropy_source.clone(),
+        },
+    )
+    .map_err(Error::arch("hypervisor.entropy_source"))?;
+    arch.append_pcie_root_ports(&mut devices, config.pcie_root_ports)
+        .map_err(Error::arch("hypervisor.pcie_root_ports"))?;
+
+    // Cold plug (Kata's addDevice, in the order the sandbox adds them).
+    for volume in &spec.volumes {
+        arch.append_9p_volume(&mut devices, volume)
+            .map_err(Error::arch("volumes"))?;
+    }
+    if spec.use_vsock {
+        let context_id = spec.vsock_cid.ok_or(Error::Missing {
+            field: "vsock_cid",
+            reason: "use_vsock needs the guest's context id",
+        })?;
+        let vsock = VSock {
+            context_id,
+            vhost_fd: spec.vsock_fd.clone(),
+        };
+        arch.append_vsock(&mut devices, &vsock)
+            .map_err(Error::arch("vsock_cid"))?;
+    } else {
+        let (device_id, id, name) = AGENT_CHANNEL;
+        let socket = Socket {
+            device_id: device_id.into(),
+            id: id.into(),
+            host_path: paths.agent.clone(),
+            name: name.into(),
+        };
+        arch.append_socket(&mut devices, &socket)
+            .map_err(Error::arch("runtime_dir"))?;
+    }
+    for endpoint in &spec.networks {
+        arch.append_network(&mut devices, endpoint)
+            .map_err(Error::arch("networks"))?;
+    }
+    for drive in &spec.block_drives {
+        arch.append_block_device(&mut devices, drive)
+            .map_err(Error::arch("block_drives"))?;
+    }
+    for dev in &spec.vfio {
+        arch.append_vfio_device(&mut devices, dev)
+            .map_err(Error::arch("vfio"))?;
+    }
+    devices.extend(spec.extra_devices.iter().cloned());
+    Ok(devices)
+}

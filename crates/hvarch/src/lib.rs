@@ -1,0 +1,53 @@
+//! # hvarch
+//!
+//! The facade of hvarch: describe a VM once ([`VmSpec`]), and get the QEMU command line
+//! Kata Containers would build for it on the guest architecture you name — or on the host's
+//! own ([`native`]) when you name none.
+//!
+//! - [`native`]: the host's backend, picked with `cfg_if!` on `target_arch` (the only
+//!   compile-time arch choice; every backend builds and is tested on every host).
+//! - [`backend`]: an arch backend ([`hvarch_arm64::Arm64`], [`hvarch_amd64::Amd64`]) as a
+//!   `Box<dyn QemuArch>`, chosen at run time.
+//! - [`VmSpec`]: what a user writes (TOML spec files deserialize into it).
+//! - [`assemble`]: Kata's `createSandbox` — machine, CPU, topology, memory, kernel command
+//!   line and devices in Kata's order — producing an [`Assembled`] VM: a
+//!   [`hvarch_devices::config::VmConfig`], the QEMU binary and the backend.
+//!
+//! ```
+//! use hvarch::{assemble, GuestArch, Syntax, VmSpec};
+//! use hvarch_devices::config::Accelerator;
+//!
+//! let mut spec = VmSpec::kata_default();
+//! spec.arch = Some(GuestArch::Aarch64);
+//! spec.hypervisor.accelerator = Accelerator::Tcg;
+//! spec.host_memory_mb = Some(16384);
+//! spec.host_cpus = Some(8);
+//! let vm = assemble(&spec).unwrap();
+//! let argv = vm.argv(Syntax::Options).unwrap();
+//! assert_eq!(argv[0], "/usr/bin/qemu-system-aarch64");
+//! let after = |flag: &str| argv[argv.iter().position(|a| a == flag).unwrap() + 1].clone();
+//! assert_eq!(after("-machine"), "virt,accel=tcg,usb=off,gic-version=3");
+//! assert_eq!(after("-cpu"), "max");
+//! assert_eq!(after("-smp"), "1,sockets=8,cores=1,threads=1,maxcpus=8");
+//! assert!(after("-append").ends_with("quiet panic=1 nr_cpus=8 agent.use_vsock=false"));
+//! ```
+#![deny(missing_docs)]
+
+pub mod assemble;
+pub mod error;
+pub mod host;
+pub mod native;
+pub mod spec;
+
+pub use assemble::{assemble, backend, Assembled, RuntimePaths};
+pub use error::{Error, Result};
+pub use spec::VmSpec;
+
+pub use hvarch_arch::arch::QemuArch;
+pub use hvarch_arch::guest_arch::GuestArch;
+pub use hvarch_arch::settings::HypervisorConfig;
+pub use hvarch_devices::config::Accelerator;
+pub use hvarch_devices::part::Syntax;
+
+/// The crates hvarch is built from, for types the facade does not re-export.
+pub use {hvarch_amd64, hvarch_arch, hvarch_arm64, hvarch_devices};
