@@ -175,3 +175,203 @@ impl QemuArch for Amd64 {
         self.base.machine_type != MICROVM
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hvarch_arch::bridge::BridgeType;
+    use hvarch_devices::fd::NoFds;
+    use hvarch_devices::part::Syntax;
+    use hvarch_devices::QemuDevice;
+    use std::path::PathBuf;
+
+    fn amd64(config: HypervisorConfig) -> Amd64 {
+        Amd64::new(&config).unwrap()
+    }
+
+    fn on(machine: &str) -> Amd64 {
+        amd64(HypervisorConfig {
+            machine_type: Some(machine.into()),
+            ..HypervisorConfig::default()
+        })
+    }
+
+    fn argv(devices: &[Device]) -> Vec<String> {
+        devices
+            .iter()
+            .flat_map(|d| d.parts().unwrap())
+            .flat_map(|p| p.to_args(Syntax::Options, &mut NoFds).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn machine_options_follow_accelerator_and_iommu() {
+        let kvm = amd64(HypervisorConfig::default());
+        assert_eq!(kvm.machine().unwrap().machine_type, "q35");
+        assert_eq!(
+            kvm.machine().unwrap().options.get("kernel_irqchip"),
+            Some("on")
+        );
+        let split = amd64(HypervisorConfig {
+            iommu: true,
+            ..HypervisorConfig::default()
+        });
+        assert!(split.iommu());
+        assert_eq!(
+            split.machine().unwrap().options.get("kernel_irqchip"),
+            Some("split")
+        );
+        let tcg = amd64(HypervisorConfig {
+            accelerator: Accelerator::Tcg,
+            iommu: true,
+            ..HypervisorConfig::default()
+        });
+        assert!(tcg.machine().unwrap().options.is_empty());
+        assert_eq!(tcg.cpu_model().model, "max");
+    }
+
+    #[test]
+    fn kernel_params_with_iommu_switch() {
+        let plain = amd64(HypervisorConfig::default()).kernel_parameters(false);
+        assert_eq!(
+            plain.to_string(),
+            format!("{} iommu=off quiet", KERNEL_PARAMS)
+        );
+        let iommu = amd64(HypervisorConfig {
+            iommu: true,
+            ..HypervisorConfig::default()
+        })
+        .kernel_parameters(false)
+        .to_string();
+        assert!(iommu.ends_with("pci=lastbus=0 intel_iommu=on iommu=pt quiet"));
+        // Building twice does not accumulate (Kata mutated a global list).
+        let again = amd64(HypervisorConfig::default()).kernel_parameters(false);
+        assert_eq!(again, plain);
+    }
+
+    #[test]
+    fn limits_and_paths() {
+        let arch = on("q35");
+        assert_eq!(arch.max_vcpus(), 240);
+        assert_eq!(arch.migration_wait_timeout(), Duration::from_secs(5));
+        assert_eq!(arch.qemu_path().unwrap(), PathBuf::from(QEMU_PATH));
+        assert_eq!(
+            on("pc-lite").qemu_path().unwrap(),
+            PathBuf::from(QEMU_LITE_PATH)
+        );
+        assert!(on("virt").qemu_path().is_err());
+        assert!(!arch.migration_capabilities().is_empty());
+    }
+
+    #[test]
+    fn memory_topology_reserves_nvdimm_room() {
+        let arch = amd64(HypervisorConfig {
+            memory_offset_mb: 256,
+            ..HypervisorConfig::default()
+        });
+        assert_eq!(
+            arch.memory_topology(2048, 8192, 10).maxmem,
+            Some((8192 + 256 + 1024) << 20)
+        );
+    }
+
+    #[test]
+    fn capabilities_and_hotplug_per_machine() {
+        for (machine, block_hotplug, memory_hotplug) in [
+            ("pc", true, true),
+            ("q35", true, true),
+            ("virt", true, true),
+            ("pc-lite", false, true),
+            ("microvm", false, false),
+        ] {
+            let arch = on(machine);
+            assert_eq!(
+                arch.capabilities().block_device_hotplug,
+                block_hotplug,
+                "{machine}"
+            );
+            assert_eq!(
+                arch.supports_guest_memory_hotplug(),
+                memory_hotplug,
+                "{machine}"
+            );
+        }
+    }
+
+    #[test]
+    fn bridges_by_machine() {
+        let mut q35 = on("q35");
+        q35.bridges(2);
+        assert!(q35
+            .get_bridges()
+            .iter()
+            .all(|b| b.bridge_type == BridgeType::Pci));
+        let mut devices = Vec::new();
+        q35.append_bridges(&mut devices).unwrap();
+        assert_eq!(
+            argv(&devices)[1],
+            "pci-bridge,bus=pcie.0,id=pci-bridge-0,chassis_nr=1,shpc=on,addr=02"
+        );
+        let mut microvm = on("microvm");
+        microvm.bridges(2);
+        assert!(microvm.get_bridges().is_empty());
+    }
+
+    #[test]
+    fn iommu_and_root_ports_on_q35_only() {
+        let mut devices = Vec::new();
+        on("q35").append_iommu(&mut devices).unwrap();
+        on("q35").append_pcie_root_ports(&mut devices, 1).unwrap();
+        assert_eq!(
+            argv(&devices),
+            [
+                "-device",
+                "intel-iommu,intremap=on,device-iotlb=on,caching-mode=on",
+                "-device",
+                "pcie-root-port,id=rp0,bus=pcie.0,chassis=1,slot=0,multifunction=off",
+            ]
+        );
+        assert!(on("pc").append_iommu(&mut devices).is_err());
+        assert!(on("pc").append_pcie_root_ports(&mut devices, 1).is_err());
+    }
+
+    #[test]
+    fn templates_disable_vmx() {
+        let arch = amd64(HypervisorConfig {
+            template: TemplateRole::BootToBeTemplate,
+            cpu_features: vec!["pmu=off".into()],
+            ..HypervisorConfig::default()
+        });
+        assert_eq!(arch.cpu_model().features, ["pmu=off", "vmx=off"]);
+        assert!(on("q35").cpu_model().features.is_empty());
+    }
+
+    #[test]
+    fn microvm_uses_mmio() {
+        let mut devices = Vec::new();
+        on("microvm")
+            .append_scsi_controller(&mut devices, false)
+            .unwrap();
+        assert_eq!(argv(&devices), ["-device", "virtio-scsi-device,id=scsi0"]);
+    }
+
+    #[test]
+    fn image_on_readonly_nvdimm() {
+        let dir = std::env::temp_dir().join(format!("hvarch-amd64-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("rootfs.img");
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(2 << 20)
+            .unwrap();
+        let arch = amd64(HypervisorConfig {
+            image_path: Some(path.clone()),
+            ..HypervisorConfig::default()
+        });
+        let mut devices = Vec::new();
+        arch.append_image(&mut devices, &path).unwrap();
+        let args = argv(&devices);
+        assert!(args[1].ends_with("readonly=on"));
+        assert_eq!(args[3], "nvdimm,id=nv0,memdev=mem0,unarmed=on");
+    }
+}
