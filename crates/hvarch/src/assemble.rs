@@ -377,6 +377,13 @@ fn check_numbers(spec: &VmSpec) -> Result<()> {
             reason: "use_vsock needs the guest's context id",
         });
     }
+    if let Some(cid) = spec.vsock_cid.filter(|c| !(3..u32::MAX).contains(c)) {
+        return Err(Error::invalid(
+            "vsock_cid",
+            cid,
+            "guest context ids are 3 to 4294967294 (0-2 and 2^32-1 are reserved)",
+        ));
+    }
     Ok(())
 }
 
@@ -515,4 +522,456 @@ fn devices(arch: &mut dyn QemuArch, spec: &VmSpec, paths: &RuntimePaths) -> Resu
     }
     devices.extend(spec.extra_devices.iter().cloned());
     Ok(devices)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hvarch_arch::resources::{BlockDrive, VfioDev, Volume};
+    use hvarch_devices::config::Accelerator;
+    use proptest::prelude::*;
+
+    fn spec(arch: GuestArch, accel: Accelerator) -> VmSpec {
+        let mut spec = VmSpec::kata_default();
+        spec.id = "t1".into();
+        spec.arch = Some(arch);
+        spec.hypervisor.accelerator = accel;
+        spec.host_memory_mb = Some(16384);
+        spec.host_cpus = Some(4);
+        spec.runtime_dir = Some("/run/t".into());
+        spec
+    }
+
+    fn argv_for(spec: &VmSpec) -> Vec<String> {
+        assemble(spec).unwrap().argv(Syntax::Options).unwrap()
+    }
+
+    /// The value after the first `flag`.
+    fn after(argv: &[String], flag: &str) -> String {
+        let i = argv
+            .iter()
+            .position(|a| a == flag)
+            .unwrap_or_else(|| panic!("{flag} missing"));
+        argv[i + 1].clone()
+    }
+
+    /// The values of every `flag`, in order.
+    fn all(argv: &[String], flag: &str) -> Vec<String> {
+        argv.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].clone())
+            .collect()
+    }
+
+    /// Device ids (`id=` of each `-device`), in order.
+    fn device_ids(argv: &[String]) -> Vec<String> {
+        all(argv, "-device")
+            .iter()
+            .filter_map(|d| {
+                d.split(',')
+                    .find_map(|p| p.strip_prefix("id="))
+                    .map(str::to_owned)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn default_arm64_kvm() {
+        let argv = argv_for(&spec(GuestArch::Aarch64, Accelerator::Kvm));
+        assert_eq!(argv[0], "/usr/bin/qemu-system-aarch64");
+        assert_eq!(argv[1..3], ["-name", "sandbox-t1"]);
+        assert_eq!(argv[3], "-uuid");
+        assert_eq!(
+            after(&argv, "-machine"),
+            "virt,accel=kvm,usb=off,gic-version=host"
+        );
+        assert_eq!(after(&argv, "-cpu"), "host");
+        assert_eq!(
+            after(&argv, "-chardev"),
+            "socket,id=qmp,path=/run/t/qmp.sock,server=on,wait=off"
+        );
+        assert_eq!(after(&argv, "-m"), "2G,slots=10,maxmem=16G");
+        assert_eq!(
+            after(&argv, "-append"),
+            "console=hvc0 console=hvc1 iommu.passthrough=0 quiet panic=1 nr_cpus=4 \
+             agent.use_vsock=false"
+        );
+        assert_eq!(
+            argv[argv.len() - 2..],
+            ["-smp", "1,sockets=4,cores=1,threads=1,maxcpus=4"]
+        );
+        assert_eq!(
+            device_ids(&argv),
+            [
+                "pci-bridge-0",
+                "serial0",
+                "console0",
+                "scsi0",
+                "rng0-dev",
+                "channel0"
+            ]
+        );
+        assert_eq!(after(&argv, "-rtc"), "base=utc,driftfix=slew,clock=host");
+        assert!(
+            all(&argv, "-global").is_empty(),
+            "no kvm-pit global on arm64"
+        );
+        assert_eq!(after(&argv, "-vga"), "none");
+        assert_eq!(after(&argv, "-overcommit"), "mem-lock=on");
+        assert_eq!(after(&argv, "-pidfile"), "/run/t/pid");
+        assert_eq!(after(&argv, "-initrd"), crate::spec::DEFAULT_INITRD,);
+        for flag in ["-no-user-config", "-nodefaults", "-nographic", "-no-reboot"] {
+            assert!(argv.iter().any(|a| a == flag), "{flag}");
+        }
+        for flag in [
+            "-S",
+            "-daemonize",
+            "-no-shutdown",
+            "-D",
+            "-bios",
+            "-incoming",
+        ] {
+            assert!(!argv.iter().any(|a| a == flag), "{flag}");
+        }
+        assert_eq!(
+            all(&argv, "-object")[1],
+            "memory-backend-ram,id=dimm1,size=2G"
+        );
+        assert_eq!(after(&argv, "-numa"), "node,memdev=dimm1");
+    }
+
+    #[test]
+    fn default_arm64_tcg_and_knobs() {
+        let mut spec = spec(GuestArch::Aarch64, Accelerator::Tcg);
+        spec.stopped = true;
+        spec.no_shutdown = true;
+        spec.daemonize = true;
+        spec.hypervisor.enable_swap = true;
+        spec.hypervisor.debug = true;
+        spec.hypervisor.cpu_features = vec!["pmu=off".into()];
+        spec.hypervisor.default_max_vcpus = 2;
+        spec.hypervisor.num_vcpus = 2;
+        let argv = argv_for(&spec);
+        assert_eq!(
+            after(&argv, "-machine"),
+            "virt,accel=tcg,usb=off,gic-version=3"
+        );
+        assert_eq!(after(&argv, "-cpu"), "max,pmu=off");
+        assert_eq!(
+            after(&argv, "-smp"),
+            "2,sockets=2,cores=1,threads=1,maxcpus=2"
+        );
+        assert!(after(&argv, "-append").ends_with("debug panic=1 nr_cpus=2 agent.use_vsock=false"));
+        for flag in ["-S", "-daemonize", "-no-shutdown"] {
+            assert!(argv.iter().any(|a| a == flag), "{flag}");
+        }
+        assert!(!argv.iter().any(|a| a == "-overcommit"));
+        assert_eq!(after(&argv, "-D"), "/run/t/qemu.log");
+    }
+
+    #[test]
+    fn default_amd64_q35() {
+        let argv = argv_for(&spec(GuestArch::X86_64, Accelerator::Kvm));
+        assert_eq!(argv[0], "/usr/bin/qemu-system-x86_64");
+        assert_eq!(after(&argv, "-machine"), "q35,accel=kvm,kernel_irqchip=on");
+        assert_eq!(after(&argv, "-cpu"), "host");
+        assert_eq!(after(&argv, "-m"), "2G,slots=10,maxmem=17G");
+        assert_eq!(
+            all(&argv, "-global"),
+            ["driver=kvm-pit,property=lost_tick_policy,value=discard"]
+        );
+        let append = after(&argv, "-append");
+        assert!(
+            append.starts_with("tsc=reliable no_timer_check"),
+            "{append}"
+        );
+        assert!(append.ends_with("iommu=off quiet panic=1 nr_cpus=4 agent.use_vsock=false"));
+        let tcg = argv_of(GuestArch::X86_64, Accelerator::Tcg);
+        assert_eq!(after(&tcg, "-machine"), "q35,accel=tcg");
+        assert_eq!(after(&tcg, "-cpu"), "max");
+    }
+
+    fn argv_of(arch: GuestArch, accel: Accelerator) -> Vec<String> {
+        argv_for(&spec(arch, accel))
+    }
+
+    #[test]
+    fn user_kernel_params_come_last_and_max_vcpus_rules() {
+        let mut spec = spec(GuestArch::Aarch64, Accelerator::Tcg);
+        spec.hypervisor.kernel_params = "foo=foo bar=bar panic=0".parse().unwrap();
+        spec.use_vsock = true;
+        spec.vsock_cid = Some(3);
+        spec.hypervisor.default_max_vcpus = 3;
+        let argv = argv_for(&spec);
+        assert!(after(&argv, "-append")
+            .ends_with("quiet panic=1 nr_cpus=3 agent.use_vsock=true foo=foo bar=bar panic=0"));
+        assert!(device_ids(&argv).contains(&"vsock-3".to_owned()));
+        assert!(!device_ids(&argv).contains(&"channel0".to_owned()));
+        // Kata's defaultMaxVCPUs: 0 or >= host CPUs -> host CPUs, capped by the backend.
+        assert_eq!(max_vcpus(0, 8, 123), 8);
+        assert_eq!(max_vcpus(16, 8, 123), 8);
+        assert_eq!(max_vcpus(2, 8, 123), 2);
+        assert_eq!(max_vcpus(0, 512, 123), 123);
+    }
+
+    #[test]
+    fn initrd_vs_image() {
+        let initrd = argv_of(GuestArch::Aarch64, Accelerator::Tcg);
+        assert!(!after(&initrd, "-machine").contains("nvdimm"));
+
+        let dir = std::env::temp_dir().join(format!("hvarch-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let image = dir.join("rootfs.img");
+        std::fs::write(&image, vec![0u8; 4 << 20]).unwrap();
+        let mut spec = spec(GuestArch::Aarch64, Accelerator::Tcg);
+        spec.hypervisor.initrd_path = None;
+        spec.hypervisor.image_path = Some(image.clone());
+        let argv = argv_for(&spec);
+        assert_eq!(
+            after(&argv, "-machine"),
+            "virt,accel=tcg,usb=off,gic-version=3,nvdimm=on"
+        );
+        assert!(!argv.iter().any(|a| a == "-initrd"));
+        assert!(after(&argv, "-append").contains(
+            "iommu.passthrough=0 root=/dev/pmem0p1 rootflags=dax,data=ordered,errors=remount-ro \
+             ro rootfstype=ext4 quiet systemd.show_status=false panic=1"
+        ));
+        let ids = device_ids(&argv);
+        assert_eq!(ids[..4], ["pci-bridge-0", "serial0", "console0", "nv0"]);
+        let mem0 = all(&argv, "-object")
+            .into_iter()
+            .find(|o| o.contains("id=mem0"))
+            .unwrap();
+        assert_eq!(
+            mem0,
+            format!(
+                "memory-backend-file,id=mem0,size=4M,mem-path={}",
+                image.display()
+            )
+        );
+
+        // Without NVDIMM: a virtio-blk root and no nvdimm option.
+        spec.hypervisor.disable_nvdimm = true;
+        let argv = argv_for(&spec);
+        assert!(!after(&argv, "-machine").contains("nvdimm"));
+        assert!(after(&argv, "-append").contains("root=/dev/vda1"));
+
+        // x86_64 q35 with an image: nvdimm too.
+        spec.hypervisor.disable_nvdimm = false;
+        spec.arch = Some(GuestArch::X86_64);
+        let argv = argv_for(&spec);
+        assert_eq!(after(&argv, "-machine"), "q35,accel=tcg,nvdimm=on");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn full_device_order() {
+        let mut spec = spec(GuestArch::X86_64, Accelerator::Tcg);
+        spec.hypervisor.default_bridges = 2;
+        spec.hypervisor.pcie_root_ports = 2;
+        spec.hypervisor.iommu = true;
+        spec.hypervisor.enable_iothreads = true;
+        spec.hypervisor.pflashes = vec!["/fw/CODE.fd".into(), "/fw/VARS.fd".into()];
+        spec.hypervisor.firmware_path = Some("/fw/bios.bin".into());
+        spec.volumes.push(Volume {
+            mount_tag: "shared".into(),
+            host_path: "/srv".into(),
+        });
+        spec.block_drives.push(BlockDrive {
+            file: "/img/disk.qcow2".into(),
+            format: "qcow2".into(),
+            id: "drive0".into(),
+            read_only: false,
+            share_rw: false,
+            index: 0,
+        });
+        spec.vfio.push(VfioDev {
+            id: "vfio0".into(),
+            bdf: "0000:02:00.0".into(),
+            vendor_id: None,
+            device_id: None,
+            bus: Some("rp0".into()),
+        });
+        spec.extra_devices
+            .push(hvarch_devices::balloon::BalloonDevice::new("balloon0").into());
+        let argv = argv_for(&spec);
+        assert_eq!(
+            device_ids(&argv),
+            [
+                "pci-bridge-0",
+                "pci-bridge-1",
+                "serial0",
+                "console0",
+                "scsi0",
+                "rng0-dev",
+                "rp0",
+                "rp1",
+                "extra-9p-shared-dev",
+                "channel0",
+                "drive0",
+                "vfio0",
+                "balloon0",
+            ]
+        );
+        assert!(all(&argv, "-device")
+            .iter()
+            .any(|d| d.starts_with("intel-iommu")));
+        assert!(all(&argv, "-object").contains(&"iothread,id=iothread-scsi0".to_owned()));
+        assert_eq!(
+            all(&argv, "-drive"),
+            [
+                "if=pflash,format=raw,unit=0,file=/fw/CODE.fd,readonly=on",
+                "if=pflash,format=raw,unit=1,file=/fw/VARS.fd",
+            ]
+        );
+        assert_eq!(after(&argv, "-bios"), "/fw/bios.bin");
+        assert!(after(&argv, "-append").contains("intel_iommu=on iommu=pt"));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let base = || spec(GuestArch::Aarch64, Accelerator::Tcg);
+        let cases: Vec<(Box<dyn Fn(&mut VmSpec)>, &str)> = vec![
+            (
+                Box::new(|s| s.hypervisor.kernel_path = None),
+                "`hypervisor.kernel_path`",
+            ),
+            (
+                Box::new(|s| s.hypervisor.initrd_path = None),
+                "`hypervisor.initrd_path`",
+            ),
+            (
+                Box::new(|s| s.hypervisor.image_path = Some("/x".into())),
+                "`hypervisor.image_path` cannot be combined with `hypervisor.initrd_path`",
+            ),
+            (
+                Box::new(|s| s.hypervisor.num_vcpus = 0),
+                "`hypervisor.num_vcpus`",
+            ),
+            (
+                Box::new(|s| s.hypervisor.num_vcpus = 5),
+                "`hypervisor.num_vcpus`",
+            ),
+            (
+                Box::new(|s| s.hypervisor.memory_mb = 1 << 20),
+                "`hypervisor.memory_mb`",
+            ),
+            (
+                Box::new(|s| s.hypervisor.default_bridges = 6),
+                "`hypervisor.default_bridges`",
+            ),
+            (
+                Box::new(|s| s.hypervisor.pcie_root_ports = 17),
+                "`hypervisor.pcie_root_ports`",
+            ),
+            (
+                Box::new(|s| s.hypervisor.iommu = true),
+                "`hypervisor.iommu`: Arm64",
+            ),
+            (
+                Box::new(|s| s.hypervisor.pflashes = vec!["/a".into()]),
+                "`hypervisor.pflashes`: two pflash images needed for arm64",
+            ),
+            (
+                Box::new(|s| s.hypervisor.machine_type = Some("q35".into())),
+                "`hypervisor.machine_type`",
+            ),
+            (
+                Box::new(|s| s.hypervisor.machine_accelerators = "bad key=1".into()),
+                "`hypervisor.machine_accelerators`",
+            ),
+            (Box::new(|s| s.id = "a/b".into()), "`id`"),
+            (Box::new(|s| s.use_vsock = true), "`vsock_cid`"),
+            (
+                Box::new(|s| {
+                    s.use_vsock = true;
+                    s.vsock_cid = Some(2);
+                }),
+                "`vsock_cid`: invalid value \"2\"",
+            ),
+            (
+                Box::new(|s| s.arch = Some(GuestArch::S390x)),
+                "`arch`: no backend",
+            ),
+            (
+                Box::new(|s| s.hypervisor.image_path = Some("/nonexistent.img".into())),
+                "`hypervisor.image_path`",
+            ),
+            (Box::new(|s| s.uuid = Some("nope".into())), "uuid"),
+        ];
+        for (i, (change, expected)) in cases.iter().enumerate() {
+            let mut spec = base();
+            change(&mut spec);
+            if expected.contains("nonexistent") || *expected == "`hypervisor.image_path`" {
+                spec.hypervisor.initrd_path = None;
+            }
+            let err = assemble(&spec).map(|_| ()).unwrap_err().to_string();
+            assert!(
+                err.contains(expected),
+                "case {i}: {err:?} lacks {expected:?}"
+            );
+        }
+        let err = backend(GuestArch::Ppc64le, &HypervisorConfig::default()).unwrap_err();
+        assert_eq!(
+            err,
+            Error::NoBackend {
+                arch: GuestArch::Ppc64le
+            }
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_numbers_never_panic(
+            arch in prop_oneof![Just(GuestArch::Aarch64), Just(GuestArch::X86_64)],
+            tcg in any::<bool>(),
+            num_vcpus in any::<u32>(),
+            default_max_vcpus in any::<u32>(),
+            memory_mb in any::<u64>(),
+            memory_slots in any::<u32>(),
+            memory_offset_mb in any::<u64>(),
+            default_bridges in 0u32..64,
+            pcie_root_ports in prop_oneof![0u32..40, any::<u32>()],
+            host_memory_mb in proptest::option::of(any::<u64>()),
+            host_cpus in proptest::option::of(any::<u32>()),
+            flags in proptest::collection::vec(any::<bool>(), 12),
+            machine in prop_oneof![Just(None), Just(Some("q35")), Just(Some("pc")), Just(Some("microvm")), Just(Some("virt"))],
+        ) {
+            let mut spec = spec(arch, if tcg { Accelerator::Tcg } else { Accelerator::Kvm });
+            let h = &mut spec.hypervisor;
+            h.num_vcpus = num_vcpus;
+            h.default_max_vcpus = default_max_vcpus;
+            h.memory_mb = memory_mb;
+            h.memory_slots = memory_slots;
+            h.memory_offset_mb = memory_offset_mb;
+            h.default_bridges = default_bridges;
+            h.pcie_root_ports = pcie_root_ports;
+            h.machine_type = machine.map(str::to_owned);
+            h.debug = flags[0];
+            h.disable_nvdimm = flags[1];
+            h.disable_vhost_net = flags[2];
+            h.iommu = flags[3];
+            h.enable_iothreads = flags[4];
+            h.hugepages = flags[5];
+            h.mem_prealloc = flags[6];
+            h.enable_swap = flags[7];
+            h.disable_nesting_checks = flags[8];
+            if flags[9] {
+                h.block_device_driver = hvarch_arch::settings::BlockDriver::VirtioBlk;
+            }
+            spec.use_vsock = flags[10];
+            spec.vsock_cid = flags[11].then_some(num_vcpus);
+            spec.host_memory_mb = host_memory_mb;
+            spec.host_cpus = host_cpus;
+            match assemble(&spec) {
+                Ok(vm) => {
+                    let argv = vm.argv(Syntax::Options);
+                    prop_assert!(argv.is_ok(), "{:?}", argv);
+                }
+                Err(e) => prop_assert!(!e.to_string().is_empty()),
+            }
+        }
+    }
 }
