@@ -831,7 +831,8 @@ mod tests {
     #[test]
     fn errors_name_the_field() {
         let base = || spec(GuestArch::Aarch64, Accelerator::Tcg);
-        let cases: Vec<(Box<dyn Fn(&mut VmSpec)>, &str)> = vec![
+        type Change = Box<dyn Fn(&mut VmSpec)>;
+        let cases: Vec<(Change, &str)> = vec![
             (
                 Box::new(|s| s.hypervisor.kernel_path = None),
                 "`hypervisor.kernel_path`",

@@ -9,7 +9,7 @@
 //! - [`backend`]: an arch backend ([`hvarch_arm64::Arm64`], [`hvarch_amd64::Amd64`]) as a
 //!   `Box<dyn QemuArch>`, chosen at run time.
 //! - [`VmSpec`]: what a user writes (TOML spec files deserialize into it).
-//! - [`assemble`]: Kata's `createSandbox` — machine, CPU, topology, memory, kernel command
+//! - [`assemble()`]: Kata's `createSandbox` — machine, CPU, topology, memory, kernel command
 //!   line and devices in Kata's order — producing an [`Assembled`] VM: a
 //!   [`hvarch_devices::config::VmConfig`], the QEMU binary and the backend.
 //!

@@ -20,7 +20,7 @@ pub const DEFAULT_KERNEL: &str = "/usr/share/kata-containers/vmlinux.container";
 pub const DEFAULT_INITRD: &str = "/usr/share/kata-containers/kata-containers-initrd.img";
 
 /// A VM as a user describes it: the guest architecture, Kata's hypervisor settings, the
-/// sandbox id, and the devices to cold-plug. [`crate::assemble`] turns it into a QEMU
+/// sandbox id, and the devices to cold-plug. [`crate::assemble()`] turns it into a QEMU
 /// command line the way Kata's `createSandbox` does.
 ///
 /// In a spec file (TOML) every field but `id` is optional:
