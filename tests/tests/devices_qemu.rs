@@ -596,6 +596,13 @@ fn check_full(arch: Arch, qmp: &mut RawQmp, vm: &VmConfig, paths: &OddPaths, dir
         text(&paths.mem_file)
     );
 
+    if arch == Arch::X86 {
+        let iommu = peripheral("iommu0");
+        assert_eq!(qmp.qom_get(&iommu, "intremap"), "on");
+        assert_eq!(qmp.qom_get(&iommu, "device-iotlb"), true);
+        assert_eq!(qmp.qom_get(&iommu, "caching-mode"), true);
+    }
+
     // Escaping: the image whose path holds ',' and '=' is open under exactly that name.
     let disk = text(&paths.disk);
     let node = block_node(qmp, "blk1-node");
@@ -887,6 +894,8 @@ fn hotplug_checks(qemu: &QemuProcess, cold: &[Device], hot: &[Device], odd: &Pat
         before,
         "unplug leaves the cold-plugged VM"
     );
+    let network = hmp(&mut qmp, "info network");
+    assert!(!network.contains("hp-net0"), "netdev left:\n{network}");
 }
 
 #[test]
@@ -940,6 +949,12 @@ fn qemu_refuses_what_it_should_with_its_own_message() {
         message.contains("Device 'no-such-iothread' not found"),
         "{message}"
     );
+
+    // A fw_cfg item whose file is missing: QEMU reads the (unescaped) path at start.
+    let missing = dir.join("no,such=blob");
+    vm.devices = vec![FwCfg::new("opt/org.hvarch/x", FwCfgContent::File(missing.clone())).into()];
+    let message = refused(arch, &vm);
+    assert!(message.contains(text(&missing)), "{message}");
 
     // Two root ports left at the default chassis 0 / slot 0 collide.
     vm.devices = vec![
