@@ -816,6 +816,22 @@ impl VmConfig {
                 ));
             }
         }
+        // PCIe root ports need distinct (chassis, slot) pairs: QEMU refuses a repeat with
+        // "Can't add chassis slot, error -16".
+        let mut ports: Vec<(u8, u16)> = Vec::new();
+        for device in &self.devices {
+            if let Device::PcieRootPort(port) = device {
+                if ports.contains(&(port.chassis, port.slot)) {
+                    return Err(invalid(
+                        "pcie-root-port",
+                        "chassis",
+                        format!("{}/{}", port.chassis, port.slot),
+                        format!("{}: chassis/slot pair used by another root port", port.id),
+                    ));
+                }
+                ports.push((port.chassis, port.slot));
+            }
+        }
         // Every part renders and ids are unique per namespace.
         let mut seen: Vec<(PartKind, String)> = Vec::new();
         for part in self.parts()? {
@@ -1325,6 +1341,25 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("-chardev id used twice"));
+    }
+
+    #[test]
+    fn root_ports_need_distinct_chassis_slots() {
+        use crate::bridge::PcieRootPort;
+        let mut vm = VmConfig::new(Machine::new("q35", Accelerator::Tcg));
+        vm.devices = vec![
+            PcieRootPort::new("rp0").into(),
+            PcieRootPort::new("rp1").into(),
+        ];
+        assert!(vm
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("rp1: chassis/slot pair used by another root port"));
+        if let Device::PcieRootPort(port) = &mut vm.devices[1] {
+            port.chassis = 1;
+        }
+        vm.validate().unwrap();
     }
 
     #[test]
