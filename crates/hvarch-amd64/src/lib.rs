@@ -35,7 +35,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use hvarch_arch::arch::{ArchBase, ArchSpec, Capabilities, QemuArch};
+use hvarch_arch::arch::{mib, ArchBase, ArchSpec, Capabilities, QemuArch};
 use hvarch_arch::guest_arch::GuestArch;
 use hvarch_arch::machine::{MachineSpec, MICROVM, PC, PC_LITE, Q35, VIRT};
 use hvarch_arch::settings::{HypervisorConfig, TemplateRole};
@@ -156,10 +156,11 @@ impl QemuArch for Amd64 {
     }
 
     fn memory_topology(&self, memory_mb: u64, host_memory_mb: u64, slots: u32) -> Memory {
-        let mut memory = Memory::size(memory_mb << 20);
+        let mut memory = Memory::size(mib(memory_mb));
         memory.slots = Some(slots);
-        memory.maxmem =
-            Some((host_memory_mb + self.base.memory_offset_mb + NVDIMM_RESERVE_MB) << 20);
+        memory.maxmem = Some(mib(host_memory_mb
+            .saturating_add(self.base.memory_offset_mb)
+            .saturating_add(NVDIMM_RESERVE_MB)));
         memory
     }
 

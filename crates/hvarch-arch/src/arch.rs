@@ -273,6 +273,12 @@ fn image_size(path: &Path) -> Result<u64> {
     })
 }
 
+/// `mb` MiB in bytes, saturating instead of overflowing (an absurd size is then refused by
+/// the memory checks rather than wrapping to a small one).
+pub fn mib(mb: u64) -> u64 {
+    mb.saturating_mul(1 << 20)
+}
+
 /// Truncates a generated id to Kata's 31 bytes (ids are ASCII, so this never splits a char).
 pub fn truncate_id(mut id: String) -> String {
     if id.len() > MAX_DEV_ID_LEN {
@@ -414,9 +420,11 @@ pub trait QemuArch: fmt::Debug + Send + Sync {
     /// memory plus the configured offset. (Kata 1.x's base ignored the offset, so arm64 did;
     /// hvarch honours it.)
     fn memory_topology(&self, memory_mb: u64, host_memory_mb: u64, slots: u32) -> Memory {
-        let mut memory = Memory::size(memory_mb << 20);
+        let mut memory = Memory::size(mib(memory_mb));
         memory.slots = Some(slots);
-        memory.maxmem = Some((host_memory_mb + self.base().memory_offset_mb) << 20);
+        memory.maxmem = Some(mib(
+            host_memory_mb.saturating_add(self.base().memory_offset_mb)
+        ));
         memory
     }
 
@@ -1470,6 +1478,14 @@ mod tests {
         assert!(arch.pflash().unwrap().is_empty());
         arch.set_pflash(vec!["/a".into()]);
         assert_eq!(arch.pflash().unwrap(), [PathBuf::from("/a")]);
+    }
+
+    #[test]
+    fn memory_sizes_saturate() {
+        let memory = on("q35").memory_topology(u64::MAX, u64::MAX, 1);
+        assert_eq!(memory.size, u64::MAX);
+        assert_eq!(memory.maxmem, Some(u64::MAX));
+        assert_eq!(mib(2), 2 << 20);
     }
 
     #[test]
