@@ -358,17 +358,9 @@ mod tests {
     use super::*;
     use crate::fd::NoFds;
     use crate::part::Syntax;
+    use crate::test_support::args;
     use crate::transport::Transport;
     use serde_json::json;
-
-    fn args(device: &BlockDevice) -> Vec<String> {
-        device
-            .parts()
-            .unwrap()
-            .iter()
-            .flat_map(|p| p.to_args(Syntax::Options, &mut NoFds).unwrap())
-            .collect()
-    }
 
     /// govmm's reference case (kata-go.md §2.3 BlockDevice), in modern syntax: `-blockdev`
     /// instead of `-drive`, `read-only=on`, `disable-modern=on`, no `scsi=off` (gone from

@@ -472,18 +472,9 @@ mod tests {
     use super::*;
     use crate::fd::{FdTable, NoFds, QmpFdNames};
     use crate::part::Syntax;
-    use crate::syntax::{flatten, parse_options};
+    use crate::test_support::{args, check_round_trip, ident, text};
     use proptest::prelude::*;
     use serde_json::json;
-
-    fn args(device: &dyn QemuDevice) -> Vec<String> {
-        device
-            .parts()
-            .unwrap()
-            .iter()
-            .flat_map(|p| p.to_args(Syntax::Options, &mut NoFds).unwrap())
-            .collect()
-    }
 
     /// govmm's CharDevice reference case (kata-go.md §2.3). Deliberate differences: the
     /// `-chardev` comes first (backend before frontend); `server=on,wait=off` instead of the
@@ -813,19 +804,6 @@ mod tests {
         assert_eq!(device, crate::Device::from(port));
     }
 
-    fn text() -> impl Strategy<Value = String> {
-        prop_oneof![
-            "[^\u{0}]{0,24}",
-            "[a-z,= \"'é/]{0,12}",
-            "[a-z][a-z0-9.-]{0,8}",
-        ]
-    }
-
-    /// Mostly valid identifiers, sometimes arbitrary text.
-    fn ident() -> impl Strategy<Value = String> {
-        prop_oneof![3 => "[a-z][a-z0-9._-]{0,8}", 1 => text()]
-    }
-
     fn backend() -> impl Strategy<Value = CharBackend> {
         prop_oneof![
             (proptest::option::of(text()), any::<bool>(), any::<bool>()).prop_map(
@@ -842,32 +820,6 @@ mod tests {
             Just(CharBackend::Pty),
             Just(CharBackend::Null),
         ]
-    }
-
-    fn check_round_trip(part: &Part) -> std::result::Result<(), TestCaseError> {
-        let rendered = part.render(Syntax::Options, &mut NoFds).unwrap();
-        if part.kind() == PartKind::Serial {
-            prop_assert_eq!(
-                rendered,
-                format!("chardev:{}", part.props().get_str("chardev").unwrap())
-            );
-            return Ok(());
-        }
-        let key = part.kind().implied_key();
-        let parsed = parse_options(&rendered, key).unwrap();
-        let mut expected = Vec::new();
-        if let Some(key) = key {
-            expected.push((key.to_owned(), part.implied().unwrap().to_owned()));
-        }
-        let rest: Props = part
-            .props()
-            .iter()
-            .filter(|(k, _)| Some(*k) != key)
-            .map(|(k, v)| (k, v.clone()))
-            .collect();
-        expected.extend(flatten(&rest, &mut NoFds).unwrap());
-        prop_assert_eq!(parsed, expected);
-        Ok(())
     }
 
     proptest! {
@@ -889,9 +841,7 @@ mod tests {
             let devices: [&dyn QemuDevice; 3] = [&port, &serial, &legacy];
             for device in devices {
                 if let Ok(parts) = device.parts() {
-                    for part in &parts {
-                        check_round_trip(part)?;
-                    }
+                    check_round_trip(&parts)?;
                 }
             }
         }

@@ -145,7 +145,7 @@ mod tests {
     use super::*;
     use crate::fd::NoFds;
     use crate::part::Syntax;
-    use crate::syntax::{flatten, parse_options};
+    use crate::test_support::{check_round_trip, ID_TEXT};
     use proptest::prelude::*;
     use serde_json::json;
 
@@ -265,7 +265,7 @@ mod tests {
         #[test]
         fn parts_never_panic_and_round_trip(
             driver in "[a-z][a-z0-9_-]{0,8}-cpu|\\PC{0,16}|[a-z][a-z0-9_.,= -]{0,8}-cpu",
-            id in "[a-z][a-z0-9_.-]{0,8}|\\PC{0,12}|[a-z][a-z0-9,= \'\"é]{0,8}",
+            id in ID_TEXT,
             socket_id in proptest::option::of(prop_oneof![0u32..8, any::<u32>()]),
             die_id in proptest::option::of(prop_oneof![0u32..8, any::<u32>()]),
             core_id in prop_oneof![3 => (0u32..8).prop_map(Some), 1 => proptest::option::of(any::<u32>())],
@@ -273,21 +273,7 @@ mod tests {
         ) {
             let cpu = CpuDevice { driver, id, socket_id, die_id, core_id, thread_id };
             if let Ok(parts) = cpu.parts() {
-                for part in parts {
-                    let rendered = part.render(Syntax::Options, &mut NoFds).unwrap();
-                    let key = part.kind().implied_key();
-                    let parsed = parse_options(&rendered, key).unwrap();
-                    let rest: Props = part.props().iter()
-                        .filter(|(k, _)| Some(*k) != key)
-                        .map(|(k, v)| (k, v.clone()))
-                        .collect();
-                    let mut expected: Vec<(String, String)> = key
-                        .map(|k| (k.to_owned(), part.implied().unwrap().to_owned()))
-                        .into_iter()
-                        .collect();
-                    expected.extend(flatten(&rest, &mut NoFds).unwrap());
-                    prop_assert_eq!(parsed, expected);
-                }
+                check_round_trip(&parts)?;
             }
         }
     }

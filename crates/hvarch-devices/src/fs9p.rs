@@ -269,17 +269,8 @@ mod tests {
     use super::*;
     use crate::fd::NoFds;
     use crate::part::Syntax;
-    use crate::syntax::{flatten, parse_options};
+    use crate::test_support::{args, check_round_trip, ident, text};
     use proptest::prelude::*;
-
-    fn args(device: &FsDevice) -> Vec<String> {
-        device
-            .parts()
-            .unwrap()
-            .iter()
-            .flat_map(|p| p.to_args(Syntax::Options, &mut NoFds).unwrap())
-            .collect()
-    }
 
     /// govmm's reference case (kata-go.md §2.3 FSDevice) in modern syntax. Deliberate
     /// differences: `-fsdev` comes first (backend before frontend); the device has an `id`
@@ -415,19 +406,6 @@ mod tests {
         assert_eq!(device, crate::Device::from(share));
     }
 
-    fn text() -> impl Strategy<Value = String> {
-        prop_oneof![
-            "[^\u{0}]{0,24}",
-            "[a-z,= \"'é/]{0,12}",
-            "[a-z][a-z0-9.-]{0,8}",
-        ]
-    }
-
-    /// Mostly valid identifiers, sometimes arbitrary text.
-    fn ident() -> impl Strategy<Value = String> {
-        prop_oneof![3 => "[a-z][a-z0-9._-]{0,8}", 1 => text()]
-    }
-
     proptest! {
         #[test]
         fn parts_never_panic_and_round_trip(
@@ -442,21 +420,7 @@ mod tests {
             share.bus = bus;
             share.virtio.romfile = romfile;
             if let Ok(parts) = share.parts() {
-                for part in &parts {
-                    let rendered = part.render(Syntax::Options, &mut NoFds).unwrap();
-                    let key = part.kind().implied_key();
-                    let parsed = parse_options(&rendered, key).unwrap();
-                    let mut expected = Vec::new();
-                    if let Some(key) = key {
-                        expected.push((key.to_owned(), part.implied().unwrap().to_owned()));
-                    }
-                    let rest: Props = part.props().iter()
-                        .filter(|(k, _)| Some(*k) != key)
-                        .map(|(k, v)| (k, v.clone()))
-                        .collect();
-                    expected.extend(flatten(&rest, &mut NoFds).unwrap());
-                    prop_assert_eq!(parsed, expected);
-                }
+                check_round_trip(&parts)?;
             }
         }
     }

@@ -220,15 +220,9 @@ mod tests {
     use super::*;
     use crate::fd::NoFds;
     use crate::part::Syntax;
-    use crate::syntax::{flatten, parse_options};
+    use crate::test_support::{args, check_round_trip, ID_TEXT};
     use proptest::prelude::*;
     use serde_json::json;
-
-    fn args(device: &dyn QemuDevice) -> [String; 2] {
-        device.parts().unwrap()[0]
-            .to_args(Syntax::Options, &mut NoFds)
-            .unwrap()
-    }
 
     /// govmm `IommuDev{Intremap, DeviceIotlb, CachingMode}` (kata-go.md §2.3): identical.
     #[test]
@@ -367,31 +361,10 @@ mod tests {
         assert!(toml::from_str::<VirtioIommu>("granule = \"4k\"").is_err());
     }
 
-    fn check_round_trip(parts: Vec<Part>) -> std::result::Result<(), TestCaseError> {
-        for part in parts {
-            let rendered = part.render(Syntax::Options, &mut NoFds).unwrap();
-            let key = part.kind().implied_key();
-            let parsed = parse_options(&rendered, key).unwrap();
-            let rest: Props = part
-                .props()
-                .iter()
-                .filter(|(k, _)| Some(*k) != key)
-                .map(|(k, v)| (k, v.clone()))
-                .collect();
-            let mut expected: Vec<(String, String)> = key
-                .map(|k| (k.to_owned(), part.implied().unwrap().to_owned()))
-                .into_iter()
-                .collect();
-            expected.extend(flatten(&rest, &mut NoFds).unwrap());
-            prop_assert_eq!(parsed, expected);
-        }
-        Ok(())
-    }
-
     proptest! {
         #[test]
         fn intel_parts_never_panic_and_round_trip(
-            id in proptest::option::of("[a-z][a-z0-9_.-]{0,8}|\\PC{0,12}|[a-z][a-z0-9,= \'\"é]{0,8}"),
+            id in proptest::option::of(ID_TEXT),
             flags in any::<(bool, bool, bool)>(),
             aw_bits in proptest::option::of(prop_oneof![Just(39u8), Just(48u8), any::<u8>()]),
         ) {
@@ -403,13 +376,13 @@ mod tests {
                 aw_bits,
             };
             if let Ok(parts) = iommu.parts() {
-                check_round_trip(parts)?;
+                check_round_trip(&parts)?;
             }
         }
 
         #[test]
         fn virtio_parts_never_panic_and_round_trip(
-            id in proptest::option::of("[a-z][a-z0-9_.-]{0,8}|\\PC{0,12}|[a-z][a-z0-9,= \'\"é]{0,8}"),
+            id in proptest::option::of(ID_TEXT),
             bus in proptest::option::of("[a-z][a-z0-9.]{0,8}|\\PC{0,12}"),
             slot in proptest::option::of(0u8..=31),
             boot_bypass in proptest::option::of(any::<bool>()),
@@ -426,7 +399,7 @@ mod tests {
                 virtio: VirtioOpts { romfile, ..VirtioOpts::on(transport) },
             };
             if let Ok(parts) = iommu.parts() {
-                check_round_trip(parts)?;
+                check_round_trip(&parts)?;
             }
         }
     }

@@ -88,7 +88,7 @@ mod tests {
     use super::*;
     use crate::fd::NoFds;
     use crate::part::Syntax;
-    use crate::syntax::{flatten, parse_options};
+    use crate::test_support::{check_round_trip, ID_TEXT};
     use proptest::prelude::*;
     use serde_json::json;
 
@@ -147,26 +147,12 @@ mod tests {
     proptest! {
         #[test]
         fn parts_never_panic_and_round_trip(
-            id in "[a-z][a-z0-9_.-]{0,8}|\\PC{0,12}|[a-z][a-z0-9,= \'\"é]{0,8}",
+            id in ID_TEXT,
             poll in proptest::option::of(prop_oneof![0u64..100_000, any::<u64>()]),
         ) {
             let thread = IoThread { id, poll_max_ns: poll };
             if let Ok(parts) = thread.parts() {
-                for part in parts {
-                    let rendered = part.render(Syntax::Options, &mut NoFds).unwrap();
-                    let key = part.kind().implied_key();
-                    let parsed = parse_options(&rendered, key).unwrap();
-                    let rest: Props = part.props().iter()
-                        .filter(|(k, _)| Some(*k) != key)
-                        .map(|(k, v)| (k, v.clone()))
-                        .collect();
-                    let mut expected: Vec<(String, String)> = key
-                        .map(|k| (k.to_owned(), part.implied().unwrap().to_owned()))
-                        .into_iter()
-                        .collect();
-                    expected.extend(flatten(&rest, &mut NoFds).unwrap());
-                    prop_assert_eq!(parsed, expected);
-                }
+                check_round_trip(&parts)?;
             }
         }
     }

@@ -57,6 +57,8 @@ pub mod pvpanic;
 pub mod rng;
 pub mod scsi;
 pub mod syntax;
+#[cfg(test)]
+mod test_support;
 pub mod transport;
 pub mod vfio;
 pub mod vhost_user;

@@ -93,7 +93,7 @@ mod tests {
     use super::*;
     use crate::fd::NoFds;
     use crate::part::Syntax;
-    use crate::syntax::{flatten, parse_options};
+    use crate::test_support::check_round_trip;
     use proptest::prelude::*;
     use serde_json::json;
 
@@ -164,21 +164,7 @@ mod tests {
         ) {
             let loader = Loader { id, file: file.into(), addr, cpu_num, force_raw };
             if let Ok(parts) = loader.parts() {
-                for part in parts {
-                    let rendered = part.render(Syntax::Options, &mut NoFds).unwrap();
-                    let key = part.kind().implied_key();
-                    let parsed = parse_options(&rendered, key).unwrap();
-                    let rest: Props = part.props().iter()
-                        .filter(|(k, _)| Some(*k) != key)
-                        .map(|(k, v)| (k, v.clone()))
-                        .collect();
-                    let mut expected: Vec<(String, String)> = key
-                        .map(|k| (k.to_owned(), part.implied().unwrap().to_owned()))
-                        .into_iter()
-                        .collect();
-                    expected.extend(flatten(&rest, &mut NoFds).unwrap());
-                    prop_assert_eq!(parsed, expected);
-                }
+                check_round_trip(&parts)?;
             }
         }
     }

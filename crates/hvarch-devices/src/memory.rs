@@ -527,19 +527,10 @@ mod tests {
     use super::*;
     use crate::fd::NoFds;
     use crate::part::Syntax;
-    use crate::syntax::{flatten, parse_options};
+    use crate::test_support::{args, check_round_trip, ID_TEXT};
     use crate::Device;
     use proptest::prelude::*;
     use serde_json::json;
-
-    fn args(device: &dyn QemuDevice) -> Vec<String> {
-        device
-            .parts()
-            .unwrap()
-            .iter()
-            .flat_map(|p| p.to_args(Syntax::Options, &mut NoFds).unwrap())
-            .collect()
-    }
 
     fn qmp(device: &dyn QemuDevice) -> Vec<(&'static str, serde_json::Value)> {
         device
@@ -876,7 +867,7 @@ mod tests {
                 }),
         ];
         (
-            "[a-z][a-z0-9_.-]{0,8}|\\PC{0,12}|[a-z][a-z0-9,= \'\"é]{0,8}",
+            ID_TEXT,
             prop_oneof![Just(64u64 << 20), any::<u64>()],
             kind,
             proptest::option::of(any::<bool>()),
@@ -944,28 +935,14 @@ mod tests {
     proptest! {
         #[test]
         fn parts_never_panic_and_round_trip(
-            id in "[a-z][a-z0-9_.-]{0,8}|\\PC{0,12}|[a-z][a-z0-9,= \'\"é]{0,8}",
+            id in ID_TEXT,
             backend in arb_backend(),
             kind in arb_device_kind(),
         ) {
             let device = MemoryDevice { id, backend, kind };
             if let Ok(parts) = device.parts() {
                 prop_assert_eq!(parts.len(), 2);
-                for part in parts {
-                    let rendered = part.render(Syntax::Options, &mut NoFds).unwrap();
-                    let key = part.kind().implied_key();
-                    let parsed = parse_options(&rendered, key).unwrap();
-                    let rest: Props = part.props().iter()
-                        .filter(|(k, _)| Some(*k) != key)
-                        .map(|(k, v)| (k, v.clone()))
-                        .collect();
-                    let mut expected: Vec<(String, String)> = key
-                        .map(|k| (k.to_owned(), part.implied().unwrap().to_owned()))
-                        .into_iter()
-                        .collect();
-                    expected.extend(flatten(&rest, &mut NoFds).unwrap());
-                    prop_assert_eq!(parsed, expected);
-                }
+                check_round_trip(&parts)?;
             }
         }
     }

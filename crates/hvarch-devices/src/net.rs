@@ -384,20 +384,11 @@ mod tests {
     use super::*;
     use crate::fd::{FdTable, NoFds, QmpFdNames};
     use crate::part::Syntax;
-    use crate::syntax::{flatten, parse_options};
+    use crate::test_support::{args_with, check_round_trip, FIELD_TEXT};
     use proptest::prelude::*;
     use serde_json::json;
     use std::fs::File;
     use std::os::fd::OwnedFd;
-
-    fn args(device: &NetDevice, fds: &mut dyn crate::fd::FdResolver) -> Vec<String> {
-        device
-            .parts()
-            .unwrap()
-            .iter()
-            .flat_map(|p| p.to_args(Syntax::Options, fds).unwrap())
-            .collect()
-    }
 
     fn dev_null() -> FdArg {
         FdArg::from(OwnedFd::from(File::open("/dev/null").unwrap()))
@@ -425,7 +416,7 @@ mod tests {
         nic.virtio.disable_modern = true;
         nic.virtio.romfile = Some("efi-virtio.rom".into());
         assert_eq!(
-            args(&nic, &mut NoFds),
+            args_with(&nic, &mut NoFds),
             [
                 "-netdev",
                 "tap,id=tap0,vhost=on,ifname=ceth0,downscript=no,script=no",
@@ -452,7 +443,7 @@ mod tests {
         nic.virtio.romfile = Some("efi-virtio.rom".into());
         let mut table = FdTable::new();
         assert_eq!(
-            args(&nic, &mut table),
+            args_with(&nic, &mut table),
             [
                 "-netdev",
                 "tap,id=tap0,vhost=on,fds=3:4",
@@ -471,7 +462,7 @@ mod tests {
         };
         let mut table = FdTable::new();
         assert_eq!(
-            args(&nic, &mut table)[1],
+            args_with(&nic, &mut table)[1],
             "tap,id=tap0,vhost=on,vhostfds=3:4,fds=5:6"
         );
         assert_eq!(table.len(), 4);
@@ -564,12 +555,12 @@ mod tests {
             ..VirtioOpts::on(Transport::Ccw)
         };
         assert_eq!(
-            args(&nic, &mut NoFds)[3],
+            args_with(&nic, &mut NoFds)[3],
             "virtio-net-ccw,id=net0,netdev=hn0,mq=on,devno=fe.0.0003"
         );
         let user = NetDevice::new("net0", "user0", NetBackend::User {});
         assert_eq!(
-            args(&user, &mut NoFds),
+            args_with(&user, &mut NoFds),
             [
                 "-netdev",
                 "user,id=user0",
@@ -666,36 +657,14 @@ mod tests {
         assert_eq!(device.kind(), "virtio-net");
     }
 
-    fn assert_round_trip(parts: &[Part]) -> std::result::Result<(), TestCaseError> {
-        for part in parts {
-            let rendered = part.render(Syntax::Options, &mut NoFds).unwrap();
-            let implied_key = part.kind().implied_key();
-            let parsed = parse_options(&rendered, implied_key).unwrap();
-            let rest: Props = part
-                .props()
-                .iter()
-                .filter(|(k, _)| Some(*k) != implied_key)
-                .map(|(k, v)| (k, v.clone()))
-                .collect();
-            let mut expected = Vec::new();
-            if let (Some(key), Some(value)) = (implied_key, part.implied()) {
-                expected.push((key.to_owned(), value.to_owned()));
-            }
-            expected.extend(flatten(&rest, &mut NoFds).unwrap());
-            prop_assert_eq!(parsed, expected);
-        }
-        Ok(())
-    }
-
-    const TEXT: &str = "[^\u{0}]{0,12}|[a-z][a-z0-9]{0,6}|[,= \"'é]{0,6}";
-
     proptest! {
         #[test]
         fn arbitrary_fields_render_and_parse_back(
-            id in TEXT, netdev_id in TEXT, ifname in TEXT, script in proptest::option::of(TEXT),
+            id in FIELD_TEXT, netdev_id in FIELD_TEXT, ifname in FIELD_TEXT,
+            script in proptest::option::of(FIELD_TEXT),
             mac in proptest::option::of("[0-9a-f:]{17}|[^\u{0}]{0,8}"),
-            bus in proptest::option::of(TEXT), queues in proptest::option::of(0u32..5),
-            fd_names in proptest::collection::vec(TEXT, 0..3), vhost: bool, by_fds: bool,
+            bus in proptest::option::of(FIELD_TEXT), queues in proptest::option::of(0u32..5),
+            fd_names in proptest::collection::vec(FIELD_TEXT, 0..3), vhost: bool, by_fds: bool,
         ) {
             let backend = if by_fds {
                 NetBackend::TapFds {
@@ -712,7 +681,7 @@ mod tests {
             nic.mac = mac;
             nic.bus = bus;
             if let Ok(parts) = nic.parts() {
-                assert_round_trip(&parts)?;
+                check_round_trip(&parts)?;
             }
         }
     }

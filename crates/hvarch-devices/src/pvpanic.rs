@@ -146,7 +146,7 @@ mod tests {
     use super::*;
     use crate::fd::NoFds;
     use crate::part::Syntax;
-    use crate::syntax::{flatten, parse_options};
+    use crate::test_support::{check_round_trip, ID_TEXT};
     use proptest::prelude::*;
     use serde_json::json;
 
@@ -224,7 +224,7 @@ mod tests {
         #[test]
         fn parts_never_panic_and_round_trip(
             pci in any::<bool>(),
-            id in proptest::option::of("[a-z][a-z0-9_.-]{0,8}|\\PC{0,12}|[a-z][a-z0-9,= \'\"é]{0,8}"),
+            id in proptest::option::of(ID_TEXT),
             bus in proptest::option::of("[a-z][a-z0-9.]{0,8}|\\PC{0,12}"),
             slot in proptest::option::of(0u8..=31),
             events in proptest::option::of(any::<u8>()),
@@ -237,21 +237,7 @@ mod tests {
                 addr: slot.map(|s| PciAddr::slot_only(s).unwrap()),
             };
             if let Ok(parts) = dev.parts() {
-                for part in parts {
-                    let rendered = part.render(Syntax::Options, &mut NoFds).unwrap();
-                    let key = part.kind().implied_key();
-                    let parsed = parse_options(&rendered, key).unwrap();
-                    let rest: Props = part.props().iter()
-                        .filter(|(k, _)| Some(*k) != key)
-                        .map(|(k, v)| (k, v.clone()))
-                        .collect();
-                    let mut expected: Vec<(String, String)> = key
-                        .map(|k| (k.to_owned(), part.implied().unwrap().to_owned()))
-                        .into_iter()
-                        .collect();
-                    expected.extend(flatten(&rest, &mut NoFds).unwrap());
-                    prop_assert_eq!(parsed, expected);
-                }
+                check_round_trip(&parts)?;
             }
         }
     }

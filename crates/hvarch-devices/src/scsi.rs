@@ -259,18 +259,9 @@ mod tests {
     use crate::block::BlockProtocol;
     use crate::fd::NoFds;
     use crate::part::Syntax;
-    use crate::syntax::{flatten, parse_options};
+    use crate::test_support::{args, check_round_trip};
     use proptest::prelude::*;
     use serde_json::json;
-
-    fn args(device: &dyn QemuDevice) -> Vec<String> {
-        device
-            .parts()
-            .unwrap()
-            .iter()
-            .flat_map(|p| p.to_args(Syntax::Options, &mut NoFds).unwrap())
-            .collect()
-    }
 
     /// govmm: `-device virtio-scsi-pci,id=foo,disable-modern=false,romfile=efi-virtio.rom`.
     /// Difference: `disable-modern` is written only when on (off is QEMU's default).
@@ -457,28 +448,6 @@ mod tests {
         assert_eq!(device.kind(), "virtio-scsi");
     }
 
-    /// Every part renders to option syntax that parses back to its properties.
-    fn assert_round_trip(parts: &[Part]) -> std::result::Result<(), TestCaseError> {
-        for part in parts {
-            let rendered = part.render(Syntax::Options, &mut NoFds).unwrap();
-            let implied_key = part.kind().implied_key();
-            let parsed = parse_options(&rendered, implied_key).unwrap();
-            let mut expected = Vec::new();
-            let rest: Props = part
-                .props()
-                .iter()
-                .filter(|(k, _)| Some(*k) != implied_key)
-                .map(|(k, v)| (k, v.clone()))
-                .collect();
-            if let (Some(key), Some(value)) = (implied_key, part.implied()) {
-                expected.push((key.to_owned(), value.to_owned()));
-            }
-            expected.extend(flatten(&rest, &mut NoFds).unwrap());
-            prop_assert_eq!(parsed, expected);
-        }
-        Ok(())
-    }
-
     const TEXT: &str = "[^\u{0}]{0,12}|[a-z][a-z0-9.]{0,6}|[,= \"'é]{0,6}";
 
     proptest! {
@@ -496,14 +465,14 @@ mod tests {
             d.share_rw = share_rw;
             d.serial = serial;
             if let Ok(parts) = d.parts() {
-                assert_round_trip(&parts)?;
+                check_round_trip(&parts)?;
             }
             let mut c = ScsiController::new(id);
             c.bus = Some(bus);
             c.iothread = iothread;
             c.num_queues = num_queues;
             if let Ok(parts) = c.parts() {
-                assert_round_trip(&parts)?;
+                check_round_trip(&parts)?;
             }
         }
     }

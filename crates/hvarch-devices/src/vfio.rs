@@ -231,15 +231,9 @@ mod tests {
     use super::*;
     use crate::fd::NoFds;
     use crate::part::Syntax;
-    use crate::syntax::{flatten, parse_options};
+    use crate::test_support::{args, check_round_trip, FIELD_TEXT};
     use proptest::prelude::*;
     use serde_json::json;
-
-    fn render(device: &VfioDevice) -> String {
-        device.parts().unwrap()[0]
-            .render(Syntax::Options, &mut NoFds)
-            .unwrap()
-    }
 
     /// govmm: `-device vfio-pci,host=02:10.0,x-pci-vendor-id=0x1234,x-pci-device-id=0x5678,
     /// romfile=efi-virtio.rom`. Differences: an `id` (needed to unplug); the ids are written
@@ -253,7 +247,7 @@ mod tests {
         dev.device_id = Some(0x5678);
         dev.romfile = Some("efi-virtio.rom".into());
         assert_eq!(
-            render(&dev),
+            args(&dev)[1],
             "vfio-pci,id=vfio0,host=02:10.0,x-pci-vendor-id=4660,x-pci-device-id=22136,\
              romfile=efi-virtio.rom"
         );
@@ -271,10 +265,10 @@ mod tests {
     fn govmm_reference_on_bus() {
         let mut dev = VfioDevice::new("vfio1", VfioSource::Host("02:00.0".into()));
         dev.bus = Some("rp0".into());
-        assert_eq!(render(&dev), "vfio-pci,id=vfio1,host=02:00.0,bus=rp0");
+        assert_eq!(args(&dev)[1], "vfio-pci,id=vfio1,host=02:00.0,bus=rp0");
         dev.romfile = Some(String::new());
         assert_eq!(
-            render(&dev),
+            args(&dev)[1],
             "vfio-pci,id=vfio1,host=02:00.0,bus=rp0,romfile="
         );
     }
@@ -336,7 +330,7 @@ mod tests {
         ccw.kind = VfioKind::VfioCcw;
         ccw.devno = Some("fe.0.1234".into());
         assert_eq!(
-            render(&ccw),
+            args(&ccw)[1],
             "vfio-ccw,id=ccw0,sysfsdev=/sys/bus/mdev/devices/u,devno=fe.0.1234"
         );
         ccw.source = VfioSource::Host("02:10.0".into());
@@ -409,35 +403,12 @@ mod tests {
         assert_eq!(device.kind(), "vfio-pci");
     }
 
-    fn assert_round_trip(parts: &[Part]) -> std::result::Result<(), TestCaseError> {
-        for part in parts {
-            let rendered = part.render(Syntax::Options, &mut NoFds).unwrap();
-            let implied_key = part.kind().implied_key();
-            let parsed = parse_options(&rendered, implied_key).unwrap();
-            let rest: Props = part
-                .props()
-                .iter()
-                .filter(|(k, _)| Some(*k) != implied_key)
-                .map(|(k, v)| (k, v.clone()))
-                .collect();
-            let mut expected = Vec::new();
-            if let (Some(key), Some(value)) = (implied_key, part.implied()) {
-                expected.push((key.to_owned(), value.to_owned()));
-            }
-            expected.extend(flatten(&rest, &mut NoFds).unwrap());
-            prop_assert_eq!(parsed, expected);
-        }
-        Ok(())
-    }
-
-    const TEXT: &str = "[^\u{0}]{0,12}|[a-z][a-z0-9]{0,6}|[,= \"'é]{0,6}";
-
     proptest! {
         #[test]
         fn arbitrary_fields_render_and_parse_back(
-            id in TEXT, bdf in "[0-9a-f:.]{0,13}|[^\u{0}]{0,12}", path in TEXT,
+            id in FIELD_TEXT, bdf in "[0-9a-f:.]{0,13}|[^\u{0}]{0,12}", path in FIELD_TEXT,
             host: bool, kind in 0u8..3, vendor in proptest::option::of(any::<u16>()),
-            bus in proptest::option::of(TEXT), romfile in proptest::option::of(TEXT),
+            bus in proptest::option::of(FIELD_TEXT), romfile in proptest::option::of(FIELD_TEXT),
         ) {
             let source = if host {
                 VfioSource::Host(bdf)
@@ -450,7 +421,7 @@ mod tests {
             dev.bus = bus;
             dev.romfile = romfile;
             if let Ok(parts) = dev.parts() {
-                assert_round_trip(&parts)?;
+                check_round_trip(&parts)?;
             }
         }
     }

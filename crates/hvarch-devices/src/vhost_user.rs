@@ -368,18 +368,9 @@ mod tests {
     use super::*;
     use crate::fd::NoFds;
     use crate::part::Syntax;
-    use crate::syntax::{flatten, parse_options};
+    use crate::test_support::{args, check_round_trip, FIELD_TEXT};
     use proptest::prelude::*;
     use serde_json::json;
-
-    fn args(device: &VhostUserDevice) -> Vec<String> {
-        device
-            .parts()
-            .unwrap()
-            .iter()
-            .flat_map(|p| p.to_args(Syntax::Options, &mut NoFds).unwrap())
-            .collect()
-    }
 
     fn net() -> VhostUserDevice {
         VhostUserDevice::new(
@@ -640,33 +631,11 @@ mod tests {
         assert_eq!(device.kind(), "vhost-user-blk");
     }
 
-    fn assert_round_trip(parts: &[Part]) -> std::result::Result<(), TestCaseError> {
-        for part in parts {
-            let rendered = part.render(Syntax::Options, &mut NoFds).unwrap();
-            let implied_key = part.kind().implied_key();
-            let parsed = parse_options(&rendered, implied_key).unwrap();
-            let rest: Props = part
-                .props()
-                .iter()
-                .filter(|(k, _)| Some(*k) != implied_key)
-                .map(|(k, v)| (k, v.clone()))
-                .collect();
-            let mut expected = Vec::new();
-            if let (Some(key), Some(value)) = (implied_key, part.implied()) {
-                expected.push((key.to_owned(), value.to_owned()));
-            }
-            expected.extend(flatten(&rest, &mut NoFds).unwrap());
-            prop_assert_eq!(parsed, expected);
-        }
-        Ok(())
-    }
-
-    const TEXT: &str = "[^\u{0}]{0,12}|[a-z][a-z0-9]{0,6}|[,= \"'é]{0,6}";
-
     proptest! {
         #[test]
         fn arbitrary_fields_render_and_parse_back(
-            id in TEXT, chardev_id in TEXT, socket in TEXT, tag in TEXT, netdev_id in TEXT,
+            id in FIELD_TEXT, chardev_id in FIELD_TEXT, socket in FIELD_TEXT, tag in FIELD_TEXT,
+            netdev_id in FIELD_TEXT,
             mac in proptest::option::of("[0-9a-f:]{17}|[^\u{0}]{0,8}"), which in 0u8..4,
             queues in proptest::option::of(0u16..2000),
         ) {
@@ -678,7 +647,7 @@ mod tests {
             };
             let dev = VhostUserDevice::new(id, chardev_id, format!("/{socket}"), kind);
             if let Ok(parts) = dev.parts() {
-                assert_round_trip(&parts)?;
+                check_round_trip(&parts)?;
             }
         }
     }
