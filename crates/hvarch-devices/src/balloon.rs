@@ -4,12 +4,12 @@
 use serde::{Deserialize, Serialize};
 
 use crate::device::QemuDevice;
-use crate::error::{invalid, Result};
+use crate::error::Result;
 use crate::id::{check_id, check_opt_id};
 use crate::part::Part;
 use crate::pci::PciAddr;
 use crate::props::Props;
-use crate::transport::{Transport, VirtioOpts};
+use crate::transport::VirtioOpts;
 
 /// A virtio-balloon device (`virtio-balloon-pci` / `-ccw` / `-device`).
 ///
@@ -75,15 +75,7 @@ impl QemuDevice for BalloonDevice {
         let what = self.kind();
         check_id(what, "id", &self.id)?;
         check_opt_id(what, "bus", self.bus.as_deref())?;
-        if self.addr.is_some() && self.virtio.transport != Transport::Pci {
-            return Err(invalid(
-                what,
-                "addr",
-                "set",
-                "applies to the pci transport only",
-            ));
-        }
-        self.virtio.validate(what)
+        self.virtio.validate_with_addr(what, self.addr)
     }
 
     fn parts(&self) -> Result<Vec<Part>> {
@@ -107,6 +99,7 @@ mod tests {
     use crate::fd::NoFds;
     use crate::part::Syntax;
     use crate::test_support::{args, check_round_trip, ident, text};
+    use crate::transport::Transport;
     use proptest::prelude::*;
     use serde_json::json;
 

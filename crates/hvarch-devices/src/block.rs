@@ -321,15 +321,7 @@ impl QemuDevice for BlockDevice {
         if self.num_queues == Some(0) {
             return Err(invalid(what, "num_queues", 0, "must be at least 1"));
         }
-        if self.addr.is_some() && self.virtio.transport != crate::transport::Transport::Pci {
-            return Err(invalid(
-                what,
-                "addr",
-                "set",
-                "applies to the pci transport only",
-            ));
-        }
-        self.virtio.validate(what)
+        self.virtio.validate_with_addr(what, self.addr)
     }
 
     fn parts(&self) -> Result<Vec<Part>> {

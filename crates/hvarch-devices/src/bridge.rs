@@ -171,13 +171,7 @@ impl QemuDevice for PciBridge {
                 }
             }
         }
-        if self.pref32_reserve.is_some() && self.pref64_reserve.is_some() {
-            return Err(Error::Conflict {
-                what,
-                field: "pref32_reserve",
-                other: "pref64_reserve",
-            });
-        }
+        check_pref_reserves(what, self.pref32_reserve, self.pref64_reserve)?;
         check_bridge_romfile(what, self.romfile.as_deref())
     }
 
@@ -199,6 +193,19 @@ impl QemuDevice for PciBridge {
                 .opt("romfile", self.romfile.as_deref()),
         )])
     }
+}
+
+/// Refuses `pref32_reserve` together with `pref64_reserve` on a bridge or root port (the two
+/// exclude each other).
+fn check_pref_reserves(what: &'static str, pref32: Option<u64>, pref64: Option<u64>) -> Result<()> {
+    if pref32.is_some() && pref64.is_some() {
+        return Err(Error::Conflict {
+            what,
+            field: "pref32_reserve",
+            other: "pref64_reserve",
+        });
+    }
+    Ok(())
 }
 
 /// Refuses a non-empty `romfile` on a bridge or root port (QEMU 10 aborts on it).
@@ -308,13 +315,7 @@ impl QemuDevice for PcieRootPort {
         let what = self.kind();
         check_id(what, "id", &self.id)?;
         check_id(what, "bus", &self.bus)?;
-        if self.pref32_reserve.is_some() && self.pref64_reserve.is_some() {
-            return Err(Error::Conflict {
-                what,
-                field: "pref32_reserve",
-                other: "pref64_reserve",
-            });
-        }
+        check_pref_reserves(what, self.pref32_reserve, self.pref64_reserve)?;
         check_bridge_romfile(what, self.romfile.as_deref())
     }
 

@@ -16,7 +16,7 @@ use crate::id::{check_id, check_opt_id};
 use crate::part::{Part, PartKind};
 use crate::pci::PciAddr;
 use crate::props::Props;
-use crate::transport::{path_str, Transport, VirtioOpts};
+use crate::transport::{path_str, VirtioOpts};
 
 /// The most ports a virtio-serial controller takes (QEMU: "maximum ports supported: 511").
 pub const MAX_SERIAL_PORTS: u32 = 511;
@@ -278,15 +278,7 @@ impl QemuDevice for SerialController {
             }
         }
         check_opt_id(what, "bus", self.bus.as_deref())?;
-        if self.addr.is_some() && self.virtio.transport != Transport::Pci {
-            return Err(invalid(
-                what,
-                "addr",
-                "set",
-                "applies to the pci transport only",
-            ));
-        }
-        self.virtio.validate(what)
+        self.virtio.validate_with_addr(what, self.addr)
     }
 
     fn parts(&self) -> Result<Vec<Part>> {
@@ -472,7 +464,7 @@ mod tests {
     use super::*;
     use crate::fd::{FdTable, NoFds, QmpFdNames};
     use crate::part::Syntax;
-    use crate::test_support::{args, check_round_trip, ident, text};
+    use crate::test_support::{args, check_round_trip, ident, qmp_adds, text};
     use proptest::prelude::*;
     use serde_json::json;
 
@@ -555,12 +547,7 @@ mod tests {
                 Chardev::new("char0", CharBackend::server_socket("/run/agent.sock")),
             )
         };
-        let calls: Vec<_> = port
-            .parts()
-            .unwrap()
-            .iter()
-            .map(|p| p.qmp_add(&mut NoFds).unwrap())
-            .collect();
+        let calls = qmp_adds(&port);
         assert_eq!(calls[0].command, "chardev-add");
         assert_eq!(
             calls[0].arguments,

@@ -14,7 +14,7 @@ use crate::id::{check_id, check_opt_id};
 use crate::part::{Part, PartKind};
 use crate::pci::PciAddr;
 use crate::props::Props;
-use crate::transport::{path_str, Transport, VirtioOpts};
+use crate::transport::{path_str, VirtioOpts};
 
 /// The longest mount tag virtio-9p accepts, in bytes (QEMU: "is longer than maximum (31 bytes)").
 pub const MAX_MOUNT_TAG_LEN: usize = 31;
@@ -237,15 +237,7 @@ impl QemuDevice for FsDevice {
             ));
         }
         check_opt_id(what, "bus", self.bus.as_deref())?;
-        if self.addr.is_some() && self.virtio.transport != Transport::Pci {
-            return Err(invalid(
-                what,
-                "addr",
-                "set",
-                "applies to the pci transport only",
-            ));
-        }
-        self.virtio.validate(what)
+        self.virtio.validate_with_addr(what, self.addr)
     }
 
     fn parts(&self) -> Result<Vec<Part>> {
@@ -270,6 +262,7 @@ mod tests {
     use crate::fd::NoFds;
     use crate::part::Syntax;
     use crate::test_support::{args, check_round_trip, ident, text};
+    use crate::transport::Transport;
     use proptest::prelude::*;
 
     /// govmm's reference case (kata-go.md §2.3 FSDevice) in modern syntax. Deliberate

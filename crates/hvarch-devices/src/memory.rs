@@ -527,20 +527,15 @@ mod tests {
     use super::*;
     use crate::fd::NoFds;
     use crate::part::Syntax;
-    use crate::test_support::{args, check_round_trip, ID_TEXT};
+    use crate::test_support::{args, check_round_trip, qmp_adds, ID_TEXT};
     use crate::Device;
     use proptest::prelude::*;
     use serde_json::json;
 
     fn qmp(device: &dyn QemuDevice) -> Vec<(&'static str, serde_json::Value)> {
-        device
-            .parts()
-            .unwrap()
-            .iter()
-            .map(|p| {
-                let call = p.qmp_add(&mut NoFds).unwrap();
-                (call.command, call.arguments)
-            })
+        qmp_adds(device)
+            .into_iter()
+            .map(|call| (call.command, call.arguments))
             .collect()
     }
 

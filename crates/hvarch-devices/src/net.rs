@@ -331,15 +331,7 @@ pub(crate) fn check_frontend(
         check_mac(what, "mac", mac)?;
     }
     check_opt_id(what, "bus", bus)?;
-    if addr.is_some() && virtio.transport != Transport::Pci {
-        return Err(invalid(
-            what,
-            "addr",
-            "set",
-            "applies to the pci transport only",
-        ));
-    }
-    virtio.validate(what)
+    virtio.validate_with_addr(what, addr)
 }
 
 /// The settings of a virtio-net frontend (shared with vhost-user net).

@@ -11,7 +11,7 @@ use crate::id::{check_id, check_opt_id};
 use crate::part::Part;
 use crate::pci::PciAddr;
 use crate::props::Props;
-use crate::transport::{path_str, Transport, VirtioOpts};
+use crate::transport::{path_str, VirtioOpts};
 
 /// A virtio-rng device (`virtio-rng-pci` / `-ccw` / `-device`) on its own `rng-random`
 /// object.
@@ -104,15 +104,7 @@ impl QemuDevice for RngDevice {
             return Err(invalid(what, "period", 0, "must be at least 1 ms"));
         }
         check_opt_id(what, "bus", self.bus.as_deref())?;
-        if self.addr.is_some() && self.virtio.transport != Transport::Pci {
-            return Err(invalid(
-                what,
-                "addr",
-                "set",
-                "applies to the pci transport only",
-            ));
-        }
-        self.virtio.validate(what)
+        self.virtio.validate_with_addr(what, self.addr)
     }
 
     fn parts(&self) -> Result<Vec<Part>> {
@@ -146,7 +138,8 @@ mod tests {
     use super::*;
     use crate::fd::NoFds;
     use crate::part::Syntax;
-    use crate::test_support::{args, check_round_trip, ident, text};
+    use crate::test_support::{args, check_round_trip, ident, qmp_adds, text};
+    use crate::transport::Transport;
     use proptest::prelude::*;
     use serde_json::json;
 
@@ -191,10 +184,7 @@ mod tests {
         rng.filename = Some("/dev/random".into());
         rng.max_bytes = Some(1024);
         let parts = rng.parts().unwrap();
-        let calls: Vec<_> = parts
-            .iter()
-            .map(|p| p.qmp_add(&mut NoFds).unwrap())
-            .collect();
+        let calls = qmp_adds(&rng);
         assert_eq!(calls[0].command, "object-add");
         assert_eq!(
             calls[0].arguments,

@@ -13,7 +13,7 @@ use crate::id::{check_id, check_opt_id};
 use crate::part::Part;
 use crate::pci::PciAddr;
 use crate::props::Props;
-use crate::transport::{Transport, VirtioOpts};
+use crate::transport::VirtioOpts;
 
 /// The highest SCSI target id QEMU's virtio-scsi bus accepts (`scsi-id=`).
 pub const MAX_SCSI_ID: u32 = 255;
@@ -93,15 +93,7 @@ impl QemuDevice for ScsiController {
         if self.num_queues == Some(0) {
             return Err(invalid(what, "num_queues", 0, "must be at least 1"));
         }
-        if self.addr.is_some() && self.virtio.transport != Transport::Pci {
-            return Err(invalid(
-                what,
-                "addr",
-                "set",
-                "applies to the pci transport only",
-            ));
-        }
-        self.virtio.validate(what)
+        self.virtio.validate_with_addr(what, self.addr)
     }
 
     fn parts(&self) -> Result<Vec<Part>> {
@@ -259,7 +251,8 @@ mod tests {
     use crate::block::BlockProtocol;
     use crate::fd::NoFds;
     use crate::part::Syntax;
-    use crate::test_support::{args, check_round_trip};
+    use crate::test_support::{args, check_round_trip, qmp_adds};
+    use crate::transport::Transport;
     use proptest::prelude::*;
     use serde_json::json;
 
@@ -353,11 +346,9 @@ mod tests {
     /// `share-rw` (a boolean here, govmm sent the string `"on"`).
     #[test]
     fn disk_qmp_matches_govmm_scsi_device_add() {
-        let parts = disk().parts().unwrap();
-        let calls: Vec<_> = parts
-            .iter()
-            .map(|p| p.qmp_add(&mut NoFds).unwrap())
-            .collect();
+        let disk = disk();
+        let parts = disk.parts().unwrap();
+        let calls = qmp_adds(&disk);
         assert_eq!(calls[0].command, "blockdev-add");
         assert_eq!(calls[1].command, "device_add");
         assert_eq!(

@@ -3,7 +3,7 @@
 //! - proptest strategies for the text a spec file may put in a field: [`text`], [`ident`],
 //!   and the patterns [`FIELD_TEXT`] and [`ID_TEXT`];
 //! - [`args`] / [`args_with`]: a device's command-line arguments in option syntax, what the
-//!   reference cases compare with;
+//!   reference cases compare with, and [`qmp_adds`], its hot-plug commands;
 //! - [`check_round_trip`]: the property every device's `parts()` must hold, that each part's
 //!   option syntax parses back to exactly its properties.
 
@@ -12,7 +12,7 @@ use proptest::test_runner::TestCaseError;
 
 use crate::device::QemuDevice;
 use crate::fd::{FdResolver, NoFds};
-use crate::part::{Part, PartKind, Syntax};
+use crate::part::{Part, PartKind, QmpCall, Syntax};
 use crate::props::Props;
 use crate::syntax::{flatten, parse_options};
 
@@ -55,6 +55,17 @@ pub fn args_with(device: &dyn QemuDevice, fds: &mut dyn FdResolver) -> Vec<Strin
         .unwrap()
         .iter()
         .flat_map(|p| p.to_args(Syntax::Options, fds).unwrap())
+        .collect()
+}
+
+/// The QMP commands that hot-plug `device`, one per part in creation order. Panics if the
+/// device does not render.
+pub fn qmp_adds(device: &dyn QemuDevice) -> Vec<QmpCall> {
+    device
+        .parts()
+        .unwrap()
+        .iter()
+        .map(|p| p.qmp_add(&mut NoFds).unwrap())
         .collect()
 }
 

@@ -5,6 +5,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{invalid, Error, Result};
+use crate::pci::PciAddr;
 use crate::props::Props;
 
 /// How a virtio device attaches to the guest.
@@ -111,6 +112,24 @@ impl VirtioOpts {
             check_devno(what, devno)?;
         }
         Ok(())
+    }
+
+    /// Checks a device's `addr` (a PCI address needs the PCI transport), then
+    /// [`validate`](Self::validate)s these settings.
+    pub(crate) fn validate_with_addr(
+        &self,
+        what: &'static str,
+        addr: Option<PciAddr>,
+    ) -> Result<()> {
+        if addr.is_some() && self.transport != Transport::Pci {
+            return Err(invalid(
+                what,
+                "addr",
+                "set",
+                "applies to the pci transport only",
+            ));
+        }
+        self.validate(what)
     }
 
     /// The transport properties, in govmm's order: `disable-modern`, `romfile`,

@@ -260,15 +260,7 @@ impl QemuDevice for VhostUserDevice {
             }
         }
         check_opt_id(what, "bus", self.bus.as_deref())?;
-        if self.addr.is_some() && self.virtio.transport != Transport::Pci {
-            return Err(invalid(
-                what,
-                "addr",
-                "set",
-                "applies to the pci transport only",
-            ));
-        }
-        self.virtio.validate(what)
+        self.virtio.validate_with_addr(what, self.addr)
     }
 
     fn parts(&self) -> Result<Vec<Part>> {
@@ -368,7 +360,7 @@ mod tests {
     use super::*;
     use crate::fd::NoFds;
     use crate::part::Syntax;
-    use crate::test_support::{args, check_round_trip, FIELD_TEXT};
+    use crate::test_support::{args, check_round_trip, qmp_adds, FIELD_TEXT};
     use proptest::prelude::*;
     use serde_json::json;
 
@@ -502,12 +494,7 @@ mod tests {
             mac: None,
             queues: Some(2),
         };
-        let calls: Vec<_> = dev
-            .parts()
-            .unwrap()
-            .iter()
-            .map(|p| p.qmp_add(&mut NoFds).unwrap())
-            .collect();
+        let calls = qmp_adds(&dev);
         assert_eq!(calls[0].command, "chardev-add");
         assert_eq!(
             calls[0].arguments,

@@ -10,7 +10,7 @@ use crate::id::{check_id, check_opt_id};
 use crate::part::Part;
 use crate::pci::PciAddr;
 use crate::props::Props;
-use crate::transport::{Transport, VirtioOpts};
+use crate::transport::VirtioOpts;
 
 /// The lowest guest context id: 0 (hypervisor), 1 (local) and 2 (host) are reserved.
 pub const MIN_GUEST_CID: u64 = 3;
@@ -88,15 +88,7 @@ impl QemuDevice for VsockDevice {
             ));
         }
         check_opt_id(what, "bus", self.bus.as_deref())?;
-        if self.addr.is_some() && self.virtio.transport != Transport::Pci {
-            return Err(invalid(
-                what,
-                "addr",
-                "set",
-                "applies to the pci transport only",
-            ));
-        }
-        self.virtio.validate(what)
+        self.virtio.validate_with_addr(what, self.addr)
     }
 
     fn parts(&self) -> Result<Vec<Part>> {
@@ -120,6 +112,7 @@ mod tests {
     use crate::fd::{FdTable, NoFds, QmpFdNames};
     use crate::part::Syntax;
     use crate::test_support::{check_round_trip, ident, text};
+    use crate::transport::Transport;
     use proptest::prelude::*;
     use serde_json::json;
 
