@@ -37,5 +37,7 @@ pub fn run() -> Result<(), String> {
         "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER",
         "qemu-aarch64",
     )
+    // Tests that start a built binary of ours (the CLI) start it through the same runner.
+    .env("HVARCH_TEST_RUNNER", "qemu-aarch64")
     .run()
 }

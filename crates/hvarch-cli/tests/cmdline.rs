@@ -6,11 +6,19 @@ use std::process::{Command, Output};
 
 const FORMATS: [&str; 3] = ["shell", "lines", "json"];
 
+/// Runs the built `hvarch` with `args`. When the tests run under an emulator (`cargo xtask
+/// cross` sets `HVARCH_TEST_RUNNER=qemu-aarch64`), the binary is started through it too.
 fn hvarch(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hvarch"))
-        .args(args)
-        .output()
-        .expect("run hvarch")
+    let binary = env!("CARGO_BIN_EXE_hvarch");
+    let mut command = match std::env::var_os("HVARCH_TEST_RUNNER") {
+        Some(runner) => {
+            let mut command = Command::new(runner);
+            command.arg(binary);
+            command
+        }
+        None => Command::new(binary),
+    };
+    command.args(args).output().expect("run hvarch")
 }
 
 fn examples_dir() -> PathBuf {
