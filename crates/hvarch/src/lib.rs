@@ -37,11 +37,14 @@ pub mod assemble;
 pub mod error;
 pub mod host;
 pub mod native;
+mod spawn;
 pub mod spec;
+pub mod vm;
 
 pub use assemble::{assemble, backend, Assembled, RuntimePaths};
 pub use error::{Error, Result};
 pub use spec::VmSpec;
+pub use vm::{LaunchOptions, Vm, VmError, VmResult};
 
 pub use hvarch_arch::arch::QemuArch;
 pub use hvarch_arch::guest_arch::GuestArch;
