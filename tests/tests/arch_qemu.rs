@@ -18,15 +18,12 @@
 //! (`<runtime_dir>/qmp.sock`), report the machine type, as many vCPUs as `num_vcpus`, and
 //! every `-device` id of the command line (PCI ones on the PCI buses too).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use hvarch::{assemble, Accelerator, Assembled, GuestArch, Syntax, VmSpec};
+use hvarch::{assemble, Assembled, GuestArch, Syntax, VmSpec};
+use hvarch_tests::spec::runnable;
 use hvarch_tests::{QemuProcess, RawQmp, TempDir, QEMU_AARCH64, QEMU_X86_64};
 use serde_json::{json, Value};
-
-/// The firmware code image of the UEFI example (package qemu-efi-aarch64).
-const AAVMF_CODE: &str = "/usr/share/AAVMF/AAVMF_CODE.fd";
-const AAVMF_VARS: &str = "/usr/share/AAVMF/AAVMF_VARS.fd";
 
 fn example(name: &str) -> VmSpec {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -35,61 +32,6 @@ fn example(name: &str) -> VmSpec {
     let text =
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     toml::from_str(&text).unwrap_or_else(|e| panic!("parse {}: {e}", path.display()))
-}
-
-/// A kernel QEMU accepts at load time for `arch` (see the module docs).
-fn fake_kernel(arch: GuestArch) -> Vec<u8> {
-    match arch {
-        GuestArch::X86_64 => {
-            let mut image = vec![0u8; 16 << 10];
-            image[0x1f1] = 1; // setup_sects
-            image[0x1fe..0x200].copy_from_slice(&[0x55, 0xaa]);
-            image[0x202..0x206].copy_from_slice(b"HdrS");
-            image[0x206..0x208].copy_from_slice(&0x020f_u16.to_le_bytes()); // protocol 2.15
-            image[0x211] = 1; // LOADED_HIGH
-            image[0x22c..0x230].copy_from_slice(&0x7fff_ffff_u32.to_le_bytes()); // initrd_addr_max
-            image
-        }
-        _ => Vec::new(),
-    }
-}
-
-/// Makes `spec` runnable here (module docs); files go to `files`.
-fn adapt(spec: &mut VmSpec, dir: &TempDir) {
-    let arch = spec.guest_arch().expect("guest arch");
-    let files = dir.join("files");
-    std::fs::create_dir_all(&files).expect("files dir");
-    let run = dir.join("run");
-    std::fs::create_dir_all(&run).expect("runtime dir");
-    spec.runtime_dir = Some(run);
-    spec.stopped = true;
-    let h = &mut spec.hypervisor;
-    h.accelerator = Accelerator::Tcg;
-    h.enable_swap = true;
-    let write = |name: &str, bytes: &[u8]| -> PathBuf {
-        let path = files.join(name);
-        std::fs::write(&path, bytes).expect("write temp file");
-        path
-    };
-    h.kernel_path = Some(write("vmlinux", &fake_kernel(arch)));
-    if h.initrd_path.is_some() {
-        h.initrd_path = Some(write("initrd.img", &[]));
-    }
-    if h.image_path.is_some() {
-        h.image_path = Some(write("rootfs.img", &vec![0u8; 4 << 20]));
-    }
-    for flash in &mut h.pflashes {
-        if flash.exists() && flash.as_path() != Path::new(AAVMF_VARS) {
-            continue;
-        }
-        assert!(
-            Path::new(AAVMF_CODE).exists(),
-            "{AAVMF_CODE} is missing: install qemu-efi-aarch64 (cargo xtask setup)"
-        );
-        let copy = files.join("AAVMF_VARS.fd");
-        std::fs::copy(AAVMF_VARS, &copy).expect("copy the UEFI variable store");
-        *flash = copy;
-    }
 }
 
 /// `id=` of every `-device` of `argv`, with its driver.
@@ -111,7 +53,7 @@ fn is_pci(driver: &str) -> bool {
 /// Starts `spec` (adapted) and checks what QEMU reports.
 fn run_and_check(mut spec: VmSpec) -> Assembled {
     let dir = TempDir::new();
-    adapt(&mut spec, &dir);
+    runnable(&mut spec, &dir);
     let runtime = spec.runtime_dir();
     let vm = assemble(&spec).unwrap_or_else(|e| panic!("assemble {}: {e}", spec.id));
     let argv = vm.argv(Syntax::Options).expect("argv");
