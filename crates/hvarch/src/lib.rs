@@ -36,6 +36,7 @@
 pub mod assemble;
 pub mod error;
 pub mod host;
+pub mod hotplug;
 pub mod native;
 mod spawn;
 pub mod spec;
@@ -43,6 +44,9 @@ pub mod vm;
 
 pub use assemble::{assemble, backend, Assembled, RuntimePaths};
 pub use error::{Error, Result};
+pub use hotplug::{
+    HotplugError, HotplugResult, HotplugState, Hotplugger, Location, Placement, Plugged,
+};
 pub use spec::VmSpec;
 pub use vm::{LaunchOptions, Vm, VmError, VmResult};
 

@@ -73,6 +73,10 @@ pub enum VmError {
         /// QEMU's run state.
         status: String,
     },
+    /// A hot plug or unplug failed (see [`crate::hotplug`]); a failed hot plug has been
+    /// undone.
+    #[error(transparent)]
+    Hotplug(#[from] crate::hotplug::HotplugError),
 }
 
 fn stderr_suffix(stderr: &str) -> String {
@@ -124,6 +128,7 @@ pub struct Vm {
     exit: Option<ExitStatus>,
     qmp: Qmp,
     assembled: Assembled,
+    hotplug: crate::hotplug::HotplugState,
     stderr_path: PathBuf,
     remove_runtime_dir: bool,
     stopped: bool,
@@ -205,6 +210,7 @@ impl Vm {
             child,
             exit: None,
             qmp,
+            hotplug: crate::hotplug::HotplugState::new(&assembled),
             assembled,
             stderr_path,
             remove_runtime_dir: options.remove_runtime_dir,
@@ -240,6 +246,17 @@ impl Vm {
     /// The arch backend, mutable (to take or free bridge slots).
     pub fn arch_mut(&mut self) -> &mut dyn QemuArch {
         self.assembled.arch.as_mut()
+    }
+
+    /// The hotplug engine over this VM's QMP client, arch backend (bridge slots) and
+    /// hotplug state (root ports, plugged devices): `vm.hotplug().add_block(…)`.
+    pub fn hotplug(&mut self) -> crate::hotplug::Hotplugger<'_> {
+        crate::hotplug::Hotplugger::new(&self.qmp, self.assembled.arch.as_mut(), &mut self.hotplug)
+    }
+
+    /// What is hot-plugged, and the free root ports.
+    pub fn hotplug_state(&self) -> &crate::hotplug::HotplugState {
+        &self.hotplug
     }
 
     /// What QEMU has written to stderr so far.
