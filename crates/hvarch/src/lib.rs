@@ -37,6 +37,7 @@ pub mod assemble;
 pub mod error;
 pub mod host;
 pub mod hotplug;
+pub mod lifecycle;
 pub mod native;
 mod spawn;
 pub mod spec;

@@ -77,6 +77,13 @@ pub enum VmError {
     /// undone.
     #[error(transparent)]
     Hotplug(#[from] crate::hotplug::HotplugError),
+    /// A save or restore (migration) failed, or did not complete within the arch's
+    /// migration timeout (see [`crate::lifecycle`]).
+    #[error("migration failed: {reason}")]
+    Migration {
+        /// What went wrong (QEMU's `error-desc` when it gave one).
+        reason: String,
+    },
 }
 
 fn stderr_suffix(stderr: &str) -> String {
