@@ -54,7 +54,9 @@ impl Fake {
                 let name = cmd["execute"].as_str().unwrap_or_default().to_owned();
                 let args = cmd.get("arguments").cloned().unwrap_or(json!({}));
                 fds2.lock().expect("lock").extend(c.take_fds());
-                log2.lock().expect("lock").push((name.clone(), args.clone()));
+                log2.lock()
+                    .expect("lock")
+                    .push((name.clone(), args.clone()));
                 match rule(&name, &args, n) {
                     Answer::Ok(v) => c.reply(&cmd, v),
                     Answer::Refuse(desc) => c.reply_error(&cmd, "GenericError", Some(desc)),
@@ -170,7 +172,9 @@ fn blockdev_add(id: &str) -> Value {
 }
 
 fn dev_null() -> SharedFd {
-    SharedFd::new(OwnedFd::from(std::fs::File::open("/dev/null").expect("open /dev/null")))
+    SharedFd::new(OwnedFd::from(
+        std::fs::File::open("/dev/null").expect("open /dev/null"),
+    ))
 }
 
 const T: Duration = Duration::from_secs(2);
@@ -460,7 +464,11 @@ fn network_with_tap_and_vhost_fds() {
                "mac": "52:54:00:12:34:56", "bus": "rp0", "mq": true, "vectors": 6}),
     ));
     assert_eq!(fake.take(), expected);
-    assert_eq!(fake.fds.lock().expect("lock").len(), 4, "four descriptors passed");
+    assert_eq!(
+        fake.fds.lock().expect("lock").len(),
+        4,
+        "four descriptors passed"
+    );
     hp.unplug("virtio-tap0", T).unwrap();
     assert_eq!(
         fake.take(),
