@@ -388,3 +388,114 @@ impl RawQmp {
 pub fn args(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| (*s).to_owned()).collect()
 }
+
+/// The pids of this process's live (or not yet reaped) children, from every thread's
+/// `/proc/self/task/<tid>/children` (a child belongs to the thread that spawned it).
+pub fn child_pids() -> Vec<u32> {
+    let mut pids = Vec::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return pids;
+    };
+    for task in tasks.flatten() {
+        let text = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        pids.extend(
+            text.split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    pids
+}
+
+/// The command line of process `pid` (empty if it is gone).
+pub fn cmdline(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap_or_default()
+        .split(|&b| b == 0)
+        .filter(|arg| !arg.is_empty())
+        .map(|arg| String::from_utf8_lossy(arg).into_owned())
+        .collect()
+}
+
+/// This process's children whose command line mentions `needle` (e.g. a test's temporary
+/// directory: tests run in parallel, so "no children at all" is not something one test can
+/// assert).
+pub fn children_mentioning(needle: &str) -> Vec<u32> {
+    child_pids()
+        .into_iter()
+        .filter(|&pid| cmdline(pid).iter().any(|arg| arg.contains(needle)))
+        .collect()
+}
+
+/// Panics if a child of this process still mentions `dir` on its command line.
+pub fn assert_no_children_in(dir: &Path) {
+    let needle = dir.to_string_lossy();
+    let left = children_mentioning(&needle);
+    assert!(
+        left.is_empty(),
+        "children still running for {needle}: {:?}",
+        left.iter().map(|&p| (p, cmdline(p))).collect::<Vec<_>>()
+    );
+}
+
+/// Whether `/proc/<pid>` exists (a zombie still has one: only reaping removes it).
+pub fn process_exists(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Panics unless `pid` is gone for good: not a child of this process any more, and reaped
+/// (no `/proc/<pid>`, so no zombie).
+pub fn assert_reaped(pid: u32) {
+    assert!(
+        !child_pids().contains(&pid),
+        "process {pid} is still a child of this process"
+    );
+    assert!(
+        !process_exists(pid),
+        "process {pid} still exists (zombie or running): {:?}",
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default()
+    );
+}
+
+/// Sends SIGKILL to `pid` (a QEMU a test wants to die abruptly).
+pub fn sigkill(pid: u32) {
+    let pid = libc::pid_t::try_from(pid).expect("pid fits pid_t");
+    // SAFETY: kill(2) has no memory-safety preconditions; the pid is a child we started.
+    let rc = unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert_eq!(rc, 0, "kill -9 {pid}: {}", std::io::Error::last_os_error());
+}
+
+/// How many descriptors this process has open (`/proc/self/fd`, the directory's own
+/// descriptor not counted).
+pub fn open_fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|dir| dir.count().saturating_sub(1))
+        .unwrap_or(0)
+}
+
+/// Runs `f` on a new thread and returns its result, panicking if it takes longer than
+/// `limit` (a hang becomes a test failure instead of a stuck test run).
+pub fn within<T: Send + 'static>(
+    limit: Duration,
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(value) => {
+            let _ = handle.join();
+            value
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => match handle.join() {
+            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(()) => panic!("{what}: the thread ended without a result"),
+        },
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("{what} did not finish within {limit:?}")
+        }
+    }
+}
