@@ -456,3 +456,19 @@ fn a_greeting_timeout_shorter_than_qemus_start_is_a_launch_error() {
     assert!(matches!(err, VmError::Launch { .. }), "{err}");
     assert_clean(&dir, &runtime);
 }
+
+#[test]
+fn a_missing_qemu_binary_is_a_launch_error_leaving_no_socket() {
+    let dir = TempDir::new();
+    let spec = spec(GuestArch::Aarch64, &dir);
+    let runtime = spec.runtime_dir();
+    let mut vm = assembled(&spec);
+    vm.qemu_path = dir.join("no-such-qemu");
+    let err = Vm::launch(vm, LaunchOptions::default()).unwrap_err();
+    assert!(
+        matches!(&err, VmError::Launch { reason, .. } if reason.contains("no-such-qemu")),
+        "{err}"
+    );
+    // The QMP socket was bound before the exec failed: it goes with the runtime dir.
+    assert_clean(&dir, &runtime);
+}

@@ -157,6 +157,13 @@ impl Vm {
         }
         let paths = assembled.paths.clone();
         create_private_dir(&paths.dir)?;
+        // Armed from here: any failure below removes the runtime dir (and its socket).
+        let mut guard = ChildGuard {
+            child: None,
+            dir: paths.dir.clone(),
+            remove: options.remove_runtime_dir,
+            armed: true,
+        };
         let listener = bind_qmp(&paths.qmp)?;
         let client = UnixStream::connect(&paths.qmp)
             .map_err(io(format!("connect to {}", paths.qmp.display())))?;
@@ -188,11 +195,7 @@ impl Vm {
         if let Some(monitor) = assembled.config.monitors.get_mut(monitor_index) {
             monitor.endpoint = MonitorEndpoint::Path(paths.qmp.clone());
         }
-        let mut guard = ChildGuard {
-            child: Some(child),
-            dir: paths.dir.clone(),
-            remove: options.remove_runtime_dir,
-        };
+        guard.child = Some(child);
         let qmp = match Qmp::from_stream(client, &options.qmp) {
             Ok(qmp) => qmp,
             Err(e) => {
@@ -212,6 +215,7 @@ impl Vm {
             reason: "the QEMU child was lost during launch".into(),
             stderr: String::new(),
         })?;
+        guard.armed = false;
         tracing::info!(pid = child.id(), elapsed = ?started.elapsed(), "QEMU ready");
         Ok(Vm {
             child,
@@ -388,21 +392,27 @@ impl Drop for Vm {
     }
 }
 
-/// Owns the child while the launch is not complete: a failed launch kills, reaps and cleans.
+/// Owns the runtime dir, then the child, while the launch is not complete: a failed launch
+/// kills and reaps the child (if it was started) and removes the runtime dir.
 struct ChildGuard {
     child: Option<Child>,
     dir: PathBuf,
     remove: bool,
+    /// Cleared once the `Vm` owns everything.
+    armed: bool,
 }
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
-            if self.remove {
-                let _ = fs::remove_dir_all(&self.dir);
-            }
+        }
+        if self.remove {
+            let _ = fs::remove_dir_all(&self.dir);
         }
     }
 }
