@@ -8,6 +8,8 @@
 //! In CI a missing QEMU is a failure, not a skip: [`QemuProcess::spawn`] panics with a message
 //! naming the binary and `cargo xtask setup`.
 
+pub mod demo;
+pub mod guest;
 pub mod spec;
 
 use std::io::{BufRead, BufReader, Write};

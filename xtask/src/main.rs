@@ -2,10 +2,12 @@
 //!
 //! * `cargo xtask setup` installs what the tests need on a Debian bookworm machine (idempotent).
 //! * `cargo xtask ci` runs every CI stage in order and stops at the first failure.
+//! * `cargo xtask demo` boots a real arm64 guest, hot-plugs a disk and memory, prints timings.
 //! * `cargo xtask cross` builds for aarch64 with Debian's toolchain and runs the tests under qemu-user.
 
 mod bench;
 mod cross;
+mod demo;
 mod run;
 mod setup;
 
@@ -29,6 +31,9 @@ enum Command {
     Setup,
     /// Run every CI stage: setup, fmt, clippy, tests, docs, aarch64 cross tests.
     Ci,
+    /// Boot a real arm64 guest (TCG, UEFI), hot-plug a disk and memory, watch the guest see
+    /// them, unplug, power off, and print the timings. Runs `setup` first if QEMU is missing.
+    Demo,
     /// Build for aarch64-unknown-linux-gnu and run the test suite under qemu-aarch64.
     Cross,
     /// Run a benchmark (not a test): `qmp` compares QMP clients' query-status round trips.
@@ -44,6 +49,7 @@ fn main() -> ExitCode {
         Command::Setup => setup::run(),
         Command::Ci => ci(),
         Command::Cross => cross::run(),
+        Command::Demo => demo::run(),
         Command::Bench { what } => bench::run(what.as_deref()),
     };
     match result {

@@ -5,7 +5,10 @@
 //! * QEMU 10 from `bookworm-backports`: `qemu-system-arm`, `qemu-system-x86`, `qemu-user`;
 //! * UEFI firmware for arm64 guests: `qemu-efi-aarch64` (AAVMF);
 //! * the aarch64 cross toolchain that can run tests: Debian's `rustc-web`/`cargo-web` with the
-//!   arm64 standard library, the GNU cross linker and the arm64 C runtime.
+//!   arm64 standard library, the GNU cross linker and the arm64 C runtime;
+//! * the arm64 guest of the demo and the guest tests: Debian's cloud kernel (6.12, from
+//!   bookworm-backports) and `busybox-static:arm64`, fetched with `apt-get download` into
+//!   `target/guest/` (`hvarch_tests::guest::fetch`).
 
 use std::fs;
 use std::path::Path;
@@ -95,7 +98,20 @@ pub fn run() -> Result<(), String> {
             .env("DEBIAN_FRONTEND", "noninteractive")
             .run()?;
     }
-    check_only()
+    check_only()?;
+    guest_files()
+}
+
+/// Fetches (once) the arm64 guest's kernel and busybox into `target/guest/`.
+fn guest_files() -> Result<(), String> {
+    let dir = hvarch_tests::guest::guest_dir();
+    let files = hvarch_tests::guest::fetch(&dir, &mut |line| eprintln!("setup: {line}"))?;
+    eprintln!(
+        "setup: arm64 guest present (Linux {}, busybox) in {}",
+        files.release,
+        dir.display()
+    );
+    Ok(())
 }
 
 /// Verifies that every tool the tests use is present, without installing anything.

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::ValueEnum;
 use hvarch::{assemble, Accelerator, GuestArch, Syntax, VmSpec};
 
+use crate::cmd::probe;
 use crate::spec_file;
 
 /// Arguments of `hvarch cmdline`.
@@ -19,6 +20,9 @@ pub struct Args {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Shell)]
     pub format: Format,
+    /// Do not ask the QEMU binary whether it has the spec's machine and devices.
+    #[arg(long)]
+    pub no_check: bool,
     /// The VM spec (TOML). Without it, Kata's default VM.
     pub spec: Option<PathBuf>,
 }
@@ -43,7 +47,7 @@ pub enum Format {
     Json,
 }
 
-fn parse_arch(text: &str) -> Result<GuestArch, String> {
+pub fn parse_arch(text: &str) -> Result<GuestArch, String> {
     text.parse()
         .map_err(|e: hvarch::hvarch_arch::guest_arch::UnknownArch| e.to_string())
 }
@@ -54,23 +58,42 @@ pub fn run(args: &Args) -> Result<(), String> {
         Some(path) => spec_file::load(path)?,
         None => VmSpec::kata_default(),
     };
-    if let Some(arch) = args.arch {
-        spec.arch = Some(arch);
-    }
-    if let Some(accel) = args.accel {
-        spec.hypervisor.accelerator = match accel {
-            Accel::Kvm => Accelerator::Kvm,
-            Accel::Tcg => Accelerator::Tcg,
-        };
-    }
+    apply_overrides(&mut spec, args.arch, args.accel);
     let context = |e: hvarch::Error| match &args.spec {
         Some(path) => format!("{}: {e}", path.display()),
         None => format!("default VM: {e}"),
     };
     let vm = assemble(&spec).map_err(context)?;
     let argv = vm.argv(Syntax::Options).map_err(context)?;
+    if !args.no_check {
+        // The binary is asked for the machine and devices, not the accelerator: a KVM
+        // command line may be printed on a host (or for a guest arch) without KVM.
+        let checked = probe::check_assembled(&vm, false).map_err(|e| match &args.spec {
+            Some(path) => format!("{}: {e}", path.display()),
+            None => format!("default VM: {e}"),
+        })?;
+        if checked.is_none() {
+            eprintln!(
+                "hvarch: note: {} not found; machine and devices not checked",
+                vm.qemu_path.display()
+            );
+        }
+    }
     println!("{}", render(&argv, args.format));
     Ok(())
+}
+
+/// Applies `--arch` and `--accel` to `spec`.
+pub fn apply_overrides(spec: &mut VmSpec, arch: Option<GuestArch>, accel: Option<Accel>) {
+    if let Some(arch) = arch {
+        spec.arch = Some(arch);
+    }
+    if let Some(accel) = accel {
+        spec.hypervisor.accelerator = match accel {
+            Accel::Kvm => Accelerator::Kvm,
+            Accel::Tcg => Accelerator::Tcg,
+        };
+    }
 }
 
 /// The argv in `format` (without a trailing newline).

@@ -1,3 +1,6 @@
-//! The subcommands, one module each (`run`, `qmp` and `probe` will join `cmdline`).
+//! The subcommands, one module each.
 
 pub mod cmdline;
+pub mod probe;
+pub mod qmp;
+pub mod run;
