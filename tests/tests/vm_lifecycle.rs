@@ -472,3 +472,35 @@ fn a_missing_qemu_binary_is_a_launch_error_leaving_no_socket() {
     // The QMP socket was bound before the exec failed: it goes with the runtime dir.
     assert_clean(&dir, &runtime);
 }
+
+#[test]
+fn shutdown_of_a_hung_qemu_ends_in_sigkill_within_bounded_time() {
+    let dir = TempDir::new();
+    let spec = spec(GuestArch::Aarch64, &dir);
+    let mut vm = launch(&spec);
+    let pid = vm.pid();
+    let runtime = vm.paths().dir.clone();
+    // A stopped process answers nothing: powerdown and quit time out, SIGKILL ends it.
+    let pid_t = libc::pid_t::try_from(pid).expect("pid fits pid_t");
+    // SAFETY: kill(2) has no memory-safety preconditions; the pid is our QEMU child.
+    let rc = unsafe { libc::kill(pid_t, libc::SIGSTOP) };
+    assert_eq!(rc, 0);
+    let started = Instant::now();
+    let status = within(
+        Duration::from_secs(15),
+        "shutdown of a hung QEMU",
+        move || {
+            let status = vm.shutdown(GRACE).expect("shutdown");
+            drop(vm);
+            status
+        },
+    );
+    let elapsed = started.elapsed();
+    assert!(elapsed < Duration::from_secs(8), "{elapsed:?}");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL)
+    );
+    assert_reaped(pid);
+    assert_clean(&dir, &runtime);
+}

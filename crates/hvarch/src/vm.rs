@@ -341,7 +341,12 @@ impl Vm {
         if !self.stopped {
             self.stopped = true;
             let shutdown = self.qmp.subscribe_filtered(EventFilter::name("SHUTDOWN"));
-            if self.qmp.execute_raw("system_powerdown", json!({})).is_ok() {
+            // Bounded like `quit` below: a hung QEMU must not hold us for the command timeout.
+            let powerdown = self.qmp.execute_with_timeout(
+                &hvarch_qmp::Command::bare("system_powerdown"),
+                grace.max(Duration::from_millis(100)),
+            );
+            if powerdown.is_ok() {
                 let deadline = Instant::now() + grace;
                 while Instant::now() < deadline {
                     if self.try_wait()?.is_some() {
