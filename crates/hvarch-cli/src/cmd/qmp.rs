@@ -154,6 +154,8 @@ fn shell(qmp: &Qmp) -> Result<(), String> {
                 break;
             }
         }
+        // Let the event printer show what the last commands caused.
+        std::thread::sleep(Duration::from_millis(100));
         return Ok(());
     }
 
