@@ -33,6 +33,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -206,14 +207,27 @@ pub fn fetch(dir: &Path, progress: &mut dyn FnMut(&str)) -> Result<GuestFiles, S
     progress(&format!(
         "fetching {kernel_package} and {BUSYBOX_PACKAGE} (apt-get download)"
     ));
-    run(Command::new("apt-get")
-        .args(["download", "-q"])
-        .arg(&kernel_package)
-        .arg(BUSYBOX_PACKAGE)
-        .current_dir(&debs))
-    .map_err(|e| {
-        format!("{e} (are the arm64 architecture and {KERNEL_SUITE} enabled? `cargo xtask setup`)")
-    })?;
+    let download = || {
+        run(Command::new("apt-get")
+            .args(["download", "-q"])
+            .arg(&kernel_package)
+            .arg(BUSYBOX_PACKAGE)
+            .current_dir(&debs))
+    };
+    download()
+        .or_else(|first| {
+            // Stale package lists name files the archive no longer has: refresh once.
+            progress(&format!(
+                "apt-get download failed ({first}); apt-get update and retry"
+            ));
+            run(Command::new("apt-get").args(["update", "-qq"]))?;
+            download()
+        })
+        .map_err(|e| {
+            format!(
+                "{e} (are the arm64 architecture and {KERNEL_SUITE} enabled? `cargo xtask setup`)"
+            )
+        })?;
     let root = dir.join("root");
     std::fs::create_dir_all(&root).map_err(|e| format!("create {}: {e}", root.display()))?;
     let entries = std::fs::read_dir(&debs).map_err(|e| format!("{}: {e}", debs.display()))?;
@@ -418,7 +432,9 @@ pub fn initramfs(files: &GuestFiles) -> Result<PathBuf, String> {
     gz.write_all(&archive)
         .and_then(|()| gz.finish())
         .and_then(|bytes| {
-            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+            static WRITER: AtomicU32 = AtomicU32::new(0);
+            let writer = WRITER.fetch_add(1, Ordering::Relaxed);
+            let tmp = path.with_extension(format!("tmp{}-{writer}", std::process::id()));
             std::fs::write(&tmp, bytes)?;
             std::fs::rename(&tmp, &path)
         })
@@ -533,10 +549,7 @@ pub struct Console {
 impl Console {
     /// Connects to `socket`. Every line is kept in the transcript and, when `echo` is given,
     /// passed to it as it arrives (e.g. to print the guest's console).
-    pub fn connect(
-        socket: &Path,
-        echo: Option<Echo>,
-    ) -> Result<Console, String> {
+    pub fn connect(socket: &Path, echo: Option<Echo>) -> Result<Console, String> {
         let stream = UnixStream::connect(socket)
             .map_err(|e| format!("connect to the console {}: {e}", socket.display()))?;
         let reader = stream

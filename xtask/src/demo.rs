@@ -3,7 +3,7 @@
 //!
 //! The flow and the guest live in the `hvarch-tests` library (`guest`, `demo`), shared with
 //! the `demo_guest` integration test. On a fresh machine this runs `cargo xtask setup` first
-//! when QEMU or the UEFI firmware is missing.
+//! when QEMU, the UEFI firmware or the guest's kernel and busybox are missing.
 
 use std::path::Path;
 use std::time::Instant;
@@ -36,15 +36,15 @@ pub fn run() -> Result<(), String> {
     let mut printer = Printer {
         started: Instant::now(),
     };
+    let dir = guest::guest_dir();
     let qemu_ok = Step::new("qemu-system-aarch64", &["--version"])
         .output()
         .is_some()
         && Path::new(guest::AAVMF_CODE).exists();
-    if !qemu_ok {
-        printer.step("QEMU or UEFI firmware missing: running `cargo xtask setup`");
+    if !qemu_ok || guest::find(&dir).is_err() {
+        printer.step("QEMU, UEFI firmware or the guest missing: running `cargo xtask setup`");
         setup::run()?;
     }
-    let dir = guest::guest_dir();
     printer.step(&format!("guest kernel and busybox in {}", dir.display()));
     let files = guest::fetch(&dir, &mut |line| printer.step(line))?;
     let scratch = hvarch_tests::TempDir::new();

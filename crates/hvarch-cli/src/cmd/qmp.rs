@@ -177,8 +177,13 @@ fn shell(qmp: &Qmp) -> Result<(), String> {
         qmp.version(),
         commands.len()
     );
+    // Tab completes the longest common prefix, a second Tab lists the candidates.
+    let config = rustyline::Config::builder()
+        .completion_type(rustyline::CompletionType::List)
+        .auto_add_history(false)
+        .build();
     let mut editor: Editor<CommandNames, rustyline::history::DefaultHistory> =
-        Editor::new().map_err(|e| format!("line editor: {e}"))?;
+        Editor::with_config(config).map_err(|e| format!("line editor: {e}"))?;
     editor.set_helper(Some(CommandNames(Arc::new(commands))));
     match editor.create_external_printer() {
         Ok(mut printer) => {
