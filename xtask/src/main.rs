@@ -36,9 +36,10 @@ enum Command {
     Demo,
     /// Build for aarch64-unknown-linux-gnu and run the test suite under qemu-aarch64.
     Cross,
-    /// Run a benchmark (not a test): `qmp` compares QMP clients' query-status round trips.
+    /// Benchmarks against peers, measured in one run and reported as ratios
+    /// (`target/bench/report.md`, `report.svg`).
     Bench {
-        /// Which benchmark (`qmp`); all when omitted.
+        /// Which benchmark: launch, qmp, hotplug, argv or scale; all when omitted.
         what: Option<String>,
     },
 }
