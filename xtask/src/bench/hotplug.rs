@@ -51,9 +51,10 @@ pub fn run() -> Result<Section, String> {
             target: None,
         }],
         notes: vec![format!(
-            "No target is set for hotplug; hvarch's cycle costs {} the raw sequence's. The \
-             extra round trips (`query-pci` to report the guest PCI path) and the client's \
-             event routing account for the difference.",
+            "No target is set for hotplug; hvarch's cycle costs {} the raw sequence's (its \
+             extra work: the `query-pci` that reports the guest PCI path, the reader thread \
+             routing `DEVICE_DELETED` to the waiter, the slot and rollback bookkeeping). \
+             QEMU's own device realize and unrealize dominate both.",
             ratio(vs_raw)
         )],
     })
