@@ -15,7 +15,7 @@ use crate::error::{invalid, Result};
 use crate::id::{check_id, check_node_name, check_opt_id};
 use crate::part::{Part, PartKind};
 use crate::pci::PciAddr;
-use crate::props::Props;
+use crate::props::{Props, Value};
 use crate::transport::{path_str, VirtioOpts};
 
 /// The storage under a block node.
@@ -170,20 +170,20 @@ impl BlockBackend {
 
     fn protocol_props(&self) -> Result<Props> {
         const WHAT: &str = "blockdev";
-        let aio = self.aio.map(Aio::as_str);
+        let aio = self.aio.map(|aio| Value::literal(aio.as_str()));
         Ok(match &self.protocol {
             BlockProtocol::File { filename } => Props::new()
-                .with("driver", "file")
+                .with("driver", Value::literal("file"))
                 .with("filename", path_str(WHAT, "filename", filename)?)
                 .opt("aio", aio),
             BlockProtocol::HostDevice { filename } => Props::new()
-                .with("driver", "host_device")
+                .with("driver", Value::literal("host_device"))
                 .with("filename", path_str(WHAT, "filename", filename)?)
                 .opt("aio", aio),
             // QAPI types null-co's size as `int`: -blockdev wants plain digits, no suffix.
-            BlockProtocol::NullCo { size } => {
-                Props::new().with("driver", "null-co").with("size", *size)
-            }
+            BlockProtocol::NullCo { size } => Props::new()
+                .with("driver", Value::literal("null-co"))
+                .with("size", *size),
         })
     }
 
@@ -202,20 +202,19 @@ impl BlockBackend {
         let props = match self.format {
             BlockFormat::None => {
                 // The protocol node is the top node: driver first, then the common options.
-                let protocol_props = self.protocol_props()?;
-                let mut protocol = protocol_props.iter();
+                let mut protocol = self.protocol_props()?.into_iter();
                 let mut props = Props::new();
                 if let Some((k, v)) = protocol.next() {
-                    props.push(k, v.clone());
+                    props.push(k, v);
                 }
                 let mut props = props.extend(common);
                 for (k, v) in protocol {
-                    props.push(k, v.clone());
+                    props.push(k, v);
                 }
                 props
             }
             format => Props::new()
-                .with("driver", format_name(format))
+                .with("driver", Value::literal(format_name(format)))
                 .extend(common)
                 .with("file", self.protocol_props()?),
         };

@@ -115,7 +115,7 @@ impl MachineOptions {
     fn props(&self) -> Props {
         self.0
             .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .map(|(k, v)| (k.clone(), v.as_str()))
             .collect()
     }
 }
@@ -769,6 +769,12 @@ impl VmConfig {
     /// Checks the whole configuration: every section, every device, and that ids are unique
     /// within their namespace (devices, block nodes, chardevs, netdevs, objects).
     pub fn validate(&self) -> Result<()> {
+        self.validated_parts().map(|_| ())
+    }
+
+    /// [`VmConfig::validate`], returning the parts it rendered so `to_args` need not build
+    /// them again.
+    fn validated_parts(&self) -> Result<Parts> {
         self.machine.validate()?;
         if let Some(uuid) = &self.uuid {
             check_uuid(uuid)?;
@@ -833,43 +839,51 @@ impl VmConfig {
             }
         }
         // Every part renders and ids are unique per namespace.
-        let mut seen: Vec<(PartKind, String)> = Vec::new();
-        for part in self.parts()? {
-            let namespace = match part.kind() {
-                PartKind::Drive => PartKind::Blockdev,
-                kind => kind,
-            };
-            if let Some(id) = part.id() {
-                if matches!(namespace, PartKind::Serial | PartKind::FwCfg) {
-                    continue;
-                }
-                if seen.iter().any(|(k, i)| *k == namespace && i == id) {
-                    return Err(invalid(
-                        "vm",
-                        "devices",
-                        id,
-                        format!("{} id used twice", namespace.option()),
-                    ));
-                }
-                seen.push((namespace, id.to_owned()));
-            }
-        }
-        Ok(())
-    }
-
-    /// Every part of every monitor, device and the RAM backend, in argv order.
-    fn parts(&self) -> Result<Vec<Part>> {
-        let mut parts = Vec::new();
-        for monitor in &self.monitors {
-            parts.push(monitor.chardev()?);
-        }
-        for device in &self.devices {
-            parts.extend(device.parts()?);
-        }
-        if let Some(backend) = self.memory.as_ref().and_then(|m| m.backend.as_ref()) {
-            parts.extend(backend.parts()?);
+        let parts = self.parts()?;
+        let mut ids: Vec<(PartKind, &str)> = parts
+            .iter()
+            .filter_map(|part| {
+                let namespace = match part.kind() {
+                    PartKind::Drive => PartKind::Blockdev,
+                    PartKind::Serial | PartKind::FwCfg => return None,
+                    kind => kind,
+                };
+                part.id().map(|id| (namespace, id))
+            })
+            .collect();
+        ids.sort_unstable_by(|a, b| a.1.cmp(b.1).then_with(|| a.0.option().cmp(b.0.option())));
+        if let Some(pair) = ids.windows(2).find(|pair| pair[0] == pair[1]) {
+            let (namespace, id) = pair[0];
+            return Err(invalid(
+                "vm",
+                "devices",
+                id,
+                format!("{} id used twice", namespace.option()),
+            ));
         }
         Ok(parts)
+    }
+
+    /// Every part of every monitor, device and the RAM backend.
+    fn parts(&self) -> Result<Parts> {
+        let monitors = self
+            .monitors
+            .iter()
+            .map(Monitor::chardev)
+            .collect::<Result<Vec<_>>>()?;
+        let mut devices = Vec::with_capacity(self.devices.len() * 2);
+        for device in &self.devices {
+            devices.extend(device.parts()?);
+        }
+        let ram = match self.memory.as_ref().and_then(|m| m.backend.as_ref()) {
+            Some(backend) => backend.parts()?,
+            None => Vec::new(),
+        };
+        Ok(Parts {
+            monitors,
+            devices,
+            ram,
+        })
     }
 
     /// The QEMU arguments (without the binary), in the order described in the module docs.
@@ -877,7 +891,7 @@ impl VmConfig {
     /// Descriptors are numbered through `fds`; the launcher must map each of `fds`'s entries to
     /// its number in the child.
     pub fn to_args(&self, syntax: Syntax, fds: &mut FdTable) -> Result<Vec<String>> {
-        self.validate()?;
+        let parts = self.validated_parts()?;
         let mut args = Args::default();
         if let Some(name) = &self.name {
             // `-name` reads an implied `guest=`; a name holding '=' must name its key.
@@ -912,8 +926,8 @@ impl VmConfig {
         if let Some(cpu) = &self.cpu {
             args.push2("-cpu", &cpu.render());
         }
-        for monitor in &self.monitors {
-            args.part(&monitor.chardev()?, syntax, fds)?;
+        for (monitor, chardev) in self.monitors.iter().zip(&parts.monitors) {
+            args.part(chardev, syntax, fds)?;
             let mode = match monitor.mode {
                 MonitorMode::Control => "control",
                 MonitorMode::Readline => "readline",
@@ -935,10 +949,8 @@ impl VmConfig {
                 fds,
             )?;
         }
-        for device in &self.devices {
-            for part in device.parts()? {
-                args.part(&part, syntax, fds)?;
-            }
+        for part in &parts.devices {
+            args.part(part, syntax, fds)?;
         }
         if let Some(rtc) = &self.rtc {
             args.option("-rtc", "rtc", None, &rtc.props(), fds)?;
@@ -977,8 +989,8 @@ impl VmConfig {
         }
         if let Some(memory) = &self.memory {
             if let Some(backend) = &memory.backend {
-                for part in backend.parts()? {
-                    args.part(&part, syntax, fds)?;
+                for part in &parts.ram {
+                    args.part(part, syntax, fds)?;
                 }
                 if memory.attach == RamAttach::NumaNode {
                     let numa = Props::new().with("memdev", backend.id.as_str());
@@ -1035,6 +1047,19 @@ impl VmConfig {
             )?;
         }
         Ok(args.0)
+    }
+}
+
+/// The rendered parts of a configuration, by where they go in the argv.
+struct Parts {
+    monitors: Vec<Part>,
+    devices: Vec<Part>,
+    ram: Vec<Part>,
+}
+
+impl Parts {
+    fn iter(&self) -> impl Iterator<Item = &Part> {
+        self.monitors.iter().chain(&self.devices).chain(&self.ram)
     }
 }
 

@@ -10,7 +10,7 @@ use serde_json::{json, Value as Json};
 use crate::error::{Error, Result};
 use crate::fd::FdResolver;
 use crate::props::{Props, Value};
-use crate::syntax::{render_json, render_options};
+use crate::syntax::{render_json, render_options_except};
 
 /// Which QEMU option a [`Part`] is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -119,20 +119,14 @@ impl Part {
 
     /// A `-device` whose driver is `driver`, followed by `props`.
     pub fn device(driver: &str, props: Props) -> Part {
-        Part::new(
-            PartKind::Device,
-            Props::new().with("driver", driver).extend(props),
-        )
+        Part::new(PartKind::Device, props.prepend("driver", driver))
     }
 
     /// An `-object` of QOM type `qom_type` with id `id`, followed by `props`.
     pub fn object(qom_type: &str, id: &str, props: Props) -> Part {
         Part::new(
             PartKind::Object,
-            Props::new()
-                .with("qom-type", qom_type)
-                .with("id", id)
-                .extend(props),
+            props.prepend("id", id).prepend("qom-type", qom_type),
         )
     }
 
@@ -166,18 +160,13 @@ impl Part {
             let id = self.props.get_str("chardev").unwrap_or_default();
             return Ok(format!("chardev:{id}"));
         }
-        match self.kind.implied_key() {
-            Some(key) => {
-                let rest: Props = self
-                    .props
-                    .iter()
-                    .filter(|(k, _)| *k != key)
-                    .map(|(k, v)| (k, v.clone()))
-                    .collect();
-                render_options(what, self.implied(), &rest, fds)
-            }
-            None => render_options(what, None, &self.props, fds),
-        }
+        render_options_except(
+            what,
+            self.implied(),
+            &self.props,
+            self.kind.implied_key(),
+            fds,
+        )
     }
 
     /// The two command-line arguments, e.g. `["-device", "virtio-rng-pci,rng=rng0"]`.

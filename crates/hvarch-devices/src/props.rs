@@ -1,5 +1,7 @@
 //! Ordered, typed property lists: the common form of every QEMU option and QMP argument set.
 
+use std::borrow::Cow;
+
 use crate::fd::FdArg;
 
 /// One property value.
@@ -17,8 +19,8 @@ pub enum Value {
     UInt(u64),
     /// A size in bytes: `512M` in the option syntax, a number in JSON.
     Size(u64),
-    /// A string (commas doubled in the option syntax).
-    Str(String),
+    /// A string (commas doubled in the option syntax); borrowed when it is a literal.
+    Str(Cow<'static, str>),
     /// A file descriptor, resolved at render time.
     Fd(FdArg),
     /// A `:`-separated list of descriptors (`fds=3:4`).
@@ -33,21 +35,28 @@ impl From<bool> for Value {
     }
 }
 
+impl Value {
+    /// A string literal, stored without copying.
+    pub const fn literal(text: &'static str) -> Value {
+        Value::Str(Cow::Borrowed(text))
+    }
+}
+
 impl From<&str> for Value {
     fn from(v: &str) -> Self {
-        Value::Str(v.to_owned())
+        Value::Str(Cow::Owned(v.to_owned()))
     }
 }
 
 impl From<String> for Value {
     fn from(v: String) -> Self {
-        Value::Str(v)
+        Value::Str(Cow::Owned(v))
     }
 }
 
 impl From<&String> for Value {
     fn from(v: &String) -> Self {
-        Value::Str(v.clone())
+        Value::Str(Cow::Owned(v.clone()))
     }
 }
 
@@ -94,28 +103,38 @@ impl From<Props> for Value {
 /// assert_eq!(props.len(), 3);
 /// ```
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Props(Vec<(String, Value)>);
+pub struct Props(Vec<(Key, Value)>);
+
+/// A property name: usually a `&'static str` literal, so building a list does not allocate.
+pub type Key = Cow<'static, str>;
 
 impl Props {
-    /// An empty list.
+    /// An empty list (with room for a typical device's properties, so building one rarely
+    /// reallocates).
     pub fn new() -> Self {
-        Props(Vec::new())
+        Props(Vec::with_capacity(8))
+    }
+
+    /// Puts `key = value` first (for the implied key of an option, e.g. the driver).
+    pub fn prepend(mut self, key: impl Into<Key>, value: impl Into<Value>) -> Self {
+        self.0.insert(0, (key.into(), value.into()));
+        self
     }
 
     /// Appends `key = value`.
-    pub fn push(&mut self, key: impl Into<String>, value: impl Into<Value>) -> &mut Self {
+    pub fn push(&mut self, key: impl Into<Key>, value: impl Into<Value>) -> &mut Self {
         self.0.push((key.into(), value.into()));
         self
     }
 
     /// Appends `key = value` (builder form).
-    pub fn with(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
+    pub fn with(mut self, key: impl Into<Key>, value: impl Into<Value>) -> Self {
         self.push(key, value);
         self
     }
 
     /// Appends `key = value` when `value` is `Some`.
-    pub fn opt<V: Into<Value>>(mut self, key: impl Into<String>, value: Option<V>) -> Self {
+    pub fn opt<V: Into<Value>>(mut self, key: impl Into<Key>, value: Option<V>) -> Self {
         if let Some(v) = value {
             self.push(key, v);
         }
@@ -123,18 +142,18 @@ impl Props {
     }
 
     /// Appends `key = on` when `flag` is true (and nothing otherwise).
-    pub fn flag(self, key: impl Into<String>, flag: bool) -> Self {
+    pub fn flag(self, key: impl Into<Key>, flag: bool) -> Self {
         self.opt(key, flag.then_some(true))
     }
 
     /// Appends a size in bytes.
-    pub fn size(mut self, key: impl Into<String>, bytes: u64) -> Self {
+    pub fn size(mut self, key: impl Into<Key>, bytes: u64) -> Self {
         self.push(key, Value::Size(bytes));
         self
     }
 
     /// Appends a size in bytes when `Some`.
-    pub fn opt_size(self, key: impl Into<String>, bytes: Option<u64>) -> Self {
+    pub fn opt_size(self, key: impl Into<Key>, bytes: Option<u64>) -> Self {
         match bytes {
             Some(b) => self.size(key, b),
             None => self,
@@ -143,6 +162,9 @@ impl Props {
 
     /// Appends every property of `other`.
     pub fn extend(mut self, other: Props) -> Self {
+        if self.0.is_empty() {
+            return other;
+        }
         self.0.extend(other.0);
         self
     }
@@ -162,7 +184,7 @@ impl Props {
 
     /// The properties in order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
-        self.0.iter().map(|(k, v)| (k.as_str(), v))
+        self.0.iter().map(|(k, v)| (k.as_ref(), v))
     }
 
     /// The number of properties.
@@ -176,7 +198,16 @@ impl Props {
     }
 }
 
-impl<K: Into<String>, V: Into<Value>> FromIterator<(K, V)> for Props {
+impl IntoIterator for Props {
+    type Item = (Key, Value);
+    type IntoIter = std::vec::IntoIter<(Key, Value)>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+impl<K: Into<Key>, V: Into<Value>> FromIterator<(K, V)> for Props {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
         Props(
             iter.into_iter()

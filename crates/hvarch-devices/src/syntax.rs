@@ -91,7 +91,7 @@ fn scalar_text(value: &Value, fds: &mut dyn FdResolver) -> Result<Option<String>
         Value::Int(i) => i.to_string(),
         Value::UInt(u) => u.to_string(),
         Value::Size(s) => format_size(*s),
-        Value::Str(s) => s.clone(),
+        Value::Str(s) => s.to_string(),
         Value::Fd(fd) => fds.resolve(fd)?,
         Value::FdList(list) => fd_list(list, fds)?,
         Value::Map(_) => return Ok(None),
@@ -106,34 +106,112 @@ pub fn render_options(
     props: &Props,
     fds: &mut dyn FdResolver,
 ) -> Result<String> {
-    let mut out = String::new();
+    render_options_except(what, implied, props, None, fds)
+}
+
+/// [`render_options`], leaving out the property `skip` (the implied key, already written).
+pub(crate) fn render_options_except(
+    what: &str,
+    implied: Option<&str>,
+    props: &Props,
+    skip: Option<&str>,
+    fds: &mut dyn FdResolver,
+) -> Result<String> {
+    let mut out = String::with_capacity(128);
     if let Some(first) = implied {
         check_nul(what, "(implied)", first)?;
-        out.push_str(&escape(first));
+        push_escaped(&mut out, first);
     }
-    render_into(what, "", props, fds, &mut out)?;
+    let mut prefix = String::new();
+    render_into(what, &mut prefix, props, skip, fds, &mut out)?;
     Ok(out)
+}
+
+/// Appends `text` with every `,` doubled.
+fn push_escaped(out: &mut String, text: &str) {
+    let mut rest = text;
+    while let Some(i) = rest.find(',') {
+        out.push_str(&rest[..=i]);
+        out.push(',');
+        rest = &rest[i + 1..];
+    }
+    out.push_str(rest);
+}
+
+/// [`push_escaped`] that also refuses a NUL byte, in the same pass over `text`.
+fn push_escaped_checked(out: &mut String, what: &str, key: &str, text: &str) -> Result<()> {
+    let mut rest = text;
+    while let Some(i) = rest.find([',', '\0']) {
+        if rest.as_bytes()[i] == 0 {
+            return Err(Error::NulByte {
+                what: what.to_owned(),
+                field: key.to_owned(),
+            });
+        }
+        out.push_str(&rest[..=i]);
+        out.push(',');
+        rest = &rest[i + 1..];
+    }
+    out.push_str(rest);
+    Ok(())
+}
+
+/// Appends a scalar's option-syntax text, escaped, without intermediate strings where the
+/// value is already text.
+fn push_scalar(
+    out: &mut String,
+    what: &str,
+    key: &str,
+    value: &Value,
+    fds: &mut dyn FdResolver,
+) -> Result<()> {
+    match value {
+        Value::Bool(b) => out.push_str(if *b { "on" } else { "off" }),
+        Value::Int(i) => {
+            let _ = write!(out, "{i}");
+        }
+        Value::UInt(u) => {
+            let _ = write!(out, "{u}");
+        }
+        Value::Str(s) => push_escaped_checked(out, what, key, s)?,
+        Value::Map(_) => {}
+        other => {
+            let text = scalar_text(other, fds)?.unwrap_or_default();
+            check_nul(what, key, &text)?;
+            push_escaped(out, &text);
+        }
+    }
+    Ok(())
 }
 
 fn render_into(
     what: &str,
-    prefix: &str,
+    prefix: &mut String,
     props: &Props,
+    skip: Option<&str>,
     fds: &mut dyn FdResolver,
     out: &mut String,
 ) -> Result<()> {
     for (key, value) in props.iter() {
+        if prefix.is_empty() && skip == Some(key) {
+            continue;
+        }
         match value {
             Value::Map(inner) => {
-                render_into(what, &format!("{prefix}{key}."), inner, fds, out)?;
+                let len = prefix.len();
+                prefix.push_str(key);
+                prefix.push('.');
+                render_into(what, prefix, inner, None, fds, out)?;
+                prefix.truncate(len);
             }
             scalar => {
-                let text = scalar_text(scalar, fds)?.unwrap_or_default();
-                check_nul(what, key, &text)?;
                 if !out.is_empty() {
                     out.push(',');
                 }
-                let _ = write!(out, "{prefix}{key}={}", escape(&text));
+                out.push_str(prefix);
+                out.push_str(key);
+                out.push('=');
+                push_scalar(out, what, key, scalar, fds)?;
             }
         }
     }
@@ -150,7 +228,7 @@ pub fn render_json(what: &str, props: &Props, fds: &mut dyn FdResolver) -> Resul
             Value::UInt(u) | Value::Size(u) => Json::from(*u),
             Value::Str(s) => {
                 check_nul(what, key, s)?;
-                Json::String(s.clone())
+                Json::String(s.to_string())
             }
             Value::Fd(fd) => Json::String(fds.resolve(fd)?),
             Value::FdList(list) => Json::String(fd_list(list, fds)?),
@@ -337,9 +415,9 @@ mod tests {
             any::<i64>().prop_map(Value::Int),
             any::<u64>().prop_map(Value::UInt),
             any::<u64>().prop_map(Value::Size),
-            text.prop_map(Value::Str),
+            text.prop_map(Value::from),
             // The characters the escaping exists for, often.
-            "[,=\" ']{0,8}".prop_map(Value::Str),
+            "[,=\" ']{0,8}".prop_map(Value::from),
         ];
         leaf.prop_recursive(2, 16, 4, |inner| {
             proptest::collection::btree_map("[a-z][a-z0-9-]{0,6}", inner, 1..4)
@@ -366,7 +444,7 @@ mod tests {
                     Value::Bool(b) => j.as_bool() == Some(*b),
                     Value::Int(i) => j.as_i64() == Some(*i),
                     Value::UInt(u) | Value::Size(u) => j.as_u64() == Some(*u),
-                    Value::Str(s) => j.as_str() == Some(s.as_str()),
+                    Value::Str(s) => j.as_str() == Some(s.as_ref()),
                     Value::Map(inner) => same_properties(inner, j),
                     Value::Fd(_) | Value::FdList(_) => false,
                 }

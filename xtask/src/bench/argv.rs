@@ -65,10 +65,11 @@ pub fn run() -> Result<Section, String> {
     if big_us >= TARGET_US {
         notes.push(format!(
             "The 64-device target is missed: rendering allocates {} times per render ({} per \
-             device), {} ns of render time per allocation. Every device is first turned into \
-             parts (owned property maps of owned strings), then each part is escaped and \
-             joined into a new string; the remedy is in `hvarch-devices` (render straight into \
-             one buffer, borrow property names and values), outside this issue's scope.",
+             device), {} ns of render time per allocation. Property names and literal values are \
+             borrowed and each option is escaped straight into its argument, but each device's \
+             parts still own copies of its ids and paths, and every argument is its own \
+             `String` (the argv a launcher hands to exec); borrowing the device's values in its \
+             parts is what is left to gain.",
             b[0],
             b[0].parse::<f64>().map_or("n/a".into(), |a| fmt(
                 a / b[3].parse::<f64>().unwrap_or(f64::NAN),
