@@ -35,12 +35,21 @@
 //!
 //! The engine needs only a QMP client, the arch backend (bridge slots) and a
 //! [`HotplugState`]; [`crate::Vm::hotplug`] lends it a running VM's.
+//!
+//! # Saving the state
+//!
+//! Each [`Plugged`] keeps the [`Device`] as it was plugged (its final `bus`/`addr`), and
+//! [`HotplugState`] is serde-serializable, so a saved VM's hot-plugged devices can be
+//! cold-plugged into the VM that restores it ([`SavedHotplug`], written by
+//! [`crate::Vm::save`] next to the state file; see [`crate::lifecycle`]). A device holding
+//! owned file descriptors (a network device's tap fds) cannot be saved:
+//! [`SavedHotplug::capture`] refuses it with [`HotplugError::OwnedFds`].
 
 use std::collections::BTreeMap;
 use std::os::fd::AsFd;
 use std::time::Duration;
 
-use hvarch_arch::bridge::{BridgeSlot, BridgeType, PciPath};
+use hvarch_arch::bridge::{BridgeSlot, BridgeType, Bridges, PciPath};
 use hvarch_arch::guest_arch::GuestArch;
 use hvarch_arch::resources::{BlockDrive, NetEndpoint, VfioDev, VhostUserDevice, VhostUserKind};
 use hvarch_arch::settings::BlockDriver;
@@ -54,6 +63,7 @@ use hvarch_devices::pci::PciAddr;
 use hvarch_devices::scsi::ScsiDisk;
 use hvarch_devices::{Device, QemuDevice};
 use hvarch_qmp::{commands, Command, Qmp};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::assemble::Assembled;
@@ -134,6 +144,24 @@ pub enum HotplugError {
         /// The id.
         id: String,
     },
+    /// The hotplug state cannot be saved: a hot-plugged device holds file descriptors this
+    /// process owns (a network device's tap or vhost fds), which a state file cannot carry.
+    #[error(
+        "cannot save the hotplug state: {device} holds {count} owned file descriptor(s) \
+         (a network device's tap/vhost fds?), which cannot be written to a state file"
+    )]
+    OwnedFds {
+        /// The device (kind and id).
+        device: String,
+        /// How many descriptors it owns.
+        count: usize,
+    },
+    /// A saved hotplug state cannot be written or read, or does not fit the VM restoring it.
+    #[error("hotplug state: {reason}")]
+    State {
+        /// What is wrong.
+        reason: String,
+    },
     /// The request itself is invalid.
     #[error("{what}: {reason}")]
     Invalid {
@@ -180,7 +208,8 @@ pub enum Placement {
 }
 
 /// Where a hot-plugged device sits (what is freed on unplug).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "LocationRepr", from = "LocationRepr")]
 pub enum Location {
     /// A bridge slot.
     Bridge(BridgeSlot),
@@ -210,15 +239,192 @@ pub struct Plugged {
     pub removal: Vec<QmpCall>,
     /// Whether it is a virtio-mem device (unplug first sets `requested-size` to 0).
     pub virtio_mem: bool,
+    /// The device as it was plugged, with its final `bus` and `addr` (a root-bus device gets
+    /// the slot QEMU chose): what a restored VM cold-plugs in its place.
+    pub device: Device,
+}
+
+/// [`Location`] as stored: `{"type": "bridge", "bridge_id": …}`, `{"type": "root-port",
+/// "port": …}`, `{"type": "root-bus"}`, `{"type": "as-given"}`.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+enum LocationRepr {
+    Bridge {
+        bridge_id: String,
+        bridge_type: BridgeType,
+        bridge_addr: u32,
+        slot: u32,
+    },
+    RootPort {
+        port: String,
+    },
+    RootBus,
+    AsGiven,
+}
+
+impl From<Location> for LocationRepr {
+    fn from(location: Location) -> Self {
+        match location {
+            Location::Bridge(s) => LocationRepr::Bridge {
+                bridge_id: s.bridge_id,
+                bridge_type: s.bridge_type,
+                bridge_addr: s.bridge_addr,
+                slot: s.slot,
+            },
+            Location::RootPort { port } => LocationRepr::RootPort { port },
+            Location::RootBus => LocationRepr::RootBus,
+            Location::AsGiven => LocationRepr::AsGiven,
+        }
+    }
+}
+
+impl From<LocationRepr> for Location {
+    fn from(repr: LocationRepr) -> Self {
+        match repr {
+            LocationRepr::Bridge {
+                bridge_id,
+                bridge_type,
+                bridge_addr,
+                slot,
+            } => Location::Bridge(BridgeSlot {
+                bridge_id,
+                bridge_type,
+                bridge_addr,
+                slot,
+            }),
+            LocationRepr::RootPort { port } => Location::RootPort { port },
+            LocationRepr::RootBus => Location::RootBus,
+            LocationRepr::AsGiven => Location::AsGiven,
+        }
+    }
+}
+
+/// The removal commands a [`Plugged`] may hold ([`Part::qmp_del`]).
+const REMOVAL_COMMANDS: [&str; 5] = [
+    "device_del",
+    "blockdev-del",
+    "netdev_del",
+    "object-del",
+    "chardev-remove",
+];
+
+/// A [`QmpCall`] as stored: `{"command": …, "arguments": {…}}`.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QmpCallRepr {
+    command: String,
+    arguments: Value,
+}
+
+/// [`Plugged`] as stored: the PCI path as its slots (`[2, 1]` for `"02/01"`), the kind
+/// checked against the device's on load.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PluggedRepr {
+    id: String,
+    kind: String,
+    location: Location,
+    pci_path: Option<Vec<u32>>,
+    removal: Vec<QmpCallRepr>,
+    virtio_mem: bool,
+    device: Device,
+}
+
+impl From<Plugged> for PluggedRepr {
+    fn from(p: Plugged) -> Self {
+        PluggedRepr {
+            id: p.id,
+            kind: p.kind.to_owned(),
+            location: p.location,
+            pci_path: p.pci_path.map(|path| path.slots().to_vec()),
+            removal: p
+                .removal
+                .into_iter()
+                .map(|c| QmpCallRepr {
+                    command: c.command.to_owned(),
+                    arguments: c.arguments,
+                })
+                .collect(),
+            virtio_mem: p.virtio_mem,
+            device: p.device,
+        }
+    }
+}
+
+impl Serialize for Plugged {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        PluggedRepr::from(self.clone()).serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Plugged {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let repr = PluggedRepr::deserialize(deserializer)?;
+        Plugged::try_from(repr).map_err(serde::de::Error::custom)
+    }
+}
+
+impl TryFrom<PluggedRepr> for Plugged {
+    type Error = String;
+
+    fn try_from(r: PluggedRepr) -> Result<Self, String> {
+        let kind = r.device.kind();
+        if r.kind != kind {
+            return Err(format!(
+                "device {}: kind {} does not match its device ({kind})",
+                r.id, r.kind
+            ));
+        }
+        if r.device.id() != Some(r.id.as_str()) {
+            return Err(format!("device {}: its device has another id", r.id));
+        }
+        let pci_path = r
+            .pci_path
+            .map(|slots| PciPath::new(&slots).map_err(|e| format!("device {}: {e}", r.id)))
+            .transpose()?;
+        let removal = r
+            .removal
+            .into_iter()
+            .map(|c| {
+                REMOVAL_COMMANDS
+                    .iter()
+                    .find(|known| **known == c.command)
+                    .map(|command| QmpCall {
+                        command,
+                        arguments: c.arguments,
+                    })
+                    .ok_or_else(|| {
+                        format!("device {}: unknown removal command {}", r.id, c.command)
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Plugged {
+            id: r.id,
+            kind,
+            location: r.location,
+            pci_path,
+            removal,
+            virtio_mem: r.virtio_mem,
+            device: r.device,
+        })
+    }
 }
 
 /// What a VM has hot-plugged and what it can hot-plug into (bridge slots live in the arch
 /// backend). Built from the assembled configuration ([`HotplugState::new`]).
-#[derive(Clone, Debug, Default)]
+///
+/// Serializable (see [`SavedHotplug`] for the file): a device owning file descriptors makes
+/// serialization fail.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct HotplugState {
     root_ports: Vec<String>,
     port_users: BTreeMap<String, String>,
     plugged: BTreeMap<String, Plugged>,
+    /// The plugged devices' ids in plug order (a restore cold-plugs them in this order, so
+    /// devices QEMU numbers in creation order, like DIMM slots, keep their numbers).
+    #[serde(default)]
+    order: Vec<String>,
     cpus: Vec<String>,
     boot_vcpus: u32,
     max_vcpus: u32,
@@ -281,6 +487,28 @@ impl HotplugState {
         self.plugged.keys().map(String::as_str).collect()
     }
 
+    /// The hot-plugged devices in the order they were plugged.
+    pub fn plugged_in_order(&self) -> impl Iterator<Item = &Plugged> + '_ {
+        let listed = self.order.iter().filter_map(|id| self.plugged.get(id));
+        // Any device missing from `order` (a hand-written state) comes last, by id.
+        let unlisted = self
+            .plugged
+            .values()
+            .filter(|p| !self.order.contains(&p.id));
+        listed.chain(unlisted)
+    }
+
+    fn insert(&mut self, plugged: Plugged) {
+        self.order.retain(|id| *id != plugged.id);
+        self.order.push(plugged.id.clone());
+        self.plugged.insert(plugged.id.clone(), plugged);
+    }
+
+    fn remove(&mut self, id: &str) {
+        self.order.retain(|o| o != id);
+        self.plugged.remove(id);
+    }
+
     /// The hot-added vCPUs' ids, oldest first.
     pub fn hotplugged_cpus(&self) -> &[String] {
         &self.cpus
@@ -288,6 +516,160 @@ impl HotplugState {
 
     fn free_port(&mut self, port: &str) {
         self.port_users.remove(port);
+    }
+}
+
+/// The version of the [`SavedHotplug`] file format this crate writes and reads.
+pub const SAVED_HOTPLUG_VERSION: u32 = 1;
+
+/// A VM's hotplug state as [`crate::Vm::save`] writes it next to the migration state
+/// (`<state>.hotplug.json`, mode 0600) and [`crate::Vm::restore`] reads it back: the arch
+/// backend's bridges (with their occupied slots) and the [`HotplugState`].
+///
+/// The file is JSON (field names as below; `device` is [`Device`]'s own serde form, the
+/// same as in a VM spec):
+///
+/// ```text
+/// {"version": 1,
+///  "bridges": [{"id": "pci-bridge-0", "bridge_type": "pci", "addr": 2, "devices": {"1": "virtio-d0"}}],
+///  "state": {
+///    "root_ports": ["rp0", "rp1"], "port_users": {"rp0": "virtio-d1"},
+///    "plugged": {"virtio-d1": {"id": "virtio-d1", "kind": "virtio-blk",
+///                              "location": {"type": "root-port", "port": "rp0"},
+///                              "pci_path": [1, 0],
+///                              "removal": [{"command": "blockdev-del", "arguments": {…}}, …],
+///                              "virtio_mem": false, "device": {…}}},
+///    "order": ["virtio-d1"], "cpus": [], "boot_vcpus": 1, "max_vcpus": 4,
+///    "scsi_bus": null, "firmware": false, "memory_slots": 10, "ram_backend": null}}
+/// ```
+///
+/// `location.type` is `bridge` (with `bridge_id`, `bridge_type`, `bridge_addr`, `slot`),
+/// `root-port` (with `port`), `root-bus` or `as-given`; `pci_path` is the guest PCI path's
+/// slots, root first; `order` is the plug order. Unknown fields are refused.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedHotplug {
+    /// [`SAVED_HOTPLUG_VERSION`].
+    pub version: u32,
+    /// The arch backend's bridges and the devices in their slots.
+    pub bridges: Bridges,
+    /// What was hot-plugged, and where.
+    pub state: HotplugState,
+}
+
+/// How many file descriptors `device` owns (each would be a `getfd` when hot-plugged).
+fn owned_fds(device: &Device) -> Result<usize, hvarch_devices::Error> {
+    let mut fds = QmpFdNames::new("saved-fd");
+    for part in device.parts()? {
+        part.qmp_add(&mut fds)?;
+    }
+    Ok(fds.pending().len())
+}
+
+impl SavedHotplug {
+    /// What a VM with hotplug state `state` and arch backend `arch` must carry to its
+    /// restored self. Refused with [`HotplugError::OwnedFds`] when a hot-plugged device
+    /// holds owned file descriptors (a tap network device): nothing is skipped.
+    pub fn capture(state: &HotplugState, arch: &dyn QemuArch) -> HotplugResult<Self> {
+        for plugged in state.plugged_in_order() {
+            let device = describe(&plugged.device);
+            let count = owned_fds(&plugged.device).map_err(|source| HotplugError::Device {
+                device: device.clone(),
+                source,
+            })?;
+            if count > 0 {
+                return Err(HotplugError::OwnedFds { device, count });
+            }
+        }
+        Ok(SavedHotplug {
+            version: SAVED_HOTPLUG_VERSION,
+            bridges: arch.get_bridges().clone(),
+            state: state.clone(),
+        })
+    }
+
+    /// The JSON text of the file.
+    pub fn to_json(&self) -> HotplugResult<String> {
+        serde_json::to_string_pretty(self).map_err(|e| HotplugError::State {
+            reason: format!("cannot serialize: {e}"),
+        })
+    }
+
+    /// Parses the JSON text of the file (a version other than [`SAVED_HOTPLUG_VERSION`] is
+    /// refused).
+    pub fn from_json(text: &str) -> HotplugResult<Self> {
+        let saved: SavedHotplug = serde_json::from_str(text).map_err(|e| HotplugError::State {
+            reason: format!("cannot parse: {e}"),
+        })?;
+        if saved.version != SAVED_HOTPLUG_VERSION {
+            return Err(HotplugError::State {
+                reason: format!(
+                    "version {} is not supported (expected {SAVED_HOTPLUG_VERSION})",
+                    saved.version
+                ),
+            });
+        }
+        Ok(saved)
+    }
+
+    /// Prepares `assembled` (the same spec as the saved VM) to receive the saved VM: appends
+    /// the hot-plugged devices to its configuration in plug order (cold-plugged, same ids,
+    /// bus and addr) and gives its arch backend the saved bridges. Returns the state the
+    /// restored VM starts with.
+    ///
+    /// Refused ([`HotplugError::State`]) when the assembled VM's root ports or bridges
+    /// (ids, types, slots) differ from the saved VM's, or a saved device's id is taken.
+    pub fn apply(self, assembled: &mut Assembled) -> HotplugResult<HotplugState> {
+        let fresh = HotplugState::new(assembled);
+        if fresh.root_ports != self.state.root_ports {
+            return Err(HotplugError::State {
+                reason: format!(
+                    "the saved VM had root ports {:?}, the assembled VM has {:?}",
+                    self.state.root_ports, fresh.root_ports
+                ),
+            });
+        }
+        let shape = |bridges: &Bridges| {
+            bridges
+                .iter()
+                .map(|b| (b.id.clone(), b.bridge_type, b.addr))
+                .collect::<Vec<_>>()
+        };
+        let (saved, here) = (shape(&self.bridges), shape(assembled.arch.get_bridges()));
+        if saved != here {
+            return Err(HotplugError::State {
+                reason: format!(
+                    "the saved VM had bridges {saved:?}, the assembled VM has {here:?}"
+                ),
+            });
+        }
+        let taken: std::collections::BTreeSet<&str> = assembled
+            .config
+            .devices
+            .iter()
+            .filter_map(Device::id)
+            .collect();
+        if let Some(p) = self
+            .state
+            .plugged
+            .values()
+            .find(|p| taken.contains(p.id.as_str()))
+        {
+            return Err(HotplugError::State {
+                reason: format!(
+                    "hot-plugged device {} has the id of a device of the assembled VM",
+                    p.id
+                ),
+            });
+        }
+        let devices: Vec<Device> = self
+            .state
+            .plugged_in_order()
+            .map(|p| p.device.clone())
+            .collect();
+        assembled.config.devices.extend(devices);
+        assembled.arch.set_bridges(self.bridges);
+        Ok(self.state)
     }
 }
 
@@ -417,7 +799,7 @@ impl<'a> Hotplugger<'a> {
         let placed = self.place(&id, &name, placement)?;
         match self.plug_placed(&mut device, &id, &name, &placed) {
             Ok(plugged) => {
-                self.state.plugged.insert(id, plugged.clone());
+                self.state.insert(plugged.clone());
                 Ok(plugged)
             }
             Err(e) => {
@@ -631,7 +1013,16 @@ impl<'a> Hotplugger<'a> {
                 .execute_command(&commands::query_pci())
                 .map(|reply| root_bus_slot(&reply, id));
             match found {
-                Ok(Some(slot)) => path = PciPath::new(&[slot]).ok(),
+                Ok(Some(slot)) => {
+                    path = PciPath::new(&[slot]).ok();
+                    // Keep the slot QEMU chose: a restore cold-plugs the device there.
+                    if let Some(addr) = u8::try_from(slot)
+                        .ok()
+                        .and_then(|s| PciAddr::slot_only(s).ok())
+                    {
+                        let _ = set_pci_placement(device, None, Some(addr));
+                    }
+                }
                 Ok(None) => tracing::warn!(device = id, "not found on a root bus in query-pci"),
                 Err(source) => return fail(self, &created, &[], "query-pci".into(), source),
             }
@@ -645,6 +1036,7 @@ impl<'a> Hotplugger<'a> {
             pci_path: path,
             removal: created,
             virtio_mem,
+            device: device.clone(),
         })
     }
 
@@ -714,7 +1106,7 @@ impl<'a> Hotplugger<'a> {
                 first_error.get_or_insert(step_error(step_name(call), source));
             }
         }
-        self.state.plugged.remove(id);
+        self.state.remove(id);
         self.free_location(&plugged.location, id);
         first_error.map_or(Ok(()), Err)
     }

@@ -18,11 +18,36 @@
 //! capabilities on the new QEMU (they must match on both sides), sends `migrate-incoming`
 //! from the file and waits the same way. The assembled VM must describe the machine and the
 //! cold-plugged devices of the saved one (assemble the same spec, with its own runtime
-//! directory); devices hot-plugged into the saved VM are not recreated. The restored VM
+//! directory); devices hot-plugged into the saved VM are recreated from the hotplug state
+//! file (below). The restored VM
 //! keeps the run state it was saved in (`prelaunch` or `paused` stays so) unless the assembled
 //! VM is not `stopped` and the saved one was running. A restore that fails returns the error
 //! and leaves no process behind: the new QEMU is killed, reaped and its runtime directory
 //! removed.
+//!
+//! # Hot-plugged devices
+//!
+//! QEMU's migration needs the destination started with the same devices at the same bus and
+//! address. [`Vm::save`] therefore also writes the VM's hotplug state, after the migration
+//! completed, to [`hotplug_state_path`] (`<path>.hotplug.json`, mode 0600; the format is
+//! [`SavedHotplug`]'s): the arch backend's bridge slots and the [`HotplugState`], each
+//! hot-plugged device with its final bus and address. It is written on every save, even with
+//! nothing hot-plugged, so a stale one never survives; a save that fails removes both files.
+//! A VM with a hot-plugged device owning file descriptors (a tap network device) is refused
+//! before anything is migrated ([`HotplugError::OwnedFds`] in a [`VmError::Hotplug`]).
+//!
+//! [`Vm::restore`] reads the file when it is present ([`SavedHotplug::apply`]): the devices
+//! are appended to the assembled configuration as cold-plugged devices (same ids, bus and
+//! address, in plug order), the bridges with their occupied slots go to the arch backend,
+//! and the restored [`Vm`] starts with the saved [`HotplugState`], so
+//! [`Vm::hotplug`]`().unplug(…)` knows its devices. On the destination those devices are
+//! cold-plugged, but their PCIe slots' hotplug state comes with the migration stream: a
+//! device the source could have released at once (its guest never ran) is released at once
+//! on the restored VM too (seen on QEMU 10.0.2, arm64 `virt`, root port); otherwise the
+//! unplug needs the guest's cooperation, as on the source.
+//!
+//! [`HotplugState`]: crate::hotplug::HotplugState
+//! [`HotplugError::OwnedFds`]: crate::hotplug::HotplugError::OwnedFds
 //!
 //! # Paths
 //!
@@ -57,6 +82,9 @@
 //! # }
 //! ```
 
+use std::ffi::OsString;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -66,6 +94,7 @@ use hvarch_qmp::{commands, Command, Qmp};
 use serde_json::{json, Value};
 
 use crate::assemble::Assembled;
+use crate::hotplug::SavedHotplug;
 use crate::vm::{LaunchOptions, Vm, VmError, VmResult};
 
 /// How often `query-migrate` is polled while waiting for a migration (Kata: 100 ms; a
@@ -75,24 +104,72 @@ pub const MIGRATION_POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// The least time one `query-migrate` is given, even when the migration deadline is closer.
 const MIN_QUERY_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Where [`Vm::save`] writes the hotplug state of a VM saved to `state`:
+/// `<state>.hotplug.json` (see the [module docs](crate::lifecycle)).
+pub fn hotplug_state_path(state: &Path) -> PathBuf {
+    let mut name = OsString::from(state.as_os_str());
+    name.push(".hotplug.json");
+    PathBuf::from(name)
+}
+
+/// Writes `text` to `path` (created or truncated), mode 0600.
+fn write_private(path: &Path, text: &str) -> VmResult<()> {
+    let io = |what: &str| {
+        let what = format!("{what} {}", path.display());
+        move |source| VmError::Io { what, source }
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io("create"))?;
+    // An existing file keeps its mode through `open`.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(io("chmod 0600"))?;
+    file.write_all(text.as_bytes()).map_err(io("write"))?;
+    file.sync_all().map_err(io("sync"))
+}
+
+/// Reads the hotplug state saved with `state`, if there is one.
+fn read_saved_hotplug(state: &Path) -> VmResult<Option<SavedHotplug>> {
+    let path = hotplug_state_path(state);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(Some(SavedHotplug::from_json(&text)?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(VmError::Io {
+            what: format!("read {}", path.display()),
+            source,
+        }),
+    }
+}
+
 impl Vm {
     /// Saves the VM's state to `path` (created or truncated; see the [module
     /// docs](crate::lifecycle)): capabilities, `migrate`, then a wait of at most the arch's
-    /// migration timeout. Afterwards the VM is in the `postmigrate` state.
+    /// migration timeout, then the hotplug state written to [`hotplug_state_path`]. Afterwards
+    /// the VM is in the `postmigrate` state.
     ///
-    /// Errors: [`VmError::Migration`] when QEMU reports the migration failed or it does not
-    /// complete in time (the partial file is removed), [`VmError::Qmp`] when a command is
-    /// refused or QEMU goes away ([`hvarch_qmp::Error::Disconnected`]).
+    /// Errors: [`VmError::Hotplug`] (before anything is migrated) when a hot-plugged device
+    /// owns file descriptors; [`VmError::Migration`] when QEMU reports the migration failed
+    /// or it does not complete in time, [`VmError::Qmp`] when a command is refused or QEMU
+    /// goes away ([`hvarch_qmp::Error::Disconnected`]), [`VmError::Io`] when the hotplug
+    /// state cannot be written: in these cases both files are removed.
     pub fn save(&self, path: impl AsRef<Path>) -> VmResult<()> {
         let path = absolute(path.as_ref())?;
+        let hotplug = SavedHotplug::capture(self.hotplug_state(), self.arch())?.to_json()?;
+        let hotplug_path = hotplug_state_path(&path);
         let result = save_with(
             self.qmp(),
             &path,
             &self.arch().migration_capabilities(),
             self.arch().migration_wait_timeout(),
-        );
+        )
+        .and_then(|()| write_private(&hotplug_path, &hotplug));
         if result.is_err() {
             let _ = std::fs::remove_file(&path);
+            let _ = std::fs::remove_file(&hotplug_path);
         }
         result
     }
@@ -100,9 +177,16 @@ impl Vm {
     /// Launches `assembled` with `-incoming defer` and loads the state saved at `path` into
     /// it (see the [module docs](crate::lifecycle)); returns once the load completed.
     ///
+    /// When [`Vm::save`] left a hotplug state next to `path` ([`hotplug_state_path`]), its
+    /// devices are cold-plugged into `assembled` and its bridges given to the arch backend
+    /// before the launch, and the restored VM carries its [`HotplugState`]; a state that does
+    /// not fit `assembled` is a [`VmError::Hotplug`] and nothing is launched.
+    ///
     /// Any `incoming` the assembled configuration had is replaced. On error the new QEMU is
     /// killed and reaped and its runtime directory removed; a failed load is a
     /// [`VmError::Migration`] carrying QEMU's reason.
+    ///
+    /// [`HotplugState`]: crate::hotplug::HotplugState
     pub fn restore(
         mut assembled: Assembled,
         path: impl AsRef<Path>,
@@ -114,9 +198,15 @@ impl Vm {
                 reason: format!("no saved state at {}", path.display()),
             });
         }
+        let hotplug = read_saved_hotplug(&path)?
+            .map(|saved| saved.apply(&mut assembled))
+            .transpose()?;
         assembled.config.incoming = Some(Incoming::Defer);
         // Dropped (killed, reaped, cleaned) if anything below fails.
-        let vm = Vm::launch(assembled, options)?;
+        let mut vm = Vm::launch(assembled, options)?;
+        if let Some(state) = hotplug {
+            vm.set_hotplug_state(state);
+        }
         restore_with(
             vm.qmp(),
             &path,

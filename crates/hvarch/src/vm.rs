@@ -270,6 +270,11 @@ impl Vm {
         &self.hotplug
     }
 
+    /// Replaces the hotplug state (a restore).
+    pub(crate) fn set_hotplug_state(&mut self, state: crate::hotplug::HotplugState) {
+        self.hotplug = state;
+    }
+
     /// What QEMU has written to stderr so far.
     pub fn stderr(&self) -> String {
         read_to_string(&self.stderr_path)

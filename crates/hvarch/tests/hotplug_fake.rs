@@ -763,3 +763,99 @@ fn unplug_timeout_keeps_the_device_and_its_slot() {
         .unwrap();
     assert_eq!(next.pci_path.unwrap().to_string(), "02/02");
 }
+
+#[test]
+fn saved_hotplug_round_trips_and_cold_plugs_into_the_restored_config() {
+    use hvarch::hotplug::SavedHotplug;
+    let fake = Fake::new(qemu_like(None));
+    let (mut vm, mut state) = new_vm(GuestArch::Aarch64, 2);
+    let mut hp = Hotplugger::new(&fake.qmp, vm.arch.as_mut(), &mut state);
+    hp.add_block(&drive("drive0"), BlockDriver::VirtioBlk, Placement::Auto)
+        .unwrap();
+    hp.add_vfio(&vfio("vfio0"), Placement::Bridge).unwrap();
+    hp.add_vfio(&vfio("gpu0"), Placement::RootBus).unwrap();
+    let saved = SavedHotplug::capture(&state, vm.arch.as_ref()).unwrap();
+    let text = saved.to_json().unwrap();
+    let loaded = SavedHotplug::from_json(&text).unwrap();
+    assert_eq!(
+        loaded.to_json().unwrap(),
+        text,
+        "stable through a round trip"
+    );
+    let before: Vec<_> = state.plugged_in_order().cloned().collect();
+    let after: Vec<_> = loaded.state.plugged_in_order().cloned().collect();
+    assert_eq!(before, after);
+    assert_eq!(
+        after.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
+        ["virtio-drive0", "vfio0", "gpu0"],
+        "plug order"
+    );
+    assert_eq!(loaded.bridges, *vm.arch.get_bridges());
+    // The devices as plugged: final bus and addr (the root-bus device at QEMU's slot 5).
+    let device_json = |id: &str| serde_json::to_value(&state.plugged(id).unwrap().device).unwrap();
+    assert_eq!(device_json("virtio-drive0")["bus"], "rp0");
+    assert_eq!(device_json("vfio0")["bus"], "pci-bridge-0");
+    assert_eq!(device_json("vfio0")["addr"], "01");
+    assert_eq!(device_json("gpu0")["addr"], "05");
+
+    // Applied to the same spec assembled afresh: cold-plugged in plug order, bridges taken.
+    let (mut fresh, _) = new_vm(GuestArch::Aarch64, 2);
+    let cold = fresh.config.devices.len();
+    let mut restored = loaded.apply(&mut fresh).unwrap();
+    let added: Vec<_> = fresh.config.devices[cold..].to_vec();
+    assert_eq!(
+        added,
+        before.iter().map(|p| p.device.clone()).collect::<Vec<_>>()
+    );
+    assert_eq!(*fresh.arch.get_bridges(), saved.bridges);
+    assert_eq!(restored.free_root_ports(), ["rp1"]);
+    fake.take();
+    let mut hp = Hotplugger::new(&fake.qmp, fresh.arch.as_mut(), &mut restored);
+    hp.unplug("vfio0", T).unwrap();
+    hp.unplug("virtio-drive0", T).unwrap();
+    assert_eq!(
+        fake.names(),
+        ["device_del", "device_del", "blockdev-del"],
+        "the restored state knows how to remove them"
+    );
+    assert!(fresh
+        .arch
+        .get_bridges()
+        .iter()
+        .all(|b| b.devices.is_empty()));
+    assert_eq!(restored.free_root_ports(), ["rp0", "rp1"]);
+}
+
+#[test]
+fn saved_hotplug_refuses_owned_fds_and_a_different_vm() {
+    use hvarch::hotplug::SavedHotplug;
+    let fake = Fake::new(qemu_like(None));
+    let (mut vm, mut state) = new_vm(GuestArch::Aarch64, 2);
+    let mut hp = Hotplugger::new(&fake.qmp, vm.arch.as_mut(), &mut state);
+    hp.add_network(&endpoint(), Placement::Auto).unwrap();
+    let err = SavedHotplug::capture(&state, vm.arch.as_ref()).unwrap_err();
+    assert!(
+        matches!(err, HotplugError::OwnedFds { count: 4, .. }),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .starts_with("cannot save the hotplug state: virtio-net virtio-tap0 holds 4 owned"),
+        "{err}"
+    );
+    assert!(serde_json::to_string(&state).is_err(), "no silent skip");
+
+    // A state saved with two root ports does not fit a VM with one.
+    let (vm, state) = new_vm(GuestArch::Aarch64, 2);
+    let saved = SavedHotplug::capture(&state, vm.arch.as_ref()).unwrap();
+    let (mut other, _) = new_vm(GuestArch::Aarch64, 1);
+    let err = saved.apply(&mut other).unwrap_err();
+    assert!(err.to_string().contains("root ports"), "{err}");
+    let err = SavedHotplug::from_json(r#"{"version": 2, "bridges": [], "state": {}}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("cannot parse") || err.contains("version 2"),
+        "{err}"
+    );
+}
