@@ -103,7 +103,8 @@ impl Qmp {
         let mut early = Vec::new();
         let greeting = handshake(&mut session, &mut reader, &mut writer, config, &mut early)?;
         reader.set_read_timeout(None)?;
-        writer.set_write_timeout(Some(config.command_timeout))?;
+        // A zero timeout would be refused by the socket (it means "none" to `set_*_timeout`).
+        writer.set_write_timeout(Some(config.command_timeout).filter(|t| !t.is_zero()))?;
         let inner = Arc::new(Inner {
             shared: Mutex::new(Shared {
                 session,
@@ -190,16 +191,11 @@ impl Qmp {
             // A partial write would desynchronise the stream: end the session.
             warn!(command = %command.name, error = %e, "QMP write failed; closing the connection");
             self.inner.shutdown();
-            return Err(
-                if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut {
-                    Error::Timeout {
-                        what: format!("writing `{}`", command.name),
-                        after: self.inner.config.command_timeout,
-                    }
-                } else {
-                    Error::Io(e)
-                },
-            );
+            return Err(write_error(
+                e,
+                &command.name,
+                self.inner.config.command_timeout,
+            ));
         }
         match rx.recv_timeout(timeout) {
             Ok(result) => result,
@@ -216,14 +212,23 @@ impl Qmp {
     }
 
     fn write(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
-        let mut writer = lock(&self.inner.writer);
+        let writer = lock(&self.inner.writer);
         let mut rest = bytes;
-        if !fds.is_empty() {
-            let n = crate::fdpass::send_with_fds(writer.as_fd(), rest, fds)?;
-            rest = rest.get(n..).unwrap_or_default();
+        let mut fds = fds;
+        // sendmsg with MSG_NOSIGNAL: a closed peer is an EPIPE error, never a SIGPIPE that
+        // would kill a host process which does not ignore it. The fds go with the first bytes.
+        while !rest.is_empty() {
+            match crate::fdpass::send_with_fds(writer.as_fd(), rest, fds) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    rest = rest.get(n..).unwrap_or_default();
+                    fds = &[];
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
         }
-        writer.write_all(rest)?;
-        writer.flush()
+        Ok(())
     }
 
     /// Subscribes to every event from now on.
@@ -398,21 +403,40 @@ fn handshake(
             }
             Err(e) => return Err(Error::Io(e)),
         }
+        let mut ready = false;
         for action in actions.drain(..) {
             match action {
                 Action::Greeting(g) => {
                     greeting = Some(g);
                     writer.write_all(&session.negotiate()?)?;
                 }
-                Action::Ready => {
-                    return greeting
-                        .ok_or_else(|| Error::Greeting("negotiated without a greeting".into()));
-                }
+                // Events read along with the negotiation reply are kept too.
+                Action::Ready => ready = true,
                 Action::Event(e) => early.push(e),
                 Action::Reply { .. } => {}
                 Action::Closed(err) => return Err(err),
             }
         }
+        if ready {
+            return greeting.ok_or_else(|| Error::Greeting("negotiated without a greeting".into()));
+        }
+    }
+}
+
+/// The error for a failed command write: a peer that went away is [`Error::Disconnected`]
+/// (whether or not the reader has seen the end of the stream yet), a write that timed out is
+/// [`Error::Timeout`], anything else [`Error::Io`].
+pub(crate) fn write_error(e: io::Error, command: &str, timeout: Duration) -> Error {
+    match e.kind() {
+        io::ErrorKind::BrokenPipe
+        | io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::NotConnected => Error::Disconnected,
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Error::Timeout {
+            what: format!("writing `{command}`"),
+            after: timeout,
+        },
+        _ => Error::Io(e),
     }
 }
 
@@ -421,7 +445,6 @@ fn reader_loop(inner: &Inner, mut stream: UnixStream) {
     let mut actions = Vec::new();
     loop {
         let read = stream.read(&mut buf);
-        let mut replies = Vec::new();
         let mut closed = false;
         {
             let mut shared = lock(&inner.shared);
@@ -444,7 +467,13 @@ fn reader_loop(inner: &Inner, mut stream: UnixStream) {
                             !s.filter.matches(&event) || s.tx.send(event.clone()).is_ok()
                         });
                     }
-                    Action::Reply { waiter, result, .. } => replies.push((waiter, result)),
+                    // Delivered under the lock: a caller whose timeout fires now either finds
+                    // its reply in the channel or cancels before the reader took the waiter,
+                    // never neither. `try_send` on a one-slot channel never blocks; a caller
+                    // that gave up has dropped the receiver and the reply is dropped.
+                    Action::Reply { waiter, result, .. } => {
+                        let _ = waiter.try_send(result);
+                    }
                     Action::Closed(err) => {
                         debug!(reason = %err, "QMP session closed");
                         shared.subscribers.clear();
@@ -453,10 +482,6 @@ fn reader_loop(inner: &Inner, mut stream: UnixStream) {
                     Action::Greeting(_) | Action::Ready => {}
                 }
             }
-        }
-        for (waiter, result) in replies {
-            // The caller may have given up; then the reply is dropped.
-            let _ = waiter.try_send(result);
         }
         if closed {
             inner.shutdown();

@@ -415,27 +415,28 @@ async fn handshake(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(Error::Io(e)),
         }
+        let mut ready = false;
         for action in actions.drain(..) {
             match action {
                 Action::Greeting(g) => {
                     greeting = Some(g);
                     writer.write_all(&session.negotiate()?).await?;
                 }
-                Action::Ready => {
-                    return greeting
-                        .ok_or_else(|| Error::Greeting("negotiated without a greeting".into()));
-                }
+                // Events read along with the negotiation reply are kept too.
+                Action::Ready => ready = true,
                 Action::Event(e) => early.push(e),
                 Action::Reply { .. } => {}
                 Action::Closed(err) => return Err(err),
             }
+        }
+        if ready {
+            return greeting.ok_or_else(|| Error::Greeting("negotiated without a greeting".into()));
         }
     }
 }
 
 fn dispatch(inner: &Inner, actions: Vec<Action<Waiter>>) -> bool {
     let mut closed = false;
-    let mut replies = Vec::new();
     {
         let mut shared = lock(&inner.shared);
         for action in actions {
@@ -446,7 +447,11 @@ fn dispatch(inner: &Inner, actions: Vec<Action<Waiter>>) -> bool {
                         .subscribers
                         .retain(|s| !s.filter.matches(&event) || s.tx.send(event.clone()).is_ok());
                 }
-                Action::Reply { waiter, result, .. } => replies.push((waiter, result)),
+                // Delivered under the lock, so a caller timing out now either finds its reply
+                // or cancels first (`oneshot::send` never blocks).
+                Action::Reply { waiter, result, .. } => {
+                    let _ = waiter.send(result);
+                }
                 Action::Closed(err) => {
                     debug!(reason = %err, "QMP session closed");
                     shared.subscribers.clear();
@@ -455,9 +460,6 @@ fn dispatch(inner: &Inner, actions: Vec<Action<Waiter>>) -> bool {
                 Action::Greeting(_) | Action::Ready => {}
             }
         }
-    }
-    for (waiter, result) in replies {
-        let _ = waiter.send(result);
     }
     closed
 }
@@ -497,11 +499,13 @@ async fn writer_task(
         if let Err(e) = write_op(&mut write_half, &op).await {
             warn!(error = %e, "QMP write failed; closing the connection");
             if let Some(inner) = inner.upgrade() {
+                // Shut down first, so the caller that gets this error sees a closed client.
+                inner.shutdown();
                 let waiter = lock(&inner.shared).session.cancel(op.id);
                 if let Some(waiter) = waiter {
-                    let _ = waiter.send(Err(Error::Io(e)));
+                    let timeout = inner.config.command_timeout;
+                    let _ = waiter.send(Err(crate::blocking::write_error(e, "command", timeout)));
                 }
-                inner.shutdown();
             }
             return;
         }
