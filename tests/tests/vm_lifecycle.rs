@@ -141,9 +141,10 @@ fn shutdown_is_graceful_then_forceful_and_idempotent() {
 
     let started = Instant::now();
     let first = vm.shutdown(GRACE).expect("first shutdown");
-    // powerdown is ignored by a guest-less VM; `quit` ends QEMU well before the kill stage.
+    // powerdown is ignored by a guest-less VM; `quit` ends QEMU (a clean exit status, checked
+    // below, rules out the kill stage); the bound only rules out waiting on a 30 s timeout.
     assert!(
-        started.elapsed() < Duration::from_secs(3),
+        started.elapsed() < Duration::from_secs(15),
         "{:?}",
         started.elapsed()
     );
@@ -377,7 +378,7 @@ fn qemu_killed_mid_operation_is_a_clean_error_without_a_hang() {
 
 /// A path no save may create (used once QEMU is gone, so nothing is written).
 fn dir_free_path() -> PathBuf {
-    std::env::temp_dir().join("hvarch-never-written.state")
+    std::env::temp_dir().join(format!("hvarch-never-written-{}.state", std::process::id()))
 }
 
 #[test]
@@ -391,7 +392,7 @@ fn a_refused_option_is_a_launch_error_holding_qemus_stderr() {
     };
     let started = Instant::now();
     let err = Vm::launch(assembled(&spec), options).unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(started.elapsed() < Duration::from_secs(15));
     match &err {
         VmError::Launch { stderr, .. } => assert!(stderr.contains("no-such-prop"), "{stderr}"),
         other => panic!("not a launch error: {other}"),
@@ -425,7 +426,7 @@ fn a_qemu_that_never_greets_is_a_prompt_launch_timeout() {
     let started = Instant::now();
     let err = Vm::launch(assembled(&spec), options).unwrap_err();
     assert!(
-        started.elapsed() < Duration::from_secs(3),
+        started.elapsed() < Duration::from_secs(15),
         "{:?}",
         started.elapsed()
     );
@@ -496,7 +497,9 @@ fn shutdown_of_a_hung_qemu_ends_in_sigkill_within_bounded_time() {
         },
     );
     let elapsed = started.elapsed();
-    assert!(elapsed < Duration::from_secs(8), "{elapsed:?}");
+    // powerdown (bounded by the grace), quit (2 s), the wait (3 s), then SIGKILL: well under
+    // the 30 s a QMP command timeout would take; the slack is for a loaded CI machine.
+    assert!(elapsed < Duration::from_secs(14), "{elapsed:?}");
     assert_eq!(
         std::os::unix::process::ExitStatusExt::signal(&status),
         Some(libc::SIGKILL)

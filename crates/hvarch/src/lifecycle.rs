@@ -145,6 +145,22 @@ fn read_saved_hotplug(state: &Path) -> VmResult<Option<SavedHotplug>> {
     }
 }
 
+/// Where a file is written before it is renamed to `path`: `.<name>.partial` beside it.
+fn partial_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.partial"))
+}
+
+fn rename(from: &Path, to: &Path) -> VmResult<()> {
+    std::fs::rename(from, to).map_err(|source| VmError::Io {
+        what: format!("rename {} to {}", from.display(), to.display()),
+        source,
+    })
+}
+
 impl Vm {
     /// Saves the VM's state to `path` (created or truncated; see the [module
     /// docs](crate::lifecycle)): capabilities, `migrate`, then a wait of at most the arch's
@@ -155,21 +171,27 @@ impl Vm {
     /// owns file descriptors; [`VmError::Migration`] when QEMU reports the migration failed
     /// or it does not complete in time, [`VmError::Qmp`] when a command is refused or QEMU
     /// goes away ([`hvarch_qmp::Error::Disconnected`]), [`VmError::Io`] when the hotplug
-    /// state cannot be written: in these cases both files are removed.
+    /// state cannot be written. The state is written to temporary files next to `path` and
+    /// renamed into place only when complete, so a failed save leaves an earlier snapshot at
+    /// `path` untouched and no partial file behind.
     pub fn save(&self, path: impl AsRef<Path>) -> VmResult<()> {
         let path = absolute(path.as_ref())?;
         let hotplug = SavedHotplug::capture(self.hotplug_state(), self.arch())?.to_json()?;
         let hotplug_path = hotplug_state_path(&path);
+        let partial = partial_path(&path);
+        let partial_hotplug = partial_path(&hotplug_path);
         let result = save_with(
             self.qmp(),
-            &path,
+            &partial,
             &self.arch().migration_capabilities(),
             self.arch().migration_wait_timeout(),
         )
-        .and_then(|()| write_private(&hotplug_path, &hotplug));
+        .and_then(|()| write_private(&partial_hotplug, &hotplug))
+        .and_then(|()| rename(&partial_hotplug, &hotplug_path))
+        .and_then(|()| rename(&partial, &path));
         if result.is_err() {
-            let _ = std::fs::remove_file(&path);
-            let _ = std::fs::remove_file(&hotplug_path);
+            let _ = std::fs::remove_file(&partial);
+            let _ = std::fs::remove_file(&partial_hotplug);
         }
         result
     }
