@@ -679,6 +679,9 @@ pub struct Hotplugger<'a> {
     qmp: &'a Qmp,
     arch: &'a mut dyn QemuArch,
     state: &'a mut HotplugState,
+    /// Set by a rollback whose `device_del` was not confirmed: the device may still occupy
+    /// its slot, so the slot is not handed out again.
+    slot_still_used: bool,
 }
 
 /// A step's name for errors: `device_add virtio-drive0`.
@@ -768,7 +771,12 @@ struct Placed {
 impl<'a> Hotplugger<'a> {
     /// An engine over `qmp`, `arch` (bridge slots) and `state`.
     pub fn new(qmp: &'a Qmp, arch: &'a mut dyn QemuArch, state: &'a mut HotplugState) -> Self {
-        Hotplugger { qmp, arch, state }
+        Hotplugger {
+            qmp,
+            arch,
+            state,
+            slot_still_used: false,
+        }
     }
 
     /// The state (what is plugged, free root ports).
@@ -803,7 +811,14 @@ impl<'a> Hotplugger<'a> {
                 Ok(plugged)
             }
             Err(e) => {
-                self.free_location(&placed.location, &id);
+                if std::mem::take(&mut self.slot_still_used) {
+                    tracing::warn!(
+                        device = %id,
+                        "rollback could not confirm the device is gone; its slot stays reserved"
+                    );
+                } else {
+                    self.free_location(&placed.location, &id);
+                }
                 Err(e)
             }
         }
@@ -993,6 +1008,17 @@ impl<'a> Hotplugger<'a> {
         }
         for (part, call, names) in &calls {
             if let Err(source) = execute(self.qmp, call) {
+                // A step that timed out (or whose reply was lost) may still take effect in
+                // QEMU: undo it too (undoing what does not exist only logs a warning).
+                if matches!(
+                    source,
+                    hvarch_qmp::Error::Timeout { .. } | hvarch_qmp::Error::Disconnected
+                ) {
+                    if let Some(del) = part.qmp_del() {
+                        created.push(del);
+                    }
+                    // Its descriptors are closed too: if QEMU took them, closefd only fails.
+                }
                 return fail(
                     self,
                     &created,
@@ -1024,7 +1050,15 @@ impl<'a> Hotplugger<'a> {
                     }
                 }
                 Ok(None) => tracing::warn!(device = id, "not found on a root bus in query-pci"),
-                Err(source) => return fail(self, &created, &[], "query-pci".into(), source),
+                Err(source) => {
+                    return fail(
+                        self,
+                        &created,
+                        sent_fds.get(consumed..).unwrap_or_default(),
+                        "query-pci".into(),
+                        source,
+                    )
+                }
             }
         }
         // Any descriptor no part consumed (none, normally) is released in QEMU.
@@ -1040,7 +1074,8 @@ impl<'a> Hotplugger<'a> {
         })
     }
 
-    /// Undoes `created` in reverse, then releases `fds` in QEMU. Errors are logged.
+    /// Undoes `created` in reverse, then releases `fds` in QEMU. Errors are logged; a
+    /// `device_del` that is not confirmed (other than by "not found") keeps the slot reserved.
     fn rollback(&mut self, created: &[QmpCall], fds: &[String]) {
         for call in created.iter().rev() {
             let result = if call.command == "device_del" {
@@ -1050,6 +1085,10 @@ impl<'a> Hotplugger<'a> {
                 execute(self.qmp, call).map(drop)
             };
             if let Err(e) = result {
+                let gone = matches!(&e, hvarch_qmp::Error::Command { class, .. } if class == "DeviceNotFound");
+                if call.command == "device_del" && !gone {
+                    self.slot_still_used = true;
+                }
                 tracing::warn!(step = %step_name(call), error = %e, "rollback step failed");
             }
         }

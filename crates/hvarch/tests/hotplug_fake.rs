@@ -29,6 +29,8 @@ enum Answer {
     Deleted,
     /// `{}` and no event.
     Silent,
+    /// No reply at all (the command times out on our side).
+    NoReply,
 }
 
 type Log = Arc<Mutex<Vec<(String, Value)>>>;
@@ -44,6 +46,13 @@ struct Fake {
 
 impl Fake {
     fn new(rule: impl Fn(&str, &Value, usize) -> Answer + Send + 'static) -> Fake {
+        Fake::with_timeout(rule, Duration::from_secs(5))
+    }
+
+    fn with_timeout(
+        rule: impl Fn(&str, &Value, usize) -> Answer + Send + 'static,
+        command_timeout: Duration,
+    ) -> Fake {
         let log: Log = Arc::default();
         let fds: Arc<Mutex<Vec<OwnedFd>>> = Arc::default();
         let (log2, fds2) = (log.clone(), fds.clone());
@@ -68,13 +77,14 @@ impl Fake {
                         );
                     }
                     Answer::Silent => c.reply(&cmd, json!({})),
+                    Answer::NoReply => {}
                 }
                 n += 1;
             }
         })
         .expect("spawn fake QMP");
         let config = Config {
-            command_timeout: Duration::from_secs(5),
+            command_timeout,
             ..Config::default()
         };
         let qmp = Qmp::from_stream(client, &config).expect("connect");
@@ -266,6 +276,50 @@ fn virtio_blk_on_a_bridge_slot_rollback_frees_the_slot() {
         .add_block(&drive("drive3"), BlockDriver::VirtioBlk, Placement::Bridge)
         .unwrap();
     assert_eq!(third.pci_path.unwrap().to_string(), "02/01");
+}
+
+#[test]
+fn a_timed_out_device_add_is_undone_too_and_an_unconfirmed_undo_keeps_the_slot() {
+    // device_add never answered: QEMU may still create the device, so the rollback deletes
+    // it as well as the backend. Here the device_del is confirmed: the slot is free again.
+    let rule = |confirm: bool| {
+        move |name: &str, args: &Value, n: usize| match name {
+            "device_add" if args["id"] == "virtio-drive0" => Answer::NoReply,
+            "device_del" if confirm => Answer::Deleted,
+            "device_del" => Answer::Silent,
+            _ => qemu_like(None)(name, args, n),
+        }
+    };
+    let fake = Fake::with_timeout(rule(true), Duration::from_millis(300));
+    let (mut vm, mut state) = new_vm(GuestArch::Aarch64, 0);
+    let mut hp = Hotplugger::new(&fake.qmp, vm.arch.as_mut(), &mut state);
+    let err = hp
+        .add_block(&drive("drive0"), BlockDriver::VirtioBlk, Placement::Bridge)
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("device_add virtio-drive0"),
+        "{err}"
+    );
+    assert_eq!(
+        fake.names(),
+        ["blockdev-add", "device_add", "device_del", "blockdev-del"]
+    );
+    let next = hp
+        .add_block(&drive("drive1"), BlockDriver::VirtioBlk, Placement::Bridge)
+        .unwrap();
+    assert_eq!(next.pci_path.unwrap().to_string(), "02/01");
+    drop(fake);
+
+    // Not confirmed (no DEVICE_DELETED within the rollback's wait): the slot stays reserved.
+    let fake = Fake::with_timeout(rule(false), Duration::from_millis(300));
+    let (mut vm, mut state) = new_vm(GuestArch::Aarch64, 0);
+    let mut hp = Hotplugger::new(&fake.qmp, vm.arch.as_mut(), &mut state);
+    hp.add_block(&drive("drive0"), BlockDriver::VirtioBlk, Placement::Bridge)
+        .unwrap_err();
+    let next = hp
+        .add_block(&drive("drive1"), BlockDriver::VirtioBlk, Placement::Bridge)
+        .unwrap();
+    assert_eq!(next.pci_path.unwrap().to_string(), "02/02");
 }
 
 #[test]
