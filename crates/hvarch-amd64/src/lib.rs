@@ -358,13 +358,8 @@ mod tests {
 
     #[test]
     fn image_on_readonly_nvdimm() {
-        let dir = std::env::temp_dir().join(format!("hvarch-amd64-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("rootfs.img");
-        std::fs::File::create(&path)
-            .unwrap()
-            .set_len(2 << 20)
-            .unwrap();
+        let file = hvarch_arch::testing::TempImage::new("rootfs.img", 2 << 20);
+        let path = file.path().to_path_buf();
         let arch = amd64(HypervisorConfig {
             image_path: Some(path.clone()),
             ..HypervisorConfig::default()

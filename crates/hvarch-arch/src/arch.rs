@@ -917,14 +917,6 @@ mod tests {
             .collect()
     }
 
-    fn temp_file(name: &str, size: u64) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("hvarch-arch-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(name);
-        std::fs::File::create(&path).unwrap().set_len(size).unwrap();
-        path
-    }
-
     #[test]
     fn nesting_and_vhost_switches() {
         let mut arch = on("q35");
@@ -1003,7 +995,8 @@ mod tests {
 
     #[test]
     fn image_path_handling() {
-        let image = temp_file("img-handling.img", 4096);
+        let file = crate::testing::TempImage::new("img-handling.img", 4096);
+        let image = file.path().to_path_buf();
         let arch = generic(&HypervisorConfig {
             image_path: Some(image.clone()),
             ..HypervisorConfig::default()
@@ -1124,7 +1117,8 @@ mod tests {
 
     #[test]
     fn block_and_nvdimm_images() {
-        let image = temp_file("rootfs.img", 1 << 20);
+        let file = crate::testing::TempImage::new("rootfs.img", 1 << 20);
+        let image = file.path().to_path_buf();
         let arch = on("q35");
         let mut devices = Vec::new();
         arch.append_image(&mut devices, &image).unwrap();

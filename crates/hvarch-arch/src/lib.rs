@@ -31,5 +31,7 @@ pub mod kernel_params;
 pub mod machine;
 pub mod resources;
 pub mod settings;
+#[doc(hidden)]
+pub mod testing;
 
 pub use error::{ArchError, Result};

@@ -177,14 +177,6 @@ mod tests {
             .collect()
     }
 
-    fn image(size: u64) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("hvarch-arm64-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("rootfs-{size}.img"));
-        std::fs::File::create(&path).unwrap().set_len(size).unwrap();
-        path
-    }
-
     #[test]
     fn constants_of_qemu_arm64_go() {
         let arch = kvm();
@@ -283,7 +275,8 @@ mod tests {
 
     #[test]
     fn image_on_nvdimm_without_readonly() {
-        let path = image(4 << 20);
+        let file = hvarch_arch::testing::TempImage::new("rootfs.img", 4 << 20);
+        let path = file.path().to_path_buf();
         let arch = arm64(HypervisorConfig {
             image_path: Some(path.clone()),
             ..HypervisorConfig::default()

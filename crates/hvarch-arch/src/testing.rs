@@ -1,0 +1,41 @@
+//! Test support for the arch crates (not part of the API): sized image files that remove
+//! themselves.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// A sparse file of a given size in its own temporary directory, removed (with the directory)
+/// when dropped, also when the test holding it panics.
+#[derive(Debug)]
+pub struct TempImage {
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+impl TempImage {
+    /// A `size`-byte file named `name`, in a directory private to this image.
+    ///
+    /// Panics when the file cannot be made: this is for tests.
+    pub fn new(name: &str, size: u64) -> TempImage {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("hvarch-image-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        let path = dir.join(name);
+        std::fs::File::create(&path)
+            .and_then(|f| f.set_len(size))
+            .unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+        TempImage { dir, path }
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempImage {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
