@@ -10,6 +10,7 @@
 
 pub mod demo;
 pub mod guest;
+pub mod query;
 pub mod spec;
 
 use std::io::{BufRead, BufReader, Write};
@@ -333,57 +334,31 @@ impl RawQmp {
         self.ok("qom-get", json!({ "path": path, "property": property }))
     }
 
-    /// Names of the children of `/machine/peripheral` (user-created devices with ids).
+    /// Names of the children of `/machine/peripheral` (user-created devices with ids), sorted.
     pub fn peripheral_ids(&mut self) -> Vec<String> {
         let list = self.ok("qom-list", json!({ "path": "/machine/peripheral" }));
-        list.as_array()
-            .into_iter()
-            .flatten()
-            .filter(|p| {
-                p.get("type")
-                    .and_then(Value::as_str)
-                    .is_some_and(|t| t.starts_with("child<"))
-            })
-            .filter_map(|p| p.get("name").and_then(Value::as_str).map(str::to_owned))
-            .collect()
+        query::child_names(&list)
     }
 
     /// The `node-name`s of `query-named-block-nodes`.
     pub fn block_node_names(&mut self) -> Vec<String> {
-        let nodes = self.ok("query-named-block-nodes", json!({}));
-        nodes
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|n| {
-                n.get("node-name")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned)
-            })
-            .collect()
+        query::node_names(&self.ok("query-named-block-nodes", json!({})))
     }
 
-    /// All `qdev_id`s found by walking `query-pci`, bridges included.
+    /// All `qdev_id`s found by walking `query-pci`, bridges included, sorted.
     pub fn pci_device_ids(&mut self) -> Vec<String> {
-        fn walk(devices: &Value, out: &mut Vec<String>) {
-            for dev in devices.as_array().into_iter().flatten() {
-                if let Some(id) = dev.get("qdev_id").and_then(Value::as_str) {
-                    if !id.is_empty() {
-                        out.push(id.to_owned());
-                    }
-                }
-                if let Some(bus) = dev.pointer("/pci_bridge/devices") {
-                    walk(bus, out);
-                }
-            }
-        }
-        let buses = self.ok("query-pci", json!({}));
-        let mut out = Vec::new();
-        for bus in buses.as_array().into_iter().flatten() {
-            walk(&bus["devices"], &mut out);
-        }
-        out
+        query::pci_ids(&self.ok("query-pci", json!({})))
     }
+}
+
+/// A paused arm64 `virt` VM under TCG with one PCIe root port `rp0` (a hotplug target).
+pub fn paused_aarch64_with_root_port() -> QemuProcess {
+    let mut a = args(AARCH64_VIRT_TCG);
+    a.extend(args(&[
+        "-device",
+        "pcie-root-port,id=rp0,bus=pcie.0,chassis=1",
+    ]));
+    QemuProcess::spawn(QEMU_AARCH64, &a)
 }
 
 /// Converts string slices to owned argument strings.

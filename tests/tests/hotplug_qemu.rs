@@ -22,9 +22,10 @@ use hvarch::hvarch_arch::settings::BlockDriver;
 use hvarch::hvarch_devices::chardev::{CharBackend, CharDevice, Chardev};
 use hvarch::hvarch_devices::net::{NetBackend, NetDevice};
 use hvarch::{assemble, GuestArch, LaunchOptions, Vm, VmSpec};
+use hvarch_tests::query::{vm_block_nodes, vm_parent_bus, vm_peripherals, vm_qmp};
 use hvarch_tests::spec::{runnable, AAVMF_CODE, AAVMF_VARS};
 use hvarch_tests::TempDir;
-use serde_json::{json, Value};
+use serde_json::json;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -71,38 +72,8 @@ fn drive(file: PathBuf, id: &str) -> BlockDrive {
     }
 }
 
-fn qmp(vm: &Vm, command: &str, arguments: Value) -> Value {
-    vm.qmp()
-        .execute_raw(command, arguments)
-        .unwrap_or_else(|e| panic!("{command}: {e}"))
-}
-
-fn peripherals(vm: &Vm) -> Vec<String> {
-    qmp(vm, "qom-list", json!({"path": "/machine/peripheral"}))
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|p| p["name"].as_str().map(str::to_owned))
-        .collect()
-}
-
-/// The bus device `id` sits on (`parent_bus`), e.g. `/machine/peripheral/rp0/rp0`.
-///
-/// `query-pci` cannot show it: in a guest that never ran, no firmware or kernel has numbered
-/// the root ports' secondary buses, so QEMU lists nothing behind them (bus number 0).
-fn parent_bus(vm: &Vm, id: &str) -> String {
-    qmp(
-        vm,
-        "qom-get",
-        json!({"path": format!("/machine/peripheral/{id}"), "property": "parent_bus"}),
-    )
-    .as_str()
-    .unwrap_or_default()
-    .to_owned()
-}
-
 fn port_slot(vm: &Vm, port: &str) -> u64 {
-    let reply = qmp(vm, "query-pci", json!({}));
+    let reply = vm_qmp(vm, "query-pci", json!({}));
     reply[0]["devices"]
         .as_array()
         .into_iter()
@@ -112,17 +83,8 @@ fn port_slot(vm: &Vm, port: &str) -> u64 {
         .unwrap_or_else(|| panic!("{port} not in query-pci"))
 }
 
-fn block_nodes(vm: &Vm) -> Vec<String> {
-    qmp(vm, "query-named-block-nodes", json!({}))
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|n| n["node-name"].as_str().map(str::to_owned))
-        .collect()
-}
-
 fn chardevs(vm: &Vm) -> Vec<String> {
-    qmp(vm, "query-chardev", json!({}))
+    vm_qmp(vm, "query-chardev", json!({}))
         .as_array()
         .into_iter()
         .flatten()
@@ -131,7 +93,7 @@ fn chardevs(vm: &Vm) -> Vec<String> {
 }
 
 fn network_info(vm: &Vm) -> String {
-    qmp(
+    vm_qmp(
         vm,
         "human-monitor-command",
         json!({"command-line": "info network"}),
@@ -179,14 +141,14 @@ fn arm64_block_and_network_through_root_ports() {
     assert!(vm.hotplug_state().free_root_ports().is_empty());
 
     assert_eq!(
-        parent_bus(&vm, "virtio-drive0"),
+        vm_parent_bus(&vm, "virtio-drive0"),
         "/machine/peripheral/rp0/rp0"
     );
-    assert_eq!(parent_bus(&vm, "net0"), "/machine/peripheral/rp1/rp1");
-    let ids = peripherals(&vm);
+    assert_eq!(vm_parent_bus(&vm, "net0"), "/machine/peripheral/rp1/rp1");
+    let ids = vm_peripherals(&vm);
     assert!(ids.contains(&"virtio-drive0".to_owned()), "{ids:?}");
     assert!(ids.contains(&"net0".to_owned()), "{ids:?}");
-    assert!(block_nodes(&vm).contains(&"drive0".to_owned()));
+    assert!(vm_block_nodes(&vm).contains(&"drive0".to_owned()));
     assert!(network_info(&vm).contains("hostnet0"));
 
     // No free root port left: the next device goes to the bridge.
@@ -205,10 +167,10 @@ fn arm64_block_and_network_through_root_ports() {
         .unplug("virtio-drive0", UNPLUG)
         .expect("unplug disk");
     vm.hotplug().unplug("net0", UNPLUG).expect("unplug nic");
-    let ids = peripherals(&vm);
+    let ids = vm_peripherals(&vm);
     assert!(!ids.contains(&"virtio-drive0".to_owned()), "{ids:?}");
     assert!(!ids.contains(&"net0".to_owned()), "{ids:?}");
-    assert!(!block_nodes(&vm).contains(&"drive0".to_owned()));
+    assert!(!vm_block_nodes(&vm).contains(&"drive0".to_owned()));
     assert!(!network_info(&vm).contains("hostnet0"));
     assert_eq!(vm.hotplug_state().free_root_ports(), ["rp0", "rp1"]);
 
@@ -232,7 +194,7 @@ fn arm64_refused_steps_leave_nothing_behind() {
     let _serial = serial();
     let dir = TempDir::new();
     let mut vm = launch(spec(GuestArch::Aarch64, 1), &dir);
-    let nodes_before = block_nodes(&vm);
+    let nodes_before = vm_block_nodes(&vm);
     let chardevs_before = chardevs(&vm);
 
     // blockdev-add succeeds, device_add names a bus that does not exist.
@@ -251,7 +213,7 @@ fn arm64_refused_steps_leave_nothing_behind() {
         err.to_string().contains("device_add virtio-drive0"),
         "{err}"
     );
-    assert_eq!(block_nodes(&vm), nodes_before);
+    assert_eq!(vm_block_nodes(&vm), nodes_before);
 
     // netdev_add succeeds on the root port, device_add wants a ROM that does not exist.
     let mut nic = user_nic("net0", "hostnet0");
@@ -270,7 +232,7 @@ fn arm64_refused_steps_leave_nothing_behind() {
     assert_eq!(chardevs(&vm), chardevs_before);
 
     assert!(vm.hotplug_state().plugged_ids().is_empty());
-    assert!(!peripherals(&vm)
+    assert!(!vm_peripherals(&vm)
         .iter()
         .any(|id| ["virtio-drive0", "net0", "port0"].contains(&id.as_str())));
     // The root port is free: the same drive now plugs there.
@@ -295,7 +257,7 @@ fn q35_cpu_and_memory_hotplug() {
     let dir = TempDir::new();
     let mut vm = launch(spec(GuestArch::X86_64, 0), &dir);
     let cpus = |vm: &Vm| {
-        qmp(vm, "query-cpus-fast", json!({}))
+        vm_qmp(vm, "query-cpus-fast", json!({}))
             .as_array()
             .map(Vec::len)
     };
@@ -303,7 +265,7 @@ fn q35_cpu_and_memory_hotplug() {
     assert_eq!(vm.hotplug().add_cpus(2).expect("add vCPUs"), 2);
     assert_eq!(cpus(&vm), Some(3));
     assert_eq!(vm.hotplug_state().hotplugged_cpus(), ["cpu-0", "cpu-1"]);
-    let ids = peripherals(&vm);
+    let ids = vm_peripherals(&vm);
     assert!(ids.contains(&"cpu-0".to_owned()) && ids.contains(&"cpu-1".to_owned()));
     // q35 refuses to unplug a vCPU of a guest that never ran: the vCPU stays registered.
     assert!(vm.hotplug().remove_cpus(1, UNPLUG).is_err());
@@ -311,7 +273,7 @@ fn q35_cpu_and_memory_hotplug() {
 
     let dimm = vm.hotplug().add_memory(128).expect("hot-plug memory");
     assert_eq!(dimm.id, "dimm0");
-    let devices = qmp(&vm, "query-memory-devices", json!({}));
+    let devices = vm_qmp(&vm, "query-memory-devices", json!({}));
     assert_eq!(devices[0]["type"], "dimm", "{devices}");
     assert_eq!(devices[0]["data"]["id"], "dimm0");
     assert_eq!(devices[0]["data"]["size"], 128 << 20);
@@ -328,10 +290,10 @@ fn arm64_memory_hotplug_with_uefi() {
     let mut vm = launch(spec, &dir);
     let dimm = vm.hotplug().add_memory(128).expect("hot-plug memory");
     assert_eq!(dimm.id, "dimm0");
-    let devices = qmp(&vm, "query-memory-devices", json!({}));
+    let devices = vm_qmp(&vm, "query-memory-devices", json!({}));
     assert_eq!(devices[0]["type"], "dimm", "{devices}");
     assert_eq!(devices[0]["data"]["size"], 128 << 20);
-    assert!(peripherals(&vm).contains(&"dimm0".to_owned()));
+    assert!(vm_peripherals(&vm).contains(&"dimm0".to_owned()));
 }
 
 fn open_fds() -> usize {
@@ -362,5 +324,5 @@ fn two_hundred_cycles_leak_no_descriptor() {
     assert_eq!(open_fds(), before);
     assert!(vm.hotplug_state().plugged_ids().is_empty());
     assert_eq!(vm.hotplug_state().free_root_ports(), ["rp0"]);
-    assert!(!block_nodes(&vm).contains(&"drive0".to_owned()));
+    assert!(!vm_block_nodes(&vm).contains(&"drive0".to_owned()));
 }

@@ -6,17 +6,8 @@ use std::time::Duration;
 use hvarch_qmp::commands::{self, BlockDeviceAdd};
 use hvarch_qmp::qapi_qmp;
 use hvarch_qmp::{AsyncQmp, Config, Error};
-use hvarch_tests::{args, QemuProcess, AARCH64_VIRT_TCG, QEMU_AARCH64};
+use hvarch_tests::paused_aarch64_with_root_port as qemu;
 use serde_json::json;
-
-fn qemu() -> QemuProcess {
-    let mut a = args(AARCH64_VIRT_TCG);
-    a.extend(args(&[
-        "-device",
-        "pcie-root-port,id=rp0,bus=pcie.0,chassis=1",
-    ]));
-    QemuProcess::spawn(QEMU_AARCH64, &a)
-}
 
 fn config() -> Config {
     Config {

@@ -26,9 +26,9 @@ use hvarch::hvarch_arch::settings::BlockDriver;
 use hvarch::hvarch_devices::net::{NetBackend, NetDevice};
 use hvarch::lifecycle::hotplug_state_path;
 use hvarch::{assemble, GuestArch, LaunchOptions, Vm, VmSpec};
+use hvarch_tests::query::{vm_block_nodes, vm_parent_bus, vm_peripherals};
 use hvarch_tests::spec::runnable;
 use hvarch_tests::{assert_no_children_in, TempDir};
-use serde_json::{json, Value};
 
 const GRACE: Duration = Duration::from_millis(100);
 
@@ -43,41 +43,6 @@ fn spec(dir: &TempDir, runtime: &str) -> VmSpec {
     runnable(&mut spec, dir);
     spec.runtime_dir = Some(dir.join(runtime));
     spec
-}
-
-fn qmp(vm: &Vm, command: &str, arguments: Value) -> Value {
-    vm.qmp()
-        .execute_raw(command, arguments)
-        .unwrap_or_else(|e| panic!("{command}: {e}"))
-}
-
-fn peripherals(vm: &Vm) -> Vec<String> {
-    let mut ids: Vec<String> = qmp(vm, "qom-list", json!({"path": "/machine/peripheral"}))
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| p["type"].as_str().is_some_and(|t| t.starts_with("child<")))
-        .filter_map(|p| p["name"].as_str().map(str::to_owned))
-        .collect();
-    ids.sort();
-    ids
-}
-
-fn parent_bus(vm: &Vm, id: &str) -> Value {
-    qmp(
-        vm,
-        "qom-get",
-        json!({"path": format!("/machine/peripheral/{id}"), "property": "parent_bus"}),
-    )
-}
-
-fn block_nodes(vm: &Vm) -> Vec<String> {
-    qmp(vm, "query-named-block-nodes", json!({}))
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|n| n["node-name"].as_str().map(str::to_owned))
-        .collect()
 }
 
 fn image(dir: &TempDir) -> PathBuf {
@@ -116,12 +81,12 @@ fn arm64_hot_plugged_disk_and_nic_survive_save_and_restore() {
         .plug(nic, Placement::Bridge)
         .expect("hot-plug virtio-net on a bridge");
     assert!(matches!(nic.location, Location::Bridge(_)), "{nic:?}");
-    let devices = peripherals(&source);
+    let devices = vm_peripherals(&source);
     assert!(devices.contains(&"virtio-drive0".to_owned()), "{devices:?}");
     assert!(devices.contains(&"net0".to_owned()), "{devices:?}");
     let buses = (
-        parent_bus(&source, "virtio-drive0"),
-        parent_bus(&source, "net0"),
+        vm_parent_bus(&source, "virtio-drive0"),
+        vm_parent_bus(&source, "net0"),
     );
 
     let state = dir.join("vm.state");
@@ -145,15 +110,15 @@ fn arm64_hot_plugged_disk_and_nic_survive_save_and_restore() {
     .unwrap_or_else(|e| panic!("restore: {e}"));
     // Saved in `prelaunch` (`-S`, never run), restored in it.
     assert_eq!(restored.status().expect("status"), "prelaunch");
-    assert_eq!(peripherals(&restored), devices);
+    assert_eq!(vm_peripherals(&restored), devices);
     assert_eq!(
         (
-            parent_bus(&restored, "virtio-drive0"),
-            parent_bus(&restored, "net0")
+            vm_parent_bus(&restored, "virtio-drive0"),
+            vm_parent_bus(&restored, "net0")
         ),
         buses
     );
-    assert!(block_nodes(&restored).contains(&"drive0".to_owned()));
+    assert!(vm_block_nodes(&restored).contains(&"drive0".to_owned()));
 
     let known = restored.hotplug_state();
     assert_eq!(known.plugged_ids(), ["net0", "virtio-drive0"]);
@@ -168,8 +133,8 @@ fn arm64_hot_plugged_disk_and_nic_survive_save_and_restore() {
         .hotplug()
         .unplug("virtio-drive0", Duration::from_secs(5))
         .expect("unplug the disk on the restored VM");
-    assert!(!peripherals(&restored).contains(&"virtio-drive0".to_owned()));
-    assert!(!block_nodes(&restored).contains(&"drive0".to_owned()));
+    assert!(!vm_peripherals(&restored).contains(&"virtio-drive0".to_owned()));
+    assert!(!vm_block_nodes(&restored).contains(&"drive0".to_owned()));
     assert_eq!(restored.hotplug_state().plugged_ids(), ["net0"]);
     assert_eq!(restored.hotplug_state().free_root_ports(), ["rp0", "rp1"]);
 

@@ -13,9 +13,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hvarch::{assemble, Assembled, GuestArch, LaunchOptions, Vm, VmError, VmSpec};
+use hvarch_tests::query::{vm_pci_ids, vm_peripherals};
 use hvarch_tests::spec::runnable;
 use hvarch_tests::{assert_no_children_in, assert_reaped, sigkill, within, TempDir};
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// A short grace: a guest-less paused VM ignores `system_powerdown`, so `shutdown` falls
 /// back to `quit` after it.
@@ -48,47 +49,6 @@ fn assert_clean(dir: &TempDir, runtime: &Path) {
         "runtime dir {} left behind",
         runtime.display()
     );
-}
-
-/// `qom-list /machine/peripheral`: the ids of the user-created devices, sorted.
-fn peripherals(vm: &Vm) -> Vec<String> {
-    let list = vm
-        .qmp()
-        .execute_raw("qom-list", json!({"path": "/machine/peripheral"}))
-        .expect("qom-list");
-    let mut ids: Vec<String> = list
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| p["type"].as_str().is_some_and(|t| t.starts_with("child<")))
-        .filter_map(|p| p["name"].as_str().map(str::to_owned))
-        .collect();
-    ids.sort();
-    ids
-}
-
-/// The `qdev_id`s of `query-pci`, bridges walked, sorted.
-fn pci_ids(vm: &Vm) -> Vec<String> {
-    fn walk(devices: &Value, out: &mut Vec<String>) {
-        for dev in devices.as_array().into_iter().flatten() {
-            if let Some(id) = dev["qdev_id"].as_str().filter(|id| !id.is_empty()) {
-                out.push(id.to_owned());
-            }
-            if let Some(bus) = dev.pointer("/pci_bridge/devices") {
-                walk(bus, out);
-            }
-        }
-    }
-    let buses = vm
-        .qmp()
-        .execute_raw("query-pci", json!({}))
-        .expect("query-pci");
-    let mut ids = Vec::new();
-    for bus in buses.as_array().into_iter().flatten() {
-        walk(&bus["devices"], &mut ids);
-    }
-    ids.sort();
-    ids
 }
 
 fn mode(path: &Path) -> u32 {
@@ -206,8 +166,8 @@ fn save_and_restore(arch: GuestArch) {
     let mut source = launch(&spec);
     source.pause().expect("stop");
     let status = source.status().expect("status");
-    let devices = peripherals(&source);
-    let pci = pci_ids(&source);
+    let devices = vm_peripherals(&source);
+    let pci = vm_pci_ids(&source);
     assert!(devices.contains(&"rng0-dev".to_owned()), "{devices:?}");
 
     source.save(&state).expect("save");
@@ -233,8 +193,8 @@ fn save_and_restore(arch: GuestArch) {
     assert_eq!(info["status"], "completed", "{info}");
     assert_eq!(restored.status().expect("status"), status);
     restored.check().expect("healthy after restore");
-    assert_eq!(peripherals(&restored), devices);
-    assert_eq!(pci_ids(&restored), pci);
+    assert_eq!(vm_peripherals(&restored), devices);
+    assert_eq!(vm_pci_ids(&restored), pci);
     // The restored VM is a working VM: it runs and pauses on request.
     restored.resume().expect("cont");
     assert_eq!(restored.status().expect("status"), "running");

@@ -181,9 +181,8 @@ impl QemuArch for Amd64 {
 mod tests {
     use super::*;
     use hvarch_arch::bridge::BridgeType;
-    use hvarch_devices::fd::NoFds;
-    use hvarch_devices::part::Syntax;
-    use hvarch_devices::QemuDevice;
+    use hvarch_arch::testing::argv;
+
     use std::path::PathBuf;
 
     fn amd64(config: HypervisorConfig) -> Amd64 {
@@ -195,14 +194,6 @@ mod tests {
             machine_type: Some(machine.into()),
             ..HypervisorConfig::default()
         })
-    }
-
-    fn argv(devices: &[Device]) -> Vec<String> {
-        devices
-            .iter()
-            .flat_map(|d| d.parts().unwrap())
-            .flat_map(|p| p.to_args(Syntax::Options, &mut NoFds).unwrap())
-            .collect()
     }
 
     #[test]

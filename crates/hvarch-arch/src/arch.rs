@@ -860,9 +860,7 @@ fn generic_vhost_user(attrs: &VhostUserDevice) -> Result<dev_vhost_user::VhostUs
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hvarch_devices::fd::NoFds;
-    use hvarch_devices::part::Syntax;
-    use hvarch_devices::QemuDevice;
+    use crate::testing::argv;
 
     /// A backend with no overrides: every method is the base's.
     #[derive(Debug)]
@@ -907,14 +905,6 @@ mod tests {
             machine_type: Some(machine_type.into()),
             ..HypervisorConfig::default()
         })
-    }
-
-    fn argv(devices: &[Device]) -> Vec<String> {
-        devices
-            .iter()
-            .flat_map(|d| d.parts().unwrap())
-            .flat_map(|p| p.to_args(Syntax::Options, &mut NoFds).unwrap())
-            .collect()
     }
 
     #[test]

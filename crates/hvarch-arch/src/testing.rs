@@ -1,5 +1,5 @@
 //! Test support for the arch crates (not part of the API): sized image files that remove
-//! themselves.
+//! themselves, and devices rendered to arguments.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -38,4 +38,21 @@ impl Drop for TempImage {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The command-line arguments of `devices`, in option syntax (descriptors as their numbers
+/// in this process). Panics on a device that does not render: this is for tests.
+pub fn argv(devices: &[hvarch_devices::Device]) -> Vec<String> {
+    use hvarch_devices::QemuDevice;
+    devices
+        .iter()
+        .flat_map(|d| d.parts().unwrap_or_else(|e| panic!("{}: {e}", d.kind())))
+        .flat_map(|p| {
+            p.to_args(
+                hvarch_devices::part::Syntax::Options,
+                &mut hvarch_devices::fd::NoFds,
+            )
+            .unwrap_or_else(|e| panic!("render {:?}: {e}", p.kind()))
+        })
+        .collect()
 }

@@ -157,9 +157,7 @@ impl QemuArch for Arm64 {
 mod tests {
     use super::*;
     use hvarch_arch::bridge::BridgeType;
-    use hvarch_devices::fd::NoFds;
-    use hvarch_devices::part::Syntax;
-    use hvarch_devices::QemuDevice;
+    use hvarch_arch::testing::argv;
 
     fn arm64(config: HypervisorConfig) -> Arm64 {
         Arm64::new(&config).unwrap()
@@ -167,14 +165,6 @@ mod tests {
 
     fn kvm() -> Arm64 {
         arm64(HypervisorConfig::default())
-    }
-
-    fn argv(devices: &[Device]) -> Vec<String> {
-        devices
-            .iter()
-            .flat_map(|d| d.parts().unwrap())
-            .flat_map(|p| p.to_args(Syntax::Options, &mut NoFds).unwrap())
-            .collect()
     }
 
     #[test]

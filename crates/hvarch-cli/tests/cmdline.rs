@@ -1,29 +1,14 @@
 //! `hvarch cmdline` as a user runs it: every example in every format, the built-in default
 //! VM, and clear failures (non-zero exit, message naming the file and the field).
 
+mod common;
+
+use common::{examples_dir, hvarch};
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 const FORMATS: [&str; 3] = ["shell", "lines", "json"];
-
-/// Runs the built `hvarch` with `args`. When the tests run under an emulator (`cargo xtask
-/// cross` sets `HVARCH_TEST_RUNNER=qemu-aarch64`), the binary is started through it too.
-fn hvarch(args: &[&str]) -> Output {
-    let binary = env!("CARGO_BIN_EXE_hvarch");
-    let mut command = match std::env::var_os("HVARCH_TEST_RUNNER") {
-        Some(runner) => {
-            let mut command = Command::new(runner);
-            command.arg(binary);
-            command
-        }
-        None => Command::new(binary),
-    };
-    command.args(args).output().expect("run hvarch")
-}
-
-fn examples_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
-}
 
 /// A private scratch directory, removed on drop.
 struct Scratch(PathBuf);

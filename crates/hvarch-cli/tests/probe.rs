@@ -1,30 +1,11 @@
 //! `hvarch probe` against the installed QEMU, and the refusal of specs the binary cannot run
 //! (by `probe`, `cmdline` and `run`), with clear non-zero exits for missing and bad files.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-/// Runs the built `hvarch` (through `HVARCH_TEST_RUNNER` under emulation, as in cmdline.rs).
-fn hvarch(args: &[&str]) -> Output {
-    let binary = env!("CARGO_BIN_EXE_hvarch");
-    let mut command = match std::env::var_os("HVARCH_TEST_RUNNER") {
-        Some(runner) => {
-            let mut command = Command::new(runner);
-            command.arg(binary);
-            command
-        }
-        None => Command::new(binary),
-    };
-    command.args(args).output().expect("run hvarch")
-}
+use common::{examples_dir, hvarch, text};
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn examples_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
-}
+use std::path::PathBuf;
 
 /// An arm64 spec that also asks for `intel-iommu`, a device qemu-system-aarch64 lacks.
 const LACKING_DEVICE: &str = r#"

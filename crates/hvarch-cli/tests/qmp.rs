@@ -2,30 +2,14 @@
 //! harness): one-shot commands with pretty replies, QMP errors as non-zero exits naming the
 //! error class, and the shell fed from a pipe (replies and events).
 
+mod common;
+
+use common::{command, hvarch, text};
+
 use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 
 use hvarch_tests::{args, QemuProcess, AARCH64_VIRT_TCG, QEMU_AARCH64};
-
-fn command() -> Command {
-    let binary = env!("CARGO_BIN_EXE_hvarch");
-    match std::env::var_os("HVARCH_TEST_RUNNER") {
-        Some(runner) => {
-            let mut command = Command::new(runner);
-            command.arg(binary);
-            command
-        }
-        None => Command::new(binary),
-    }
-}
-
-fn hvarch(args: &[&str]) -> Output {
-    command().args(args).output().expect("run hvarch")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 #[test]
 fn one_shot_commands_and_errors() {

@@ -7,26 +7,18 @@
 //! naming it. Under `cargo xtask cross`, `hvarch` runs under qemu-aarch64 (through
 //! `HVARCH_TEST_RUNNER`) and QEMU natively, so the guest boots as fast as on the host.
 
+mod common;
+
+use common::command;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
 use hvarch_tests::guest::{self, GuestOptions, BYE_MARKER, READY_MARKER};
 use hvarch_tests::TempDir;
-
-fn command() -> Command {
-    let binary = env!("CARGO_BIN_EXE_hvarch");
-    match std::env::var_os("HVARCH_TEST_RUNNER") {
-        Some(runner) => {
-            let mut command = Command::new(runner);
-            command.arg(binary);
-            command
-        }
-        None => Command::new(binary),
-    }
-}
 
 /// A spec file booting the test guest without UEFI (faster; no memory hotplug needed here).
 fn guest_spec_file(dir: &TempDir, id: &str) -> (PathBuf, PathBuf) {
