@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's automation, in Rust so it runs wherever cargo does.
 //!
-//! * `cargo xtask setup` installs what the tests need on a Debian bookworm machine (idempotent).
+//! * `cargo xtask setup [--profile demo|ci] [--dry-run]` installs what the demo or the tests need
+//!   on a Debian bookworm machine (a tested plan; idempotent).
 //! * `cargo xtask ci` runs every CI stage in order and stops at the first failure.
 //! * `cargo xtask demo` boots a real arm64 guest, hot-plugs a disk and memory, prints timings.
 //! * `cargo xtask cross` builds for aarch64 with Debian's toolchain and runs the tests under qemu-user.
@@ -27,8 +28,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install QEMU 10, UEFI firmware and the aarch64 toolchain (Debian bookworm; idempotent).
-    Setup,
+    /// Install what the demo or the tests need (Debian bookworm; idempotent): QEMU 10, UEFI
+    /// firmware and the arm64 guest for `demo`; also the cross toolchains, qemu-user and
+    /// virtiofsd for `ci`.
+    Setup {
+        /// What to prepare the machine for.
+        #[arg(long, value_enum, default_value = "ci")]
+        profile: setup::Profile,
+        /// Print the plan and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Run every CI stage: setup, fmt, clippy, tests, docs, aarch64 cross tests.
     Ci,
     /// Boot a real arm64 guest (TCG, UEFI), hot-plug a disk and memory, watch the guest see
@@ -47,7 +57,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Setup => setup::run(),
+        Command::Setup { profile, dry_run } => setup::run(profile, dry_run),
         Command::Ci => ci(),
         Command::Cross => cross::run(),
         Command::Demo => demo::run(),
@@ -65,7 +75,7 @@ fn main() -> ExitCode {
 /// The CI pipeline. Each stage prints a header and its duration.
 fn ci() -> Result<(), String> {
     let started = Instant::now();
-    stage("setup", setup::run)?;
+    stage("setup", || setup::run(setup::Profile::Ci, false))?;
     stage("fmt", || cargo(&["fmt", "--all", "--", "--check"]).run())?;
     stage("clippy", || {
         cargo(&[
