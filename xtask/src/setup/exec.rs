@@ -5,7 +5,8 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use super::plan::{Step, BACKPORTS};
+use super::plan::{CrossTarget, Step, BACKPORTS, CROSS_STD_PACKAGE, RUSTC};
+use super::state::CROSS_STD_STAMP;
 
 /// apt waits this long for another apt or dpkg (unattended-upgrades on a fresh machine) to
 /// release its lock instead of failing at once.
@@ -40,18 +41,25 @@ fn run_step(step: &Step, progress: &mut dyn FnMut(&str)) -> Result<(), String> {
         Step::AddArchitecture(arch) => {
             run(Command::new("dpkg").args(["--add-architecture", arch])).map_err(|out| out.message)
         }
-        Step::AptUpdate { .. } => apt_update(),
+        Step::AptUpdate { lists, .. } => apt_update(lists, progress),
         Step::AptInstall {
             packages,
-            backports,
-        } => apt_install(packages, *backports).or_else(|failure| {
-            if !failure.stale_lists() {
-                return Err(failure.diagnose(packages));
-            }
-            progress("the package lists are stale (a download failed): apt-get update and retry");
-            apt_update()?;
-            apt_install(packages, *backports).map_err(|again| again.diagnose(packages))
-        }),
+            release,
+            allow_downgrades,
+        } => {
+            let install = || apt_install(packages, *release, *allow_downgrades);
+            install().or_else(|failure| {
+                if !failure.stale_lists() {
+                    return Err(failure.diagnose(packages));
+                }
+                progress(
+                    "the package lists are stale (a download failed): apt-get update and retry",
+                );
+                apt_update(&[], progress)?;
+                install().map_err(|again| again.diagnose(packages))
+            })
+        }
+        Step::FetchCrossStd { target, dir } => fetch_cross_std(target, dir),
         Step::RemovePartialGuest { dir } => remove_partial_guest(dir),
         Step::FetchGuest { dir } => {
             hvarch_tests::guest::fetch(dir, &mut |line| progress(line)).map(drop)
@@ -59,7 +67,9 @@ fn run_step(step: &Step, progress: &mut dyn FnMut(&str)) -> Result<(), String> {
         Step::CargoInstall { tool, root } => {
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
             run(Command::new(cargo)
-                .args(["install", "--locked", "--root"])
+                // A debug build: the tests need virtiofsd to work, not to be fast, and it
+                // builds in a fraction of the release build's time.
+                .args(["install", "--locked", "--debug", "--root"])
                 .arg(root)
                 .arg(format!("{}@{}", tool.name, tool.version)))
             .map_err(|out| {
@@ -142,16 +152,56 @@ fn apt_culprit(stderr: &str) -> Option<String> {
     })
 }
 
-fn apt_update() -> Result<(), String> {
-    run(Command::new("apt-get").args(["-q", "-o", APT_LOCK_TIMEOUT, "update"])).map_err(|out| {
-        format!(
-            "{}: check the network and /etc/apt/sources.list.d",
-            out.message
-        )
-    })
+/// `apt-get update`, judged by what it must bring: the package lists `needed`. apt fails the
+/// whole update when any index fails (a mirror in the middle of a sync serves one with the
+/// wrong size, say debian-security's for ppc64el); that is only a warning when every list
+/// setup reads arrived.
+fn apt_update(needed: &[(String, String)], progress: &mut dyn FnMut(&str)) -> Result<(), String> {
+    let result = run(Command::new("apt-get").args(["-q", "-o", APT_LOCK_TIMEOUT, "update"]));
+    let fetched = super::state::fetched_lists(
+        std::fs::read_dir(super::state::APT_LISTS)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok()),
+    );
+    let missing: Vec<String> = needed
+        .iter()
+        .filter(|list| !fetched.contains(list))
+        .map(|(suite, arch)| format!("{suite}/{arch}"))
+        .collect();
+    match result {
+        Ok(()) if missing.is_empty() => Ok(()),
+        Err(failure) if missing.is_empty() => {
+            let failed: Vec<&str> = failure
+                .stderr
+                .lines()
+                .filter(|l| l.starts_with("E: Failed to fetch"))
+                .collect();
+            let what = if failed.is_empty() {
+                failure.message.clone()
+            } else {
+                failed.join("; ")
+            };
+            progress(&format!(
+                "warning: apt-get update failed for index files setup does not read ({what}); \
+                 every package list setup needs is there: continuing"
+            ));
+            Ok(())
+        }
+        _ => Err(format!(
+            "apt-get update did not bring the package lists {}: check the network and the \
+             sources in /etc/apt/sources.list.d, then `cargo xtask setup` again",
+            missing.join(", ")
+        )),
+    }
 }
 
-fn apt_install(packages: &[String], backports: bool) -> Result<(), Failure> {
+fn apt_install(
+    packages: &[String],
+    release: Option<&str>,
+    allow_downgrades: bool,
+) -> Result<(), Failure> {
     let mut command = Command::new("apt-get");
     command.env("DEBIAN_FRONTEND", "noninteractive").args([
         "-q",
@@ -161,11 +211,68 @@ fn apt_install(packages: &[String], backports: bool) -> Result<(), Failure> {
         "install",
         "--no-install-recommends",
     ]);
-    if backports {
-        command.args(["-t", BACKPORTS]);
+    if allow_downgrades {
+        command.arg("--allow-downgrades");
+    }
+    if let Some(release) = release {
+        command.args(["-t", release]);
     }
     command.args(packages);
     run(&mut command)
+}
+
+/// Downloads the standard library of `target` at the installed `rustc-web`'s version and
+/// extracts it into `dir/root` (a sysroot: `dir/root/usr`), then records the version in
+/// `dir/VERSION`. `dir` is setup's own, under `target/cross/`: it is replaced whole.
+fn fetch_cross_std(target: &CrossTarget, dir: &Path) -> Result<(), String> {
+    let version = crate::run::Step::new("dpkg-query", &["-W", "-f=${Version}", RUSTC])
+        .output()
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| format!("{RUSTC} is not installed: it must be before its cross std"))?;
+    let _ = std::fs::remove_dir_all(dir);
+    let debs = dir.join("debs");
+    let root = dir.join("root");
+    for d in [&debs, &root] {
+        std::fs::create_dir_all(d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+    }
+    let package = format!("{CROSS_STD_PACKAGE}:{}={version}", target.arch);
+    run(Command::new("apt-get")
+        .args(["download", "-q", &package])
+        .current_dir(&debs))
+    .map_err(|failure| {
+        format!(
+            "cannot download {package}: {} (the {arch} package lists must be fetched, and \
+             {RUSTC} must be a version the archive builds for {arch}: bookworm's own, \
+             `apt-get install --allow-downgrades -t bookworm rustc-web cargo-web \
+             rust-web-clippy`)",
+            failure.message,
+            arch = target.arch
+        )
+    })?;
+    let entries =
+        std::fs::read_dir(&debs).map_err(|e| format!("cannot read {}: {e}", debs.display()))?;
+    for deb in entries.flatten() {
+        run(Command::new("dpkg").arg("-x").arg(deb.path()).arg(&root))
+            .map_err(|failure| failure.message)?;
+    }
+    let std_dir = super::cross_sysroot(dir)
+        .join("lib/rustlib")
+        .join(target.triple)
+        .join("lib");
+    let has_std = std::fs::read_dir(&std_dir).is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with("libstd-") && name.ends_with(".rlib")
+        })
+    });
+    if !has_std {
+        return Err(format!(
+            "{package} holds no libstd rlib under {}",
+            std_dir.display()
+        ));
+    }
+    let stamp = dir.join(CROSS_STD_STAMP);
+    std::fs::write(&stamp, &version).map_err(|e| format!("cannot write {}: {e}", stamp.display()))
 }
 
 /// Removes the `debs/` and `root/` directories an interrupted fetch left in `dir` (the guest

@@ -26,24 +26,33 @@ mod exec;
 pub mod plan;
 pub mod state;
 
-use std::path::PathBuf;
-
-pub use plan::{Profile, Step};
+pub use plan::{Dirs, Profile, Step};
 
 use crate::run::workspace_root;
 
-/// Where `cargo install` puts the tools setup builds (inside `target/`, like every cache).
-pub fn tools_root() -> PathBuf {
-    workspace_root().join("target").join("tools")
+/// Where setup puts what it fetches and builds: `target/guest` (or `$HVARCH_GUEST_DIR`),
+/// `target/tools`, `target/cross` (inside `target/`, like every cache).
+pub fn dirs() -> Dirs {
+    let target = workspace_root().join("target");
+    Dirs {
+        guest: hvarch_tests::guest::guest_dir(),
+        tools: target.join("tools"),
+        cross: target.join("cross"),
+    }
+}
+
+/// The sysroot (`--sysroot`) of a cross target whose std setup extracted into `dir`
+/// (`target/cross/<triple>`).
+pub fn cross_sysroot(dir: &std::path::Path) -> std::path::PathBuf {
+    dir.join("root").join("usr")
 }
 
 /// Plans setup for `profile` on this machine; prints the plan, and carries it out unless
 /// `dry_run`.
 pub fn run(profile: Profile, dry_run: bool) -> Result<(), String> {
-    let guest_dir = hvarch_tests::guest::guest_dir();
-    let tools = tools_root();
-    let machine = state::probe(&guest_dir, &tools);
-    let steps = match plan::plan(&machine, profile, &guest_dir, &tools) {
+    let dirs = dirs();
+    let machine = state::probe(&dirs);
+    let steps = match plan::plan(&machine, profile, &dirs) {
         Ok(steps) => steps,
         Err(plan::PlanError::NotBookworm(os)) if !dry_run => {
             eprintln!("setup: {os} is not Debian bookworm: checking what is installed instead");
@@ -71,8 +80,8 @@ pub fn run(profile: Profile, dry_run: bool) -> Result<(), String> {
     }
     exec::execute(&steps, &mut |line| eprintln!("setup: {line}"))?;
     // What was planned is done: the machine must now plan nothing.
-    let after = state::probe(&guest_dir, &tools);
-    let left = plan::plan(&after, profile, &guest_dir, &tools).map_err(|e| e.to_string())?;
+    let after = state::probe(&dirs);
+    let left = plan::plan(&after, profile, &dirs).map_err(|e| e.to_string())?;
     if !left.is_empty() {
         let left: Vec<String> = left.iter().map(ToString::to_string).collect();
         return Err(format!(

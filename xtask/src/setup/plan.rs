@@ -12,6 +12,14 @@
 //! 4. QEMU comes from bookworm-backports: a QEMU older than [`MIN_QEMU_MAJOR`] (bookworm's own
 //!    7.2) counts as missing and is upgraded from there.
 //! 5. A partial guest download is removed before the guest is fetched again.
+//! 6. Debian's Rust toolchain comes from bookworm itself (`-t bookworm`, pinned to bookworm's
+//!    version once the lists say which it is): bookworm's LTS security suite builds newer
+//!    `rustc-web` for some architectures only (not s390x), and the standard library of every
+//!    cross target must be the compiler's exact version.
+//! 7. The cross targets' standard libraries are not installed with dpkg (a foreign
+//!    architecture's `libstd-rust-web-dev` drags in LLVM and dozens of libraries that must match
+//!    the host's versions exactly, which the LTS suites cannot always offer): setup downloads
+//!    each one and extracts it into a sysroot under `target/cross/`.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -87,7 +95,7 @@ impl Package {
     }
 }
 
-/// A tool installed with `cargo install --locked --root target/tools`.
+/// A tool installed with `cargo install --locked --debug --root target/tools`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tool {
     /// The crate (and binary) name.
@@ -110,13 +118,6 @@ const CI_PACKAGES: &[Package] = &[
     Package::qemu("qemu-user"),
     // virtio-net-pci's option ROM (qemu-system-x86 recommends it; recommends are not installed).
     Package::main("ipxe-qemu"),
-    // Debian's Rust toolchain, whose standard library exists for the other architectures.
-    Package::main("rustc-web"),
-    Package::main("cargo-web"),
-    Package::main("rust-web-clippy"),
-    Package::main("libstd-rust-web-dev:arm64"),
-    Package::main("libstd-rust-web-dev:ppc64el"),
-    Package::main("libstd-rust-web-dev:s390x"),
     Package::main("gcc-aarch64-linux-gnu"),
     Package::main("libc6-dev-arm64-cross"),
     Package::main("gcc-powerpc64le-linux-gnu"),
@@ -132,6 +133,40 @@ const CI_PACKAGES: &[Package] = &[
 /// The guest files are arm64 packages; the 6.12 kernel is in bookworm-backports.
 const GUEST_ARCH: &str = "arm64";
 
+/// Debian's Rust toolchain (`/usr/bin/rustc`, `cargo`, `cargo-clippy`), all of one version.
+pub const RUST_TOOLCHAIN: &[&str] = &["rustc-web", "cargo-web", "rust-web-clippy"];
+
+/// The package whose version the cross standard libraries must have.
+pub const RUSTC: &str = "rustc-web";
+
+/// The Debian package with a target's Rust standard library.
+pub const CROSS_STD_PACKAGE: &str = "libstd-rust-web-dev";
+
+/// A cross target of the ci profile: its Debian architecture and Rust target triple.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CrossTarget {
+    /// The Debian architecture, e.g. `s390x`.
+    pub arch: &'static str,
+    /// The Rust target, e.g. `s390x-unknown-linux-gnu`.
+    pub triple: &'static str,
+}
+
+/// The cross targets whose tests run under qemu-user.
+pub const CROSS_TARGETS: &[CrossTarget] = &[
+    CrossTarget {
+        arch: "arm64",
+        triple: "aarch64-unknown-linux-gnu",
+    },
+    CrossTarget {
+        arch: "ppc64el",
+        triple: "powerpc64le-unknown-linux-gnu",
+    },
+    CrossTarget {
+        arch: "s390x",
+        triple: "s390x-unknown-linux-gnu",
+    },
+];
+
 /// What a profile needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Requirements {
@@ -139,6 +174,8 @@ pub struct Requirements {
     pub packages: Vec<Package>,
     /// Whether the arm64 guest's kernel and busybox must be fetched.
     pub guest: bool,
+    /// Whether Debian's Rust toolchain and the cross targets' standard libraries are needed.
+    pub cross: bool,
     /// Tools built with `cargo install`.
     pub tools: Vec<Tool>,
 }
@@ -148,13 +185,15 @@ impl Requirements {
     pub fn of(profile: Profile) -> Requirements {
         let mut packages = DEMO_PACKAGES.to_vec();
         let mut tools = Vec::new();
-        if profile == Profile::Ci {
+        let ci = profile == Profile::Ci;
+        if ci {
             packages.extend_from_slice(CI_PACKAGES);
             tools.push(VIRTIOFSD);
         }
         Requirements {
             packages,
             guest: true,
+            cross: ci,
             tools,
         }
     }
@@ -178,13 +217,27 @@ pub enum Step {
     AptUpdate {
         /// Why (what changed or is missing).
         reason: String,
+        /// The (suite, architecture) package lists the later steps read: the update has
+        /// worked when they are there, even if an index nobody needs failed to download (a
+        /// mirror in the middle of a sync).
+        lists: Vec<(String, String)>,
     },
-    /// `apt-get install` of `packages`, from `backports` with `-t bookworm-backports`.
+    /// `apt-get install` of `packages`.
     AptInstall {
-        /// The packages.
+        /// The packages (`name` or `name=version`).
         packages: Vec<String>,
-        /// Whether `-t bookworm-backports` is given.
-        backports: bool,
+        /// The suite given with `-t` (preferred over every other).
+        release: Option<&'static str>,
+        /// `--allow-downgrades` (the Rust toolchain back to bookworm's version).
+        allow_downgrades: bool,
+    },
+    /// Download the cross target's standard library of the installed `rustc-web`'s version
+    /// and extract it into a sysroot under `dir`.
+    FetchCrossStd {
+        /// The target.
+        target: CrossTarget,
+        /// Where its sysroot goes (`target/cross/<triple>`).
+        dir: PathBuf,
     },
     /// Remove what an interrupted guest download left in `dir`.
     RemovePartialGuest {
@@ -196,7 +249,7 @@ pub enum Step {
         /// The guest directory.
         dir: PathBuf,
     },
-    /// `cargo install --locked --root <root> <tool>@<version>`.
+    /// `cargo install --locked --debug --root <root> <tool>@<version>`.
     CargoInstall {
         /// The tool.
         tool: Tool,
@@ -210,7 +263,10 @@ impl Step {
     pub fn needs_root(&self) -> bool {
         !matches!(
             self,
-            Step::RemovePartialGuest { .. } | Step::FetchGuest { .. } | Step::CargoInstall { .. }
+            Step::RemovePartialGuest { .. }
+                | Step::FetchGuest { .. }
+                | Step::FetchCrossStd { .. }
+                | Step::CargoInstall { .. }
         )
     }
 }
@@ -222,17 +278,28 @@ impl fmt::Display for Step {
                 write!(f, "add {suite} from {uri} (write {})", file.display())
             }
             Step::AddArchitecture(arch) => write!(f, "dpkg --add-architecture {arch}"),
-            Step::AptUpdate { reason } => write!(f, "apt-get update ({reason})"),
+            Step::AptUpdate { reason, .. } => write!(f, "apt-get update ({reason})"),
             Step::AptInstall {
                 packages,
-                backports,
+                release,
+                allow_downgrades,
             } => {
                 f.write_str("apt-get install -y --no-install-recommends ")?;
-                if *backports {
-                    write!(f, "-t {BACKPORTS} ")?;
+                if *allow_downgrades {
+                    f.write_str("--allow-downgrades ")?;
+                }
+                if let Some(release) = release {
+                    write!(f, "-t {release} ")?;
                 }
                 f.write_str(&packages.join(" "))
             }
+            Step::FetchCrossStd { target, dir } => write!(
+                f,
+                "fetch {CROSS_STD_PACKAGE}:{} of the installed {RUSTC}'s version and extract \
+                 it into {}",
+                target.arch,
+                dir.display()
+            ),
             Step::RemovePartialGuest { dir } => {
                 write!(f, "remove the partial guest download in {}", dir.display())
             }
@@ -244,7 +311,7 @@ impl fmt::Display for Step {
             ),
             Step::CargoInstall { tool, root } => write!(
                 f,
-                "cargo install --locked --root {} {}@{}",
+                "cargo install --locked --debug --root {} {}@{}",
                 root.display(),
                 tool.name,
                 tool.version
@@ -299,13 +366,33 @@ pub fn upstream_major(version: &str) -> Option<u32> {
     digits.parse().ok()
 }
 
+/// Where setup puts what it fetches and builds (all under `target/`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dirs {
+    /// The arm64 guest's files.
+    pub guest: PathBuf,
+    /// The `cargo install` root.
+    pub tools: PathBuf,
+    /// The cross targets' sysroots, one directory per triple.
+    pub cross: PathBuf,
+}
+
+/// Whether Debian's Rust toolchain is installed, all of one version, and (when the lists say)
+/// bookworm's version. Returns that version.
+pub fn rust_toolchain(state: &MachineState) -> Option<&str> {
+    let version = state.installed.get(RUSTC)?;
+    let same = RUST_TOOLCHAIN
+        .iter()
+        .all(|p| state.installed.get(*p) == Some(version));
+    let bookworms = state
+        .rust_main_version
+        .as_ref()
+        .is_none_or(|main| main == version);
+    (same && bookworms).then_some(version.as_str())
+}
+
 /// The steps that make `state` ready for `profile`, in order. Empty when it is ready.
-pub fn plan(
-    state: &MachineState,
-    profile: Profile,
-    guest_dir: &std::path::Path,
-    tools_root: &std::path::Path,
-) -> Result<Vec<Step>, PlanError> {
+pub fn plan(state: &MachineState, profile: Profile, dirs: &Dirs) -> Result<Vec<Step>, PlanError> {
     match &state.os {
         Os::Bookworm => {}
         Os::Other(name) => return Err(PlanError::NotBookworm(name.clone())),
@@ -320,6 +407,19 @@ pub fn plan(
         .filter(|p| !satisfied(state, p))
         .collect();
     let guest_missing = requirements.guest && state.guest != GuestFiles::Complete;
+    let toolchain = rust_toolchain(state);
+    let toolchain_missing = requirements.cross && toolchain.is_none();
+    let cross_missing: Vec<CrossTarget> = if requirements.cross {
+        CROSS_TARGETS
+            .iter()
+            .filter(|t| {
+                toolchain.is_none() || state.cross_std.get(t.arch).map(String::as_str) != toolchain
+            })
+            .copied()
+            .collect()
+    } else {
+        Vec::new()
+    };
     let tools_missing: Vec<Tool> = requirements
         .tools
         .iter()
@@ -328,15 +428,22 @@ pub fn plan(
         .collect();
 
     // The package lists (suite, architecture) the apt steps below read.
-    let mut lists: BTreeSet<(&str, String)> = BTreeSet::new();
+    let native = state.native_arch.as_str();
+    let mut lists: BTreeSet<(&str, &str)> = BTreeSet::new();
     for package in &missing {
-        let arch = package.arch().unwrap_or(&state.native_arch).to_owned();
-        lists.insert((BOOKWORM, arch.clone()));
+        let arch = package.arch().unwrap_or(native);
+        lists.insert((BOOKWORM, arch));
         lists.insert((package.suite(), arch));
     }
+    if toolchain_missing {
+        lists.insert((BOOKWORM, native));
+    }
+    for target in &cross_missing {
+        lists.insert((BOOKWORM, target.arch));
+    }
     if guest_missing {
-        lists.insert((BOOKWORM, GUEST_ARCH.to_owned()));
-        lists.insert((BACKPORTS, GUEST_ARCH.to_owned()));
+        lists.insert((BOOKWORM, GUEST_ARCH));
+        lists.insert((BACKPORTS, GUEST_ARCH));
     }
 
     let mut steps = Vec::new();
@@ -352,16 +459,16 @@ pub fn plan(
         });
         changes.push(format!("new suite {BACKPORTS}"));
     }
-    let archs: BTreeSet<&String> = lists.iter().map(|(_, arch)| arch).collect();
+    let archs: BTreeSet<&str> = lists.iter().map(|(_, arch)| *arch).collect();
     for arch in archs {
-        if *arch != state.native_arch && !state.foreign_archs.contains(arch) {
-            steps.push(Step::AddArchitecture(arch.clone()));
+        if arch != native && !state.foreign_archs.contains(arch) {
+            steps.push(Step::AddArchitecture(arch.to_owned()));
             changes.push(format!("new architecture {arch}"));
         }
     }
     let unfetched: Vec<String> = lists
         .iter()
-        .filter(|(suite, arch)| !state.lists.contains(&(suite.to_string(), arch.clone())))
+        .filter(|(suite, arch)| !state.lists.contains(&(suite.to_string(), arch.to_string())))
         .map(|(suite, arch)| format!("{suite}/{arch}"))
         .collect();
     if !changes.is_empty() || !unfetched.is_empty() {
@@ -374,6 +481,10 @@ pub fn plan(
         }
         steps.push(Step::AptUpdate {
             reason: reasons.join("; "),
+            lists: lists
+                .iter()
+                .map(|(suite, arch)| (suite.to_string(), arch.to_string()))
+                .collect(),
         });
     }
     for backports in [true, false] {
@@ -385,24 +496,45 @@ pub fn plan(
         if !packages.is_empty() {
             steps.push(Step::AptInstall {
                 packages,
-                backports,
+                release: backports.then_some(BACKPORTS),
+                allow_downgrades: false,
             });
         }
+    }
+    if toolchain_missing {
+        let packages = RUST_TOOLCHAIN
+            .iter()
+            .map(|p| match &state.rust_main_version {
+                Some(version) => format!("{p}={version}"),
+                None => (*p).to_owned(),
+            })
+            .collect();
+        steps.push(Step::AptInstall {
+            packages,
+            release: Some(BOOKWORM),
+            allow_downgrades: true,
+        });
+    }
+    for target in cross_missing {
+        steps.push(Step::FetchCrossStd {
+            target,
+            dir: dirs.cross.join(target.triple),
+        });
     }
     if guest_missing {
         if state.guest == GuestFiles::Partial {
             steps.push(Step::RemovePartialGuest {
-                dir: guest_dir.to_path_buf(),
+                dir: dirs.guest.clone(),
             });
         }
         steps.push(Step::FetchGuest {
-            dir: guest_dir.to_path_buf(),
+            dir: dirs.guest.clone(),
         });
     }
     for tool in tools_missing {
         steps.push(Step::CargoInstall {
             tool,
-            root: tools_root.to_path_buf(),
+            root: dirs.tools.clone(),
         });
     }
     Ok(steps)
@@ -414,8 +546,16 @@ mod tests {
     use std::collections::BTreeMap;
     use std::path::Path;
 
-    const GUEST: &str = "/w/target/guest";
-    const TOOLS: &str = "/w/target/tools";
+    const RUST_MAIN: &str = "1.85.0+dfsg3-1~deb12u3";
+    const RUST_SECURITY: &str = "1.96.0+dfsg1-1~deb12u2";
+
+    fn dirs() -> Dirs {
+        Dirs {
+            guest: "/w/target/guest".into(),
+            tools: "/w/target/tools".into(),
+            cross: "/w/target/cross".into(),
+        }
+    }
 
     /// A machine as a newcomer gets it: Debian bookworm, amd64, its own lists fetched,
     /// nothing of ours installed.
@@ -433,6 +573,8 @@ mod tests {
             installed: BTreeMap::new(),
             guest: GuestFiles::Missing,
             tools: BTreeMap::new(),
+            rust_main_version: None,
+            cross_std: BTreeMap::new(),
             is_root: true,
         }
     }
@@ -455,6 +597,13 @@ mod tests {
             };
             state.installed.insert(p.name.into(), version.into());
         }
+        for p in RUST_TOOLCHAIN {
+            state.installed.insert((*p).into(), RUST_MAIN.into());
+        }
+        state.rust_main_version = Some(RUST_MAIN.into());
+        for target in CROSS_TARGETS {
+            state.cross_std.insert(target.arch.into(), RUST_MAIN.into());
+        }
         state.guest = GuestFiles::Complete;
         state
             .tools
@@ -463,7 +612,7 @@ mod tests {
     }
 
     fn plan_for(state: &MachineState, profile: Profile) -> Vec<Step> {
-        plan(state, profile, Path::new(GUEST), Path::new(TOOLS)).expect("a plan")
+        plan(state, profile, &dirs()).expect("a plan")
     }
 
     /// The steps as the one-line strings `--dry-run` prints, shortened to their verb and
@@ -477,12 +626,19 @@ mod tests {
                 Step::AptUpdate { .. } => "update".into(),
                 Step::AptInstall {
                     packages,
-                    backports,
+                    release,
+                    allow_downgrades,
                 } => format!(
-                    "install{} {}",
-                    if *backports { "-bpo" } else { "" },
+                    "install{}{} {}",
+                    match *release {
+                        Some(BACKPORTS) => "-bpo",
+                        Some(BOOKWORM) => "-bookworm",
+                        _ => "",
+                    },
+                    if *allow_downgrades { "-downgrades" } else { "" },
                     packages.join(" ")
                 ),
+                Step::FetchCrossStd { target, .. } => format!("cross-std {}", target.arch),
                 Step::RemovePartialGuest { .. } => "remove-partial-guest".into(),
                 Step::FetchGuest { .. } => "fetch-guest".into(),
                 Step::CargoInstall { tool, .. } => format!("cargo-install {}", tool.name),
@@ -529,20 +685,41 @@ mod tests {
                 "update".into(),
                 format!("install-bpo {}", backports_names(Profile::Ci)),
                 format!("install {}", main_names(Profile::Ci)),
+                "install-bookworm-downgrades rustc-web cargo-web rust-web-clippy".into(),
+                "cross-std arm64".into(),
+                "cross-std ppc64el".into(),
+                "cross-std s390x".into(),
                 "fetch-guest".into(),
                 "cargo-install virtiofsd".into(),
             ]
         );
+        let Step::FetchCrossStd { dir, .. } = &steps[10] else {
+            unreachable!()
+        };
+        assert_eq!(dir, Path::new("/w/target/cross/s390x-unknown-linux-gnu"));
         let Step::AddSuite { uri, file, .. } = &steps[0] else {
             unreachable!()
         };
         assert_eq!(uri, "http://mirror.example/debian");
         assert_eq!(file, Path::new(BACKPORTS_LIST));
-        let Step::AptUpdate { reason } = &steps[4] else {
+        let Step::AptUpdate { reason, lists } = &steps[4] else {
             unreachable!()
         };
         assert!(reason.contains("new suite bookworm-backports"), "{reason}");
         assert!(reason.contains("new architecture s390x"), "{reason}");
+        // What the update must bring: the lists the installs and the guest fetch read, and
+        // not, say, debian-security's (a mirror mid-sync may fail those; setup goes on).
+        assert!(
+            lists.contains(&(BOOKWORM.into(), "s390x".into())),
+            "{lists:?}"
+        );
+        assert!(
+            lists.contains(&(BACKPORTS.into(), "arm64".into())),
+            "{lists:?}"
+        );
+        assert!(lists
+            .iter()
+            .all(|(suite, _)| suite == BOOKWORM || suite == BACKPORTS));
     }
 
     #[test]
@@ -584,7 +761,7 @@ mod tests {
                 "fetch-guest",
             ]
         );
-        let Step::AptUpdate { reason } = &steps[1] else {
+        let Step::AptUpdate { reason, .. } = &steps[1] else {
             unreachable!()
         };
         assert!(reason.contains("new architecture arm64"), "{reason}");
@@ -594,13 +771,10 @@ mod tests {
     fn arm64_present_but_its_lists_never_fetched_updates_before_installing() {
         let mut state = complete();
         state.lists.retain(|(_, arch)| arch != "arm64");
-        state.installed.remove("libstd-rust-web-dev:arm64");
+        state.cross_std.remove("arm64");
         let steps = plan_for(&state, Profile::Ci);
-        assert_eq!(
-            outline(&steps),
-            ["update", "install libstd-rust-web-dev:arm64"]
-        );
-        let Step::AptUpdate { reason } = &steps[0] else {
+        assert_eq!(outline(&steps), ["update", "cross-std arm64"]);
+        let Step::AptUpdate { reason, .. } = &steps[0] else {
             unreachable!()
         };
         assert_eq!(reason, "package lists never fetched: bookworm/arm64");
@@ -674,6 +848,50 @@ mod tests {
     }
 
     #[test]
+    fn a_rust_toolchain_from_the_security_suite_goes_back_to_bookworms_with_every_cross_std() {
+        // Bookworm's LTS security suite has rustc-web 1.96 for amd64 and arm64 but not s390x:
+        // the toolchain must be bookworm's, which every cross target's std exists for.
+        let mut state = complete();
+        for p in RUST_TOOLCHAIN {
+            state.installed.insert((*p).into(), RUST_SECURITY.into());
+        }
+        let steps = plan_for(&state, Profile::Ci);
+        assert_eq!(
+            outline(&steps),
+            [
+                format!(
+                    "install-bookworm-downgrades rustc-web={RUST_MAIN} cargo-web={RUST_MAIN} \
+                     rust-web-clippy={RUST_MAIN}"
+                ),
+                "cross-std arm64".into(),
+                "cross-std ppc64el".into(),
+                "cross-std s390x".into(),
+            ]
+        );
+        assert!(plan_for(&state, Profile::Demo).is_empty());
+    }
+
+    #[test]
+    fn a_toolchain_of_mixed_versions_is_reinstalled() {
+        let mut state = complete();
+        state.rust_main_version = None;
+        state
+            .installed
+            .insert("cargo-web".into(), RUST_SECURITY.into());
+        assert_eq!(
+            outline(&plan_for(&state, Profile::Ci))[0],
+            "install-bookworm-downgrades rustc-web cargo-web rust-web-clippy"
+        );
+    }
+
+    #[test]
+    fn a_cross_std_of_another_version_is_fetched_again() {
+        let mut state = complete();
+        state.cross_std.insert("s390x".into(), RUST_SECURITY.into());
+        assert_eq!(outline(&plan_for(&state, Profile::Ci)), ["cross-std s390x"]);
+    }
+
+    #[test]
     fn a_tool_of_another_version_is_installed_again() {
         let mut state = complete();
         state.tools.insert(VIRTIOFSD.name.into(), "1.10.0".into());
@@ -693,7 +911,7 @@ mod tests {
         state.foreign_archs.insert("arm64".into());
         let steps = plan_for(&state, Profile::Demo);
         assert_eq!(outline(&steps)[0], "update");
-        let Step::AptUpdate { reason } = &steps[0] else {
+        let Step::AptUpdate { reason, .. } = &steps[0] else {
             unreachable!()
         };
         assert!(reason.contains("bookworm/amd64"), "{reason}");
@@ -703,12 +921,12 @@ mod tests {
     fn other_systems_are_refused_with_what_to_do() {
         let mut state = fresh();
         state.os = Os::Other("Ubuntu 24.04".into());
-        let err = plan(&state, Profile::Ci, Path::new(GUEST), Path::new(TOOLS)).unwrap_err();
+        let err = plan(&state, Profile::Ci, &dirs()).unwrap_err();
         assert!(err.to_string().contains("Ubuntu 24.04"), "{err}");
         let mut state = fresh();
         state.native_arch = "arm64".into();
         assert_eq!(
-            plan(&state, Profile::Ci, Path::new(GUEST), Path::new(TOOLS)),
+            plan(&state, Profile::Ci, &dirs()),
             Err(PlanError::UnsupportedHost("arm64".into()))
         );
     }
@@ -725,13 +943,14 @@ mod tests {
     fn steps_print_as_commands() {
         let step = Step::AptInstall {
             packages: vec!["a".into(), "b:arm64".into()],
-            backports: true,
+            release: Some(BACKPORTS),
+            allow_downgrades: false,
         };
         assert_eq!(
             step.to_string(),
             "apt-get install -y --no-install-recommends -t bookworm-backports a b:arm64"
         );
         assert!(step.needs_root());
-        assert!(!Step::FetchGuest { dir: GUEST.into() }.needs_root());
+        assert!(!Step::FetchGuest { dir: dirs().guest }.needs_root());
     }
 }

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::Path;
 
+use super::plan::{Dirs, CROSS_TARGETS, RUSTC};
 use crate::run::Step as Command;
 
 /// The operating system, as far as setup cares.
@@ -47,15 +48,23 @@ pub struct MachineState {
     pub guest: GuestFiles,
     /// Tools installed with `cargo install` under the tools root, and their versions.
     pub tools: BTreeMap<String, String>,
+    /// `rustc-web`'s version in bookworm itself (not its security suite), when the package
+    /// lists are there to say.
+    pub rust_main_version: Option<String>,
+    /// The cross targets' extracted standard libraries: Debian architecture → version.
+    pub cross_std: BTreeMap<String, String>,
     /// Whether this process is root (apt and dpkg steps need it).
     pub is_root: bool,
 }
 
 /// Where apt keeps the fetched package lists.
-const APT_LISTS: &str = "/var/lib/apt/lists";
+pub const APT_LISTS: &str = "/var/lib/apt/lists";
+
+/// The file in a cross sysroot that records the version of the standard library in it.
+pub const CROSS_STD_STAMP: &str = "VERSION";
 
 /// Reads the machine's state.
-pub fn probe(guest_dir: &Path, tools_root: &Path) -> MachineState {
+pub fn probe(dirs: &Dirs) -> MachineState {
     let native_arch = Command::new("dpkg", &["--print-architecture"])
         .output()
         .map(|s| s.trim().to_owned())
@@ -91,11 +100,22 @@ pub fn probe(guest_dir: &Path, tools_root: &Path) -> MachineState {
                 .filter_map(|e| e.file_name().into_string().ok()),
         ),
         installed,
-        guest: guest_files(guest_dir),
+        guest: guest_files(&dirs.guest),
         tools: installed_tools(
-            &fs::read_to_string(tools_root.join(".crates2.json")).unwrap_or_default(),
-            tools_root,
+            &fs::read_to_string(dirs.tools.join(".crates2.json")).unwrap_or_default(),
+            &dirs.tools,
         ),
+        rust_main_version: Command::new("apt-cache", &["madison", RUSTC])
+            .output()
+            .and_then(|text| bookworm_version(&text)),
+        cross_std: CROSS_TARGETS
+            .iter()
+            .filter_map(|t| {
+                let stamp = dirs.cross.join(t.triple).join(CROSS_STD_STAMP);
+                let version = fs::read_to_string(stamp).ok()?;
+                Some((t.arch.to_owned(), version.trim().to_owned()))
+            })
+            .collect(),
         // SAFETY: geteuid has no preconditions and cannot fail.
         is_root: unsafe { libc::geteuid() } == 0,
     }
@@ -258,6 +278,18 @@ pub fn installed_packages(text: &str, native_arch: &str) -> BTreeMap<String, Str
         .collect()
 }
 
+/// The version `apt-cache madison` lists from bookworm's own suite (`… | <version> | <uri>
+/// bookworm/main <arch> Packages`).
+pub fn bookworm_version(madison: &str) -> Option<String> {
+    madison.lines().find_map(|line| {
+        let mut fields = line.split('|').map(str::trim);
+        let (_, version, source) = (fields.next()?, fields.next()?, fields.next()?);
+        source
+            .contains(" bookworm/main ")
+            .then(|| version.to_owned())
+    })
+}
+
 /// The guest directory's state.
 fn guest_files(dir: &Path) -> GuestFiles {
     if hvarch_tests::guest::find(dir).is_ok() {
@@ -370,6 +402,17 @@ mod tests {
         assert!(!installed.contains_key("libstd-rust-web-dev"));
         assert!(installed.contains_key("qemu-efi-aarch64"));
         assert!(!installed.contains_key("busybox"));
+    }
+
+    #[test]
+    fn bookworms_own_version_is_read_from_madison() {
+        let madison = " rustc-web | 1.96.0+dfsg1-1~deb12u2 | http://deb.debian.org/debian-security bookworm-security/main amd64 Packages\n \
+                        rustc-web | 1.85.0+dfsg3-1~deb12u3 | http://deb.debian.org/debian bookworm/main amd64 Packages\n";
+        assert_eq!(
+            bookworm_version(madison).as_deref(),
+            Some("1.85.0+dfsg3-1~deb12u3")
+        );
+        assert_eq!(bookworm_version(""), None);
     }
 
     #[test]
