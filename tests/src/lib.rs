@@ -329,6 +329,32 @@ impl RawQmp {
         &self.events
     }
 
+    /// Reads until QEMU closes the connection (it exits) and returns every event received,
+    /// earlier ones included. Panics if nothing arrives for the read timeout (30 s).
+    pub fn events_until_closed(&mut self) -> Vec<Value> {
+        loop {
+            let mut line = String::new();
+            match self.reader.read_line(&mut line) {
+                Ok(0) => return std::mem::take(&mut self.events),
+                Ok(_) => {
+                    let msg: Value = serde_json::from_str(&line)
+                        .unwrap_or_else(|e| panic!("bad QMP line {line:?}: {e}"));
+                    if msg.get("event").is_some() {
+                        self.events.push(msg);
+                    }
+                }
+                // QEMU may reset rather than close as it exits.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                    return std::mem::take(&mut self.events)
+                }
+                Err(e) => panic!(
+                    "QMP socket still open with nothing to read ({e}); events so far: {:?}",
+                    self.events
+                ),
+            }
+        }
+    }
+
     /// `qom-get path property`.
     pub fn qom_get(&mut self, path: &str, property: &str) -> Value {
         self.ok("qom-get", json!({ "path": path, "property": property }))

@@ -37,16 +37,17 @@ pub fn fake_kernel(arch: GuestArch) -> Vec<u8> {
     }
 }
 
-/// Makes `spec` runnable here: TCG, paused (`-S`), no memory locking, a private runtime dir
-/// inside `dir`, and temporary stand-ins for the kernel, initrd, rootfs image and UEFI
+/// Makes `spec` runnable here: TCG, paused (`-S`), no memory locking, a runtime dir
+/// `run` inside `dir`, and temporary stand-ins for the kernel, initrd, rootfs image and UEFI
 /// variable store (see the module docs).
+///
+/// The runtime dir is not created: `Vm::launch` creates it (and so removes it whole); a
+/// test that starts QEMU itself creates it first.
 pub fn runnable(spec: &mut VmSpec, dir: &TempDir) {
     let arch = spec.guest_arch().expect("guest arch");
     let files = dir.join("files");
     std::fs::create_dir_all(&files).expect("files dir");
-    let run = dir.join("run");
-    std::fs::create_dir_all(&run).expect("runtime dir");
-    spec.runtime_dir = Some(run);
+    spec.runtime_dir = Some(dir.join("run"));
     spec.stopped = true;
     let h = &mut spec.hypervisor;
     h.accelerator = Accelerator::Tcg;

@@ -55,6 +55,8 @@ fn run_and_check(mut spec: VmSpec) -> Assembled {
     let dir = TempDir::new();
     runnable(&mut spec, &dir);
     let runtime = spec.runtime_dir();
+    // QEMU is started directly here (not by `Vm::launch`): its runtime files need the dir.
+    std::fs::create_dir_all(&runtime).expect("runtime dir");
     let vm = assemble(&spec).unwrap_or_else(|e| panic!("assemble {}: {e}", spec.id));
     let argv = vm.argv(Syntax::Options).expect("argv");
     let binary = match vm.guest_arch {

@@ -64,7 +64,9 @@ pub const QMP_MONITOR_ID: &str = "qmp";
 /// The agent channel's port id, chardev id and guest-visible name (Kata's).
 pub const AGENT_CHANNEL: (&str, &str, &str) = ("channel0", "charch0", "agent.channel.0");
 
-/// The runtime files of a VM, all inside its runtime directory.
+/// The runtime files of a VM, all inside its runtime directory. These are the names hvarch
+/// (or QEMU, for it) creates there: in a directory hvarch did not create, a file already
+/// present under one of them is refused, never replaced (see [`crate::runtime_dir`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RuntimePaths {
     /// The directory.
@@ -79,6 +81,10 @@ pub struct RuntimePaths {
     pub pidfile: PathBuf,
     /// QEMU's debug log (`qemu.log`).
     pub log: PathBuf,
+    /// QEMU's standard error (`qemu.stderr`).
+    pub stderr: PathBuf,
+    /// The lock file holding the directory for one VM (`hvarch.lock`).
+    pub lock: PathBuf,
 }
 
 impl RuntimePaths {
@@ -91,7 +97,23 @@ impl RuntimePaths {
             agent: dir.join("kata.sock"),
             pidfile: dir.join("pid"),
             log: dir.join("qemu.log"),
+            stderr: dir.join("qemu.stderr"),
+            lock: dir.join(crate::runtime_dir::LOCK_FILE),
         }
+    }
+
+    /// The files hvarch or QEMU create (every path but the directory and the lock file).
+    pub fn files(&self) -> impl Iterator<Item = &Path> {
+        [
+            &self.qmp,
+            &self.stderr,
+            &self.console,
+            &self.agent,
+            &self.pidfile,
+            &self.log,
+        ]
+        .into_iter()
+        .map(PathBuf::as_path)
     }
 }
 

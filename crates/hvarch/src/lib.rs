@@ -39,6 +39,7 @@ pub mod host;
 pub mod hotplug;
 pub mod lifecycle;
 pub mod native;
+pub mod runtime_dir;
 mod spawn;
 pub mod spec;
 pub mod vm;
@@ -48,8 +49,9 @@ pub use error::{Error, Result};
 pub use hotplug::{
     HotplugError, HotplugResult, HotplugState, Hotplugger, Location, Placement, Plugged,
 };
+pub use runtime_dir::RuntimeDirError;
 pub use spec::VmSpec;
-pub use vm::{LaunchOptions, Vm, VmError, VmResult};
+pub use vm::{EndedBy, LaunchOptions, ShutdownOutcome, Vm, VmError, VmResult};
 
 pub use hvarch_arch::arch::QemuArch;
 pub use hvarch_arch::guest_arch::GuestArch;
