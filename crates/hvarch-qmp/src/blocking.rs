@@ -1,7 +1,7 @@
 //! The blocking client: a reader thread, writers serialised through a mutex, a timeout on every
 //! wait.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::Shutdown;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -10,13 +10,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use tracing::{debug, trace, warn};
 
 use crate::commands::{self, MemoryHotplug};
 use crate::config::{AddFdInfo, Config};
+use crate::deadline::{deadline, remaining};
 use crate::error::{Error, Result};
 use crate::event::{Event, EventFilter};
 use crate::message::{Command, Greeting};
@@ -193,7 +194,7 @@ impl Qmp {
             self.inner.shutdown();
             return Err(write_error(
                 e,
-                &command.name,
+                &format!("writing `{}`", command.name),
                 self.inner.config.command_timeout,
             ));
         }
@@ -213,22 +214,7 @@ impl Qmp {
 
     fn write(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
         let writer = lock(&self.inner.writer);
-        let mut rest = bytes;
-        let mut fds = fds;
-        // sendmsg with MSG_NOSIGNAL: a closed peer is an EPIPE error, never a SIGPIPE that
-        // would kill a host process which does not ignore it. The fds go with the first bytes.
-        while !rest.is_empty() {
-            match crate::fdpass::send_with_fds(writer.as_fd(), rest, fds) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    rest = rest.get(n..).unwrap_or_default();
-                    fds = &[];
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
+        crate::fdpass::send_all(writer.as_fd(), bytes, fds)
     }
 
     /// Subscribes to every event from now on.
@@ -272,10 +258,10 @@ impl Qmp {
         filter: &EventFilter,
         timeout: Duration,
     ) -> Result<(Value, Event)> {
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline(timeout);
         let sub = self.subscribe_filtered(filter.clone());
         let value = self.execute_with_timeout(command, timeout)?;
-        let event = sub.recv_timeout(deadline.saturating_duration_since(Instant::now()))?;
+        let event = sub.recv_timeout(remaining(deadline).unwrap_or(Duration::MAX))?;
         Ok((value, event))
     }
 
@@ -375,20 +361,20 @@ fn handshake(
     config: &Config,
     early: &mut Vec<Event>,
 ) -> Result<Greeting> {
-    let deadline = Instant::now() + config.greeting_timeout;
+    let deadline = deadline(config.greeting_timeout);
     let mut buf = vec![0u8; 64 * 1024];
     let mut actions = Vec::new();
     let mut greeting = None;
     loop {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
+        let remaining = remaining(deadline);
+        if remaining.is_some_and(|r| r.is_zero()) {
             return Err(Error::Timeout {
                 what: "QMP greeting and negotiation".into(),
                 after: config.greeting_timeout,
             });
         }
-        reader.set_read_timeout(Some(remaining))?;
-        writer.set_write_timeout(Some(remaining))?;
+        reader.set_read_timeout(remaining)?;
+        writer.set_write_timeout(remaining)?;
         match reader.read(&mut buf) {
             Ok(0) => session.eof(&mut actions),
             Ok(n) => session.feed(buf.get(..n).unwrap_or_default(), &mut actions),
@@ -408,7 +394,7 @@ fn handshake(
             match action {
                 Action::Greeting(g) => {
                     greeting = Some(g);
-                    writer.write_all(&session.negotiate()?)?;
+                    crate::fdpass::send_all(writer.as_fd(), &session.negotiate()?, &[])?;
                 }
                 // Events read along with the negotiation reply are kept too.
                 Action::Ready => ready = true,
@@ -426,14 +412,14 @@ fn handshake(
 /// The error for a failed command write: a peer that went away is [`Error::Disconnected`]
 /// (whether or not the reader has seen the end of the stream yet), a write that timed out is
 /// [`Error::Timeout`], anything else [`Error::Io`].
-pub(crate) fn write_error(e: io::Error, command: &str, timeout: Duration) -> Error {
+pub(crate) fn write_error(e: io::Error, what: &str, timeout: Duration) -> Error {
     match e.kind() {
         io::ErrorKind::BrokenPipe
         | io::ErrorKind::ConnectionReset
         | io::ErrorKind::ConnectionAborted
         | io::ErrorKind::NotConnected => Error::Disconnected,
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Error::Timeout {
-            what: format!("writing `{command}`"),
+            what: what.to_owned(),
             after: timeout,
         },
         _ => Error::Io(e),
@@ -472,6 +458,7 @@ fn reader_loop(inner: &Inner, mut stream: UnixStream) {
                     // never neither. `try_send` on a one-slot channel never blocks; a caller
                     // that gave up has dropped the receiver and the reply is dropped.
                     Action::Reply { waiter, result, .. } => {
+                        crate::testing::reply_routed();
                         let _ = waiter.try_send(result);
                     }
                     Action::Closed(err) => {

@@ -33,6 +33,7 @@ mod blocking;
 pub mod codec;
 pub mod commands;
 mod config;
+mod deadline;
 mod error;
 mod event;
 mod fdpass;

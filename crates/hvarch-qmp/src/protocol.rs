@@ -210,29 +210,21 @@ impl<W> Session<W> {
             }
             _ => Error::Disconnected,
         };
-        self.close_with(err, |_| Error::Disconnected, out);
+        self.close_with(err, out);
     }
 
     /// Ends the session locally (close requested); pending commands fail with
     /// [`Error::Disconnected`].
     pub fn close(&mut self, out: &mut Vec<Action<W>>) {
-        if self.state != State::Closed {
-            self.close_with(Error::Disconnected, |_| Error::Disconnected, out);
+        self.close_with(Error::Disconnected, out);
+    }
+
+    /// Ends the session because of `err` (e.g. a write that failed or timed out): every
+    /// pending command fails with a copy of `err`. Nothing happens if it has already ended.
+    pub fn close_with(&mut self, err: Error, out: &mut Vec<Action<W>>) {
+        if self.state == State::Closed {
+            return;
         }
-    }
-
-    fn fail(&mut self, err: Error, out: &mut Vec<Action<W>>) {
-        warn!(error = %err, "QMP session failed");
-        let msg = err.to_string();
-        self.close_with(err, |_| Error::Protocol(msg.clone()), out);
-    }
-
-    fn close_with(
-        &mut self,
-        err: Error,
-        per_waiter: impl Fn(&str) -> Error,
-        out: &mut Vec<Action<W>>,
-    ) {
         self.state = State::Closed;
         let mut pending: Vec<_> = self.pending.drain().collect();
         pending.sort_by_key(|(id, _)| *id);
@@ -240,10 +232,15 @@ impl<W> Session<W> {
             out.push(Action::Reply {
                 id,
                 waiter: p.waiter,
-                result: Err(per_waiter(&p.command)),
+                result: Err(err.duplicate()),
             });
         }
         out.push(Action::Closed(err));
+    }
+
+    fn fail(&mut self, err: Error, out: &mut Vec<Action<W>>) {
+        warn!(error = %err, "QMP session failed");
+        self.close_with(err, out);
     }
 
     fn handle(&mut self, msg: Inbound, out: &mut Vec<Action<W>>) -> Result<(), Error> {
@@ -426,15 +423,21 @@ mod tests {
             b"{\"error\": {\"class\": \"GenericError\", \"desc\": \"JSON parse error\"}}\n",
             &mut out,
         );
-        assert!(matches!(
-            &out[0],
+        // The waiter and the session get the same error, which says its prefix once.
+        const SAID: &str =
+            "QMP protocol error: server reported an input parse error: GenericError: JSON parse error";
+        match &out[0] {
             Action::Reply {
                 waiter: 1,
-                result: Err(Error::Protocol(_)),
+                result: Err(e @ Error::Protocol(_)),
                 ..
-            }
-        ));
-        assert!(matches!(&out[1], Action::Closed(Error::Protocol(_))));
+            } => assert_eq!(e.to_string(), SAID),
+            other => panic!("{other:?}"),
+        }
+        match &out[1] {
+            Action::Closed(e @ Error::Protocol(_)) => assert_eq!(e.to_string(), SAID),
+            other => panic!("{other:?}"),
+        }
         assert!(matches!(
             s.start_command(&Command::bare("b"), 2),
             Err(Error::Disconnected)

@@ -7,10 +7,22 @@
 use std::io::{self, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::sync::OnceLock;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+
+/// A test hook, set once per process: called by a client after its session routed a reply to a
+/// waiting caller and before the caller is given it (with the client's session lock held).
+/// A test pauses here to hold a reply in that window while the caller's timeout fires.
+pub static REPLY_ROUTED_HOOK: OnceLock<fn()> = OnceLock::new();
+
+pub(crate) fn reply_routed() {
+    if let Some(hook) = REPLY_ROUTED_HOOK.get() {
+        hook();
+    }
+}
 
 /// A scripted server thread. [`FakeServer::join`] propagates the script's panics (assertions).
 #[derive(Debug)]
@@ -152,6 +164,12 @@ impl FakeConn {
             let args = cmd.get("arguments").cloned().unwrap_or(Value::Null);
             self.reply(&cmd, json!({"echo": cmd["execute"], "arguments": args}));
         }
+    }
+
+    /// Stops receiving: the client's next write fails with `EPIPE` (and raises `SIGPIPE` unless
+    /// the writer asked not to), while the client still reads no EOF.
+    pub fn shutdown_read(&self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Read);
     }
 
     /// Closes the connection (EOF for the client).

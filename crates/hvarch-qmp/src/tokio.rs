@@ -13,16 +13,16 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::io::{AsyncReadExt, Interest};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 use tracing::{debug, trace, warn};
 
-use crate::blocking::{decode_reply, decode_value, lock};
+use crate::blocking::{decode_reply, decode_value, lock, write_error};
 use crate::commands::{self, MemoryHotplug};
 use crate::config::{AddFdInfo, Config};
+use crate::deadline::{deadline, remaining};
 use crate::error::{Error, Result};
 use crate::event::{Event, EventFilter};
 use crate::message::{Command, Greeting};
@@ -44,14 +44,17 @@ struct Shared {
 }
 
 struct WriteOp {
-    id: u64,
     bytes: Vec<u8>,
     fds: Vec<OwnedFd>,
 }
 
+/// How many commands may wait for the writer task; a command beyond that fails at once rather
+/// than pile up (with its fds) behind a QEMU that does not read.
+const WRITE_QUEUE: usize = 1024;
+
 struct Inner {
     shared: Mutex<Shared>,
-    write_tx: mpsc::UnboundedSender<WriteOp>,
+    write_tx: mpsc::Sender<WriteOp>,
     /// A dup of the socket used only to shut it down.
     control: std::os::unix::net::UnixStream,
     connected: AtomicBool,
@@ -144,7 +147,7 @@ impl AsyncQmp {
                 })
             }
         };
-        let (write_tx, write_rx) = mpsc::unbounded_channel();
+        let (write_tx, write_rx) = mpsc::channel(WRITE_QUEUE);
         let inner = Arc::new(Inner {
             shared: Mutex::new(Shared {
                 session,
@@ -230,14 +233,15 @@ impl AsyncQmp {
         let id = {
             let mut shared = lock(&self.inner.shared);
             let (id, bytes) = shared.session.start_command(command, tx)?;
-            if self
-                .inner
-                .write_tx
-                .send(WriteOp { id, bytes, fds })
-                .is_err()
-            {
+            if let Err(e) = self.inner.write_tx.try_send(WriteOp { bytes, fds }) {
                 shared.session.cancel(id);
-                return Err(Error::Disconnected);
+                return Err(match e {
+                    mpsc::error::TrySendError::Full(_) => Error::Io(io::Error::new(
+                        io::ErrorKind::WouldBlock,
+                        format!("{WRITE_QUEUE} QMP commands already wait to be sent"),
+                    )),
+                    mpsc::error::TrySendError::Closed(_) => Error::Disconnected,
+                });
             }
             id
         };
@@ -299,11 +303,11 @@ impl AsyncQmp {
         filter: &EventFilter,
         timeout: Duration,
     ) -> Result<(Value, Event)> {
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline(timeout);
         let mut sub = self.subscribe_filtered(filter.clone());
         let value = self.execute_with_timeout(command, timeout).await?;
         let event = sub
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .recv_timeout(remaining(deadline).unwrap_or(Duration::MAX))
             .await?;
         Ok((value, event))
     }
@@ -383,9 +387,7 @@ impl AsyncQmp {
             let _ = writer.await;
         }
         // In case the reader ended without seeing EOF (e.g. it was aborted).
-        let mut actions = Vec::new();
-        lock(&self.inner.shared).session.close(&mut actions);
-        dispatch(&self.inner, actions);
+        end_session(&self.inner, Error::Disconnected);
     }
 }
 
@@ -420,7 +422,7 @@ async fn handshake(
             match action {
                 Action::Greeting(g) => {
                     greeting = Some(g);
-                    writer.write_all(&session.negotiate()?).await?;
+                    send_all(writer.as_ref(), &session.negotiate()?, &[]).await?;
                 }
                 // Events read along with the negotiation reply are kept too.
                 Action::Ready => ready = true,
@@ -435,55 +437,64 @@ async fn handshake(
     }
 }
 
-fn dispatch(inner: &Inner, actions: Vec<Action<Waiter>>) -> bool {
+/// Acts on what the session produced. Called with the session lock held, in the same critical
+/// section that fed the session: a caller whose timeout fires meanwhile either finds its reply
+/// delivered or cancels before the reply was routed, never neither (`oneshot::send` and
+/// unbounded sends never block). Returns whether the session closed.
+fn dispatch(shared: &mut Shared, actions: &mut Vec<Action<Waiter>>) -> bool {
     let mut closed = false;
-    {
-        let mut shared = lock(&inner.shared);
-        for action in actions {
-            match action {
-                Action::Event(event) => {
-                    trace!(event = %event.name, "QMP event");
-                    shared
-                        .subscribers
-                        .retain(|s| !s.filter.matches(&event) || s.tx.send(event.clone()).is_ok());
-                }
-                // Delivered under the lock, so a caller timing out now either finds its reply
-                // or cancels first (`oneshot::send` never blocks).
-                Action::Reply { waiter, result, .. } => {
-                    let _ = waiter.send(result);
-                }
-                Action::Closed(err) => {
-                    debug!(reason = %err, "QMP session closed");
-                    shared.subscribers.clear();
-                    closed = true;
-                }
-                Action::Greeting(_) | Action::Ready => {}
+    for action in actions.drain(..) {
+        match action {
+            Action::Event(event) => {
+                trace!(event = %event.name, "QMP event");
+                shared
+                    .subscribers
+                    .retain(|s| !s.filter.matches(&event) || s.tx.send(event.clone()).is_ok());
             }
+            Action::Reply { waiter, result, .. } => {
+                crate::testing::reply_routed();
+                let _ = waiter.send(result);
+            }
+            Action::Closed(err) => {
+                debug!(reason = %err, "QMP session closed");
+                shared.subscribers.clear();
+                closed = true;
+            }
+            Action::Greeting(_) | Action::Ready => {}
         }
     }
     closed
 }
 
+/// Ends the session because of `err`: every pending command fails with it, subscriptions end.
+fn end_session(inner: &Inner, err: Error) {
+    inner.shutdown();
+    let mut actions = Vec::new();
+    let mut shared = lock(&inner.shared);
+    shared.session.close_with(err, &mut actions);
+    dispatch(&mut shared, &mut actions);
+}
+
 async fn reader_task(inner: Arc<Inner>, mut read_half: OwnedReadHalf) {
     let mut buf = vec![0u8; 64 * 1024];
+    let mut actions = Vec::new();
     loop {
         let read = read_half.read(&mut buf).await;
-        let mut actions = Vec::new();
-        {
-            let mut shared = lock(&inner.shared);
-            match read {
-                Ok(0) => shared.session.eof(&mut actions),
-                Ok(n) => shared
-                    .session
-                    .feed(buf.get(..n).unwrap_or_default(), &mut actions),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    debug!(error = %e, "QMP read failed");
-                    shared.session.eof(&mut actions);
-                }
+        let mut shared = lock(&inner.shared);
+        match read {
+            Ok(0) => shared.session.eof(&mut actions),
+            Ok(n) => shared
+                .session
+                .feed(buf.get(..n).unwrap_or_default(), &mut actions),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                debug!(error = %e, "QMP read failed");
+                shared.session.eof(&mut actions);
             }
         }
-        if dispatch(&inner, actions) {
+        // The session may also have been ended by a failed write or by `close`.
+        if dispatch(&mut shared, &mut actions) || shared.session.state() == State::Closed {
+            drop(shared);
             inner.shutdown();
             return;
         }
@@ -492,45 +503,64 @@ async fn reader_task(inner: Arc<Inner>, mut read_half: OwnedReadHalf) {
 
 async fn writer_task(
     inner: Weak<Inner>,
-    mut write_half: OwnedWriteHalf,
-    mut rx: mpsc::UnboundedReceiver<WriteOp>,
+    write_half: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<WriteOp>,
 ) {
     while let Some(op) = rx.recv().await {
-        if let Err(e) = write_op(&mut write_half, &op).await {
+        let Some(timeout) = inner.upgrade().map(|i| i.config.command_timeout) else {
+            return;
+        };
+        let fds: Vec<BorrowedFd<'_>> = op.fds.iter().map(AsFd::as_fd).collect();
+        let write = send_all(write_half.as_ref(), &op.bytes, &fds);
+        // A zero timeout means no bound, as for the blocking client's socket.
+        let result = match deadline(timeout).filter(|_| !timeout.is_zero()) {
+            Some(at) => tokio::time::timeout_at(at.into(), write)
+                .await
+                .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into())),
+            None => write.await,
+        };
+        if let Err(e) = result {
             warn!(error = %e, "QMP write failed; closing the connection");
+            // Queued commands and the fds they carry are dropped before anyone learns that
+            // the session ended.
+            drop(fds);
+            drop(op);
+            rx.close();
+            while rx.try_recv().is_ok() {}
             if let Some(inner) = inner.upgrade() {
-                // Shut down first, so the caller that gets this error sees a closed client.
-                inner.shutdown();
-                let waiter = lock(&inner.shared).session.cancel(op.id);
-                if let Some(waiter) = waiter {
-                    let timeout = inner.config.command_timeout;
-                    let _ = waiter.send(Err(crate::blocking::write_error(e, "command", timeout)));
-                }
+                end_session(
+                    &inner,
+                    write_error(e, "writing queued QMP commands", timeout),
+                );
             }
             return;
         }
     }
 }
 
-async fn write_op(write_half: &mut OwnedWriteHalf, op: &WriteOp) -> io::Result<()> {
-    let mut rest = op.bytes.as_slice();
-    if !op.fds.is_empty() {
-        let stream = write_half.as_ref();
-        let fds: Vec<BorrowedFd<'_>> = op.fds.iter().map(AsFd::as_fd).collect();
-        let n = loop {
-            stream.writable().await?;
-            match stream.try_io(Interest::WRITABLE, || {
-                crate::fdpass::send_with_fds(stream.as_fd(), rest, &fds)
-            }) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
+/// Sends all of `bytes` (fds attached to the first of them) with `sendmsg(MSG_NOSIGNAL)`.
+async fn send_all(
+    stream: &tokio::net::UnixStream,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
+    let mut rest = bytes;
+    let mut fds = fds;
+    while !rest.is_empty() {
+        stream.writable().await?;
+        match stream.try_io(Interest::WRITABLE, || {
+            crate::fdpass::send_with_fds(stream.as_fd(), rest, fds)
+        }) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                rest = rest.get(n..).unwrap_or_default();
+                fds = &[];
             }
-        };
-        rest = rest.get(n..).unwrap_or_default();
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
     }
-    write_half.write_all(rest).await?;
-    write_half.flush().await
+    Ok(())
 }
 
 /// A stream of events from an [`AsyncQmp`]. Ends when the connection closes; dropping it

@@ -117,6 +117,12 @@ async fn garbage_and_oversize_lines() {
         .await
         .expect_err("protocol");
     assert!(matches!(err, Error::Protocol(_)), "{err}");
+    let said = err.to_string();
+    assert!(
+        said.starts_with("QMP protocol error: inbound line is not valid JSON ("),
+        "{said}"
+    );
+    assert_eq!(said.matches("QMP protocol error").count(), 1, "{said}");
     drop(qmp);
     server.join();
 
@@ -254,6 +260,61 @@ async fn commands_from_many_tasks_and_fd_passing() {
     for t in tasks {
         t.await.expect("task");
     }
+    qmp.close().await;
+    server.join();
+}
+
+/// A server that negotiates, then never reads again until the test ends.
+fn never_reads() -> (
+    std::os::unix::net::UnixStream,
+    FakeServer,
+    std::sync::mpsc::Sender<()>,
+) {
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (client, server) = FakeServer::spawn(move |mut c| {
+        c.handshake();
+        let _ = released.recv();
+    })
+    .expect("spawn");
+    (client, server, release)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_stops_reading_ends_the_session() {
+    let (client, server, release) = never_reads();
+    let cfg = Config {
+        command_timeout: Duration::from_millis(300),
+        ..config()
+    };
+    let qmp = AsyncQmp::from_std(client, &cfg).await.expect("connect");
+    let mut sub = qmp.subscribe();
+    // More than the socket buffer holds: the write blocks.
+    let big = json!({"data": "x".repeat(4 << 20)});
+    // A descriptor queued behind it: the only other copy is the test's, dropped below.
+    let (passed, watch) = std::os::unix::net::UnixStream::pair().expect("pair");
+    let (big, fd) = tokio::join!(
+        qmp.execute_raw("big", big),
+        qmp.getfd("fd0", passed.as_fd())
+    );
+    drop(passed);
+    assert!(matches!(big, Err(Error::Timeout { .. })), "{big:?}");
+    assert!(matches!(fd, Err(Error::Timeout { .. })), "{fd:?}");
+    // The session ends: subscriptions end, every command fails, the client says so.
+    let end = tokio::time::timeout(Duration::from_secs(30), sub.recv()).await;
+    assert!(matches!(end, Ok(Err(Error::Disconnected))), "{end:?}");
+    assert!(!qmp.is_connected());
+    assert!(matches!(
+        qmp.execute_raw("after", Value::Null).await,
+        Err(Error::Disconnected)
+    ));
+    // The queued command's descriptor was closed with it: its peer reads EOF.
+    watch.set_nonblocking(true).expect("nonblocking");
+    let mut byte = [0u8; 1];
+    assert_eq!(
+        std::io::Read::read(&mut &watch, &mut byte).expect("EOF, not WouldBlock"),
+        0
+    );
+    drop(release);
     qmp.close().await;
     server.join();
 }

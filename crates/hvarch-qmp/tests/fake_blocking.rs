@@ -229,6 +229,14 @@ fn garbage_line_ends_session_with_protocol_error() {
         matches!(err, Error::Protocol(ref m) if m.contains("not valid JSON")),
         "{err}"
     );
+    // The prefix is said once.
+    let said = err.to_string();
+    assert!(
+        said.starts_with("QMP protocol error: inbound line is not valid JSON ("),
+        "{said}"
+    );
+    assert_eq!(said.matches("QMP protocol error").count(), 1, "{said}");
+    assert!(said.ends_with("): this is not json"), "{said}");
     assert!(matches!(
         qmp.execute_raw("x", Value::Null),
         Err(Error::Disconnected)
@@ -271,10 +279,14 @@ fn oversize_line_ends_session() {
     let err = qmp
         .execute_raw("query-qmp-schema", Value::Null)
         .expect_err("error");
+    let said = err.to_string();
     assert!(
-        matches!(err, Error::Protocol(ref m) if m.contains("maximum size")),
-        "{err}"
+        said.starts_with(
+            "QMP protocol error: inbound QMP message exceeds the maximum size of 4096 bytes ("
+        ),
+        "{said}"
     );
+    assert_eq!(said.matches("QMP protocol error").count(), 1, "{said}");
     assert!(!qmp.is_connected());
     drop(qmp);
     server.join();
@@ -488,6 +500,40 @@ fn hotplug_memory_rolls_back() {
     let plan = hvarch_qmp::commands::pc_dimm_add("memory-backend-ram", "mem1", "", 128, false);
     let err = qmp.hotplug_memory(&plan).expect_err("device_add fails");
     assert!(err.to_string().contains("no slot"));
+    drop(qmp);
+    server.join();
+}
+
+#[test]
+fn a_peer_that_stops_reading_ends_the_session() {
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let cfg = Config {
+        command_timeout: Duration::from_millis(300),
+        ..config()
+    };
+    let (qmp, server) = start_with(&cfg, move |mut c| {
+        c.handshake();
+        let _ = released.recv();
+    });
+    let sub = qmp.subscribe();
+    // More than the socket buffer holds: the write blocks until its timeout.
+    let err = qmp
+        .execute_raw("big", json!({"data": "x".repeat(4 << 20)}))
+        .expect_err("write times out");
+    assert!(
+        matches!(err, Error::Timeout { ref what, .. } if what.contains("writing")),
+        "{err}"
+    );
+    assert!(matches!(
+        sub.recv_timeout(Duration::from_secs(30)),
+        Err(Error::Disconnected)
+    ));
+    assert!(!qmp.is_connected());
+    assert!(matches!(
+        qmp.execute_raw("after", Value::Null),
+        Err(Error::Disconnected)
+    ));
+    drop(release);
     drop(qmp);
     server.join();
 }
