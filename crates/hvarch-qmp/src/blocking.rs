@@ -2,60 +2,45 @@
 //! wait.
 
 use std::io::{self, Read};
-use std::net::Shutdown;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use serde_json::Value;
-use tracing::{debug, trace, warn};
+use tracing::{debug, warn};
 
-use crate::commands::{self, MemoryHotplug};
-use crate::config::{AddFdInfo, Config};
+use crate::client::{
+    command_helpers, command_timeout, connection_accessors, event_timeout, greeting_timeout, lock,
+    write_error, Connection, EventSink, Handshake, Negotiated, Registration,
+};
+use crate::config::Config;
 use crate::deadline::{deadline, remaining};
 use crate::error::{Error, Result};
 use crate::event::{Event, EventFilter};
-use crate::message::{Command, Greeting};
-use crate::protocol::{Action, Session, State};
-use crate::version::QemuVersion;
+use crate::message::Command;
 
 type Waiter = mpsc::SyncSender<Result<Value>>;
 
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
+impl crate::client::Waiter for Waiter {
+    fn deliver(self, result: Result<Value>) {
+        // A one-slot channel never blocks; a caller that gave up dropped the receiver.
+        let _ = self.try_send(result);
+    }
 }
 
-struct Subscriber {
-    id: u64,
-    filter: EventFilter,
-    tx: mpsc::Sender<Event>,
-}
-
-struct Shared {
-    session: Session<Waiter>,
-    subscribers: Vec<Subscriber>,
-    next_subscriber: u64,
+impl EventSink for mpsc::Sender<Event> {
+    fn send(&self, event: Event) -> bool {
+        mpsc::Sender::send(self, event).is_ok()
+    }
 }
 
 struct Inner {
-    shared: Mutex<Shared>,
+    conn: Arc<Connection<Waiter, mpsc::Sender<Event>>>,
     writer: Mutex<UnixStream>,
-    /// A dup of the socket used only to shut it down (never locked).
-    control: UnixStream,
-    connected: AtomicBool,
-    config: Config,
-}
-
-impl Inner {
-    fn shutdown(&self) {
-        self.connected.store(false, Ordering::SeqCst);
-        let _ = self.control.shutdown(Shutdown::Both);
-    }
 }
 
 /// A blocking QMP client over a Unix socket. `Send + Sync`: share it between threads with `&` or
@@ -71,16 +56,11 @@ impl Inner {
 pub struct Qmp {
     inner: Arc<Inner>,
     reader: Mutex<Option<JoinHandle<()>>>,
-    greeting: Greeting,
-    early_events: Mutex<Vec<Event>>,
 }
 
 impl std::fmt::Debug for Qmp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Qmp")
-            .field("version", &self.greeting.version)
-            .field("connected", &self.is_connected())
-            .finish_non_exhaustive()
+        self.connection().fmt_client("Qmp", f)
     }
 }
 
@@ -98,24 +78,15 @@ impl Qmp {
 
     /// Takes an already connected stream, reads the greeting and negotiates.
     pub fn from_stream(stream: UnixStream, config: &Config) -> Result<Qmp> {
-        let mut session = Session::new(config.max_message_size, config.enable_oob);
         let mut reader = stream.try_clone()?;
-        let mut writer = stream;
-        let mut early = Vec::new();
-        let greeting = handshake(&mut session, &mut reader, &mut writer, config, &mut early)?;
+        let writer = stream;
+        let negotiated = handshake(&mut reader, &writer, config)?;
         reader.set_read_timeout(None)?;
         // A zero timeout would be refused by the socket (it means "none" to `set_*_timeout`).
         writer.set_write_timeout(Some(config.command_timeout).filter(|t| !t.is_zero()))?;
         let inner = Arc::new(Inner {
-            shared: Mutex::new(Shared {
-                session,
-                subscribers: Vec::new(),
-                next_subscriber: 1,
-            }),
-            control: writer.try_clone()?,
+            conn: Arc::new(Connection::new(negotiated, writer.try_clone()?, config)),
             writer: Mutex::new(writer),
-            connected: AtomicBool::new(true),
-            config: config.clone(),
         });
         let thread_inner = Arc::clone(&inner);
         let handle = std::thread::Builder::new()
@@ -124,202 +95,67 @@ impl Qmp {
         Ok(Qmp {
             inner,
             reader: Mutex::new(Some(handle)),
-            greeting,
-            early_events: Mutex::new(early),
         })
     }
 
-    /// The server greeting.
-    pub fn greeting(&self) -> &Greeting {
-        &self.greeting
+    fn connection(&self) -> &Connection<Waiter, mpsc::Sender<Event>> {
+        &self.inner.conn
     }
 
-    /// QEMU's version, from the greeting.
-    pub fn version(&self) -> QemuVersion {
-        self.greeting.version
-    }
+    connection_accessors!();
 
-    /// The configuration in use.
-    pub fn config(&self) -> &Config {
-        &self.inner.config
-    }
-
-    /// Events that arrived before the greeting or during negotiation (taken once).
-    pub fn take_early_events(&self) -> Vec<Event> {
-        std::mem::take(&mut *lock(&self.early_events))
-    }
-
-    /// Whether the connection is open and negotiated.
-    pub fn is_connected(&self) -> bool {
-        self.inner.connected.load(Ordering::SeqCst)
-            && lock(&self.inner.shared).session.state() == State::Ready
-    }
-
-    /// Executes a typed qapi-qmp command with the default timeout and decodes its reply.
-    pub fn execute<C: qapi_spec::Command>(&self, command: &C) -> Result<C::Ok> {
-        let value = self.execute_command(&Command::from_typed(command)?)?;
-        decode_reply::<C>(value)
-    }
-
-    /// Executes `name` with raw JSON `arguments` (`Value::Null` or `{}` for none).
-    pub fn execute_raw(&self, name: &str, arguments: Value) -> Result<Value> {
-        self.execute_command(&Command::new(name, arguments))
-    }
-
-    /// Executes a [`Command`] with the default timeout.
-    pub fn execute_command(&self, command: &Command) -> Result<Value> {
-        self.execute_with_timeout(command, self.inner.config.command_timeout)
-    }
+    command_helpers!(EventSubscription, [], []);
 
     /// Executes a [`Command`] with its own timeout. On timeout the connection stays usable and a
     /// late reply is dropped.
     pub fn execute_with_timeout(&self, command: &Command, timeout: Duration) -> Result<Value> {
-        self.execute_with_fds(command, timeout, &[])
+        self.execute_with_fds(command, timeout, Vec::new())
     }
 
     fn execute_with_fds(
         &self,
         command: &Command,
         timeout: Duration,
-        fds: &[BorrowedFd<'_>],
+        fds: Vec<OwnedFd>,
     ) -> Result<Value> {
         let (tx, rx) = mpsc::sync_channel(1);
-        let (id, bytes) = lock(&self.inner.shared)
+        let (id, bytes) = lock(&self.inner.conn.state)
             .session
             .start_command(command, tx)?;
-        if let Err(e) = self.write(&bytes, fds) {
-            lock(&self.inner.shared).session.cancel(id);
+        if let Err(e) = self.write(&bytes, &fds) {
             // A partial write would desynchronise the stream: end the session.
             warn!(command = %command.name, error = %e, "QMP write failed; closing the connection");
-            self.inner.shutdown();
-            return Err(write_error(
-                e,
-                &format!("writing `{}`", command.name),
-                self.inner.config.command_timeout,
-            ));
+            let what = format!("writing `{}`", command.name);
+            self.inner
+                .conn
+                .end(write_error(e, &what, self.config().command_timeout));
         }
         match rx.recv_timeout(timeout) {
             Ok(result) => result,
             Err(mpsc::RecvTimeoutError::Disconnected) => Err(Error::Disconnected),
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                lock(&self.inner.shared).session.cancel(id);
+                lock(&self.inner.conn.state).session.cancel(id);
                 // The reply may have been delivered between the timeout and the cancel.
-                rx.try_recv().unwrap_or(Err(Error::Timeout {
-                    what: format!("command `{}`", command.name),
-                    after: timeout,
-                }))
+                rx.try_recv()
+                    .unwrap_or_else(|_| Err(command_timeout(&command.name, timeout)))
             }
         }
     }
 
-    fn write(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    fn write(&self, bytes: &[u8], fds: &[OwnedFd]) -> io::Result<()> {
+        let fds: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
         let writer = lock(&self.inner.writer);
-        crate::fdpass::send_all(writer.as_fd(), bytes, fds)
-    }
-
-    /// Subscribes to every event from now on.
-    pub fn subscribe(&self) -> EventSubscription {
-        self.subscribe_filtered(EventFilter::any())
+        crate::fdpass::send_all(writer.as_fd(), bytes, &fds)
     }
 
     /// Subscribes to events matching `filter` from now on.
     pub fn subscribe_filtered(&self, filter: EventFilter) -> EventSubscription {
         let (tx, rx) = mpsc::channel();
-        let mut shared = lock(&self.inner.shared);
-        let id = shared.next_subscriber;
-        shared.next_subscriber += 1;
-        // A closed session gets no subscriber: the receiver sees the disconnection at once.
-        if shared.session.state() != State::Closed {
-            shared.subscribers.push(Subscriber {
-                id,
-                filter: filter.clone(),
-                tx,
-            });
-        }
         EventSubscription {
             rx,
-            id,
+            _registration: self.inner.conn.subscribe(filter.clone(), tx),
             filter,
-            inner: Arc::downgrade(&self.inner),
         }
-    }
-
-    /// Waits up to `timeout` for the next event matching `filter` (events from now on).
-    pub fn wait_event(&self, filter: &EventFilter, timeout: Duration) -> Result<Event> {
-        self.subscribe_filtered(filter.clone())
-            .recv_timeout(timeout)
-    }
-
-    /// Registers a listener for `filter`, then executes `command`, then waits for the event; all
-    /// within `timeout`. The event cannot race past the listener.
-    pub fn execute_and_wait_event(
-        &self,
-        command: &Command,
-        filter: &EventFilter,
-        timeout: Duration,
-    ) -> Result<(Value, Event)> {
-        let deadline = deadline(timeout);
-        let sub = self.subscribe_filtered(filter.clone());
-        let value = self.execute_with_timeout(command, timeout)?;
-        let event = sub.recv_timeout(remaining(deadline).unwrap_or(Duration::MAX))?;
-        Ok((value, event))
-    }
-
-    /// `device_del` and wait for `DEVICE_DELETED` for that id. A device the guest does not
-    /// release (e.g. cold-plugged into a paused VM) ends in [`Error::Timeout`].
-    pub fn device_del(&self, id: &str, timeout: Duration) -> Result<Event> {
-        self.execute_and_wait_event(
-            &commands::device_del(id),
-            &EventFilter::device_deleted(id),
-            timeout,
-        )
-        .map(|(_, e)| e)
-    }
-
-    /// `system_powerdown` and wait for `POWERDOWN`.
-    pub fn system_powerdown(&self, timeout: Duration) -> Result<Event> {
-        self.execute_and_wait_event(
-            &commands::system_powerdown(),
-            &EventFilter::powerdown(),
-            timeout,
-        )
-        .map(|(_, e)| e)
-    }
-
-    /// Passes `fd` to QEMU under `name` (`getfd`, fd sent with SCM_RIGHTS).
-    pub fn getfd(&self, name: &str, fd: BorrowedFd<'_>) -> Result<()> {
-        self.execute_with_fds(
-            &commands::getfd(name),
-            self.inner.config.command_timeout,
-            &[fd],
-        )
-        .map(drop)
-    }
-
-    /// Adds `fd` to an fd set (`add-fd`, fd sent with SCM_RIGHTS); a new set when `fdset_id` is
-    /// `None`.
-    pub fn add_fd(
-        &self,
-        fdset_id: Option<u64>,
-        opaque: Option<&str>,
-        fd: BorrowedFd<'_>,
-    ) -> Result<AddFdInfo> {
-        let cmd = commands::add_fd(fdset_id, opaque);
-        let value = self.execute_with_fds(&cmd, self.inner.config.command_timeout, &[fd])?;
-        decode_value("add-fd", value)
-    }
-
-    /// Runs a [`MemoryHotplug`]: `object-add`, then `device_add`; if `device_add` fails the
-    /// backend is removed again and `device_add`'s error is returned.
-    pub fn hotplug_memory(&self, plan: &MemoryHotplug) -> Result<()> {
-        self.execute_command(&plan.object_add)?;
-        if let Err(e) = self.execute_command(&plan.device_add) {
-            if let Err(undo) = self.execute_command(&plan.rollback) {
-                warn!(error = %undo, "rolling back the memory backend failed");
-            }
-            return Err(e);
-        }
-        Ok(())
     }
 
     /// Closes the connection: pending commands fail with [`Error::Disconnected`], subscriptions
@@ -327,7 +163,7 @@ impl Qmp {
     pub fn close(&self) {
         let handle = lock(&self.reader).take();
         if let Some(handle) = handle {
-            self.inner.shutdown();
+            self.inner.conn.shutdown();
             if handle.join().is_err() {
                 warn!("QMP reader thread panicked");
             }
@@ -342,87 +178,41 @@ impl Drop for Qmp {
     }
 }
 
-pub(crate) fn decode_reply<C: qapi_spec::Command>(value: Value) -> Result<C::Ok> {
-    decode_value(C::NAME, value)
-}
-
-pub(crate) fn decode_value<T: serde::de::DeserializeOwned>(what: &str, value: Value) -> Result<T> {
-    serde_json::from_value(value.clone()).map_err(|source| Error::Decode {
-        what: what.to_owned(),
-        raw: value,
-        source,
-    })
-}
-
 fn handshake(
-    session: &mut Session<Waiter>,
     reader: &mut UnixStream,
-    writer: &mut UnixStream,
+    writer: &UnixStream,
     config: &Config,
-    early: &mut Vec<Event>,
-) -> Result<Greeting> {
+) -> Result<Negotiated<Waiter>> {
+    let mut handshake = Handshake::new(config);
     let deadline = deadline(config.greeting_timeout);
     let mut buf = vec![0u8; 64 * 1024];
-    let mut actions = Vec::new();
-    let mut greeting = None;
     loop {
         let remaining = remaining(deadline);
         if remaining.is_some_and(|r| r.is_zero()) {
-            return Err(Error::Timeout {
-                what: "QMP greeting and negotiation".into(),
-                after: config.greeting_timeout,
-            });
+            return Err(greeting_timeout(config.greeting_timeout));
         }
         reader.set_read_timeout(remaining)?;
         writer.set_write_timeout(remaining)?;
-        match reader.read(&mut buf) {
-            Ok(0) => session.eof(&mut actions),
-            Ok(n) => session.feed(buf.get(..n).unwrap_or_default(), &mut actions),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+        let send = match reader.read(&mut buf) {
+            Ok(n) => handshake.on_read(buf.get(..n).filter(|b| !b.is_empty()))?,
             Err(e)
                 if matches!(
                     e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    io::ErrorKind::Interrupted
+                        | io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
                 ) =>
             {
                 continue
             }
             Err(e) => return Err(Error::Io(e)),
+        };
+        if let Some(bytes) = send {
+            crate::fdpass::send_all(writer.as_fd(), &bytes, &[])?;
         }
-        let mut ready = false;
-        for action in actions.drain(..) {
-            match action {
-                Action::Greeting(g) => {
-                    greeting = Some(g);
-                    crate::fdpass::send_all(writer.as_fd(), &session.negotiate()?, &[])?;
-                }
-                // Events read along with the negotiation reply are kept too.
-                Action::Ready => ready = true,
-                Action::Event(e) => early.push(e),
-                Action::Reply { .. } => {}
-                Action::Closed(err) => return Err(err),
-            }
+        if handshake.is_done() {
+            return handshake.finish();
         }
-        if ready {
-            return greeting.ok_or_else(|| Error::Greeting("negotiated without a greeting".into()));
-        }
-    }
-}
-
-/// The error for a failed command write: a peer that went away is [`Error::Disconnected`]
-/// (whether or not the reader has seen the end of the stream yet), a write that timed out is
-/// [`Error::Timeout`], anything else [`Error::Io`].
-pub(crate) fn write_error(e: io::Error, what: &str, timeout: Duration) -> Error {
-    match e.kind() {
-        io::ErrorKind::BrokenPipe
-        | io::ErrorKind::ConnectionReset
-        | io::ErrorKind::ConnectionAborted
-        | io::ErrorKind::NotConnected => Error::Disconnected,
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Error::Timeout {
-            what: what.to_owned(),
-            after: timeout,
-        },
-        _ => Error::Io(e),
     }
 }
 
@@ -430,48 +220,12 @@ fn reader_loop(inner: &Inner, mut stream: UnixStream) {
     let mut buf = vec![0u8; 64 * 1024];
     let mut actions = Vec::new();
     loop {
-        let read = stream.read(&mut buf);
-        let mut closed = false;
-        {
-            let mut shared = lock(&inner.shared);
-            match read {
-                Ok(0) => shared.session.eof(&mut actions),
-                Ok(n) => shared
-                    .session
-                    .feed(buf.get(..n).unwrap_or_default(), &mut actions),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    debug!(error = %e, "QMP read failed");
-                    shared.session.eof(&mut actions);
-                }
-            }
-            for action in actions.drain(..) {
-                match action {
-                    Action::Event(event) => {
-                        trace!(event = %event.name, "QMP event");
-                        shared.subscribers.retain(|s| {
-                            !s.filter.matches(&event) || s.tx.send(event.clone()).is_ok()
-                        });
-                    }
-                    // Delivered under the lock: a caller whose timeout fires now either finds
-                    // its reply in the channel or cancels before the reader took the waiter,
-                    // never neither. `try_send` on a one-slot channel never blocks; a caller
-                    // that gave up has dropped the receiver and the reply is dropped.
-                    Action::Reply { waiter, result, .. } => {
-                        crate::testing::reply_routed();
-                        let _ = waiter.try_send(result);
-                    }
-                    Action::Closed(err) => {
-                        debug!(reason = %err, "QMP session closed");
-                        shared.subscribers.clear();
-                        closed = true;
-                    }
-                    Action::Greeting(_) | Action::Ready => {}
-                }
-            }
-        }
-        if closed {
-            inner.shutdown();
+        let read = match stream.read(&mut buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            read => read.map(|n| buf.get(..n).unwrap_or_default()),
+        };
+        if lock(&inner.conn.state).on_read(read, &mut actions) {
+            inner.conn.shutdown();
             return;
         }
     }
@@ -482,19 +236,15 @@ fn reader_loop(inner: &Inner, mut stream: UnixStream) {
 #[derive(Debug)]
 pub struct EventSubscription {
     rx: mpsc::Receiver<Event>,
-    id: u64,
     filter: EventFilter,
-    inner: Weak<Inner>,
+    _registration: Registration<Waiter, mpsc::Sender<Event>>,
 }
 
 impl EventSubscription {
     /// Waits up to `timeout` for the next event.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Event> {
         self.rx.recv_timeout(timeout).map_err(|e| match e {
-            mpsc::RecvTimeoutError::Timeout => Error::Timeout {
-                what: format!("event {}", self.filter),
-                after: timeout,
-            },
+            mpsc::RecvTimeoutError::Timeout => event_timeout(&self.filter, timeout),
             mpsc::RecvTimeoutError::Disconnected => Error::Disconnected,
         })
     }
@@ -516,19 +266,5 @@ impl Iterator for EventSubscription {
     /// Blocks for the next event; `None` once the connection is closed.
     fn next(&mut self) -> Option<Event> {
         self.recv().ok()
-    }
-}
-
-impl Drop for EventSubscription {
-    fn drop(&mut self) {
-        if let Some(inner) = self.inner.upgrade() {
-            lock(&inner.shared).subscribers.retain(|s| s.id != self.id);
-        }
-    }
-}
-
-impl std::fmt::Debug for Inner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Inner").finish_non_exhaustive()
     }
 }

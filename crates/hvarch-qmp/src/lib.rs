@@ -30,6 +30,7 @@
 #![deny(missing_docs)]
 
 mod blocking;
+mod client;
 pub mod codec;
 pub mod commands;
 mod config;

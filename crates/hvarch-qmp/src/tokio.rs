@@ -8,7 +8,6 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -17,30 +16,32 @@ use tokio::io::{AsyncReadExt, Interest};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tracing::{debug, trace, warn};
+use tracing::warn;
 
-use crate::blocking::{decode_reply, decode_value, lock, write_error};
-use crate::commands::{self, MemoryHotplug};
-use crate::config::{AddFdInfo, Config};
-use crate::deadline::{deadline, remaining};
+use crate::client::{
+    command_helpers, command_timeout, connection_accessors, event_timeout, greeting_timeout, lock,
+    write_error, Connection, EventSink, Handshake, Negotiated, Registration,
+};
+use crate::config::Config;
+use crate::deadline::deadline;
 use crate::error::{Error, Result};
 use crate::event::{Event, EventFilter};
-use crate::message::{Command, Greeting};
-use crate::protocol::{Action, Session, State};
-use crate::version::QemuVersion;
+use crate::message::Command;
 
 type Waiter = oneshot::Sender<Result<Value>>;
+type Sink = mpsc::UnboundedSender<Event>;
 
-struct Subscriber {
-    id: u64,
-    filter: EventFilter,
-    tx: mpsc::UnboundedSender<Event>,
+impl crate::client::Waiter for Waiter {
+    fn deliver(self, result: Result<Value>) {
+        // Never blocks; a caller that gave up dropped the receiver.
+        let _ = self.send(result);
+    }
 }
 
-struct Shared {
-    session: Session<Waiter>,
-    subscribers: Vec<Subscriber>,
-    next_subscriber: u64,
+impl EventSink for Sink {
+    fn send(&self, event: Event) -> bool {
+        mpsc::UnboundedSender::send(self, event).is_ok()
+    }
 }
 
 struct WriteOp {
@@ -53,19 +54,8 @@ struct WriteOp {
 const WRITE_QUEUE: usize = 1024;
 
 struct Inner {
-    shared: Mutex<Shared>,
+    conn: Arc<Connection<Waiter, Sink>>,
     write_tx: mpsc::Sender<WriteOp>,
-    /// A dup of the socket used only to shut it down.
-    control: std::os::unix::net::UnixStream,
-    connected: AtomicBool,
-    config: Config,
-}
-
-impl Inner {
-    fn shutdown(&self) {
-        self.connected.store(false, Ordering::SeqCst);
-        let _ = self.control.shutdown(std::net::Shutdown::Both);
-    }
 }
 
 /// An async QMP client on tokio. `Send + Sync`; share it with `Arc`. Dropping it closes the
@@ -84,16 +74,11 @@ pub struct AsyncQmp {
     inner: Arc<Inner>,
     reader: Mutex<Option<JoinHandle<()>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
-    greeting: Greeting,
-    early_events: Mutex<Vec<Event>>,
 }
 
 impl std::fmt::Debug for AsyncQmp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AsyncQmp")
-            .field("version", &self.greeting.version)
-            .field("connected", &self.is_connected())
-            .finish_non_exhaustive()
+        self.connection().fmt_client("AsyncQmp", f)
     }
 }
 
@@ -105,7 +90,7 @@ struct CancelGuard<'a> {
 
 impl Drop for CancelGuard<'_> {
     fn drop(&mut self) {
-        lock(&self.inner.shared).session.cancel(self.id);
+        lock(&self.inner.conn.state).session.cancel(self.id);
     }
 }
 
@@ -134,30 +119,15 @@ impl AsyncQmp {
         stream.set_nonblocking(true)?;
         let control = stream.try_clone()?;
         let stream = tokio::net::UnixStream::from_std(stream)?;
-        let (mut read_half, mut write_half) = stream.into_split();
-        let mut session = Session::new(config.max_message_size, config.enable_oob);
-        let mut early = Vec::new();
-        let handshake = handshake(&mut session, &mut read_half, &mut write_half, &mut early);
-        let greeting = match tokio::time::timeout(config.greeting_timeout, handshake).await {
-            Ok(r) => r?,
-            Err(_) => {
-                return Err(Error::Timeout {
-                    what: "QMP greeting and negotiation".into(),
-                    after: config.greeting_timeout,
-                })
-            }
-        };
+        let (mut read_half, write_half) = stream.into_split();
+        let handshake = handshake(&mut read_half, &write_half, config);
+        let negotiated = tokio::time::timeout(config.greeting_timeout, handshake)
+            .await
+            .map_err(|_| greeting_timeout(config.greeting_timeout))??;
         let (write_tx, write_rx) = mpsc::channel(WRITE_QUEUE);
         let inner = Arc::new(Inner {
-            shared: Mutex::new(Shared {
-                session,
-                subscribers: Vec::new(),
-                next_subscriber: 1,
-            }),
+            conn: Arc::new(Connection::new(negotiated, control, config)),
             write_tx,
-            control,
-            connected: AtomicBool::new(true),
-            config: config.clone(),
         });
         let reader = tokio::spawn(reader_task(Arc::clone(&inner), read_half));
         let writer = tokio::spawn(writer_task(Arc::downgrade(&inner), write_half, write_rx));
@@ -165,53 +135,16 @@ impl AsyncQmp {
             inner,
             reader: Mutex::new(Some(reader)),
             writer: Mutex::new(Some(writer)),
-            greeting,
-            early_events: Mutex::new(early),
         })
     }
 
-    /// The server greeting.
-    pub fn greeting(&self) -> &Greeting {
-        &self.greeting
+    fn connection(&self) -> &Connection<Waiter, Sink> {
+        &self.inner.conn
     }
 
-    /// QEMU's version, from the greeting.
-    pub fn version(&self) -> QemuVersion {
-        self.greeting.version
-    }
+    connection_accessors!();
 
-    /// The configuration in use.
-    pub fn config(&self) -> &Config {
-        &self.inner.config
-    }
-
-    /// Events that arrived before the greeting or during negotiation (taken once).
-    pub fn take_early_events(&self) -> Vec<Event> {
-        std::mem::take(&mut *lock(&self.early_events))
-    }
-
-    /// Whether the connection is open and negotiated.
-    pub fn is_connected(&self) -> bool {
-        self.inner.connected.load(Ordering::SeqCst)
-            && lock(&self.inner.shared).session.state() == State::Ready
-    }
-
-    /// Executes a typed qapi-qmp command with the default timeout and decodes its reply.
-    pub async fn execute<C: qapi_spec::Command>(&self, command: &C) -> Result<C::Ok> {
-        let value = self.execute_command(&Command::from_typed(command)?).await?;
-        decode_reply::<C>(value)
-    }
-
-    /// Executes `name` with raw JSON `arguments`.
-    pub async fn execute_raw(&self, name: &str, arguments: Value) -> Result<Value> {
-        self.execute_command(&Command::new(name, arguments)).await
-    }
-
-    /// Executes a [`Command`] with the default timeout.
-    pub async fn execute_command(&self, command: &Command) -> Result<Value> {
-        self.execute_with_timeout(command, self.inner.config.command_timeout)
-            .await
-    }
+    command_helpers!(AsyncEventSubscription, [async], [.await]);
 
     /// Executes a [`Command`] with its own timeout. Cancel-safe: dropping the future (or the
     /// timeout firing) leaves the connection in sync; a late reply is discarded.
@@ -231,10 +164,10 @@ impl AsyncQmp {
     ) -> Result<Value> {
         let (tx, mut rx) = oneshot::channel();
         let id = {
-            let mut shared = lock(&self.inner.shared);
-            let (id, bytes) = shared.session.start_command(command, tx)?;
+            let mut state = lock(&self.inner.conn.state);
+            let (id, bytes) = state.session.start_command(command, tx)?;
             if let Err(e) = self.inner.write_tx.try_send(WriteOp { bytes, fds }) {
-                shared.session.cancel(id);
+                state.session.cancel(id);
                 return Err(match e {
                     mpsc::error::TrySendError::Full(_) => Error::Io(io::Error::new(
                         io::ErrorKind::WouldBlock,
@@ -253,130 +186,27 @@ impl AsyncQmp {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(Error::Disconnected),
             Err(_) => {
-                lock(&self.inner.shared).session.cancel(id);
-                rx.try_recv().unwrap_or(Err(Error::Timeout {
-                    what: format!("command `{}`", command.name),
-                    after: timeout,
-                }))
+                lock(&self.inner.conn.state).session.cancel(id);
+                rx.try_recv()
+                    .unwrap_or_else(|_| Err(command_timeout(&command.name, timeout)))
             }
         }
-    }
-
-    /// Subscribes to every event from now on.
-    pub fn subscribe(&self) -> AsyncEventSubscription {
-        self.subscribe_filtered(EventFilter::any())
     }
 
     /// Subscribes to events matching `filter` from now on.
     pub fn subscribe_filtered(&self, filter: EventFilter) -> AsyncEventSubscription {
         let (tx, rx) = mpsc::unbounded_channel();
-        let mut shared = lock(&self.inner.shared);
-        let id = shared.next_subscriber;
-        shared.next_subscriber += 1;
-        if shared.session.state() != State::Closed {
-            shared.subscribers.push(Subscriber {
-                id,
-                filter: filter.clone(),
-                tx,
-            });
-        }
         AsyncEventSubscription {
             rx,
-            id,
+            _registration: self.inner.conn.subscribe(filter.clone(), tx),
             filter,
-            inner: Arc::downgrade(&self.inner),
         }
-    }
-
-    /// Waits up to `timeout` for the next event matching `filter` (events from now on).
-    pub async fn wait_event(&self, filter: &EventFilter, timeout: Duration) -> Result<Event> {
-        self.subscribe_filtered(filter.clone())
-            .recv_timeout(timeout)
-            .await
-    }
-
-    /// Registers a listener for `filter`, executes `command`, then waits for the event; all within
-    /// `timeout`.
-    pub async fn execute_and_wait_event(
-        &self,
-        command: &Command,
-        filter: &EventFilter,
-        timeout: Duration,
-    ) -> Result<(Value, Event)> {
-        let deadline = deadline(timeout);
-        let mut sub = self.subscribe_filtered(filter.clone());
-        let value = self.execute_with_timeout(command, timeout).await?;
-        let event = sub
-            .recv_timeout(remaining(deadline).unwrap_or(Duration::MAX))
-            .await?;
-        Ok((value, event))
-    }
-
-    /// `device_del` and wait for `DEVICE_DELETED` for that id.
-    pub async fn device_del(&self, id: &str, timeout: Duration) -> Result<Event> {
-        self.execute_and_wait_event(
-            &commands::device_del(id),
-            &EventFilter::device_deleted(id),
-            timeout,
-        )
-        .await
-        .map(|(_, e)| e)
-    }
-
-    /// `system_powerdown` and wait for `POWERDOWN`.
-    pub async fn system_powerdown(&self, timeout: Duration) -> Result<Event> {
-        self.execute_and_wait_event(
-            &commands::system_powerdown(),
-            &EventFilter::powerdown(),
-            timeout,
-        )
-        .await
-        .map(|(_, e)| e)
-    }
-
-    /// Passes `fd` to QEMU under `name` (`getfd`, SCM_RIGHTS). The fd is duplicated for sending.
-    pub async fn getfd(&self, name: &str, fd: BorrowedFd<'_>) -> Result<()> {
-        let owned = fd.try_clone_to_owned()?;
-        self.execute_with_fds(
-            &commands::getfd(name),
-            self.inner.config.command_timeout,
-            vec![owned],
-        )
-        .await
-        .map(drop)
-    }
-
-    /// Adds `fd` to an fd set (`add-fd`, SCM_RIGHTS).
-    pub async fn add_fd(
-        &self,
-        fdset_id: Option<u64>,
-        opaque: Option<&str>,
-        fd: BorrowedFd<'_>,
-    ) -> Result<AddFdInfo> {
-        let owned = fd.try_clone_to_owned()?;
-        let cmd = commands::add_fd(fdset_id, opaque);
-        let value = self
-            .execute_with_fds(&cmd, self.inner.config.command_timeout, vec![owned])
-            .await?;
-        decode_value("add-fd", value)
-    }
-
-    /// Runs a [`MemoryHotplug`], removing the backend again if `device_add` fails.
-    pub async fn hotplug_memory(&self, plan: &MemoryHotplug) -> Result<()> {
-        self.execute_command(&plan.object_add).await?;
-        if let Err(e) = self.execute_command(&plan.device_add).await {
-            if let Err(undo) = self.execute_command(&plan.rollback).await {
-                warn!(error = %undo, "rolling back the memory backend failed");
-            }
-            return Err(e);
-        }
-        Ok(())
     }
 
     /// Closes the connection: pending commands fail with [`Error::Disconnected`], subscriptions
     /// end, the tasks finish. Idempotent.
     pub async fn close(&self) {
-        self.inner.shutdown();
+        self.inner.conn.shutdown();
         let reader = lock(&self.reader).take();
         if let Some(reader) = reader {
             let _ = reader.await;
@@ -387,13 +217,13 @@ impl AsyncQmp {
             let _ = writer.await;
         }
         // In case the reader ended without seeing EOF (e.g. it was aborted).
-        end_session(&self.inner, Error::Disconnected);
+        self.inner.conn.end(Error::Disconnected);
     }
 }
 
 impl Drop for AsyncQmp {
     fn drop(&mut self) {
-        self.inner.shutdown();
+        self.inner.conn.shutdown();
         if let Some(writer) = lock(&self.writer).take() {
             writer.abort();
         }
@@ -402,100 +232,37 @@ impl Drop for AsyncQmp {
 }
 
 async fn handshake(
-    session: &mut Session<Waiter>,
     reader: &mut OwnedReadHalf,
-    writer: &mut OwnedWriteHalf,
-    early: &mut Vec<Event>,
-) -> Result<Greeting> {
+    writer: &OwnedWriteHalf,
+    config: &Config,
+) -> Result<Negotiated<Waiter>> {
+    let mut handshake = Handshake::new(config);
     let mut buf = vec![0u8; 64 * 1024];
-    let mut actions = Vec::new();
-    let mut greeting = None;
     loop {
-        match reader.read(&mut buf).await {
-            Ok(0) => session.eof(&mut actions),
-            Ok(n) => session.feed(buf.get(..n).unwrap_or_default(), &mut actions),
+        let send = match reader.read(&mut buf).await {
+            Ok(n) => handshake.on_read(buf.get(..n).filter(|b| !b.is_empty()))?,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(Error::Io(e)),
+        };
+        if let Some(bytes) = send {
+            send_all(writer.as_ref(), &bytes, &[]).await?;
         }
-        let mut ready = false;
-        for action in actions.drain(..) {
-            match action {
-                Action::Greeting(g) => {
-                    greeting = Some(g);
-                    send_all(writer.as_ref(), &session.negotiate()?, &[]).await?;
-                }
-                // Events read along with the negotiation reply are kept too.
-                Action::Ready => ready = true,
-                Action::Event(e) => early.push(e),
-                Action::Reply { .. } => {}
-                Action::Closed(err) => return Err(err),
-            }
-        }
-        if ready {
-            return greeting.ok_or_else(|| Error::Greeting("negotiated without a greeting".into()));
+        if handshake.is_done() {
+            return handshake.finish();
         }
     }
-}
-
-/// Acts on what the session produced. Called with the session lock held, in the same critical
-/// section that fed the session: a caller whose timeout fires meanwhile either finds its reply
-/// delivered or cancels before the reply was routed, never neither (`oneshot::send` and
-/// unbounded sends never block). Returns whether the session closed.
-fn dispatch(shared: &mut Shared, actions: &mut Vec<Action<Waiter>>) -> bool {
-    let mut closed = false;
-    for action in actions.drain(..) {
-        match action {
-            Action::Event(event) => {
-                trace!(event = %event.name, "QMP event");
-                shared
-                    .subscribers
-                    .retain(|s| !s.filter.matches(&event) || s.tx.send(event.clone()).is_ok());
-            }
-            Action::Reply { waiter, result, .. } => {
-                crate::testing::reply_routed();
-                let _ = waiter.send(result);
-            }
-            Action::Closed(err) => {
-                debug!(reason = %err, "QMP session closed");
-                shared.subscribers.clear();
-                closed = true;
-            }
-            Action::Greeting(_) | Action::Ready => {}
-        }
-    }
-    closed
-}
-
-/// Ends the session because of `err`: every pending command fails with it, subscriptions end.
-fn end_session(inner: &Inner, err: Error) {
-    inner.shutdown();
-    let mut actions = Vec::new();
-    let mut shared = lock(&inner.shared);
-    shared.session.close_with(err, &mut actions);
-    dispatch(&mut shared, &mut actions);
 }
 
 async fn reader_task(inner: Arc<Inner>, mut read_half: OwnedReadHalf) {
     let mut buf = vec![0u8; 64 * 1024];
     let mut actions = Vec::new();
     loop {
-        let read = read_half.read(&mut buf).await;
-        let mut shared = lock(&inner.shared);
-        match read {
-            Ok(0) => shared.session.eof(&mut actions),
-            Ok(n) => shared
-                .session
-                .feed(buf.get(..n).unwrap_or_default(), &mut actions),
+        let read = match read_half.read(&mut buf).await {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                debug!(error = %e, "QMP read failed");
-                shared.session.eof(&mut actions);
-            }
-        }
-        // The session may also have been ended by a failed write or by `close`.
-        if dispatch(&mut shared, &mut actions) || shared.session.state() == State::Closed {
-            drop(shared);
-            inner.shutdown();
+            read => read.map(|n| buf.get(..n).unwrap_or_default()),
+        };
+        if lock(&inner.conn.state).on_read(read, &mut actions) {
+            inner.conn.shutdown();
             return;
         }
     }
@@ -507,7 +274,7 @@ async fn writer_task(
     mut rx: mpsc::Receiver<WriteOp>,
 ) {
     while let Some(op) = rx.recv().await {
-        let Some(timeout) = inner.upgrade().map(|i| i.config.command_timeout) else {
+        let Some(timeout) = inner.upgrade().map(|i| i.conn.config().command_timeout) else {
             return;
         };
         let fds: Vec<BorrowedFd<'_>> = op.fds.iter().map(AsFd::as_fd).collect();
@@ -528,10 +295,9 @@ async fn writer_task(
             rx.close();
             while rx.try_recv().is_ok() {}
             if let Some(inner) = inner.upgrade() {
-                end_session(
-                    &inner,
-                    write_error(e, "writing queued QMP commands", timeout),
-                );
+                inner
+                    .conn
+                    .end(write_error(e, "writing queued QMP commands", timeout));
             }
             return;
         }
@@ -568,9 +334,8 @@ async fn send_all(
 #[derive(Debug)]
 pub struct AsyncEventSubscription {
     rx: mpsc::UnboundedReceiver<Event>,
-    id: u64,
     filter: EventFilter,
-    inner: Weak<Inner>,
+    _registration: Registration<Waiter, Sink>,
 }
 
 impl AsyncEventSubscription {
@@ -584,29 +349,12 @@ impl AsyncEventSubscription {
         match tokio::time::timeout(timeout, self.rx.recv()).await {
             Ok(Some(e)) => Ok(e),
             Ok(None) => Err(Error::Disconnected),
-            Err(_) => Err(Error::Timeout {
-                what: format!("event {}", self.filter),
-                after: timeout,
-            }),
+            Err(_) => Err(event_timeout(&self.filter, timeout)),
         }
     }
 
     /// The next queued event, if any, without waiting.
     pub fn try_recv(&mut self) -> Option<Event> {
         self.rx.try_recv().ok()
-    }
-}
-
-impl Drop for AsyncEventSubscription {
-    fn drop(&mut self) {
-        if let Some(inner) = self.inner.upgrade() {
-            lock(&inner.shared).subscribers.retain(|s| s.id != self.id);
-        }
-    }
-}
-
-impl std::fmt::Debug for Inner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Inner").finish_non_exhaustive()
     }
 }
