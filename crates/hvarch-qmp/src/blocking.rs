@@ -1,14 +1,28 @@
-//! The blocking client: a reader thread, writers serialised through a mutex, a timeout on every
-//! wait.
+//! The blocking client: callers read for themselves (leader/follower), a background thread reads
+//! only when no caller does, writes are coalesced, a timeout bounds every wait.
+//!
+//! **Reading.** A caller waiting for its reply becomes the *leader* when nobody is reading the
+//! socket: it waits for data itself, feeds the session and delivers whatever arrived (its own
+//! reply, other callers' replies, events) in the critical section that fed it. A lone caller
+//! thus pays no thread hand-off. Callers that find a leader are *followers*: they sleep on their
+//! own slot until their reply is delivered or the leader steps down and promotes one of them.
+//! When no caller waits, a background thread (asleep on an epoll set that callers switch off
+//! while they lead) reads, so events reach subscribers while no command runs and the end of the
+//! connection is noticed.
+//!
+//! **Writing.** Commands go into the session's queue; the caller that takes the writer lock
+//! writes everything queued behind it in one `sendmsg` (descriptors in their own), and a thread
+//! that finds the lock taken leaves its command to the holder. Every write is bounded by
+//! `command_timeout` (`SO_SNDTIMEO`); a write that fails or times out ends the session.
 
+use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Condvar, Mutex, PoisonError, TryLockError};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tracing::{debug, warn};
@@ -22,13 +36,69 @@ use crate::deadline::{deadline, remaining};
 use crate::error::{Error, Result};
 use crate::event::{Event, EventFilter};
 use crate::message::Command;
+use crate::protocol::Action;
+use crate::sys::{recv_now, wait_readable, Watch};
 
-type Waiter = mpsc::SyncSender<Result<Value>>;
+/// Where a caller receives its result, and learns that it may lead.
+#[derive(Debug, Default)]
+struct Slot {
+    state: Mutex<SlotState>,
+    wake: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct SlotState {
+    result: Option<Result<Value>>,
+    /// The leader stepped down: this caller may take over reading.
+    promoted: bool,
+}
+
+type Waiter = Arc<Slot>;
 
 impl crate::client::Waiter for Waiter {
     fn deliver(self, result: Result<Value>) {
-        // A one-slot channel never blocks; a caller that gave up dropped the receiver.
-        let _ = self.try_send(result);
+        lock(&self.state).result = Some(result);
+        self.wake.notify_one();
+    }
+}
+
+impl Slot {
+    fn take_result(&self) -> Option<Result<Value>> {
+        lock(&self.state).result.take()
+    }
+
+    fn has_result(&self) -> bool {
+        lock(&self.state).result.is_some()
+    }
+
+    fn promote(&self) {
+        lock(&self.state).promoted = true;
+        self.wake.notify_one();
+    }
+
+    /// Whether the caller was promoted since it last looked (and forgets it).
+    fn take_promotion(&self) -> bool {
+        std::mem::take(&mut lock(&self.state).promoted)
+    }
+
+    /// Sleeps until a result is delivered, the caller is promoted, or `deadline` passes.
+    fn sleep(&self, deadline: Option<Instant>) {
+        let mut state = lock(&self.state);
+        while state.result.is_none() && !state.promoted {
+            state = match remaining(deadline) {
+                None => self
+                    .wake
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner),
+                Some(left) if left.is_zero() => return,
+                Some(left) => {
+                    self.wake
+                        .wait_timeout(state, left)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+            };
+        }
     }
 }
 
@@ -38,9 +108,36 @@ impl EventSink for mpsc::Sender<Event> {
     }
 }
 
+/// Who reads the socket now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Leader {
+    Caller,
+    Background,
+}
+
+/// The reading role, behind its own lock (never held together with the connection's).
+#[derive(Debug)]
+struct Reading {
+    leader: Option<Leader>,
+    /// Callers waiting while someone else reads, oldest first.
+    followers: VecDeque<Arc<Slot>>,
+    /// Whether the background thread's epoll set watches the socket.
+    watching: bool,
+}
+
+/// What the leader reads with: only the leader locks it.
+struct ReadSide {
+    stream: UnixStream,
+    buf: Vec<u8>,
+    actions: Vec<Action<Waiter>>,
+}
+
 struct Inner {
     conn: Arc<Connection<Waiter, mpsc::Sender<Event>>>,
     writer: Mutex<UnixStream>,
+    read: Mutex<ReadSide>,
+    reading: Mutex<Reading>,
+    watch: Watch,
 }
 
 /// A blocking QMP client over a Unix socket. `Send + Sync`: share it between threads with `&` or
@@ -55,7 +152,7 @@ struct Inner {
 /// ```
 pub struct Qmp {
     inner: Arc<Inner>,
-    reader: Mutex<Option<JoinHandle<()>>>,
+    background: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Qmp {
@@ -81,20 +178,35 @@ impl Qmp {
         let mut reader = stream.try_clone()?;
         let writer = stream;
         let negotiated = handshake(&mut reader, &writer, config)?;
+        // Reads never block in the kernel (they wait in `ppoll`/epoll, then `recv` with
+        // MSG_DONTWAIT); writes block, bounded by `command_timeout`. A zero timeout would be
+        // refused by the socket (it means "none" to `set_*_timeout`).
         reader.set_read_timeout(None)?;
-        // A zero timeout would be refused by the socket (it means "none" to `set_*_timeout`).
         writer.set_write_timeout(Some(config.command_timeout).filter(|t| !t.is_zero()))?;
+        let watch = Watch::new(reader.as_fd())?;
+        watch.on()?;
         let inner = Arc::new(Inner {
             conn: Arc::new(Connection::new(negotiated, writer.try_clone()?, config)),
             writer: Mutex::new(writer),
+            read: Mutex::new(ReadSide {
+                stream: reader,
+                buf: vec![0u8; 64 * 1024],
+                actions: Vec::new(),
+            }),
+            reading: Mutex::new(Reading {
+                leader: None,
+                followers: VecDeque::new(),
+                watching: true,
+            }),
+            watch,
         });
         let thread_inner = Arc::clone(&inner);
         let handle = std::thread::Builder::new()
-            .name("qmp-reader".into())
-            .spawn(move || reader_loop(&thread_inner, reader))?;
+            .name("qmp-events".into())
+            .spawn(move || thread_inner.background())?;
         Ok(Qmp {
             inner,
-            reader: Mutex::new(Some(handle)),
+            background: Mutex::new(Some(handle)),
         })
     }
 
@@ -118,34 +230,19 @@ impl Qmp {
         timeout: Duration,
         fds: Vec<OwnedFd>,
     ) -> Result<Value> {
-        let (tx, rx) = mpsc::sync_channel(1);
-        let (id, bytes) = lock(&self.inner.conn.state)
+        let deadline = deadline(timeout);
+        let slot = Arc::new(Slot::default());
+        let id = lock(&self.inner.conn.state)
             .session
-            .start_command(command, tx)?;
-        if let Err(e) = self.write(&bytes, &fds) {
-            // A partial write would desynchronise the stream: end the session.
-            warn!(command = %command.name, error = %e, "QMP write failed; closing the connection");
-            let what = format!("writing `{}`", command.name);
-            self.inner
-                .conn
-                .end(write_error(e, &what, self.config().command_timeout));
+            .submit(command, fds, Arc::clone(&slot))?;
+        self.inner.flush();
+        if let Some(result) = self.inner.wait(&slot, deadline) {
+            return result;
         }
-        match rx.recv_timeout(timeout) {
-            Ok(result) => result,
-            Err(mpsc::RecvTimeoutError::Disconnected) => Err(Error::Disconnected),
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                lock(&self.inner.conn.state).session.cancel(id);
-                // The reply may have been delivered between the timeout and the cancel.
-                rx.try_recv()
-                    .unwrap_or_else(|_| Err(command_timeout(&command.name, timeout)))
-            }
-        }
-    }
-
-    fn write(&self, bytes: &[u8], fds: &[OwnedFd]) -> io::Result<()> {
-        let fds: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
-        let writer = lock(&self.inner.writer);
-        crate::fdpass::send_all(writer.as_fd(), bytes, &fds)
+        lock(&self.inner.conn.state).session.cancel(id);
+        // The reply may have been delivered between the deadline and the cancel.
+        slot.take_result()
+            .unwrap_or_else(|| Err(command_timeout(&command.name, timeout)))
     }
 
     /// Subscribes to events matching `filter` from now on.
@@ -159,13 +256,14 @@ impl Qmp {
     }
 
     /// Closes the connection: pending commands fail with [`Error::Disconnected`], subscriptions
-    /// end, the reader thread is joined. Idempotent.
+    /// end, the background reader is joined. Idempotent.
     pub fn close(&self) {
-        let handle = lock(&self.reader).take();
+        let handle = lock(&self.background).take();
         if let Some(handle) = handle {
-            self.inner.conn.shutdown();
+            self.inner.conn.end(Error::Disconnected);
+            self.inner.settle(&mut lock(&self.inner.reading));
             if handle.join().is_err() {
-                warn!("QMP reader thread panicked");
+                warn!("QMP background reader panicked");
             }
             debug!("QMP connection closed");
         }
@@ -175,6 +273,185 @@ impl Qmp {
 impl Drop for Qmp {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+impl Inner {
+    /// Writes whatever the session has ready, unless another thread is writing: that one
+    /// writes what was queued behind it before it lets go. A write that fails ends the session.
+    fn flush(&self) {
+        loop {
+            let writer = match self.writer.try_lock() {
+                Ok(w) => w,
+                Err(TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(TryLockError::WouldBlock) => return,
+            };
+            loop {
+                let Some(t) = lock(&self.conn.state).session.poll_transmit() else {
+                    break;
+                };
+                let fds: Vec<BorrowedFd<'_>> = t.fds.iter().map(AsFd::as_fd).collect();
+                if let Err(e) = crate::fdpass::send_all(writer.as_fd(), &t.bytes, &fds) {
+                    drop(writer);
+                    // A partial write would desynchronise the stream: end the session.
+                    warn!(error = %e, "QMP write failed; closing the connection");
+                    let timeout = self.conn.config().command_timeout;
+                    self.conn
+                        .end(write_error(e, "writing QMP commands", timeout));
+                    self.settle(&mut lock(&self.reading));
+                    return;
+                }
+            }
+            drop(writer);
+            // A command queued while this thread held the lock has been left to it.
+            if !lock(&self.conn.state).session.has_transmit() {
+                return;
+            }
+        }
+    }
+
+    /// Waits for `slot`'s result until `deadline`, reading the socket when nobody else does.
+    /// `None` when the deadline passed first.
+    fn wait(&self, slot: &Arc<Slot>, deadline: Option<Instant>) -> Option<Result<Value>> {
+        loop {
+            if let Some(result) = slot.take_result() {
+                return Some(result);
+            }
+            if remaining(deadline).is_some_and(|r| r.is_zero()) {
+                return None;
+            }
+            let mut reading = lock(&self.reading);
+            if reading.leader.is_none() {
+                reading.leader = Some(Leader::Caller);
+                self.watch_socket(&mut reading, false);
+                drop(reading);
+                self.lead(slot, deadline);
+                let mut reading = lock(&self.reading);
+                reading.leader = None;
+                self.settle(&mut reading);
+                continue;
+            }
+            reading.followers.push_back(Arc::clone(slot));
+            drop(reading);
+            slot.sleep(deadline);
+            let mut reading = lock(&self.reading);
+            reading.followers.retain(|f| !Arc::ptr_eq(f, slot));
+            let leaving = slot.has_result() || remaining(deadline).is_some_and(|r| r.is_zero());
+            // Promoted but leaving: pass the role on. Promoted and staying: the loop takes it.
+            if slot.take_promotion() && leaving {
+                self.settle(&mut reading);
+            }
+        }
+    }
+
+    /// Reads as the leader until `slot` has its result, `deadline` passes or the session ends.
+    fn lead(&self, slot: &Slot, deadline: Option<Instant>) {
+        let mut read = lock(&self.read);
+        while !slot.has_result() {
+            let left = remaining(deadline);
+            if left.is_some_and(|r| r.is_zero()) {
+                return;
+            }
+            match wait_readable(read.stream.as_fd(), left) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    self.read_done(&mut read, Err(e));
+                    return;
+                }
+            }
+            if self.read_once(&mut read) {
+                return;
+            }
+        }
+    }
+
+    /// One `recv` and what follows; returns whether the session is closed.
+    fn read_once(&self, read: &mut ReadSide) -> bool {
+        let n = recv_now(read.stream.as_fd(), &mut read.buf);
+        if matches!(&n, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
+            return false;
+        }
+        self.read_done(read, n)
+    }
+
+    /// Feeds `n` bytes read into the buffer (0 or an error: the end of the stream), delivers in
+    /// the same critical section, then writes what the replies let go. Returns whether the
+    /// session is closed.
+    fn read_done(&self, read: &mut ReadSide, n: io::Result<usize>) -> bool {
+        let ReadSide { buf, actions, .. } = read;
+        let bytes = n.map(|n| buf.get(..n).unwrap_or_default());
+        let (closed, ready) = {
+            let mut state = lock(&self.conn.state);
+            let closed = state.on_read(bytes, actions);
+            (closed, state.session.has_transmit())
+        };
+        if closed {
+            self.conn.shutdown();
+        } else if ready {
+            self.flush();
+        }
+        closed
+    }
+
+    /// After the reading role changed: if nobody reads, the oldest follower is asked to, or
+    /// the background thread takes over.
+    fn settle(&self, reading: &mut Reading) {
+        if reading.leader.is_some() {
+            return;
+        }
+        // A follower whose result has arrived is about to leave: ask the next one.
+        let next = reading.followers.iter().find(|f| !f.has_result()).cloned();
+        match next {
+            Some(next) if !self.conn.is_shut_down() => {
+                self.watch_socket(reading, false);
+                next.promote();
+            }
+            _ => self.watch_socket(reading, true),
+        }
+    }
+
+    fn watch_socket(&self, reading: &mut Reading, on: bool) {
+        if reading.watching == on {
+            return;
+        }
+        let result = if on {
+            self.watch.on()
+        } else {
+            self.watch.off()
+        };
+        match result {
+            Ok(()) => reading.watching = on,
+            Err(e) => warn!(error = %e, on, "QMP: epoll_ctl failed"),
+        }
+    }
+
+    /// The background reader: sleeps on the epoll set, and reads when it wakes with nobody
+    /// else reading. Ends with the connection.
+    fn background(&self) {
+        loop {
+            if let Err(e) = self.watch.wait() {
+                warn!(error = %e, "QMP: epoll_wait failed; events are read only by callers");
+                return;
+            }
+            if self.conn.is_shut_down() {
+                return;
+            }
+            {
+                let mut reading = lock(&self.reading);
+                if reading.leader.is_some() || !reading.watching {
+                    continue;
+                }
+                reading.leader = Some(Leader::Background);
+            }
+            let closed = self.read_once(&mut lock(&self.read));
+            let mut reading = lock(&self.reading);
+            reading.leader = None;
+            self.settle(&mut reading);
+            if closed {
+                return;
+            }
+        }
     }
 }
 
@@ -212,21 +489,6 @@ fn handshake(
         }
         if handshake.is_done() {
             return handshake.finish();
-        }
-    }
-}
-
-fn reader_loop(inner: &Inner, mut stream: UnixStream) {
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut actions = Vec::new();
-    loop {
-        let read = match stream.read(&mut buf) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            read => read.map(|n| buf.get(..n).unwrap_or_default()),
-        };
-        if lock(&inner.conn.state).on_read(read, &mut actions) {
-            inner.conn.shutdown();
-            return;
         }
     }
 }

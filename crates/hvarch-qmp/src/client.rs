@@ -129,6 +129,8 @@ pub(crate) struct Connection<W, S> {
     pub(crate) state: Mutex<Link<W, S>>,
     greeting: Greeting,
     config: Config,
+    /// Whether `oob` was negotiated.
+    oob: bool,
     early_events: Mutex<Vec<Event>>,
     connected: AtomicBool,
     /// A dup of the socket used only to shut it down (wakes every thread or task blocked on it).
@@ -138,6 +140,7 @@ pub(crate) struct Connection<W, S> {
 impl<W: Waiter, S: EventSink> Connection<W, S> {
     /// A connection whose `session` has negotiated.
     pub(crate) fn new(negotiated: Negotiated<W>, control: UnixStream, config: &Config) -> Self {
+        let oob = negotiated.session.oob();
         Connection {
             state: Mutex::new(Link {
                 session: negotiated.session,
@@ -146,6 +149,7 @@ impl<W: Waiter, S: EventSink> Connection<W, S> {
             }),
             greeting: negotiated.greeting,
             config: config.clone(),
+            oob,
             early_events: Mutex::new(negotiated.early_events),
             connected: AtomicBool::new(true),
             control,
@@ -158,6 +162,10 @@ impl<W: Waiter, S: EventSink> Connection<W, S> {
 
     pub(crate) fn config(&self) -> &Config {
         &self.config
+    }
+
+    pub(crate) fn oob(&self) -> bool {
+        self.oob
     }
 
     pub(crate) fn take_early_events(&self) -> Vec<Event> {
@@ -178,6 +186,11 @@ impl<W: Waiter, S: EventSink> Connection<W, S> {
             .field("version", &self.greeting.version)
             .field("connected", &self.is_connected())
             .finish_non_exhaustive()
+    }
+
+    /// Whether [`Connection::shutdown`] ran (the session may still be draining).
+    pub(crate) fn is_shut_down(&self) -> bool {
+        !self.connected.load(Ordering::SeqCst)
     }
 
     /// Shuts the socket down: every blocked read and write returns, `is_connected` is false.
@@ -312,6 +325,12 @@ macro_rules! connection_accessors {
         /// The configuration in use.
         pub fn config(&self) -> &$crate::Config {
             self.connection().config()
+        }
+
+        /// Whether the `oob` capability was negotiated (asked for by
+        /// [`Config::enable_oob`](crate::Config::enable_oob) and offered by QEMU).
+        pub fn oob(&self) -> bool {
+            self.connection().oob()
         }
 
         /// Events that arrived before the greeting or during negotiation (taken once).

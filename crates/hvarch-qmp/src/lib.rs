@@ -40,6 +40,7 @@ mod event;
 mod fdpass;
 mod message;
 pub mod protocol;
+mod sys;
 #[doc(hidden)]
 pub mod testing;
 #[cfg(feature = "tokio")]

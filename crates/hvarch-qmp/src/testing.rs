@@ -126,6 +126,46 @@ impl FakeConn {
         }
     }
 
+    /// Reads once (waiting if no complete line is buffered) and returns every complete line
+    /// then buffered: the commands that arrived together. Empty on EOF or timeout (10 s).
+    pub fn recv_burst(&mut self) -> Vec<Value> {
+        if !self.buf.contains(&b'\n') {
+            let mut chunk = [0u8; 65536];
+            match crate::fdpass::recv_with_fds(self.stream.as_fd(), &mut chunk) {
+                Ok((0, _)) | Err(_) => return Vec::new(),
+                Ok((n, fds)) => {
+                    self.buf
+                        .extend_from_slice(chunk.get(..n).unwrap_or_default());
+                    self.fds.extend(fds);
+                }
+            }
+        }
+        let mut lines = Vec::new();
+        while let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.buf.drain(..=pos).collect();
+            lines.extend(serde_json::from_slice::<Value>(&line).ok());
+        }
+        lines
+    }
+
+    /// Whether more has arrived (a buffered line or unread bytes), without waiting.
+    pub fn has_pending(&self) -> bool {
+        if self.buf.contains(&b'\n') {
+            return true;
+        }
+        let mut byte = [0u8; 1];
+        // SAFETY: `byte` is valid for a one-byte write; MSG_PEEK leaves the data queued.
+        let n = unsafe {
+            libc::recv(
+                std::os::fd::AsRawFd::as_raw_fd(&self.stream),
+                byte.as_mut_ptr().cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        n > 0
+    }
+
     /// Reads a command and asserts its name.
     pub fn expect_command(&mut self, name: &str) -> Value {
         let cmd = self

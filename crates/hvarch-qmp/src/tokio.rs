@@ -1,20 +1,26 @@
 //! The async client on tokio (feature `tokio`): the same surface as [`Qmp`](crate::Qmp), with
-//! cancel-safe futures.
+//! cancel-safe futures that never block a runtime thread beyond a short critical section.
 //!
-//! A reader task owns the read half; a writer task owns the write half and writes whole messages
-//! from a queue, so dropping a command future can never leave a half-written line. A dropped
-//! command's pending entry is removed by a guard; QEMU's late reply is discarded by id.
+//! **Writing.** A caller queues its command in the session and writes whatever is ready itself,
+//! without waiting: one non-blocking `sendmsg` for all queued commands (descriptors in their
+//! own). Only when the socket is full does the rest go to a flusher task, which waits until
+//! QEMU reads, at most `command_timeout`, and ends the session if it does not. A write is never
+//! abandoned half-way, so dropping a command future can never leave a half-written line.
+//!
+//! **Reading.** A reader task reads, feeds the session and delivers replies and events in the
+//! same critical section. A dropped command's entry is removed by a guard; QEMU's late reply is
+//! discarded by id.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, TryLockError};
 use std::time::Duration;
 
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, Interest};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 use tracing::warn;
 
@@ -44,18 +50,19 @@ impl EventSink for Sink {
     }
 }
 
-struct WriteOp {
+/// Bytes the socket did not take yet: while there are any, only the flusher task writes.
+struct Backlog {
     bytes: Vec<u8>,
+    written: usize,
+    /// Still to be attached (to the first byte written).
     fds: Vec<OwnedFd>,
 }
 
-/// How many commands may wait for the writer task; a command beyond that fails at once rather
-/// than pile up (with its fds) behind a QEMU that does not read.
-const WRITE_QUEUE: usize = 1024;
-
 struct Inner {
     conn: Arc<Connection<Waiter, Sink>>,
-    write_tx: mpsc::Sender<WriteOp>,
+    write_half: OwnedWriteHalf,
+    backlog: Mutex<Option<Backlog>>,
+    flush_wanted: Notify,
 }
 
 /// An async QMP client on tokio. `Send + Sync`; share it with `Arc`. Dropping it closes the
@@ -73,7 +80,7 @@ struct Inner {
 pub struct AsyncQmp {
     inner: Arc<Inner>,
     reader: Mutex<Option<JoinHandle<()>>>,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    flusher: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for AsyncQmp {
@@ -85,12 +92,14 @@ impl std::fmt::Debug for AsyncQmp {
 /// Removes a pending command if its future is dropped before the reply.
 struct CancelGuard<'a> {
     inner: &'a Inner,
-    id: u64,
+    id: Option<u64>,
 }
 
 impl Drop for CancelGuard<'_> {
     fn drop(&mut self) {
-        lock(&self.inner.conn.state).session.cancel(self.id);
+        if let Some(id) = self.id {
+            lock(&self.inner.conn.state).session.cancel(id);
+        }
     }
 }
 
@@ -124,17 +133,18 @@ impl AsyncQmp {
         let negotiated = tokio::time::timeout(config.greeting_timeout, handshake)
             .await
             .map_err(|_| greeting_timeout(config.greeting_timeout))??;
-        let (write_tx, write_rx) = mpsc::channel(WRITE_QUEUE);
         let inner = Arc::new(Inner {
             conn: Arc::new(Connection::new(negotiated, control, config)),
-            write_tx,
+            write_half,
+            backlog: Mutex::new(None),
+            flush_wanted: Notify::new(),
         });
         let reader = tokio::spawn(reader_task(Arc::clone(&inner), read_half));
-        let writer = tokio::spawn(writer_task(Arc::downgrade(&inner), write_half, write_rx));
+        let flusher = tokio::spawn(flusher_task(Arc::clone(&inner)));
         Ok(AsyncQmp {
             inner,
             reader: Mutex::new(Some(reader)),
-            writer: Mutex::new(Some(writer)),
+            flusher: Mutex::new(Some(flusher)),
         })
     }
 
@@ -163,26 +173,15 @@ impl AsyncQmp {
         fds: Vec<OwnedFd>,
     ) -> Result<Value> {
         let (tx, mut rx) = oneshot::channel();
-        let id = {
-            let mut state = lock(&self.inner.conn.state);
-            let (id, bytes) = state.session.start_command(command, tx)?;
-            if let Err(e) = self.inner.write_tx.try_send(WriteOp { bytes, fds }) {
-                state.session.cancel(id);
-                return Err(match e {
-                    mpsc::error::TrySendError::Full(_) => Error::Io(io::Error::new(
-                        io::ErrorKind::WouldBlock,
-                        format!("{WRITE_QUEUE} QMP commands already wait to be sent"),
-                    )),
-                    mpsc::error::TrySendError::Closed(_) => Error::Disconnected,
-                });
-            }
-            id
-        };
-        let _guard = CancelGuard {
+        let id = lock(&self.inner.conn.state)
+            .session
+            .submit(command, fds, tx)?;
+        let mut guard = CancelGuard {
             inner: &self.inner,
-            id,
+            id: Some(id),
         };
-        match tokio::time::timeout(timeout, &mut rx).await {
+        self.inner.flush();
+        let result = match tokio::time::timeout(timeout, &mut rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(Error::Disconnected),
             Err(_) => {
@@ -190,7 +189,10 @@ impl AsyncQmp {
                 rx.try_recv()
                     .unwrap_or_else(|_| Err(command_timeout(&command.name, timeout)))
             }
-        }
+        };
+        // Answered or cancelled: nothing left for the guard to do.
+        guard.id = None;
+        result
     }
 
     /// Subscribes to events matching `filter` from now on.
@@ -206,28 +208,83 @@ impl AsyncQmp {
     /// Closes the connection: pending commands fail with [`Error::Disconnected`], subscriptions
     /// end, the tasks finish. Idempotent.
     pub async fn close(&self) {
-        self.inner.conn.shutdown();
+        self.inner.conn.end(Error::Disconnected);
         let reader = lock(&self.reader).take();
         if let Some(reader) = reader {
             let _ = reader.await;
         }
-        let writer = lock(&self.writer).take();
-        if let Some(writer) = writer {
-            writer.abort();
-            let _ = writer.await;
+        let flusher = lock(&self.flusher).take();
+        if let Some(flusher) = flusher {
+            flusher.abort();
+            let _ = flusher.await;
         }
-        // In case the reader ended without seeing EOF (e.g. it was aborted).
-        self.inner.conn.end(Error::Disconnected);
     }
 }
 
 impl Drop for AsyncQmp {
     fn drop(&mut self) {
-        self.inner.conn.shutdown();
-        if let Some(writer) = lock(&self.writer).take() {
-            writer.abort();
+        self.inner.conn.end(Error::Disconnected);
+        if let Some(flusher) = lock(&self.flusher).take() {
+            flusher.abort();
         }
-        // The reader task sees EOF and ends by itself, failing anything still pending.
+        // The reader task sees the end of the stream and ends by itself.
+    }
+}
+
+impl Inner {
+    /// Writes whatever the session has ready, without waiting: one `sendmsg` for all of it
+    /// (descriptors in their own). Bytes the socket does not take go to the flusher task, which
+    /// then writes everything until the backlog is gone. A write that fails ends the session.
+    fn flush(&self) {
+        loop {
+            let mut backlog = match self.backlog.try_lock() {
+                Ok(b) => b,
+                Err(TryLockError::Poisoned(p)) => p.into_inner(),
+                // Whoever holds it writes what was queued behind it before letting go.
+                Err(TryLockError::WouldBlock) => return,
+            };
+            if backlog.is_some() {
+                return;
+            }
+            loop {
+                let Some(t) = lock(&self.conn.state).session.poll_transmit() else {
+                    break;
+                };
+                let mut rest = Backlog {
+                    bytes: t.bytes,
+                    written: 0,
+                    fds: t.fds,
+                };
+                match send_some(self.write_half.as_ref(), &mut rest) {
+                    Ok(true) => continue,
+                    Ok(false) => {
+                        *backlog = Some(rest);
+                        self.flush_wanted.notify_one();
+                        return;
+                    }
+                    Err(e) => {
+                        drop(backlog);
+                        self.write_failed(e);
+                        return;
+                    }
+                }
+            }
+            drop(backlog);
+            // A command queued while this caller held the lock has been left to it.
+            if !lock(&self.conn.state).session.has_transmit() {
+                return;
+            }
+        }
+    }
+
+    /// Ends the session after a write failed or timed out (a partial line would desynchronise
+    /// the stream). Queued commands and their descriptors are dropped before anyone learns it.
+    fn write_failed(&self, e: io::Error) {
+        warn!(error = %e, "QMP write failed; closing the connection");
+        lock(&self.backlog).take();
+        let timeout = self.conn.config().command_timeout;
+        self.conn
+            .end(write_error(e, "writing QMP commands", timeout));
     }
 }
 
@@ -245,12 +302,40 @@ async fn handshake(
             Err(e) => return Err(Error::Io(e)),
         };
         if let Some(bytes) = send {
-            send_all(writer.as_ref(), &bytes, &[]).await?;
+            let mut rest = Backlog {
+                bytes,
+                written: 0,
+                fds: Vec::new(),
+            };
+            while !send_some(writer.as_ref(), &mut rest)? {
+                writer.as_ref().writable().await?;
+            }
         }
         if handshake.is_done() {
             return handshake.finish();
         }
     }
+}
+
+/// Writes as much of `rest` as the socket takes now (descriptors with the first byte);
+/// returns whether all of it went.
+fn send_some(stream: &tokio::net::UnixStream, rest: &mut Backlog) -> io::Result<bool> {
+    while rest.written < rest.bytes.len() {
+        let bytes = rest.bytes.get(rest.written..).unwrap_or_default();
+        let fds: Vec<BorrowedFd<'_>> = rest.fds.iter().map(AsFd::as_fd).collect();
+        match stream.try_io(Interest::WRITABLE, || {
+            crate::fdpass::send_with_fds(stream.as_fd(), bytes, &fds)
+        }) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                rest.written += n;
+                rest.fds.clear();
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
 }
 
 async fn reader_task(inner: Arc<Inner>, mut read_half: OwnedReadHalf) {
@@ -261,72 +346,53 @@ async fn reader_task(inner: Arc<Inner>, mut read_half: OwnedReadHalf) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             read => read.map(|n| buf.get(..n).unwrap_or_default()),
         };
-        if lock(&inner.conn.state).on_read(read, &mut actions) {
+        let (closed, ready) = {
+            let mut state = lock(&inner.conn.state);
+            let closed = state.on_read(read, &mut actions);
+            (closed, state.session.has_transmit())
+        };
+        if closed {
             inner.conn.shutdown();
             return;
         }
-    }
-}
-
-async fn writer_task(
-    inner: Weak<Inner>,
-    write_half: OwnedWriteHalf,
-    mut rx: mpsc::Receiver<WriteOp>,
-) {
-    while let Some(op) = rx.recv().await {
-        let Some(timeout) = inner.upgrade().map(|i| i.conn.config().command_timeout) else {
-            return;
-        };
-        let fds: Vec<BorrowedFd<'_>> = op.fds.iter().map(AsFd::as_fd).collect();
-        let write = send_all(write_half.as_ref(), &op.bytes, &fds);
-        // A zero timeout means no bound, as for the blocking client's socket.
-        let result = match deadline(timeout).filter(|_| !timeout.is_zero()) {
-            Some(at) => tokio::time::timeout_at(at.into(), write)
-                .await
-                .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into())),
-            None => write.await,
-        };
-        if let Err(e) = result {
-            warn!(error = %e, "QMP write failed; closing the connection");
-            // Queued commands and the fds they carry are dropped before anyone learns that
-            // the session ended.
-            drop(fds);
-            drop(op);
-            rx.close();
-            while rx.try_recv().is_ok() {}
-            if let Some(inner) = inner.upgrade() {
-                inner
-                    .conn
-                    .end(write_error(e, "writing queued QMP commands", timeout));
-            }
-            return;
+        // Replies freed slots: write the commands that waited for them.
+        if ready {
+            inner.flush();
         }
     }
 }
 
-/// Sends all of `bytes` (fds attached to the first of them) with `sendmsg(MSG_NOSIGNAL)`.
-async fn send_all(
-    stream: &tokio::net::UnixStream,
-    bytes: &[u8],
-    fds: &[BorrowedFd<'_>],
-) -> io::Result<()> {
-    let mut rest = bytes;
-    let mut fds = fds;
-    while !rest.is_empty() {
-        stream.writable().await?;
-        match stream.try_io(Interest::WRITABLE, || {
-            crate::fdpass::send_with_fds(stream.as_fd(), rest, fds)
-        }) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => {
-                rest = rest.get(n..).unwrap_or_default();
-                fds = &[];
+/// Writes the backlog when the socket takes it again, each wait bounded by `command_timeout`,
+/// then whatever queued meanwhile.
+async fn flusher_task(inner: Arc<Inner>) {
+    loop {
+        inner.flush_wanted.notified().await;
+        while lock(&inner.backlog).is_some() {
+            let timeout = inner.conn.config().command_timeout;
+            let writable = inner.write_half.as_ref().writable();
+            // A zero timeout means no bound, as for the blocking client's socket.
+            let ready = match deadline(timeout).filter(|_| !timeout.is_zero()) {
+                Some(at) => tokio::time::timeout_at(at.into(), writable)
+                    .await
+                    .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into())),
+                None => writable.await,
+            };
+            let sent = ready.and_then(|()| {
+                let mut backlog = lock(&inner.backlog);
+                if let Some(rest) = backlog.as_mut() {
+                    if send_some(inner.write_half.as_ref(), rest)? {
+                        *backlog = None;
+                    }
+                }
+                Ok(())
+            });
+            if let Err(e) = sent {
+                inner.write_failed(e);
+                return;
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
         }
+        inner.flush();
     }
-    Ok(())
 }
 
 /// A stream of events from an [`AsyncQmp`]. Ends when the connection closes; dropping it

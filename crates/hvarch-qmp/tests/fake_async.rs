@@ -318,3 +318,172 @@ async fn a_peer_that_stops_reading_ends_the_session() {
     qmp.close().await;
     server.join();
 }
+
+/// Lets every spawned task of the current-thread runtime run until it waits.
+async fn let_tasks_run() {
+    for _ in 0..4 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test]
+async fn the_ninth_command_waits_for_a_reply_and_all_complete() {
+    let (go, gone) = std::sync::mpsc::channel::<()>();
+    let (qmp, server) = start(move |mut c| {
+        c.handshake();
+        let first: Vec<Value> = (0..8).map(|_| c.recv().expect("command")).collect();
+        gone.recv().expect("all nine submitted");
+        assert!(!c.has_pending(), "a ninth command was written");
+        c.reply(&first[0], json!({"n": first[0]["arguments"]["n"]}));
+        let ninth = c.recv().expect("the ninth");
+        assert_eq!(ninth["arguments"]["n"], 8);
+        for cmd in first.iter().skip(1).chain([&ninth]) {
+            c.reply(cmd, json!({"n": cmd["arguments"]["n"]}));
+        }
+        c.echo_until_eof();
+    })
+    .await;
+    let qmp = Arc::new(qmp);
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..9 {
+        let qmp = Arc::clone(&qmp);
+        tasks.spawn(async move {
+            let r = qmp.execute_raw("q", json!({"n": n})).await.expect("reply");
+            assert_eq!(r["n"], n);
+        });
+    }
+    let_tasks_run().await;
+    go.send(()).expect("go");
+    while let Some(done) = tasks.join_next().await {
+        done.expect("task");
+    }
+    qmp.close().await;
+    server.join();
+}
+
+#[tokio::test]
+async fn events_arrive_while_no_command_runs() {
+    let (go, gone) = std::sync::mpsc::channel::<()>();
+    let (qmp, server) = start(move |mut c| {
+        c.handshake();
+        gone.recv().expect("go");
+        c.event("FIRST", json!({}));
+        c.echo_until_eof();
+    })
+    .await;
+    let mut sub = qmp.subscribe();
+    go.send(()).expect("go");
+    let first = sub
+        .recv_timeout(Duration::from_secs(30))
+        .await
+        .expect("FIRST");
+    assert_eq!(first.name, "FIRST");
+    qmp.close().await;
+    server.join();
+}
+
+/// Fills the eight slots with commands the server holds, then queues more behind them.
+async fn eight_held(qmp: &Arc<AsyncQmp>, tasks: &mut tokio::task::JoinSet<()>) {
+    for n in 0..8 {
+        let qmp = Arc::clone(qmp);
+        tasks.spawn(async move {
+            qmp.execute_raw("held", json!({"n": n}))
+                .await
+                .expect("held");
+        });
+    }
+    let_tasks_run().await;
+}
+
+#[tokio::test]
+async fn a_queued_command_that_times_out_is_left_out_of_the_coalesced_batch() {
+    let (go, gone) = std::sync::mpsc::channel::<()>();
+    let (qmp, server) = start(move |mut c| {
+        c.handshake();
+        let held: Vec<Value> = (0..8).map(|_| c.recv().expect("held")).collect();
+        gone.recv().expect("the middle one timed out");
+        for cmd in &held {
+            c.reply(cmd, json!({}));
+        }
+        // What waited is written together, without the command that gave up.
+        let burst = c.recv_burst();
+        let names: Vec<&Value> = burst.iter().map(|c| &c["execute"]).collect();
+        assert_eq!(names, ["x", "z"], "{burst:?}");
+        for cmd in &burst {
+            c.reply(cmd, json!({"name": cmd["execute"]}));
+        }
+        c.echo_until_eof();
+    })
+    .await;
+    let qmp = Arc::new(qmp);
+    let mut tasks = tokio::task::JoinSet::new();
+    eight_held(&qmp, &mut tasks).await;
+    let x = tokio::spawn({
+        let qmp = Arc::clone(&qmp);
+        async move { qmp.execute_raw("x", Value::Null).await }
+    });
+    let y = qmp
+        .execute_with_timeout(&Command::bare("y"), Duration::from_millis(20))
+        .await;
+    assert!(matches!(y, Err(Error::Timeout { .. })), "{y:?}");
+    let z = tokio::spawn({
+        let qmp = Arc::clone(&qmp);
+        async move { qmp.execute_raw("z", Value::Null).await }
+    });
+    let_tasks_run().await;
+    go.send(()).expect("go");
+    assert_eq!(x.await.expect("x").expect("x")["name"], "x");
+    assert_eq!(z.await.expect("z").expect("z")["name"], "z");
+    while let Some(done) = tasks.join_next().await {
+        done.expect("held");
+    }
+    qmp.close().await;
+    server.join();
+}
+
+#[tokio::test]
+async fn descriptors_go_alone_between_coalesced_commands() {
+    let (go, gone) = std::sync::mpsc::channel::<()>();
+    let (qmp, server) = start(move |mut c| {
+        c.handshake();
+        let held: Vec<Value> = (0..8).map(|_| c.recv().expect("held")).collect();
+        gone.recv().expect("queued");
+        for cmd in &held {
+            c.reply(cmd, json!({}));
+        }
+        let mut got = Vec::new();
+        while got.len() < 5 {
+            let cmd = c.recv().expect("command");
+            got.push((cmd["execute"].clone(), c.take_fds().len()));
+            c.reply(&cmd, json!({}));
+        }
+        let names: Vec<&Value> = got.iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["a", "b", "getfd", "c", "d"]);
+        let fds: usize = got.iter().map(|(_, n)| n).sum();
+        assert_eq!(fds, 1, "{got:?}");
+        c.echo_until_eof();
+    })
+    .await;
+    let qmp = Arc::new(qmp);
+    let mut tasks = tokio::task::JoinSet::new();
+    eight_held(&qmp, &mut tasks).await;
+    let file = std::fs::File::open("/dev/null").expect("open");
+    for name in ["a", "b", "getfd", "c", "d"] {
+        let qmp = Arc::clone(&qmp);
+        let fd = file.try_clone().expect("dup");
+        tasks.spawn(async move {
+            if name == "getfd" {
+                qmp.getfd("fd0", fd.as_fd()).await.expect("getfd");
+            } else {
+                qmp.execute_raw(name, Value::Null).await.expect(name);
+            }
+        });
+        let_tasks_run().await;
+    }
+    go.send(()).expect("go");
+    while let Some(done) = tasks.join_next().await {
+        done.expect("task");
+    }
+    qmp.close().await;
+    server.join();
+}
