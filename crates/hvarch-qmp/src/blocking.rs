@@ -51,14 +51,19 @@ struct SlotState {
     result: Option<Result<Value>>,
     /// The leader stepped down: this caller may take over reading.
     promoted: bool,
+    /// The caller sleeps on `wake` (a leader delivering its own reply wakes nobody).
+    sleeping: bool,
 }
 
 type Waiter = Arc<Slot>;
 
 impl crate::client::Waiter for Waiter {
     fn deliver(self, result: Result<Value>) {
-        lock(&self.state).result = Some(result);
-        self.wake.notify_one();
+        let mut state = lock(&self.state);
+        state.result = Some(result);
+        if state.sleeping {
+            self.wake.notify_one();
+        }
     }
 }
 
@@ -72,8 +77,11 @@ impl Slot {
     }
 
     fn promote(&self) {
-        lock(&self.state).promoted = true;
-        self.wake.notify_one();
+        let mut state = lock(&self.state);
+        state.promoted = true;
+        if state.sleeping {
+            self.wake.notify_one();
+        }
     }
 
     /// Whether the caller was promoted since it last looked (and forgets it).
@@ -85,6 +93,7 @@ impl Slot {
     fn sleep(&self, deadline: Option<Instant>) {
         let mut state = lock(&self.state);
         while state.result.is_none() && !state.promoted {
+            state.sleeping = true;
             state = match remaining(deadline) {
                 None => self
                     .wake
@@ -98,6 +107,7 @@ impl Slot {
                         .0
                 }
             };
+            state.sleeping = false;
         }
     }
 }
@@ -235,8 +245,11 @@ impl Qmp {
         let id = lock(&self.inner.conn.state)
             .session
             .submit(command, fds, Arc::clone(&slot))?;
+        // Take the reading role before the command goes out, so that the reply cannot reach
+        // the background thread first.
+        let leading = self.inner.claim_reading();
         self.inner.flush();
-        if let Some(result) = self.inner.wait(&slot, deadline) {
+        if let Some(result) = self.inner.wait(&slot, deadline, leading) {
             return result;
         }
         lock(&self.inner.conn.state).session.cancel(id);
@@ -310,10 +323,33 @@ impl Inner {
         }
     }
 
-    /// Waits for `slot`'s result until `deadline`, reading the socket when nobody else does.
-    /// `None` when the deadline passed first.
-    fn wait(&self, slot: &Arc<Slot>, deadline: Option<Instant>) -> Option<Result<Value>> {
+    /// Takes the reading role if nobody has it; returns whether this caller now leads.
+    fn claim_reading(&self) -> bool {
+        let mut reading = lock(&self.reading);
+        if reading.leader.is_some() {
+            return false;
+        }
+        reading.leader = Some(Leader::Caller);
+        self.watch_socket(&mut reading, false);
+        true
+    }
+
+    /// Waits for `slot`'s result until `deadline`, reading the socket when nobody else does
+    /// (`leading`: this caller already has the role). `None` when the deadline passed first.
+    fn wait(
+        &self,
+        slot: &Arc<Slot>,
+        deadline: Option<Instant>,
+        mut leading: bool,
+    ) -> Option<Result<Value>> {
         loop {
+            if leading {
+                self.lead(slot, deadline);
+                let mut reading = lock(&self.reading);
+                reading.leader = None;
+                self.settle(&mut reading);
+                leading = false;
+            }
             if let Some(result) = slot.take_result() {
                 return Some(result);
             }
@@ -324,11 +360,7 @@ impl Inner {
             if reading.leader.is_none() {
                 reading.leader = Some(Leader::Caller);
                 self.watch_socket(&mut reading, false);
-                drop(reading);
-                self.lead(slot, deadline);
-                let mut reading = lock(&self.reading);
-                reading.leader = None;
-                self.settle(&mut reading);
+                leading = true;
                 continue;
             }
             reading.followers.push_back(Arc::clone(slot));

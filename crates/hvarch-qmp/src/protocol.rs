@@ -16,7 +16,7 @@
 //! on a monitor until a command takes them, so a second set sent before the first was taken
 //! would replace it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::os::fd::OwnedFd;
 
 use serde_json::{json, Value};
@@ -105,7 +105,7 @@ pub struct Session<W> {
     state: State,
     decoder: LineDecoder,
     next_id: u64,
-    pending: HashMap<u64, Pending<W>>,
+    pending: BTreeMap<u64, Pending<W>>,
     queue: VecDeque<Queued>,
     /// Commands written whose reply has not arrived (abandoned ones included).
     in_flight: usize,
@@ -137,7 +137,7 @@ impl<W> Session<W> {
             state: State::AwaitingGreeting,
             decoder: LineDecoder::new(max_message_size),
             next_id: 1,
-            pending: HashMap::new(),
+            pending: BTreeMap::new(),
             queue: VecDeque::new(),
             in_flight: 0,
             fds_in_flight: false,
@@ -258,7 +258,7 @@ impl<W> Session<W> {
         while self.pending.contains_key(&id) {
             id = self.alloc_id();
         }
-        let bytes = encode_line(&command.to_message(id)?);
+        let bytes = command.encode(id)?;
         self.pending.insert(
             id,
             Pending {
@@ -396,9 +396,7 @@ impl<W> Session<W> {
         self.queue.clear();
         self.in_flight = 0;
         self.fds_in_flight = false;
-        let mut pending: Vec<_> = self.pending.drain().collect();
-        pending.sort_by_key(|(id, _)| *id);
-        for (id, p) in pending {
+        for (id, p) in std::mem::take(&mut self.pending) {
             if let Some(waiter) = p.waiter {
                 out.push(Action::Reply {
                     id,

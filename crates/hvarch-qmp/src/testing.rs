@@ -189,6 +189,16 @@ impl FakeConn {
         self.send(&json!({"return": value, "id": cmd["id"]}));
     }
 
+    /// Replies `{}` to each of `cmds`, all in one write (the client reads them together).
+    pub fn reply_all(&mut self, cmds: &[Value]) {
+        let mut bytes = Vec::new();
+        for cmd in cmds {
+            let _ = serde_json::to_writer(&mut bytes, &json!({"return": {}, "id": cmd["id"]}));
+            bytes.extend_from_slice(b"\r\n");
+        }
+        self.send_raw(&bytes);
+    }
+
     /// Replies with an error; `desc: None` omits `desc`.
     pub fn reply_error(&mut self, cmd: &Value, class: &str, desc: Option<&str>) {
         let mut error = json!({"class": class});

@@ -326,10 +326,35 @@ async fn let_tasks_run() {
     }
 }
 
+/// Starts a server whose script waits at some point for the test's go-ahead (its receiver).
+async fn start_gated(
+    script: impl FnOnce(FakeConn, std::sync::mpsc::Receiver<()>) + Send + 'static,
+) -> (Arc<AsyncQmp>, FakeServer, std::sync::mpsc::Sender<()>) {
+    let (go, gone) = std::sync::mpsc::channel();
+    let (qmp, server) = start(move |c| script(c, gone)).await;
+    (Arc::new(qmp), server, go)
+}
+
+/// Lets the tasks run until they wait, gives the server its go-ahead, waits for every task and
+/// closes.
+async fn go_and_finish(
+    qmp: Arc<AsyncQmp>,
+    server: FakeServer,
+    go: std::sync::mpsc::Sender<()>,
+    mut tasks: tokio::task::JoinSet<()>,
+) {
+    let_tasks_run().await;
+    go.send(()).expect("go");
+    while let Some(done) = tasks.join_next().await {
+        done.expect("task");
+    }
+    qmp.close().await;
+    server.join();
+}
+
 #[tokio::test]
 async fn the_ninth_command_waits_for_a_reply_and_all_complete() {
-    let (go, gone) = std::sync::mpsc::channel::<()>();
-    let (qmp, server) = start(move |mut c| {
+    let (qmp, server, go) = start_gated(|mut c, gone| {
         c.handshake();
         let first: Vec<Value> = (0..8).map(|_| c.recv().expect("command")).collect();
         gone.recv().expect("all nine submitted");
@@ -343,7 +368,6 @@ async fn the_ninth_command_waits_for_a_reply_and_all_complete() {
         c.echo_until_eof();
     })
     .await;
-    let qmp = Arc::new(qmp);
     let mut tasks = tokio::task::JoinSet::new();
     for n in 0..9 {
         let qmp = Arc::clone(&qmp);
@@ -352,13 +376,7 @@ async fn the_ninth_command_waits_for_a_reply_and_all_complete() {
             assert_eq!(r["n"], n);
         });
     }
-    let_tasks_run().await;
-    go.send(()).expect("go");
-    while let Some(done) = tasks.join_next().await {
-        done.expect("task");
-    }
-    qmp.close().await;
-    server.join();
+    go_and_finish(qmp, server, go, tasks).await;
 }
 
 #[tokio::test]
@@ -397,14 +415,12 @@ async fn eight_held(qmp: &Arc<AsyncQmp>, tasks: &mut tokio::task::JoinSet<()>) {
 
 #[tokio::test]
 async fn a_queued_command_that_times_out_is_left_out_of_the_coalesced_batch() {
-    let (go, gone) = std::sync::mpsc::channel::<()>();
-    let (qmp, server) = start(move |mut c| {
+    let (qmp, server, go) = start_gated(|mut c, gone| {
         c.handshake();
         let held: Vec<Value> = (0..8).map(|_| c.recv().expect("held")).collect();
         gone.recv().expect("the middle one timed out");
-        for cmd in &held {
-            c.reply(cmd, json!({}));
-        }
+        // All slots free at once: whatever waits may go together.
+        c.reply_all(&held);
         // What waited is written together, without the command that gave up.
         let burst = c.recv_burst();
         let names: Vec<&Value> = burst.iter().map(|c| &c["execute"]).collect();
@@ -415,42 +431,31 @@ async fn a_queued_command_that_times_out_is_left_out_of_the_coalesced_batch() {
         c.echo_until_eof();
     })
     .await;
-    let qmp = Arc::new(qmp);
     let mut tasks = tokio::task::JoinSet::new();
     eight_held(&qmp, &mut tasks).await;
-    let x = tokio::spawn({
+    let expect_name = |name: &'static str| {
         let qmp = Arc::clone(&qmp);
-        async move { qmp.execute_raw("x", Value::Null).await }
-    });
+        async move {
+            let r = qmp.execute_raw(name, Value::Null).await.expect(name);
+            assert_eq!(r["name"], name);
+        }
+    };
+    tasks.spawn(expect_name("x"));
     let y = qmp
         .execute_with_timeout(&Command::bare("y"), Duration::from_millis(20))
         .await;
     assert!(matches!(y, Err(Error::Timeout { .. })), "{y:?}");
-    let z = tokio::spawn({
-        let qmp = Arc::clone(&qmp);
-        async move { qmp.execute_raw("z", Value::Null).await }
-    });
-    let_tasks_run().await;
-    go.send(()).expect("go");
-    assert_eq!(x.await.expect("x").expect("x")["name"], "x");
-    assert_eq!(z.await.expect("z").expect("z")["name"], "z");
-    while let Some(done) = tasks.join_next().await {
-        done.expect("held");
-    }
-    qmp.close().await;
-    server.join();
+    tasks.spawn(expect_name("z"));
+    go_and_finish(qmp, server, go, tasks).await;
 }
 
 #[tokio::test]
 async fn descriptors_go_alone_between_coalesced_commands() {
-    let (go, gone) = std::sync::mpsc::channel::<()>();
-    let (qmp, server) = start(move |mut c| {
+    let (qmp, server, go) = start_gated(|mut c, gone| {
         c.handshake();
         let held: Vec<Value> = (0..8).map(|_| c.recv().expect("held")).collect();
         gone.recv().expect("queued");
-        for cmd in &held {
-            c.reply(cmd, json!({}));
-        }
+        c.reply_all(&held);
         let mut got = Vec::new();
         while got.len() < 5 {
             let cmd = c.recv().expect("command");
@@ -464,7 +469,6 @@ async fn descriptors_go_alone_between_coalesced_commands() {
         c.echo_until_eof();
     })
     .await;
-    let qmp = Arc::new(qmp);
     let mut tasks = tokio::task::JoinSet::new();
     eight_held(&qmp, &mut tasks).await;
     let file = std::fs::File::open("/dev/null").expect("open");
@@ -480,10 +484,5 @@ async fn descriptors_go_alone_between_coalesced_commands() {
         });
         let_tasks_run().await;
     }
-    go.send(()).expect("go");
-    while let Some(done) = tasks.join_next().await {
-        done.expect("task");
-    }
-    qmp.close().await;
-    server.join();
+    go_and_finish(qmp, server, go, tasks).await;
 }
