@@ -34,6 +34,7 @@
 #![deny(missing_docs)]
 
 pub mod assemble;
+pub mod engine;
 pub mod error;
 pub mod host;
 pub mod hotplug;
