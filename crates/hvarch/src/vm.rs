@@ -458,9 +458,18 @@ impl Vm {
     /// The hotplug engine over this VM's QMP client, arch backend (bridge slots) and
     /// hotplug state (root ports, plugged devices): `vm.hotplug().add_block(…)`.
     pub fn hotplug(&mut self) -> crate::hotplug::Hotplugger<'_> {
+        self.hotplug_with(|driver| driver)
+    }
+
+    /// [`Vm::hotplug`] with its blocking driver wrapped by `wrap` (a driver that traces the
+    /// steps, or injects faults in a test).
+    pub fn hotplug_with<'v, D: crate::engine::Driver>(
+        &'v mut self,
+        wrap: impl FnOnce(crate::engine::Blocking<'v>) -> D,
+    ) -> crate::hotplug::Hotplugger<'v, D> {
         let driver = crate::engine::Blocking::new(&self.qmp).with_deleted(&self.deleted);
         let arch = self.assembled.arch.as_mut();
-        crate::hotplug::Hotplugger::with_driver(driver, arch, &mut self.hotplug)
+        crate::hotplug::Hotplugger::with_driver(wrap(driver), arch, &mut self.hotplug)
     }
 
     /// What is hot-plugged, and the free root ports.

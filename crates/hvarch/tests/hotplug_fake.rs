@@ -552,6 +552,49 @@ scenarios! {
         assert!(bridge_slots(&vm).is_empty());
     }
 
+    fn a_backend_still_in_use_keeps_what_is_left_pending() {
+        // QEMU dropped the device from its tree but still finalizes it: the node is in use
+        // for a moment. The record keeps the node (not the device) until a later call.
+        let mut busy = 0;
+        let rule = move |name: &str, args: &Value, n: usize| match name {
+            "qom-list" => Answer::Ok(json!([{"name": "type", "type": "string"}])),
+            "query-named-block-nodes" => Answer::Ok(json!([{"node-name": "drive1"}])),
+            "blockdev-del" => {
+                busy += 1;
+                if busy == 1 {
+                    Answer::Refuse("Node drive1 is in use")
+                } else {
+                    Answer::Ok(json!({}))
+                }
+            }
+            _ => qemu_like(None)(name, args, n),
+        };
+        let mut fake = Fake::new(rule);
+        let log = fake.log();
+        let (mut vm, mut state) = new_vm(GuestArch::Aarch64, 1);
+        let mut hp = fake.hotplugger(vm.arch.as_mut(), &mut state);
+        finish(hp.add_block(&drive("drive1"), BlockDriver::VirtioBlk, Placement::Auto)).unwrap();
+        log.take();
+        let err = finish(hp.reconcile()).unwrap_err();
+        assert!(err.to_string().contains("blockdev-del drive1"), "{err}");
+        let left = hp.state().pending_removal("virtio-drive1").expect("pending").clone();
+        assert!(!left.holds_device());
+        assert_eq!(left.removal.iter().map(|c| c.command).collect::<Vec<_>>(), ["blockdev-del"]);
+        assert!(hp.state().free_root_ports().is_empty(), "the port waits for the node");
+        assert!(matches!(
+            finish(hp.add_block(&drive("drive1"), BlockDriver::VirtioBlk, Placement::Auto)),
+            Err(HotplugError::RemovalPending { .. })
+        ));
+        // A later unplug of the id retries what is left, with no device_del.
+        finish(hp.unplug("virtio-drive1", T)).unwrap();
+        assert_eq!(
+            log.names(),
+            ["qom-list", "query-named-block-nodes", "blockdev-del", "blockdev-del"]
+        );
+        assert!(hp.state().pending_removal_ids().is_empty());
+        assert_eq!(hp.state().free_root_ports(), ["rp0"]);
+    }
+
     fn no_root_port_left_is_a_placement_error_without_commands() {
         let mut fake = Fake::new(qemu_like(None));
         let log = fake.log();

@@ -29,7 +29,9 @@ impl<'q> Blocking<'q> {
         self
     }
 
-    fn execute(&self, step: Step) -> Outcome {
+    /// Carries out one step (what [`Driver::run`] does for each; a driver wrapping this one,
+    /// to trace or inject faults, calls it).
+    pub fn step(&self, step: Step) -> Outcome {
         let qmp = self.qmp;
         match step {
             Step::Execute { command, timeout } => Outcome::Reply(match timeout {
@@ -70,7 +72,7 @@ impl Driver for Blocking<'_> {
         let mut outcome = None;
         loop {
             match engine.resume(outcome.take(), Instant::now()) {
-                Next::Step(step) => outcome = Some(self.execute(step)),
+                Next::Step(step) => outcome = Some(self.step(step)),
                 Next::Done(value) => return value,
             }
         }

@@ -32,7 +32,9 @@ impl<'q> Tokio<'q> {
         self
     }
 
-    async fn execute(&mut self, step: Step) -> Outcome {
+    /// Carries out one step (what [`Driver::run`] does for each; a driver wrapping this one,
+    /// to trace or inject faults, calls it).
+    pub async fn step(&mut self, step: Step) -> Outcome {
         let qmp = self.qmp;
         match step {
             Step::Execute { command, timeout } => Outcome::Reply(match timeout {
@@ -74,7 +76,7 @@ impl Driver for Tokio<'_> {
             let mut outcome = None;
             loop {
                 match engine.resume(outcome.take(), Instant::now()) {
-                    Next::Step(step) => outcome = Some(self.execute(step).await),
+                    Next::Step(step) => outcome = Some(self.step(step).await),
                     Next::Done(value) => return value,
                 }
             }

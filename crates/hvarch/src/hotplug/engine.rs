@@ -564,22 +564,32 @@ impl Flows<'_> {
         self.complete(id, |_| true).await
     }
 
-    /// Forgets device `id`, which QEMU no longer has: runs its backends' removals that
-    /// `wanted` keeps and frees its place. The first removal error is returned, after
-    /// everything else was done.
+    /// Completes the removal of device `id`, which QEMU no longer has: runs its backends'
+    /// removals that `wanted` keeps and frees its place. A removal QEMU refuses (a block node
+    /// still in use while QEMU finalizes the device) keeps the device a pending removal
+    /// holding what is left, and the first such error is returned.
     async fn complete(&mut self, id: &str, wanted: impl Fn(&QmpCall) -> bool) -> HotplugResult<()> {
-        let Some(device) = self.state.take(id) else {
+        let Some(mut device) = self.state.take(id) else {
             return Ok(());
         };
         let mut first_error = None;
+        let mut left = Vec::new();
         for call in device.backend_removals().filter(|c| wanted(c)) {
             if let Err(source) = self.port.execute(command(call)).await {
                 tracing::warn!(step = %step_name(call), error = %source, "backend removal failed");
                 first_error.get_or_insert(step_error(step_name(call), source));
+                left.push(call.clone());
             }
         }
-        self.free_location(&device.location, id);
-        first_error.map_or(Ok(()), Err)
+        let Some(error) = first_error else {
+            self.free_location(&device.location, id);
+            return Ok(());
+        };
+        // What is left, in creation order; no device_del: QEMU no longer has the device.
+        left.reverse();
+        device.removal = left;
+        self.state.insert_pending(device);
+        Err(error)
     }
 
     /// Compares the state with QEMU (`qom-list /machine/peripheral`, and

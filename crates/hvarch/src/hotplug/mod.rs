@@ -338,8 +338,9 @@ impl<'a, D: Driver> Hotplugger<'a, D> {
     /// A device QEMU no longer knows counts as removed. If the removal is not confirmed in
     /// time, the error is returned and the device becomes a [pending
     /// removal](HotplugState#pending-removals) (call again later); a `device_del` QEMU refuses
-    /// leaves the device plugged. Backend removal errors are returned after the device is
-    /// deregistered. A timeout too long for a deadline is none.
+    /// leaves the device plugged. A backend QEMU refuses to remove is returned as the error,
+    /// the device a pending removal holding what is left. A timeout too long for a deadline
+    /// is none.
     pub fn unplug(&mut self, id: &str, timeout: Duration) -> Run<'_, D, HotplugResult<()>> {
         let id = id.to_owned();
         self.drive(move |mut f| async move { f.unplug(&id, timeout).await })

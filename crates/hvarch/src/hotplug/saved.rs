@@ -65,7 +65,7 @@ impl SavedHotplug {
     /// restored self. Refused with [`HotplugError::OwnedFds`] when a hot-plugged device
     /// holds owned file descriptors (a tap network device): nothing is skipped.
     pub fn capture(state: &HotplugState, arch: &dyn QemuArch) -> HotplugResult<Self> {
-        for plugged in state.devices_in_order() {
+        for plugged in state.records_in_order() {
             let device = describe(&plugged.device);
             let count = owned_fds(&plugged.device).map_err(|source| HotplugError::Device {
                 device: device.clone(),

@@ -61,6 +61,12 @@ impl Plugged {
             .rev()
             .filter(|call| call.command != "device_del")
     }
+
+    /// Whether QEMU still has the device itself: its `removal` holds a `device_del` (a
+    /// pending removal whose device is gone holds only the backends left to remove).
+    pub fn holds_device(&self) -> bool {
+        self.removal.iter().any(|call| call.command == "device_del")
+    }
 }
 
 /// [`Location`] as stored: `{"type": "bridge", "bridge_id": …}`, `{"type": "root-port",
@@ -244,6 +250,10 @@ impl TryFrom<PluggedRepr> for Plugged {
 /// [`Hotplugger::reconcile`](super::Hotplugger::reconcile). Until then the id cannot be
 /// plugged again ([`HotplugError::RemovalPending`](super::HotplugError::RemovalPending)).
 ///
+/// A backend QEMU refuses to remove once the device is gone (a block node still in use
+/// while QEMU finalizes the device) keeps the record pending, holding only what is left
+/// ([`Plugged::holds_device`] is then false); the next unplug or reconcile retries it.
+///
 /// Serializable (see [`SavedHotplug`](super::SavedHotplug) for the file), pending removals
 /// included: a device owning file descriptors makes serialization fail.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -340,12 +350,13 @@ impl HotplugState {
 
     /// The hot-plugged devices in the order they were plugged.
     pub fn plugged_in_order(&self) -> impl Iterator<Item = &Plugged> + '_ {
-        self.devices_in_order()
+        self.records_in_order()
             .filter(|p| self.plugged.contains_key(&p.id))
     }
 
     /// The device `id` if its removal is pending (see [pending removals](Self#pending-removals));
-    /// its `removal` still lists every part, the device's own `device_del` included.
+    /// its `removal` lists what is still to remove, in creation order: the backends, and the
+    /// device's own `device_del` while QEMU still has the device.
     pub fn pending_removal(&self, id: &str) -> Option<&Plugged> {
         self.pending_removals.get(id)
     }
@@ -355,9 +366,14 @@ impl HotplugState {
         self.pending_removals.keys().map(String::as_str).collect()
     }
 
-    /// Every device QEMU has (plugged, or with a pending removal), in plug order: what a
-    /// restored VM must cold-plug.
+    /// Every device QEMU has (plugged, or with a pending removal of the device itself), in
+    /// plug order: what a restored VM must cold-plug.
     pub(super) fn devices_in_order(&self) -> impl Iterator<Item = &Plugged> + '_ {
+        self.records_in_order().filter(|p| p.holds_device())
+    }
+
+    /// Every record, plugged or pending, in plug order.
+    pub(super) fn records_in_order(&self) -> impl Iterator<Item = &Plugged> + '_ {
         let known = |id: &String| {
             self.plugged
                 .get(id)
