@@ -53,7 +53,9 @@ fn held_save_is_cancelled(vm: &Vm, dir: &TempDir, status: &str) {
     std::fs::create_dir_all(&states).expect("states dir");
     let path = states.join("vm.state");
     hold_before_switchover(vm, true);
-    let err = vm.save_within(&path, Duration::from_secs(1)).unwrap_err();
+    let err = vm
+        .save_within(&path, Duration::from_secs(1))
+        .expect_err("a save held before switchover cannot complete");
     assert!(
         matches!(&err, VmError::Migration { reason } if reason.contains("not completed within")),
         "{err}"
