@@ -35,7 +35,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use hvarch::engine::{Blocking, Driver, Engine, Next, Outcome, Step};
+use hvarch::engine::{Blocking, Outcome, Step, SyncDriver};
 use hvarch::hotplug::{HotplugError, Placement};
 use hvarch::hvarch_arch::resources::BlockDrive;
 use hvarch::hvarch_arch::settings::BlockDriver;
@@ -403,35 +403,21 @@ struct LoseDeviceAddReply<'q> {
     lost: bool,
 }
 
-impl Driver for LoseDeviceAddReply<'_> {
-    type Run<'r, T: Send + 'r>
-        = T
-    where
-        Self: 'r;
-
-    fn run<'r, T: Send + 'r>(&'r mut self, mut engine: Engine<'r, T>) -> T {
-        let mut outcome = None;
-        loop {
-            match engine.resume(outcome.take(), Instant::now()) {
-                Next::Step(step) => {
-                    let lose = !self.lost
-                        && matches!(&step, Step::Execute { command, .. }
-                            if command.name == "device_add" && command.arguments["id"] == self.id);
-                    let got = self.inner.step(step);
-                    outcome = Some(if lose {
-                        self.lost = true;
-                        std::thread::sleep(self.delay);
-                        Outcome::Reply(Err(hvarch_qmp::Error::Timeout {
-                            what: "command `device_add`".into(),
-                            after: self.delay,
-                        }))
-                    } else {
-                        got
-                    });
-                }
-                Next::Done(value) => return value,
-            }
+impl SyncDriver for LoseDeviceAddReply<'_> {
+    fn step(&mut self, step: Step) -> Outcome {
+        let lose = !self.lost
+            && matches!(&step, Step::Execute { command, .. }
+                if command.name == "device_add" && command.arguments["id"] == self.id);
+        let got = self.inner.step(step);
+        if !lose {
+            return got;
         }
+        self.lost = true;
+        std::thread::sleep(self.delay);
+        Outcome::Reply(Err(hvarch_qmp::Error::Timeout {
+            what: "command `device_add`".into(),
+            after: self.delay,
+        }))
     }
 }
 

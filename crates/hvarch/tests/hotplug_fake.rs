@@ -26,7 +26,7 @@ use hvarch::{assemble, Accelerator, Assembled, GuestArch, VmSpec};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestRunner};
 use serde_json::{json, Value};
-use support::{scenarios, Answer};
+use support::{durations, scenarios, Answer};
 
 /// Answers like QEMU with Kata's default arm64 devices and root ports on `pcie.0` (the
 /// bridge at 02, rp0 at 05, rp1 at 06, as the configuration places them) and a vfio device
@@ -153,6 +153,13 @@ fn unanswered_first_rule() -> impl FnMut(&str, &Value, usize) -> Answer {
     move |name, args, n| unanswered_first(name, args, n, &mut adds, &mut dels)
 }
 
+/// `finish(hp.add_block(&drive(id), VirtioBlk, Placement::placement))`.
+macro_rules! add_blk {
+    ($hp:expr, $id:literal, $placement:ident) => {
+        finish($hp.add_block(&drive($id), BlockDriver::VirtioBlk, Placement::$placement))
+    };
+}
+
 /// The short waits of the scenarios that time out (the fake answers at once otherwise).
 const SHORT: Duration = Duration::from_millis(300);
 const T: Duration = Duration::from_secs(2);
@@ -218,25 +225,12 @@ fn hotpluggable_cpus() -> Value {
     ])
 }
 
-/// Durations at the edges: none, the shortest, the longest, and any in between.
-fn durations() -> impl Strategy<Value = Duration> {
-    prop_oneof![
-        Just(Duration::ZERO),
-        Just(Duration::from_nanos(1)),
-        Just(Duration::MAX),
-        Just(Duration::new(u64::MAX, 0)),
-        any::<u64>().prop_map(Duration::from_secs),
-        (any::<u64>(), 0u32..1_000_000_000).prop_map(|(s, n)| Duration::new(s, n)),
-    ]
-}
-
 scenarios! {
     fn virtio_blk_on_a_root_port_and_back() {
-        let mut fake = Fake::new(qemu_like(None));
-        let log = fake.log();
+        let (mut fake, log) = Fake::logged(qemu_like(None));
         let (mut vm, mut state) = new_vm(GuestArch::Aarch64, 2);
         let mut hp = fake.hotplugger(vm.arch.as_mut(), &mut state);
-        let plugged = finish(hp.add_block(&drive("drive0"), BlockDriver::VirtioBlk, Placement::Auto))
+        let plugged = add_blk!(hp, "drive0", Auto)
             .unwrap();
         assert_eq!(plugged.id, "virtio-drive0");
         // The port's slot comes from the configuration: no query-pci.
@@ -272,19 +266,18 @@ scenarios! {
     }
 
     fn a_root_port_slot_the_configuration_does_not_determine_is_asked_once() {
-        let mut fake = Fake::new(qemu_like(None));
-        let log = fake.log();
+        let (mut fake, log) = Fake::logged(qemu_like(None));
         let (mut vm, _) = new_vm(GuestArch::Aarch64, 2);
         // QEMU's default devices would take root-bus slots hvarch cannot know of.
         vm.config.knobs.nodefaults = false;
         let mut state = HotplugState::new(&vm);
         assert_eq!(state.root_port_slot("rp0"), None);
         let mut hp = fake.hotplugger(vm.arch.as_mut(), &mut state);
-        let first = finish(hp.add_block(&drive("d0"), BlockDriver::VirtioBlk, Placement::Auto))
+        let first = add_blk!(hp, "d0", Auto)
             .unwrap();
         assert_eq!(first.pci_path.unwrap().to_string(), "05/00");
         assert_eq!(log.names(), ["query-pci", "blockdev-add", "device_add"]);
-        let second = finish(hp.add_block(&drive("d1"), BlockDriver::VirtioBlk, Placement::Auto))
+        let second = add_blk!(hp, "d1", Auto)
             .unwrap();
         assert_eq!(second.pci_path.unwrap().to_string(), "06/00");
         assert_eq!(log.names(), ["blockdev-add", "device_add"], "remembered");
@@ -293,11 +286,10 @@ scenarios! {
 
     fn virtio_blk_on_a_bridge_slot_rollback_frees_the_slot() {
         // device_add refused the first time only.
-        let mut fake = Fake::new(qemu_like(Some(("device_add", 1))));
-        let log = fake.log();
+        let (mut fake, log) = Fake::logged(qemu_like(Some(("device_add", 1))));
         let (mut vm, mut state) = new_vm(GuestArch::Aarch64, 0);
         let mut hp = fake.hotplugger(vm.arch.as_mut(), &mut state);
-        let err = finish(hp.add_block(&drive("drive0"), BlockDriver::VirtioBlk, Placement::Auto))
+        let err = add_blk!(hp, "drive0", Auto)
             .unwrap_err();
         assert!(
             err.to_string()
@@ -314,18 +306,18 @@ scenarios! {
         );
         assert!(hp.state().plugged_ids().is_empty());
         // The slot was freed: the next device gets slot 1 again.
-        let plugged = finish(hp.add_block(&drive("drive1"), BlockDriver::VirtioBlk, Placement::Bridge))
+        let plugged = add_blk!(hp, "drive1", Bridge)
             .unwrap();
         assert_eq!(plugged.pci_path.unwrap().to_string(), "02/01");
         assert_eq!(log.take()[1].1, device_add_on_bridge("drive1", "01"));
         // A second one takes slot 2.
-        let second = finish(hp.add_block(&drive("drive2"), BlockDriver::VirtioBlk, Placement::Bridge))
+        let second = add_blk!(hp, "drive2", Bridge)
             .unwrap();
         assert_eq!(second.pci_path.unwrap().to_string(), "02/02");
         log.take();
         finish(hp.unplug("virtio-drive1", T)).unwrap();
         assert_eq!(log.names(), ["device_del", "blockdev-del"]);
-        let third = finish(hp.add_block(&drive("drive3"), BlockDriver::VirtioBlk, Placement::Bridge))
+        let third = add_blk!(hp, "drive3", Bridge)
             .unwrap();
         assert_eq!(third.pci_path.unwrap().to_string(), "02/01");
     }
@@ -341,7 +333,7 @@ scenarios! {
         let log = fake.log();
         let (mut vm, mut state) = new_vm(GuestArch::Aarch64, 0);
         let mut hp = fake.hotplugger(vm.arch.as_mut(), &mut state);
-        let err = finish(hp.add_block(&drive("drive0"), BlockDriver::VirtioBlk, Placement::Bridge))
+        let err = add_blk!(hp, "drive0", Bridge)
             .unwrap_err();
         assert!(err.to_string().contains("device_add virtio-drive0"), "{err}");
         assert_eq!(
@@ -349,7 +341,7 @@ scenarios! {
             ["blockdev-add", "device_add", "device_del", "blockdev-del"]
         );
         assert!(hp.state().pending_removal_ids().is_empty());
-        let next = finish(hp.add_block(&drive("drive1"), BlockDriver::VirtioBlk, Placement::Bridge))
+        let next = add_blk!(hp, "drive1", Bridge)
             .unwrap();
         assert_eq!(next.pci_path.unwrap().to_string(), "02/01");
     }
@@ -359,7 +351,7 @@ scenarios! {
         let log = fake.log();
         let (mut vm, mut state) = new_vm(GuestArch::Aarch64, 0);
         let mut hp = fake.hotplugger(vm.arch.as_mut(), &mut state).rollback_timeout(SHORT);
-        let err = finish(hp.add_block(&drive("drive0"), BlockDriver::VirtioBlk, Placement::Bridge))
+        let err = add_blk!(hp, "drive0", Bridge)
             .unwrap_err();
         assert!(err.to_string().contains("device_add virtio-drive0"), "{err}");
         // The undo stops at the unconfirmed device_del: the node is still in use.
@@ -372,16 +364,17 @@ scenarios! {
             ]
         );
         let pending = hp.state().pending_removal("virtio-drive0").expect("pending").clone();
-        assert_eq!(pending.backend_removals().map(|c| c.command).collect::<Vec<_>>(), ["blockdev-del"]);
+        let left: Vec<&str> = pending.backend_removals().map(|c| c.command).collect();
+        assert_eq!(left, ["blockdev-del"]);
         assert!(hp.state().plugged_ids().is_empty());
         // The same drive again: refused at once, nothing sent (not "Duplicate nodes").
         assert!(matches!(
-            finish(hp.add_block(&drive("drive0"), BlockDriver::VirtioBlk, Placement::Bridge)),
+            add_blk!(hp, "drive0", Bridge),
             Err(HotplugError::RemovalPending { id }) if id == "virtio-drive0"
         ));
         assert!(log.take().is_empty());
         // Its slot stays taken: another drive gets slot 2.
-        let other = finish(hp.add_block(&drive("drive1"), BlockDriver::VirtioBlk, Placement::Bridge))
+        let other = add_blk!(hp, "drive1", Bridge)
             .unwrap();
         assert_eq!(other.pci_path.unwrap().to_string(), "02/02");
         log.take();
@@ -389,7 +382,7 @@ scenarios! {
         // removal (blockdev-del, slot freed) before it plugs the drive again into slot 1.
         finish(hp.balloon(1 << 30)).unwrap();
         assert_eq!(log.names(), ["balloon"]);
-        let again = finish(hp.add_block(&drive("drive0"), BlockDriver::VirtioBlk, Placement::Bridge))
+        let again = add_blk!(hp, "drive0", Bridge)
             .unwrap();
         assert_eq!(again.pci_path.unwrap().to_string(), "02/01");
         assert_eq!(
@@ -412,7 +405,7 @@ scenarios! {
         let log = fake.log();
         let (mut vm, mut state) = new_vm(GuestArch::Aarch64, 0);
         let mut hp = fake.hotplugger(vm.arch.as_mut(), &mut state).rollback_timeout(SHORT);
-        finish(hp.add_block(&drive("drive0"), BlockDriver::VirtioBlk, Placement::Bridge))
+        add_blk!(hp, "drive0", Bridge)
             .unwrap_err();
         assert_eq!(hp.state().pending_removal_ids(), ["virtio-drive0"]);
         log.take();
@@ -431,18 +424,20 @@ scenarios! {
     fn a_device_already_being_unplugged_stays_pending() {
         // QEMU refuses a second device_del while the first is unanswered (guest time frozen).
         let rule = |name: &str, args: &Value, n: usize| match name {
-            "device_del" if n >= 3 => Answer::Refuse("Device virtio-drive0 is already in the process of unplug"),
+            "device_del" if n >= 3 => {
+                Answer::Refuse("Device virtio-drive0 is already in the process of unplug")
+            }
             "device_del" => Answer::Silent,
             _ => qemu_like(None)(name, args, n),
         };
-        let mut fake = Fake::new(rule);
-        let log = fake.log();
+        let (mut fake, log) = Fake::logged(rule);
         let (mut vm, mut state) = new_vm(GuestArch::Aarch64, 1);
         let mut hp = fake.hotplugger(vm.arch.as_mut(), &mut state);
-        finish(hp.add_block(&drive("drive0"), BlockDriver::VirtioBlk, Placement::Auto)).unwrap();
+        add_blk!(hp, "drive0", Auto).unwrap();
         let err = finish(hp.unplug("virtio-drive0", SHORT)).unwrap_err();
         assert!(
-            err.to_string().starts_with("hotplug step `device_del virtio-drive0` failed: QMP timeout"),
+            err.to_string()
+                .starts_with("hotplug step `device_del virtio-drive0` failed: QMP timeout"),
             "{err}"
         );
         assert_eq!(hp.state().pending_removal_ids(), ["virtio-drive0"]);
@@ -461,7 +456,7 @@ scenarios! {
         let mut fake = Fake::new(rule);
         let (mut vm, mut state) = new_vm(GuestArch::Aarch64, 0);
         let mut hp = fake.hotplugger(vm.arch.as_mut(), &mut state);
-        finish(hp.add_block(&drive("d0"), BlockDriver::VirtioBlk, Placement::Bridge)).unwrap();
+        add_blk!(hp, "d0", Bridge).unwrap();
         assert!(finish(hp.unplug("virtio-d0", T)).is_err());
         assert_eq!(hp.state().plugged_ids(), ["virtio-d0"]);
         assert!(hp.state().pending_removal_ids().is_empty());
@@ -473,11 +468,10 @@ scenarios! {
             "balloon" => Answer::DeletedFirst("virtio-d0", Box::new(Answer::Ok(json!({})))),
             _ => qemu_like(None)(name, args, n),
         };
-        let mut fake = Fake::new(rule);
-        let log = fake.log();
+        let (mut fake, log) = Fake::logged(rule);
         let (mut vm, mut state) = new_vm(GuestArch::Aarch64, 0);
         let mut hp = fake.hotplugger(vm.arch.as_mut(), &mut state);
-        finish(hp.add_block(&drive("d0"), BlockDriver::VirtioBlk, Placement::Bridge)).unwrap();
+        add_blk!(hp, "d0", Bridge).unwrap();
         log.take();
         let err = finish(hp.unplug("virtio-d0", SHORT)).unwrap_err();
         assert!(
@@ -489,7 +483,7 @@ scenarios! {
         assert!(hp.state().plugged_ids().is_empty());
         assert_eq!(hp.state().pending_removal_ids(), ["virtio-d0"]);
         // The slot is still taken.
-        let next = finish(hp.add_block(&drive("d1"), BlockDriver::VirtioBlk, Placement::Bridge))
+        let next = add_blk!(hp, "d1", Bridge)
             .unwrap();
         assert_eq!(next.pci_path.unwrap().to_string(), "02/02");
         log.take();
@@ -526,9 +520,9 @@ scenarios! {
         // Nothing known: nothing asked.
         assert_eq!(finish(hp.reconcile()).unwrap(), Vec::<String>::new());
         assert!(log.take().is_empty());
-        finish(hp.add_block(&drive("drive0"), BlockDriver::VirtioBlk, Placement::Bridge))
+        add_blk!(hp, "drive0", Bridge)
             .unwrap_err();
-        finish(hp.add_block(&drive("drive1"), BlockDriver::VirtioBlk, Placement::Bridge)).unwrap();
+        add_blk!(hp, "drive1", Bridge).unwrap();
         log.take();
         // QEMU still has both.
         assert!(finish(hp.reconcile()).unwrap().is_empty());
@@ -569,11 +563,10 @@ scenarios! {
             }
             _ => qemu_like(None)(name, args, n),
         };
-        let mut fake = Fake::new(rule);
-        let log = fake.log();
+        let (mut fake, log) = Fake::logged(rule);
         let (mut vm, mut state) = new_vm(GuestArch::Aarch64, 1);
         let mut hp = fake.hotplugger(vm.arch.as_mut(), &mut state);
-        finish(hp.add_block(&drive("drive1"), BlockDriver::VirtioBlk, Placement::Auto)).unwrap();
+        add_blk!(hp, "drive1", Auto).unwrap();
         log.take();
         let err = finish(hp.reconcile()).unwrap_err();
         assert!(err.to_string().contains("blockdev-del drive1"), "{err}");
@@ -582,7 +575,7 @@ scenarios! {
         assert_eq!(left.removal.iter().map(|c| c.command).collect::<Vec<_>>(), ["blockdev-del"]);
         assert!(hp.state().free_root_ports().is_empty(), "the port waits for the node");
         assert!(matches!(
-            finish(hp.add_block(&drive("drive1"), BlockDriver::VirtioBlk, Placement::Auto)),
+            add_blk!(hp, "drive1", Auto),
             Err(HotplugError::RemovalPending { .. })
         ));
         // A later unplug of the id retries what is left, with no device_del.
@@ -596,13 +589,12 @@ scenarios! {
     }
 
     fn no_root_port_left_is_a_placement_error_without_commands() {
-        let mut fake = Fake::new(qemu_like(None));
-        let log = fake.log();
+        let (mut fake, log) = Fake::logged(qemu_like(None));
         let (mut vm, mut state) = new_vm(GuestArch::Aarch64, 1);
         let mut hp = fake.hotplugger(vm.arch.as_mut(), &mut state);
-        finish(hp.add_block(&drive("a"), BlockDriver::VirtioBlk, Placement::RootPort)).unwrap();
+        add_blk!(hp, "a", RootPort).unwrap();
         log.take();
-        let err = finish(hp.add_block(&drive("b"), BlockDriver::VirtioBlk, Placement::RootPort))
+        let err = add_blk!(hp, "b", RootPort)
             .unwrap_err();
         assert_eq!(
             err.to_string(),
@@ -610,18 +602,17 @@ scenarios! {
         );
         assert!(log.take().is_empty());
         // Auto falls back to the bridge.
-        let plugged = finish(hp.add_block(&drive("b"), BlockDriver::VirtioBlk, Placement::Auto))
+        let plugged = add_blk!(hp, "b", Auto)
             .unwrap();
         assert!(matches!(plugged.location, Location::Bridge(_)));
         assert!(matches!(
-            finish(hp.add_block(&drive("b"), BlockDriver::VirtioBlk, Placement::Auto)),
+            add_blk!(hp, "b", Auto),
             Err(HotplugError::AlreadyPlugged { .. })
         ));
     }
 
     fn virtio_scsi_disk_gets_scsi_id_and_lun_from_the_index() {
-        let mut fake = Fake::new(qemu_like(None));
-        let log = fake.log();
+        let (mut fake, log) = Fake::logged(qemu_like(None));
         let (mut vm, mut state) = new_vm(GuestArch::Aarch64, 0);
         let mut hp = fake.hotplugger(vm.arch.as_mut(), &mut state);
         let mut d = drive("drive7");
@@ -644,8 +635,7 @@ scenarios! {
     }
 
     fn vhost_user_blk_chardev_then_device_and_rollback() {
-        let mut fake = Fake::new(qemu_like(Some(("device_add", 1))));
-        let log = fake.log();
+        let (mut fake, log) = Fake::logged(qemu_like(Some(("device_add", 1))));
         let (mut vm, mut state) = new_vm(GuestArch::Aarch64, 0);
         let mut hp = fake.hotplugger(vm.arch.as_mut(), &mut state);
         let chardev_add = json!({"id": "char-blk0", "backend": {"type": "socket", "data": {
@@ -688,8 +678,7 @@ scenarios! {
     }
 
     fn vfio_on_a_bridge_slot_or_the_root_bus() {
-        let mut fake = Fake::new(qemu_like(None));
-        let log = fake.log();
+        let (mut fake, log) = Fake::logged(qemu_like(None));
         let (mut vm, mut state) = new_vm(GuestArch::Aarch64, 0);
         let mut hp = fake.hotplugger(vm.arch.as_mut(), &mut state);
         let plugged = finish(hp.add_vfio(&vfio("vfio0"), Placement::Bridge)).unwrap();
@@ -721,8 +710,7 @@ scenarios! {
     }
 
     fn network_with_tap_and_vhost_fds() {
-        let mut fake = Fake::new(qemu_like(None));
-        let log = fake.log();
+        let (mut fake, log) = Fake::logged(qemu_like(None));
         let (mut vm, mut state) = new_vm(GuestArch::Aarch64, 2);
         let mut hp = fake.hotplugger(vm.arch.as_mut(), &mut state);
         let plugged = finish(hp.add_network(&endpoint(), Placement::Auto)).unwrap();
@@ -748,8 +736,7 @@ scenarios! {
 
     fn network_rollbacks() {
         // netdev_add refused: the four descriptors QEMU received are closed, the port freed.
-        let mut fake = Fake::new(qemu_like(Some(("netdev_add", 1))));
-        let log = fake.log();
+        let (mut fake, log) = Fake::logged(qemu_like(Some(("netdev_add", 1))));
         let (mut vm, mut state) = new_vm(GuestArch::Aarch64, 1);
         let mut hp = fake.hotplugger(vm.arch.as_mut(), &mut state);
         let err = finish(hp.add_network(&endpoint(), Placement::Auto)).unwrap_err();
@@ -766,8 +753,7 @@ scenarios! {
         assert_eq!(hp.state().free_root_ports(), ["rp0"]);
 
         // device_add refused: the netdev (which consumed the descriptors) is deleted.
-        let mut fake = Fake::new(qemu_like(Some(("device_add", 1))));
-        let log = fake.log();
+        let (mut fake, log) = Fake::logged(qemu_like(Some(("device_add", 1))));
         let mut hp = fake.hotplugger(vm.arch.as_mut(), &mut state);
         finish(hp.add_network(&endpoint(), Placement::Auto)).unwrap_err();
         let taken = log.take();
@@ -780,8 +766,7 @@ scenarios! {
         assert_eq!(hp.state().free_root_ports(), ["rp0"]);
 
         // The second getfd refused: the first descriptor is closed, nothing else was created.
-        let mut fake = Fake::new(qemu_like(Some(("getfd", 2))));
-        let log = fake.log();
+        let (mut fake, log) = Fake::logged(qemu_like(Some(("getfd", 2))));
         let mut hp = fake.hotplugger(vm.arch.as_mut(), &mut state);
         let err = finish(hp.add_network(&endpoint(), Placement::Bridge)).unwrap_err();
         assert!(err.to_string().contains("`getfd virtio-tap0-fd1`"), "{err}");
@@ -906,8 +891,7 @@ scenarios! {
     }
 
     fn memory_on_arm64_needs_uefi() {
-        let mut fake = Fake::new(qemu_like(None));
-        let log = fake.log();
+        let (mut fake, log) = Fake::logged(qemu_like(None));
         let (mut vm, mut state) = new_vm(GuestArch::Aarch64, 0);
         let mut hp = fake.hotplugger(vm.arch.as_mut(), &mut state);
         let err = finish(hp.add_memory(128)).unwrap_err();
@@ -927,8 +911,7 @@ scenarios! {
     }
 
     fn virtio_mem_resize_and_unplug() {
-        let mut fake = Fake::new(qemu_like(None));
-        let log = fake.log();
+        let (mut fake, log) = Fake::logged(qemu_like(None));
         let (mut vm, mut state) = new_vm(GuestArch::Aarch64, 1);
         let mut hp = fake.hotplugger(vm.arch.as_mut(), &mut state);
         let dev = MemoryDevice::virtio_mem("vmem0", MemoryBackend::ram("vmem0-mem", 1 << 30), 0);
@@ -965,8 +948,7 @@ scenarios! {
     }
 
     fn balloon_sets_the_target() {
-        let mut fake = Fake::new(qemu_like(None));
-        let log = fake.log();
+        let (mut fake, log) = Fake::logged(qemu_like(None));
         let (mut vm, mut state) = new_vm(GuestArch::Aarch64, 0);
         let mut hp = fake.hotplugger(vm.arch.as_mut(), &mut state);
         finish(hp.balloon(512 << 20)).unwrap();
@@ -978,10 +960,10 @@ scenarios! {
         let log = fake.log();
         let (mut vm, mut state) = new_vm(GuestArch::Aarch64, 2);
         let mut hp = fake.hotplugger(vm.arch.as_mut(), &mut state).rollback_timeout(SHORT);
-        finish(hp.add_block(&drive("drive1"), BlockDriver::VirtioBlk, Placement::Auto)).unwrap();
+        add_blk!(hp, "drive1", Auto).unwrap();
         finish(hp.add_vfio(&vfio("vfio0"), Placement::Bridge)).unwrap();
         // A pending removal: QEMU still has the device, so a restored VM must have it too.
-        finish(hp.add_block(&drive("drive0"), BlockDriver::VirtioBlk, Placement::Bridge))
+        add_blk!(hp, "drive0", Bridge)
             .unwrap_err();
         finish(hp.add_vfio(&vfio("gpu0"), Placement::RootBus)).unwrap();
         assert_eq!(state.pending_removal_ids(), ["virtio-drive0"]);
@@ -1004,7 +986,8 @@ scenarios! {
         assert_eq!(loaded.state.root_port_slot("rp1"), Some(6));
         assert_eq!(loaded.bridges, *vm.arch.get_bridges());
         // The devices as plugged: final bus and addr (the root-bus device at QEMU's slot 7).
-        let device_json = |id: &str| serde_json::to_value(&state.plugged(id).unwrap().device).unwrap();
+        let device_json =
+            |id: &str| serde_json::to_value(&state.plugged(id).unwrap().device).unwrap();
         assert_eq!(device_json("virtio-drive1")["bus"], "rp0");
         assert_eq!(device_json("vfio0")["bus"], "pci-bridge-0");
         assert_eq!(device_json("vfio0")["addr"], "01");
@@ -1075,10 +1058,12 @@ scenarios! {
                 };
                 let mut fake = Fake::with_timeout(rule, SHORT);
                 let (mut vm, mut state) = new_vm(GuestArch::Aarch64, 1);
-                let mut hp = fake.hotplugger(vm.arch.as_mut(), &mut state).rollback_timeout(rollback);
-                finish(hp.add_block(&drive("d0"), BlockDriver::VirtioBlk, Placement::Auto))
+                let mut hp = fake
+                    .hotplugger(vm.arch.as_mut(), &mut state)
+                    .rollback_timeout(rollback);
+                add_blk!(hp, "d0", Auto)
                     .unwrap();
-                finish(hp.add_block(&drive("bad"), BlockDriver::VirtioBlk, Placement::Bridge))
+                add_blk!(hp, "bad", Bridge)
                     .unwrap_err();
                 // Only a zero wait may miss the release.
                 let instant = Duration::from_millis(1);

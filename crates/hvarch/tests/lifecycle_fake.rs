@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use hvarch::engine::Driver;
 use hvarch::hvarch_arch::arch::MigrationCapability;
-use hvarch::lifecycle::{restore, save, wait};
+use hvarch::lifecycle::{wait, Migration};
 use hvarch::VmError;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestRunner};
 use serde_json::{json, Value};
-use support::{scenarios, Answer};
+use support::{durations, scenarios, Answer};
 
 fn ignore_shared() -> Vec<MigrationCapability> {
     vec![MigrationCapability {
@@ -83,17 +83,6 @@ fn cancellable(
 const SHORT: Duration = Duration::from_millis(150);
 const LONG: Duration = Duration::from_secs(5);
 
-fn durations() -> impl Strategy<Value = Duration> {
-    prop_oneof![
-        Just(Duration::ZERO),
-        Just(Duration::from_nanos(1)),
-        Just(Duration::MAX),
-        Just(Duration::new(u64::MAX, 0)),
-        any::<u64>().prop_map(Duration::from_secs),
-        (any::<u64>(), 0u32..1_000_000_000).prop_map(|(s, n)| Duration::new(s, n)),
-    ]
-}
-
 fn migration_error(result: Result<(), VmError>) -> String {
     match result {
         Err(VmError::Migration { reason }) => reason,
@@ -103,10 +92,11 @@ fn migration_error(result: Result<(), VmError>) -> String {
 
 scenarios! {
     fn save_notes_the_run_state_sets_capabilities_then_migrates_to_the_file_and_waits() {
-        let mut fake = Fake::new(migration(&["setup", "active", "completed"], "paused", "-"));
-        let log = fake.log();
+        let rule = migration(&["setup", "active", "completed"], "paused", "-");
+        let (mut fake, log) = Fake::logged(rule);
         let path = Path::new("/state/vm,offset=1.img");
-        finish(fake.driver().run(save(path, &ignore_shared(), LONG))).expect("save");
+        let engine = Migration::new(path, &ignore_shared(), LONG).save();
+        finish(fake.driver().run(engine)).expect("save");
         assert_eq!(
             log.take(),
             [
@@ -124,9 +114,9 @@ scenarios! {
     }
 
     fn no_capabilities_means_no_set_capabilities_command() {
-        let mut fake = Fake::new(migration(&["completed"], "running", "-"));
-        let log = fake.log();
-        finish(fake.driver().run(restore(Path::new("/s"), &[], LONG))).expect("restore");
+        let (mut fake, log) = Fake::logged(migration(&["completed"], "running", "-"));
+        let engine = Migration::new(Path::new("/s"), &[], LONG).restore();
+        finish(fake.driver().run(engine)).expect("restore");
         assert_eq!(
             log.take(),
             [
@@ -140,10 +130,10 @@ scenarios! {
     }
 
     fn restore_sets_the_same_capabilities_before_migrate_incoming() {
-        let mut fake = Fake::new(migration(&["active", "completed"], "running", "-"));
-        let log = fake.log();
+        let (mut fake, log) = Fake::logged(migration(&["active", "completed"], "running", "-"));
         let path = Path::new("/var/lib/hvarch/vm 1,x.state");
-        finish(fake.driver().run(restore(path, &ignore_shared(), LONG))).expect("restore");
+        let engine = Migration::new(path, &ignore_shared(), LONG).restore();
+        finish(fake.driver().run(engine)).expect("restore");
         assert_eq!(
             log.take(),
             [
@@ -171,7 +161,7 @@ scenarios! {
             _ => Answer::Ok(json!({})),
         });
         let log = fake.log();
-        let result = finish(fake.driver().run(save(Path::new("/s"), &[], LONG)));
+        let result = finish(fake.driver().run(Migration::new(Path::new("/s"), &[], LONG).save()));
         assert!(migration_error(result).contains("No space left"));
         // QEMU resumed the guest itself: no cont.
         assert_eq!(
@@ -187,34 +177,23 @@ scenarios! {
         );
     }
 
-    fn a_save_that_times_out_is_cancelled_and_a_running_guest_resumed() {
-        let mut fake = Fake::new(cancellable("running", "postmigrate"));
-        let log = fake.log();
-        let result = finish(fake.driver().run(save(Path::new("/s"), &[], SHORT)));
-        assert!(migration_error(result).contains("last status: active"));
-        assert_eq!(
-            log.runs(),
-            [
-                "query-status",
-                "migrate",
-                "query-migrate",
-                "migrate_cancel",
-                "query-migrate",
-                "query-status",
-                "cont"
-            ]
-        );
-    }
-
-    fn a_paused_guest_stays_paused_when_its_save_times_out() {
-        let mut fake = Fake::new(cancellable("paused", "paused"));
-        let log = fake.log();
-        let result = finish(fake.driver().run(save(Path::new("/s"), &[], SHORT)));
-        assert!(migration_error(result).contains("not completed within"));
-        assert_eq!(
-            log.runs(),
-            ["query-status", "migrate", "query-migrate", "migrate_cancel", "query-migrate"]
-        );
+    fn a_save_that_times_out_is_cancelled_and_the_guest_left_as_it_was() {
+        // A running guest QEMU left stopped is resumed; a paused guest stays paused.
+        let after = ["query-status", "migrate", "query-migrate", "migrate_cancel", "query-migrate"];
+        for (before, left, tail) in [
+            ("running", "postmigrate", &["query-status", "cont"][..]),
+            ("paused", "paused", &[][..]),
+        ] {
+            let (mut fake, log) = Fake::logged(cancellable(before, left));
+            let engine = Migration::new(Path::new("/s"), &[], SHORT).save();
+            let result = finish(fake.driver().run(engine));
+            let reason = migration_error(result);
+            assert!(reason.contains("not completed within"), "{reason}");
+            assert!(reason.contains("last status: active"), "{reason}");
+            let mut expected = after.to_vec();
+            expected.extend(tail);
+            assert_eq!(log.runs(), expected, "a {before} guest");
+        }
     }
 
     fn a_migrate_or_query_migrate_that_times_out_is_cancelled() {
@@ -230,7 +209,8 @@ scenarios! {
             };
             let mut fake = Fake::with_timeout(rule, SHORT);
             let log = fake.log();
-            let result = finish(fake.driver().run(save(Path::new("/s"), &[], SHORT)));
+            let engine = Migration::new(Path::new("/s"), &[], SHORT).save();
+            let result = finish(fake.driver().run(engine));
             assert!(
                 matches!(result, Err(VmError::Qmp(hvarch_qmp::Error::Timeout { .. }))),
                 "{result:?}"
@@ -256,9 +236,9 @@ scenarios! {
             "query-migrate" if cancels > 0 => Answer::Ok(json!({"status": "completed"})),
             _ => inner(name, args, n),
         };
-        let mut fake = Fake::new(rule);
-        let log = fake.log();
-        finish(fake.driver().run(save(Path::new("/s"), &[], SHORT))).expect("completed");
+        let (mut fake, log) = Fake::logged(rule);
+        let engine = Migration::new(Path::new("/s"), &[], SHORT).save();
+        finish(fake.driver().run(engine)).expect("completed");
         assert_eq!(
             log.runs(),
             ["query-status", "migrate", "query-migrate", "migrate_cancel", "query-migrate"]
@@ -271,7 +251,7 @@ scenarios! {
             _ => Answer::Ok(json!({"status": "running"})),
         });
         let log = fake.log();
-        let result = finish(fake.driver().run(save(Path::new("/s"), &[], LONG)));
+        let result = finish(fake.driver().run(Migration::new(Path::new("/s"), &[], LONG).save()));
         assert!(matches!(result, Err(VmError::Qmp(hvarch_qmp::Error::Command { .. }))));
         assert_eq!(log.names(), ["query-status", "migrate"]);
     }
@@ -290,7 +270,7 @@ scenarios! {
             _ => Answer::Ok(json!({"status": "running"})),
         });
         let log = fake.log();
-        let result = finish(fake.driver().run(save(Path::new("/s"), &[], LONG)));
+        let result = finish(fake.driver().run(Migration::new(Path::new("/s"), &[], LONG).save()));
         assert!(
             matches!(result, Err(VmError::Qmp(hvarch_qmp::Error::Disconnected))),
             "{result:?}"
@@ -300,8 +280,7 @@ scenarios! {
     }
 
     fn wait_reports_a_cancelled_migration() {
-        let mut fake = Fake::new(migration(&["active", "cancelling"], "running", "-"));
-        let log = fake.log();
+        let (mut fake, log) = Fake::logged(migration(&["active", "cancelling"], "running", "-"));
         let reason = migration_error(finish(fake.driver().run(wait(LONG))));
         assert!(reason.contains("being cancelled"), "{reason}");
         assert_eq!(log.names(), ["query-migrate", "query-migrate"]);
@@ -313,8 +292,10 @@ scenarios! {
             .run(&durations(), |timeout| {
                 let mut fake = Fake::new(migration(&["completed"], "running", "-"));
                 let path = Path::new("/s");
-                prop_assert!(finish(fake.driver().run(save(path, &[], timeout))).is_ok());
-                prop_assert!(finish(fake.driver().run(restore(path, &[], timeout))).is_ok());
+                let engine = Migration::new(path, &[], timeout).save();
+                prop_assert!(finish(fake.driver().run(engine)).is_ok());
+                let engine = Migration::new(path, &[], timeout).restore();
+                prop_assert!(finish(fake.driver().run(engine)).is_ok());
                 prop_assert!(finish(fake.driver().run(wait(timeout))).is_ok());
                 Ok(())
             })

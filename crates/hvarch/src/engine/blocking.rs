@@ -1,14 +1,14 @@
 //! The blocking driver: an engine's steps on a [`Qmp`] client, one after the other.
 
 use std::os::fd::AsFd;
-use std::time::Instant;
 
 use hvarch_qmp::{EventSubscription, Qmp};
 use serde_json::Value;
 
-use super::{Driver, Engine, Next, Outcome, Step};
+use super::{Outcome, Step, SyncDriver};
 
-/// Runs engines on a blocking [`Qmp`] client (what [`crate::Vm`] uses).
+/// Runs engines on a blocking [`Qmp`] client (what [`crate::Vm`] uses): a [`SyncDriver`],
+/// so a [`super::Driver`] whose `run` returns the engine's result.
 #[derive(Debug, Clone, Copy)]
 pub struct Blocking<'q> {
     qmp: &'q Qmp,
@@ -28,10 +28,10 @@ impl<'q> Blocking<'q> {
         self.deleted = Some(deleted);
         self
     }
+}
 
-    /// Carries out one step (what [`Driver::run`] does for each; a driver wrapping this one,
-    /// to trace or inject faults, calls it).
-    pub fn step(&self, step: Step) -> Outcome {
+impl SyncDriver for Blocking<'_> {
+    fn step(&mut self, step: Step) -> Outcome {
         let qmp = self.qmp;
         match step {
             Step::Execute { command, timeout } => Outcome::Reply(match timeout {
@@ -57,23 +57,6 @@ impl<'q> Blocking<'q> {
             Step::Sleep(duration) => {
                 std::thread::sleep(duration);
                 Outcome::Slept
-            }
-        }
-    }
-}
-
-impl Driver for Blocking<'_> {
-    type Run<'r, T: Send + 'r>
-        = T
-    where
-        Self: 'r;
-
-    fn run<'r, T: Send + 'r>(&'r mut self, mut engine: Engine<'r, T>) -> T {
-        let mut outcome = None;
-        loop {
-            match engine.resume(outcome.take(), Instant::now()) {
-                Next::Step(step) => outcome = Some(self.step(step)),
-                Next::Done(value) => return value,
             }
         }
     }

@@ -200,6 +200,25 @@ impl<'a, T: Send + 'a> Engine<'a, T> {
             },
         }
     }
+
+    /// Runs the engine to completion from time `start`, carrying out each step with `step`,
+    /// which returns the outcome and the time it came: the loop of a synchronous driver.
+    pub fn run_with(
+        mut self,
+        start: Instant,
+        mut step: impl FnMut(Step) -> (Outcome, Instant),
+    ) -> T {
+        let (mut outcome, mut now) = (None, start);
+        loop {
+            match self.resume(outcome.take(), now) {
+                Next::Step(next) => {
+                    let (came, at) = step(next);
+                    (outcome, now) = (Some(came), at);
+                }
+                Next::Done(value) => return value,
+            }
+        }
+    }
 }
 
 /// Carries out an engine's steps on a QMP connection: [`Blocking`], `Tokio`, or a test's
@@ -216,6 +235,36 @@ pub trait Driver {
 
     /// Runs `engine` to completion.
     fn run<'r, T: Send + 'r>(&'r mut self, engine: Engine<'r, T>) -> Self::Run<'r, T>;
+}
+
+/// A driver that carries out each step before it returns (as [`Blocking`] does): it is a
+/// [`Driver`] whose [`Driver::run`] returns the engine's result. A driver wrapping another
+/// (to trace steps or inject faults) implements this by calling the inner one's `step`.
+pub trait SyncDriver {
+    /// Carries out one step.
+    fn step(&mut self, step: Step) -> Outcome;
+
+    /// The time the engine sees with each outcome (a test may replay a clock of its own).
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+}
+
+impl<S: SyncDriver> Driver for S {
+    type Run<'r, T: Send + 'r>
+        = T
+    where
+        Self: 'r;
+
+    fn run<'r, T: Send + 'r>(&'r mut self, mut engine: Engine<'r, T>) -> T {
+        let mut outcome = None;
+        loop {
+            match engine.resume(outcome.take(), self.now()) {
+                Next::Step(step) => outcome = Some(self.step(step)),
+                Next::Done(value) => return value,
+            }
+        }
+    }
 }
 
 /// A flow's side of its engine: each method is one [`Step`], awaited.
@@ -351,49 +400,56 @@ mod tests {
             .await
     }
 
-    fn expect_execute(next: Next<hvarch_qmp::Result<Value>>) -> Command {
-        match next {
-            Next::Step(Step::Execute { command, .. }) => command,
-            other => panic!("expected a command, got {other:?}"),
+    /// Answers each command with the next outcome, and keeps the commands.
+    struct Replies(std::vec::IntoIter<Outcome>, Vec<Command>);
+
+    impl SyncDriver for Replies {
+        fn step(&mut self, step: Step) -> Outcome {
+            match step {
+                Step::Execute { command, .. } => self.1.push(command),
+                other => panic!("expected a command, got {other:?}"),
+            }
+            self.0.next().expect("an outcome")
         }
+    }
+
+    /// The commands [`chain`] sends when each is answered by the next of `outcomes`, and
+    /// its result.
+    fn run_chain(outcomes: Vec<Outcome>) -> (Vec<Command>, hvarch_qmp::Result<Value>) {
+        let mut driver = Replies(outcomes.into_iter(), Vec::new());
+        let result = driver.run(Engine::new(chain));
+        (driver.1, result)
     }
 
     #[test]
     fn an_engine_yields_steps_and_consumes_outcomes() {
-        let now = Instant::now();
-        let mut engine = Engine::new(chain);
-        assert_eq!(expect_execute(engine.resume(None, now)).name, "first");
-        let second = expect_execute(engine.resume(Some(Outcome::Reply(Ok(json!(7)))), now));
-        assert_eq!(second.arguments, json!({"got": 7}));
-        match engine.resume(Some(Outcome::Reply(Ok(json!("done")))), now) {
-            Next::Done(Ok(value)) => assert_eq!(value, "done"),
-            other => panic!("{other:?}"),
-        }
+        let replies = vec![
+            Outcome::Reply(Ok(json!(7))),
+            Outcome::Reply(Ok(json!("done"))),
+        ];
+        let (sent, result) = run_chain(replies);
+        assert_eq!(sent[0].name, "first");
+        assert_eq!(sent[1].arguments, json!({"got": 7}));
+        assert_eq!(result.expect("done"), "done");
     }
 
     #[test]
     fn a_refused_step_ends_the_flow_with_its_error() {
-        let mut engine = Engine::new(chain);
-        let now = Instant::now();
-        engine.resume(None, now);
         let refused = hvarch_qmp::Error::Command {
             command: "first".into(),
             class: "GenericError".into(),
             desc: "no".into(),
         };
-        match engine.resume(Some(Outcome::Reply(Err(refused))), now) {
-            Next::Done(Err(hvarch_qmp::Error::Command { desc, .. })) => assert_eq!(desc, "no"),
-            other => panic!("{other:?}"),
-        }
+        let (sent, result) = run_chain(vec![Outcome::Reply(Err(refused))]);
+        assert_eq!(sent.len(), 1);
+        assert!(matches!(result, Err(hvarch_qmp::Error::Command { desc, .. }) if desc == "no"));
     }
 
     #[test]
     fn a_wrong_outcome_is_a_protocol_error_not_a_panic() {
-        let mut engine = Engine::new(chain);
-        let now = Instant::now();
-        engine.resume(None, now);
-        match engine.resume(Some(Outcome::Slept), now) {
-            Next::Done(Err(hvarch_qmp::Error::Protocol(reason))) => {
+        let (_, result) = run_chain(vec![Outcome::Slept]);
+        match result {
+            Err(hvarch_qmp::Error::Protocol(reason)) => {
                 assert!(reason.contains("Slept"), "{reason}")
             }
             other => panic!("{other:?}"),

@@ -24,12 +24,12 @@ pub(super) type Built = HotplugResult<(Device, Placement)>;
 /// The single device the arch backend appends for `what` (built with `append`).
 fn build(
     arch: &mut dyn QemuArch,
-    what: String,
+    what: &str,
     append: impl FnOnce(&mut dyn QemuArch, &mut Vec<Device>) -> hvarch_arch::Result<()>,
 ) -> HotplugResult<Device> {
     let mut built = Vec::new();
     append(arch, &mut built).map_err(|source| HotplugError::Arch {
-        device: what.clone(),
+        device: what.to_owned(),
         source,
     })?;
     built.pop().ok_or_else(|| HotplugError::Invalid {
@@ -38,11 +38,19 @@ fn build(
     })
 }
 
-fn unexpected(flow: &'static str, device: &Device) -> HotplugError {
-    HotplugError::Invalid {
-        what: flow,
-        reason: format!("the arch backend built a {} device", device.kind()),
-    }
+/// [`build`], for a flow expecting a `Device::$variant`.
+macro_rules! build_as {
+    ($variant:ident, $flow:literal, $arch:expr, $what:expr, $append:expr) => {
+        match build($arch, $what, $append)? {
+            Device::$variant(device) => device,
+            other => {
+                return Err(HotplugError::Invalid {
+                    what: $flow,
+                    reason: format!("the arch backend built a {} device", other.kind()),
+                })
+            }
+        }
+    };
 }
 
 /// [`Hotplugger::add_block`](super::Hotplugger::add_block)'s device.
@@ -54,12 +62,8 @@ pub(super) fn block(
     placement: Placement,
 ) -> Built {
     let name = format!("block drive {}", drive.id);
-    let device = build(arch, name.clone(), |arch, built| {
-        arch.append_block_device(built, drive)
-    })?;
-    let Device::Block(mut disk) = device else {
-        return Err(unexpected("add_block", &device));
-    };
+    let mut disk = build_as!(Block, "add_block", arch, &name, |arch, built| arch
+        .append_block_device(built, drive));
     disk.id = format!("virtio-{}", drive.id);
     disk.backend.node_name = drive.id.clone();
     disk.share_rw = true;
@@ -102,12 +106,8 @@ pub(super) fn vhost_user(
         });
     }
     let name = format!("vhost-user {}", attrs.dev_id);
-    let device = build(arch, name, |arch, built| {
-        arch.append_vhost_user_device(built, attrs)
-    })?;
-    let Device::VhostUser(mut device) = device else {
-        return Err(unexpected("add_vhost_user", &device));
-    };
+    let mut device = build_as!(VhostUser, "add_vhost_user", arch, &name, |arch, built| arch
+        .append_vhost_user_device(built, attrs));
     device.id = format!("virtio-{}", attrs.dev_id);
     Ok((device.into(), placement))
 }
@@ -115,7 +115,7 @@ pub(super) fn vhost_user(
 /// [`Hotplugger::add_vfio`](super::Hotplugger::add_vfio)'s device.
 pub(super) fn vfio(arch: &mut dyn QemuArch, dev: &VfioDev, placement: Placement) -> Built {
     let name = format!("vfio {}", dev.id);
-    let device = build(arch, name, |arch, built| {
+    let device = build(arch, &name, |arch, built| {
         arch.append_vfio_device(built, dev)
     })?;
     Ok((device, placement))
@@ -127,15 +127,17 @@ pub(super) fn network(
     endpoint: &NetEndpoint,
     placement: Placement,
 ) -> Built {
-    let name = format!("network {}", endpoint.ifname);
-    let device = build(arch, name, |arch, built| {
-        arch.append_network(built, endpoint)
-    })?;
-    let Device::Net(mut nic) = device else {
-        return Err(unexpected("add_network", &device));
-    };
-    nic.id = format!("virtio-{}", endpoint.ifname);
-    nic.netdev_id = endpoint.ifname.clone();
+    let ifname = &endpoint.ifname;
+    let append =
+        |arch: &mut dyn QemuArch, built: &mut Vec<Device>| arch.append_network(built, endpoint);
+    let mut nic = build_as!(
+        Net,
+        "add_network",
+        arch,
+        &format!("network {ifname}"),
+        append
+    );
+    (nic.id, nic.netdev_id) = (format!("virtio-{ifname}"), ifname.clone());
     Ok((nic.into(), placement))
 }
 

@@ -253,6 +253,9 @@ pub struct Hotplugger<'a, D: Driver = Blocking<'a>> {
 /// for the tokio driver.
 pub type Run<'s, D, T> = <D as Driver>::Run<'s, T>;
 
+/// What a [`Hotplugger`] method that plugs a device gives with driver `D`.
+pub type PlugRun<'s, D> = Run<'s, D, HotplugResult<Plugged>>;
+
 impl<'a> Hotplugger<'a> {
     /// A blocking hotplugger over `qmp`, `arch` (bridge slots) and `state`. It notices no
     /// `DEVICE_DELETED` between calls: give it a standing subscription with
@@ -312,8 +315,12 @@ impl<'a, D: Driver> Hotplugger<'a, D> {
         }))
     }
 
-    /// Plugs a device built by a flow (or the flow's refusal).
-    fn plug_built(&mut self, built: flows::Built) -> Run<'_, D, HotplugResult<Plugged>> {
+    /// Plugs the device `build` makes with the arch backend (or its refusal).
+    fn plug_built(
+        &mut self,
+        build: impl FnOnce(&mut dyn QemuArch, &HotplugState) -> flows::Built,
+    ) -> PlugRun<'_, D> {
+        let built = build(&mut *self.arch, self.state);
         self.drive(move |mut f| async move {
             let (device, placement) = built?;
             f.plug(device, placement).await
@@ -323,12 +330,9 @@ impl<'a, D: Driver> Hotplugger<'a, D> {
     /// Hot-plugs `device` at `placement` (see the [module docs](self)): placement, `getfd`
     /// for each owned descriptor, then each part's QMP command; undone step by step if a step
     /// fails.
-    pub fn plug(
-        &mut self,
-        device: impl Into<Device>,
-        placement: Placement,
-    ) -> Run<'_, D, HotplugResult<Plugged>> {
-        self.plug_built(Ok((device.into(), placement)))
+    pub fn plug(&mut self, device: impl Into<Device>, placement: Placement) -> PlugRun<'_, D> {
+        let device = device.into();
+        self.plug_built(|_, _| Ok((device, placement)))
     }
 
     /// Unplugs device `id` (plugged, or with a pending removal): `device_del` and a wait of
@@ -368,9 +372,8 @@ impl<'a, D: Driver> Hotplugger<'a, D> {
         drive: &BlockDrive,
         driver: BlockDriver,
         placement: Placement,
-    ) -> Run<'_, D, HotplugResult<Plugged>> {
-        let built = flows::block(&mut *self.arch, self.state, drive, driver, placement);
-        self.plug_built(built)
+    ) -> PlugRun<'_, D> {
+        self.plug_built(|arch, state| flows::block(arch, state, drive, driver, placement))
     }
 
     /// Hot-plugs a vhost-user-blk device (Kata: other vhost-user kinds are refused):
@@ -380,33 +383,22 @@ impl<'a, D: Driver> Hotplugger<'a, D> {
         &mut self,
         attrs: &VhostUserDevice,
         placement: Placement,
-    ) -> Run<'_, D, HotplugResult<Plugged>> {
-        let built = flows::vhost_user(&mut *self.arch, attrs, placement);
-        self.plug_built(built)
+    ) -> PlugRun<'_, D> {
+        self.plug_built(|arch, _| flows::vhost_user(arch, attrs, placement))
     }
 
     /// Hot-plugs a VFIO device (id as given): on a bridge slot, a root port, or the root bus
     /// ([`Placement::RootBus`], Kata's `HotplugVFIOOnRootBus`).
-    pub fn add_vfio(
-        &mut self,
-        dev: &VfioDev,
-        placement: Placement,
-    ) -> Run<'_, D, HotplugResult<Plugged>> {
-        let built = flows::vfio(&mut *self.arch, dev, placement);
-        self.plug_built(built)
+    pub fn add_vfio(&mut self, dev: &VfioDev, placement: Placement) -> PlugRun<'_, D> {
+        self.plug_built(|arch, _| flows::vfio(arch, dev, placement))
     }
 
     /// Hot-plugs a network endpoint (Kata's `hotplugNetDevice`): `getfd` for each tap and
     /// vhost descriptor, `netdev_add` (id `<ifname>`, with `fds`/`vhostfds`), then
     /// `device_add virtio-net-pci` (id `virtio-<ifname>`, `mq=on` and `vectors=2q+2` for
     /// several queues) at `placement`.
-    pub fn add_network(
-        &mut self,
-        endpoint: &NetEndpoint,
-        placement: Placement,
-    ) -> Run<'_, D, HotplugResult<Plugged>> {
-        let built = flows::network(&mut *self.arch, endpoint, placement);
-        self.plug_built(built)
+    pub fn add_network(&mut self, endpoint: &NetEndpoint, placement: Placement) -> PlugRun<'_, D> {
+        self.plug_built(|arch, _| flows::network(arch, endpoint, placement))
     }
 
     /// Adds up to `amount` vCPUs (Kata's `hotplugAddCPUs`), clamped to the VM's maximum:
@@ -436,7 +428,7 @@ impl<'a, D: Driver> Hotplugger<'a, D> {
     /// Refused with [`HotplugError::MemoryHotplugUnsupported`] when the backend says the
     /// machine has no DIMM hotplug, the VM has no memory slots, or on arm64 without UEFI
     /// firmware (`virt` needs ACPI's GED device, which only firmware provides).
-    pub fn add_memory(&mut self, size_mb: u64) -> Run<'_, D, HotplugResult<Plugged>> {
+    pub fn add_memory(&mut self, size_mb: u64) -> PlugRun<'_, D> {
         self.drive(move |mut f| async move { f.add_memory(size_mb).await })
     }
 

@@ -126,20 +126,23 @@ pub(super) fn slots(config: &VmConfig) -> Option<BTreeMap<String, u32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{assemble, Accelerator, GuestArch, VmSpec};
+    use crate::{assemble, GuestArch, VmSpec};
     use hvarch_devices::bridge::PcieRootPort;
     use hvarch_devices::rng::RngDevice;
 
+    /// Kata's default VM on `arch` (`q35` on x86_64) with `root_ports` root ports.
     fn config(arch: GuestArch, root_ports: u32) -> VmConfig {
-        let mut spec = VmSpec::kata_default();
-        spec.arch = Some(arch);
-        spec.hypervisor.accelerator = Accelerator::Tcg;
-        spec.hypervisor.pcie_root_ports = root_ports;
-        spec.host_memory_mb = Some(8192);
-        spec.host_cpus = Some(4);
-        if arch == GuestArch::X86_64 {
-            spec.hypervisor.machine_type = Some("q35".into());
-        }
+        let machine = if arch == GuestArch::X86_64 {
+            "q35"
+        } else {
+            "virt"
+        };
+        let spec: VmSpec = toml::from_str(&format!(
+            "id = 'slots'\narch = '{arch}'\nhost_memory_mb = 8192\nhost_cpus = 4\n\
+             [hypervisor]\nmachine_type = '{machine}'\npcie_root_ports = {root_ports}\n\
+             kernel_path = '/k'\ninitrd_path = '/i'\n"
+        ))
+        .expect("spec");
         assemble(&spec).expect("assemble").config
     }
 

@@ -29,7 +29,7 @@ pub const SAVED_HOTPLUG_VERSION: u32 = 2;
 ///    "port_users": {"rp0": "virtio-d1"},
 ///    "plugged": {"virtio-d1": {"id": "virtio-d1", "kind": "virtio-blk",
 ///                              "location": {"type": "root-port", "port": "rp0"},
-///                              "pci_path": [1, 0],
+///                              "pci_path": [5, 0],
 ///                              "removal": [{"command": "blockdev-del", "arguments": {…}}, …],
 ///                              "virtio_mem": false, "device": {…}}},
 ///    "pending_removals": {},

@@ -2,7 +2,7 @@
 //! [`crate::engine`]): written once, run by [`crate::Vm`] with the blocking driver and by any
 //! other driver the same way.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hvarch_arch::arch::MigrationCapability;
@@ -23,39 +23,80 @@ const MIN_QUERY_TIMEOUT: Duration = Duration::from_secs(1);
 /// starts it; QEMU may still be writing the file until it reports `cancelled`).
 pub const MIGRATION_CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The save sequence to the file at `path` (absolute; see [`crate::lifecycle`]):
-/// `query-status` (the run state to keep if the save fails), `migrate-set-capabilities`
-/// (none when `capabilities` is empty), `migrate`, then `query-migrate` every
-/// [`MIGRATION_POLL_INTERVAL`] until `completed`, for at most `timeout`.
-///
-/// A save that fails or does not complete in time (`migrate` or `query-migrate` timing out
-/// included) is cancelled: `migrate_cancel`, `query-migrate` until QEMU ended the migration
-/// (at most [`MIGRATION_CANCEL_TIMEOUT`]), then, if the guest was running and QEMU left it
-/// stopped, `cont`. A migration that completes while it is being cancelled is a completed
-/// save. Nothing is cancelled when QEMU went away ([`hvarch_qmp::Error::Disconnected`]).
-pub fn save(
-    path: &Path,
-    capabilities: &[MigrationCapability],
+/// A migration to or from a file: its path (absolute; see [`crate::lifecycle`]), the
+/// migration capabilities to set first (the same on both sides; none sends no
+/// `migrate-set-capabilities`), and how long to wait for it. [`Migration::save`] and
+/// [`Migration::restore`] are its sequences as engines.
+#[derive(Clone, Debug)]
+pub struct Migration {
+    path: PathBuf,
+    capabilities: Vec<MigrationCapability>,
     timeout: Duration,
-) -> Engine<'static, VmResult<()>> {
-    let (path, capabilities) = (path.to_owned(), capabilities.to_vec());
-    Engine::new(move |port| async move { save_flow(&port, &path, &capabilities, timeout).await })
 }
 
-/// The restore sequence from the file at `path` on a QEMU started with `-incoming defer`:
-/// `migrate-set-capabilities` (the same as the save's; none when empty),
-/// `migrate-incoming`, then the wait of [`wait`].
-pub fn restore(
-    path: &Path,
-    capabilities: &[MigrationCapability],
-    timeout: Duration,
-) -> Engine<'static, VmResult<()>> {
-    let (path, capabilities) = (path.to_owned(), capabilities.to_vec());
-    Engine::new(move |port| async move {
-        set_capabilities(&port, &capabilities).await?;
-        port.execute(migrate_incoming_command(&path)).await?;
-        wait_flow(&port, timeout).await
-    })
+impl Migration {
+    /// A migration of the file at `path`, with `capabilities`, waited for at most `timeout`
+    /// (a timeout too long for a deadline is none).
+    pub fn new(path: &Path, capabilities: &[MigrationCapability], timeout: Duration) -> Self {
+        Migration {
+            path: path.to_owned(),
+            capabilities: capabilities.to_vec(),
+            timeout,
+        }
+    }
+
+    /// The save sequence: `query-status` (the run state to keep if the save fails),
+    /// `migrate-set-capabilities`, `migrate` to the file, then `query-migrate` every
+    /// [`MIGRATION_POLL_INTERVAL`] until `completed`, for at most the timeout.
+    ///
+    /// A save that fails or does not complete in time (`migrate` or `query-migrate` timing
+    /// out included) is cancelled: `migrate_cancel`, `query-migrate` until QEMU ended the
+    /// migration (at most [`MIGRATION_CANCEL_TIMEOUT`]), then, if the guest was running and
+    /// QEMU left it stopped, `cont`. A migration that completes while it is being cancelled
+    /// is a completed save. Nothing is cancelled when QEMU went away
+    /// ([`hvarch_qmp::Error::Disconnected`]).
+    pub fn save(self) -> Engine<'static, VmResult<()>> {
+        Engine::new(move |port| async move { self.save_flow(&port).await })
+    }
+
+    /// The restore sequence on a QEMU started with `-incoming defer`:
+    /// `migrate-set-capabilities`, `migrate-incoming` from the file, then the wait of
+    /// [`wait`].
+    pub fn restore(self) -> Engine<'static, VmResult<()>> {
+        Engine::new(move |port| async move { self.restore_flow(&port).await })
+    }
+
+    async fn save_flow(&self, port: &Port) -> VmResult<()> {
+        let was_running = run_state(port).await? == "running";
+        set_capabilities(port, &self.capabilities).await?;
+        let result = match port.execute(migrate_command(&self.path)).await {
+            Ok(_) => wait_flow(port, self.timeout).await,
+            // Refused: no migration was started.
+            Err(e @ hvarch_qmp::Error::Command { .. }) => return Err(e.into()),
+            Err(e) => Err(e.into()),
+        };
+        match result {
+            Ok(()) => Ok(()),
+            Err(VmError::Qmp(hvarch_qmp::Error::Disconnected)) => result,
+            Err(error) => {
+                tracing::warn!(%error, "save failed; cancelling the migration");
+                if cancel(port).await == Some(Progress::Completed) {
+                    tracing::info!("the migration completed while it was being cancelled");
+                    return Ok(());
+                }
+                if was_running {
+                    resume_if_stopped(port).await;
+                }
+                Err(error)
+            }
+        }
+    }
+
+    async fn restore_flow(&self, port: &Port) -> VmResult<()> {
+        set_capabilities(port, &self.capabilities).await?;
+        port.execute(migrate_incoming_command(&self.path)).await?;
+        wait_flow(port, self.timeout).await
+    }
 }
 
 /// Waits until `query-migrate` reports `completed`, polling every
@@ -108,37 +149,6 @@ async fn run_state(port: &Port) -> VmResult<String> {
         .and_then(Value::as_str)
         .unwrap_or("unknown")
         .to_owned())
-}
-
-async fn save_flow(
-    port: &Port,
-    path: &Path,
-    capabilities: &[MigrationCapability],
-    timeout: Duration,
-) -> VmResult<()> {
-    let was_running = run_state(port).await? == "running";
-    set_capabilities(port, capabilities).await?;
-    let result = match port.execute(migrate_command(path)).await {
-        Ok(_) => wait_flow(port, timeout).await,
-        // Refused: no migration was started.
-        Err(e @ hvarch_qmp::Error::Command { .. }) => return Err(e.into()),
-        Err(e) => Err(e.into()),
-    };
-    match result {
-        Ok(()) => Ok(()),
-        Err(VmError::Qmp(hvarch_qmp::Error::Disconnected)) => result,
-        Err(error) => {
-            tracing::warn!(%error, "save failed; cancelling the migration");
-            if cancel(port).await == Some(Progress::Completed) {
-                tracing::info!("the migration completed while it was being cancelled");
-                return Ok(());
-            }
-            if was_running {
-                resume_if_stopped(port).await;
-            }
-            Err(error)
-        }
-    }
 }
 
 /// `migrate_cancel`, then `query-migrate` until the migration ended; returns how it ended

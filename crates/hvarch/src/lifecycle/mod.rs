@@ -16,7 +16,8 @@
 //! included) is cancelled (`migrate_cancel`, then `query-migrate` until QEMU ended the
 //! migration), the guest is left as it was before the save (running stays running: `cont`
 //! if QEMU stopped it; paused stays paused), and no partial file remains. The sequences are
-//! engines ([`save`], [`restore`], [`wait`]: see [`crate::engine`]), which any driver runs.
+//! engines ([`Migration::save`], [`Migration::restore`], [`wait`]: see [`crate::engine`]),
+//! which any driver runs.
 //!
 //! # Restore
 //!
@@ -104,7 +105,7 @@ use crate::QemuArch;
 
 mod engine;
 
-pub use engine::{restore, save, wait, MIGRATION_CANCEL_TIMEOUT, MIGRATION_POLL_INTERVAL};
+pub use engine::{wait, Migration, MIGRATION_CANCEL_TIMEOUT, MIGRATION_POLL_INTERVAL};
 
 /// Where [`Vm::save`] writes the hotplug state of a VM saved to `state`:
 /// `<state>.hotplug.json` (see the [module docs](crate::lifecycle)).
@@ -165,7 +166,8 @@ fn rename(from: &Path, to: &Path) -> VmResult<()> {
 
 /// The files of one save: the migration goes to a partial file, the hotplug state is
 /// written beside it once the migration completed, and both are renamed into place; a
-/// failed save removes both partial files. What any driver does around the [`save`] engine.
+/// failed save removes both partial files. What any driver does around the
+/// [`Migration::save`] engine.
 #[derive(Debug)]
 pub(crate) struct SaveFiles {
     path: PathBuf,
@@ -192,7 +194,7 @@ impl SaveFiles {
         capabilities: &[MigrationCapability],
         timeout: Duration,
     ) -> Engine<'static, VmResult<()>> {
-        save(&self.partial, capabilities, timeout)
+        Migration::new(&self.partial, capabilities, timeout).save()
     }
 
     /// Puts the files in place after the engine's `result`, or removes them.
@@ -265,7 +267,7 @@ impl Vm {
         let capabilities = vm.arch().migration_capabilities();
         let timeout = vm.arch().migration_wait_timeout();
         Blocking::new(vm.qmp())
-            .run(restore(&path, &capabilities, timeout))
+            .run(Migration::new(&path, &capabilities, timeout).restore())
             .map_err(|e| with_stderr(e, &vm.stderr()))?;
         Ok(vm)
     }

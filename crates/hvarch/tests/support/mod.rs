@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use hvarch::engine::{Driver, Engine, Next, Outcome, Step};
+use hvarch::engine::{Outcome, Step, SyncDriver};
 use hvarch_qmp::testing::{FakeConn, FakeServer};
 use hvarch_qmp::{Event, Timestamp};
 use serde_json::{json, Value};
@@ -144,6 +144,124 @@ fn send(conn: &mut FakeConn, cmd: &Value, args: &Value, answer: Answer) {
     }
 }
 
+/// Durations at the edges: none, the shortest, the longest, and any in between.
+pub fn durations() -> impl proptest::strategy::Strategy<Value = Duration> {
+    use proptest::prelude::*;
+    prop_oneof![
+        Just(Duration::ZERO),
+        Just(Duration::from_nanos(1)),
+        Just(Duration::MAX),
+        Just(Duration::new(u64::MAX, 0)),
+        any::<u64>().prop_map(Duration::from_secs),
+        (any::<u64>(), 0u32..1_000_000_000).prop_map(|(s, n)| Duration::new(s, n)),
+    ]
+}
+
+/// What every fake has: `FakeDriver` (the type of its `driver()`), `new`, `with_timeout`
+/// (over its own `start`), `logged`, `log` and `hotplugger`.
+macro_rules! fake_common {
+    ($driver:ident) => {
+        /// This fake's driver.
+        pub type FakeDriver<'a> = $driver<'a>;
+
+        impl Fake {
+            /// A fake answering by `rule`.
+            pub fn new(rule: impl FnMut(&str, &Value, usize) -> Answer + Send + 'static) -> Fake {
+                Fake::with_timeout(rule, COMMAND_TIMEOUT)
+            }
+
+            /// A fake answering by `rule`, whose client times commands out after
+            /// `command_timeout`.
+            pub fn with_timeout(
+                rule: impl FnMut(&str, &Value, usize) -> Answer + Send + 'static,
+                command_timeout: Duration,
+            ) -> Fake {
+                Fake::start(Box::new(rule), command_timeout)
+            }
+
+            /// A fake answering by `rule`, and its log.
+            pub fn logged(
+                rule: impl FnMut(&str, &Value, usize) -> Answer + Send + 'static,
+            ) -> (Fake, Log) {
+                let fake = Fake::new(rule);
+                let log = fake.log.clone();
+                (fake, log)
+            }
+
+            /// The log of the commands received.
+            pub fn log(&self) -> Log {
+                self.log.clone()
+            }
+
+            /// A hotplugger over this fake.
+            pub fn hotplugger<'a>(
+                &'a mut self,
+                arch: &'a mut dyn hvarch::QemuArch,
+                state: &'a mut hvarch::HotplugState,
+            ) -> hvarch::Hotplugger<'a, FakeDriver<'a>> {
+                hvarch::Hotplugger::with_driver(self.driver(), arch, state)
+            }
+        }
+    };
+}
+
+/// The server side of a socket fake: the scripted server (joined on drop, after the client
+/// that owns it closed its end) and its log.
+struct Served {
+    server: Option<FakeServer>,
+    log: Log,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.join();
+        }
+    }
+}
+
+/// A fake QEMU on a socket: a `$qmp` client (connected by `$connect`), its standing
+/// `DEVICE_DELETED` subscription (`$events`) and the common methods over driver `$driver`.
+macro_rules! socket_fake {
+    ($qmp:ty, $events:ty, $driver:ident, $connect:expr) => {
+        /// A fake QEMU on a socket, a client and its standing `DEVICE_DELETED` subscription.
+        pub struct Fake {
+            // Dropped first: the client's end closes, then the server is joined.
+            qmp: $qmp,
+            deleted: $events,
+            log: Log,
+            _served: Served,
+        }
+
+        fake_common!($driver);
+
+        impl Fake {
+            fn start(rule: Rule, command_timeout: Duration) -> Fake {
+                let (stream, served, config) = socket(rule, command_timeout);
+                let qmp: $qmp = $connect(stream, &config);
+                Fake {
+                    deleted: qmp.subscribe_filtered(EventFilter::name("DEVICE_DELETED")),
+                    qmp,
+                    log: served.log.clone(),
+                    _served: served,
+                }
+            }
+        }
+    };
+}
+
+/// A fake QMP server answering by `rule`, and a client configuration with
+/// `command_timeout`: what the socket fakes start from.
+fn socket(rule: Rule, command_timeout: Duration) -> (UnixStream, Served, hvarch_qmp::Config) {
+    let log = Log::default();
+    let (stream, server) = serve(rule, log.clone());
+    let served = Served {
+        server: Some(server),
+        log,
+    };
+    (stream, served, config(command_timeout))
+}
+
 /// The command timeout of the fakes unless a scenario sets one.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -172,20 +290,12 @@ pub mod pure {
         gone: bool,
     }
 
-    impl Fake {
-        /// A fake answering by `rule`.
-        pub fn new(rule: impl FnMut(&str, &Value, usize) -> Answer + Send + 'static) -> Fake {
-            Fake::with_timeout(rule, COMMAND_TIMEOUT)
-        }
+    fake_common!(Scripted);
 
-        /// A fake answering by `rule`, whose client times commands out after
-        /// `command_timeout`.
-        pub fn with_timeout(
-            rule: impl FnMut(&str, &Value, usize) -> Answer + Send + 'static,
-            command_timeout: Duration,
-        ) -> Fake {
+    impl Fake {
+        fn start(rule: Rule, command_timeout: Duration) -> Fake {
             Fake {
-                rule: Box::new(rule),
+                rule,
                 log: Log::default(),
                 deleted: Vec::new(),
                 now: Instant::now(),
@@ -195,23 +305,9 @@ pub mod pure {
             }
         }
 
-        /// The log of the commands received.
-        pub fn log(&self) -> Log {
-            self.log.clone()
-        }
-
         /// A driver answering by the rule.
         pub fn driver(&mut self) -> Scripted<'_> {
             Scripted { fake: self }
-        }
-
-        /// A hotplugger over this fake.
-        pub fn hotplugger<'a>(
-            &'a mut self,
-            arch: &'a mut dyn hvarch::QemuArch,
-            state: &'a mut hvarch::HotplugState,
-        ) -> hvarch::Hotplugger<'a, Scripted<'a>> {
-            hvarch::Hotplugger::with_driver(self.driver(), arch, state)
         }
 
         fn wait(&mut self, duration: Duration) {
@@ -325,20 +421,13 @@ pub mod pure {
         fake: &'f mut Fake,
     }
 
-    impl Driver for Scripted<'_> {
-        type Run<'r, T: Send + 'r>
-            = T
-        where
-            Self: 'r;
+    impl SyncDriver for Scripted<'_> {
+        fn step(&mut self, step: Step) -> Outcome {
+            self.fake.step(step)
+        }
 
-        fn run<'r, T: Send + 'r>(&'r mut self, mut engine: Engine<'r, T>) -> T {
-            let mut outcome = None;
-            loop {
-                match engine.resume(outcome.take(), self.fake.now) {
-                    Next::Step(step) => outcome = Some(self.fake.step(step)),
-                    Next::Done(value) => return value,
-                }
-            }
+        fn now(&self) -> Instant {
+            self.fake.now
         }
     }
 
@@ -354,63 +443,14 @@ pub mod blocking {
     use hvarch::engine::Blocking;
     use hvarch_qmp::{EventFilter, EventSubscription, Qmp};
 
-    /// A fake QEMU on a socket, a `Qmp` client and its standing `DEVICE_DELETED`
-    /// subscription.
-    pub struct Fake {
-        qmp: Qmp,
-        deleted: EventSubscription,
-        server: Option<FakeServer>,
-        log: Log,
-    }
+    socket_fake!(Qmp, EventSubscription, Blocking, |stream, config| {
+        Qmp::from_stream(stream, config).expect("negotiate")
+    });
 
     impl Fake {
-        /// A fake answering by `rule`.
-        pub fn new(rule: impl FnMut(&str, &Value, usize) -> Answer + Send + 'static) -> Fake {
-            Fake::with_timeout(rule, COMMAND_TIMEOUT)
-        }
-
-        /// A fake answering by `rule`, with this client command timeout.
-        pub fn with_timeout(
-            rule: impl FnMut(&str, &Value, usize) -> Answer + Send + 'static,
-            command_timeout: Duration,
-        ) -> Fake {
-            let log = Log::default();
-            let (stream, server) = serve(Box::new(rule), log.clone());
-            let qmp = Qmp::from_stream(stream, &config(command_timeout)).expect("negotiate");
-            Fake {
-                deleted: qmp.subscribe_filtered(EventFilter::name("DEVICE_DELETED")),
-                qmp,
-                server: Some(server),
-                log,
-            }
-        }
-
-        /// The log of the commands received.
-        pub fn log(&self) -> Log {
-            self.log.clone()
-        }
-
         /// The blocking driver on this fake's client.
         pub fn driver(&mut self) -> Blocking<'_> {
             Blocking::new(&self.qmp).with_deleted(&self.deleted)
-        }
-
-        /// A hotplugger over this fake.
-        pub fn hotplugger<'a>(
-            &'a mut self,
-            arch: &'a mut dyn hvarch::QemuArch,
-            state: &'a mut hvarch::HotplugState,
-        ) -> hvarch::Hotplugger<'a> {
-            hvarch::Hotplugger::with_driver(self.driver(), arch, state)
-        }
-    }
-
-    impl Drop for Fake {
-        fn drop(&mut self) {
-            self.qmp.close();
-            if let Some(server) = self.server.take() {
-                server.join();
-            }
         }
     }
 
@@ -441,64 +481,14 @@ pub mod tokio {
         })
     }
 
-    /// A fake QEMU on a socket, an `AsyncQmp` client and its standing `DEVICE_DELETED`
-    /// subscription.
-    pub struct Fake {
-        qmp: AsyncQmp,
-        deleted: AsyncEventSubscription,
-        server: Option<FakeServer>,
-        log: Log,
-    }
+    socket_fake!(AsyncQmp, AsyncEventSubscription, Tokio, |stream, config| {
+        finish(AsyncQmp::from_std(stream, config)).expect("negotiate")
+    });
 
     impl Fake {
-        /// A fake answering by `rule`.
-        pub fn new(rule: impl FnMut(&str, &Value, usize) -> Answer + Send + 'static) -> Fake {
-            Fake::with_timeout(rule, COMMAND_TIMEOUT)
-        }
-
-        /// A fake answering by `rule`, with this client command timeout.
-        pub fn with_timeout(
-            rule: impl FnMut(&str, &Value, usize) -> Answer + Send + 'static,
-            command_timeout: Duration,
-        ) -> Fake {
-            let log = Log::default();
-            let (stream, server) = serve(Box::new(rule), log.clone());
-            let qmp =
-                finish(AsyncQmp::from_std(stream, &config(command_timeout))).expect("negotiate");
-            Fake {
-                deleted: qmp.subscribe_filtered(EventFilter::name("DEVICE_DELETED")),
-                qmp,
-                server: Some(server),
-                log,
-            }
-        }
-
-        /// The log of the commands received.
-        pub fn log(&self) -> Log {
-            self.log.clone()
-        }
-
         /// The tokio driver on this fake's client.
         pub fn driver(&mut self) -> Tokio<'_> {
             Tokio::new(&self.qmp).with_deleted(&mut self.deleted)
-        }
-
-        /// A hotplugger over this fake.
-        pub fn hotplugger<'a>(
-            &'a mut self,
-            arch: &'a mut dyn hvarch::QemuArch,
-            state: &'a mut hvarch::HotplugState,
-        ) -> hvarch::Hotplugger<'a, Tokio<'a>> {
-            hvarch::Hotplugger::with_driver(self.driver(), arch, state)
-        }
-    }
-
-    impl Drop for Fake {
-        fn drop(&mut self) {
-            finish(self.qmp.close());
-            if let Some(server) = self.server.take() {
-                server.join();
-            }
         }
     }
 
