@@ -33,7 +33,8 @@ pub fn run() -> Result<Section, String> {
              add + delete cycle, {CYCLES} cycles each after 3 unreported, alternating between \
              two VMs of the same configuration. **hvarch**: `vm.hotplug().add_block(…, \
              VirtioBlk, Placement::Auto)` then `unplug(id, 5 s)` (placement, the arch \
-             backend's device, `query-pci` for the guest PCI path, rollback bookkeeping). \
+             backend's device, the guest PCI path computed from the configuration, the \
+             engine and its drain of `DEVICE_DELETED`, rollback bookkeeping). \
              **raw**: `blockdev-add`, `device_add`, `device_del` + wait for `DEVICE_DELETED`, \
              `blockdev-del` on a minimal client."
         ),
