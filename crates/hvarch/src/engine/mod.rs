@@ -12,16 +12,41 @@
 //! back; every decision (placement, undo order, what a timeout means) is the engine's. A
 //! driver only executes steps:
 //!
-//! - [`Blocking`] over [`hvarch_qmp::Qmp`] (what [`crate::Vm`] uses);
-//! - `Tokio` over `hvarch_qmp::AsyncQmp` (feature `tokio`);
-//! - a test's scripted driver, which answers steps without any socket, so the exact command
-//!   sequence of a flow is tested on the engine itself and then once per driver.
+//! - [`Blocking`] over [`hvarch_qmp::Qmp`] (what [`crate::Vm`] uses). It is a [`SyncDriver`]:
+//!   anything that carries out one step at a time is a [`Driver`] that way, such as a test's
+//!   scripted driver (which answers steps without any socket, so the exact command sequence
+//!   of a flow is tested on the engine itself and then once per driver) or a wrapper that
+//!   traces steps or injects faults;
+//! - `Tokio` over `hvarch_qmp::AsyncQmp` (feature `tokio`): the same steps, awaited.
+//!
+//! ```
+//! use std::time::Duration;
+//! use hvarch::engine::{Driver, Outcome, Step, SyncDriver};
+//! use serde_json::json;
+//!
+//! /// A QEMU whose migration has completed.
+//! struct Completed;
+//!
+//! impl SyncDriver for Completed {
+//!     fn step(&mut self, step: Step) -> Outcome {
+//!         match step {
+//!             Step::Execute { command, .. } if command.name == "query-migrate" => {
+//!                 Outcome::Reply(Ok(json!({"status": "completed"})))
+//!             }
+//!             other => panic!("unexpected step {other:?}"),
+//!         }
+//!     }
+//! }
+//!
+//! let waited = Completed.run(hvarch::lifecycle::wait(Duration::from_secs(5)));
+//! assert!(waited.is_ok());
+//! ```
 //!
 //! # How a flow is written
 //!
-//! A flow is an `async fn` over a [`Port`], whose only await points are QMP steps: awaiting
-//! [`Port::execute`] hands the step to the [`Engine`] and suspends the flow until the driver
-//! resumes the engine with the outcome. The engine polls the flow with a no-op waker; no
+//! A flow is an `async fn` over its engine's port (crate-private), whose only await points
+//! are QMP steps: awaiting a step hands it to the [`Engine`] and suspends the flow until the
+//! driver resumes the engine with the outcome. The engine polls the flow with a no-op waker; no
 //! runtime is involved, and the compiler writes the state machine. A flow awaits nothing but
 //! its port (and other flows).
 //!

@@ -216,7 +216,7 @@ impl SaveFiles {
 impl Vm {
     /// Saves the VM's state to `path` (created or truncated; see the [module
     /// docs](crate::lifecycle)) within the arch's migration timeout
-    /// ([`QemuArch::migration_wait_timeout`](crate::QemuArch::migration_wait_timeout)):
+    /// ([`QemuArch::migration_wait_timeout`]):
     /// [`Vm::save_within`].
     pub fn save(&self, path: impl AsRef<Path>) -> VmResult<()> {
         self.save_within(path, self.arch().migration_wait_timeout())
@@ -275,7 +275,7 @@ impl Vm {
     /// Waits until `query-migrate` reports `completed`, for at most `timeout` (Kata's
     /// `waitMigration`; see [`wait`]); a `failed` or `cancelled` migration is a
     /// [`VmError::Migration`] with QEMU's `error-desc`. [`Vm::save`] and [`Vm::restore`] wait
-    /// the arch's [`QemuArch::migration_wait_timeout`](crate::QemuArch::migration_wait_timeout).
+    /// the arch's [`QemuArch::migration_wait_timeout`].
     pub fn wait_migration(&self, timeout: Duration) -> VmResult<()> {
         Blocking::new(self.qmp()).run(wait(timeout))
     }
