@@ -20,7 +20,6 @@
 //! has the device, its node and the pending record, and refuses the same drive again.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use hvarch::hotplug::{HotplugError, Location, Placement};
@@ -49,10 +48,18 @@ fn spec(dir: &TempDir, runtime: &str) -> VmSpec {
     spec
 }
 
-fn image(dir: &TempDir) -> PathBuf {
-    let path = dir.join("disk0.img");
-    std::fs::write(&path, vec![0u8; 1 << 20]).expect("write image");
-    path
+/// Drive `drive0` on a 1 MiB raw file in `dir`.
+fn drive0(dir: &TempDir) -> BlockDrive {
+    let file = dir.join("disk0.img");
+    std::fs::write(&file, vec![0u8; 1 << 20]).expect("write image");
+    BlockDrive {
+        file,
+        format: "raw".into(),
+        id: "drive0".into(),
+        read_only: false,
+        share_rw: false,
+        index: 0,
+    }
 }
 
 #[test]
@@ -65,14 +72,7 @@ fn arm64_hot_plugged_disk_and_nic_survive_save_and_restore() {
     )
     .expect("launch");
 
-    let drive = BlockDrive {
-        file: image(&dir),
-        format: "raw".into(),
-        id: "drive0".into(),
-        read_only: false,
-        share_rw: false,
-        index: 0,
-    };
+    let drive = drive0(&dir);
     let disk = source
         .hotplug()
         .add_block(&drive, BlockDriver::VirtioBlk, Placement::RootPort)
@@ -159,14 +159,7 @@ fn arm64_a_pending_removal_survives_save_and_restore() {
     // Kata's -no-reboot would make the reset below end QEMU.
     assembled.config.knobs.no_reboot = false;
     let mut source = Vm::launch(assembled, LaunchOptions::default()).expect("launch");
-    let drive = BlockDrive {
-        file: image(&dir),
-        format: "raw".into(),
-        id: "drive0".into(),
-        read_only: false,
-        share_rw: false,
-        index: 0,
-    };
+    let drive = drive0(&dir);
     source
         .hotplug()
         .add_block(&drive, BlockDriver::VirtioBlk, Placement::RootPort)
