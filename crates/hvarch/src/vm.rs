@@ -809,6 +809,7 @@ mod tests {
         let vm = Vm {
             child,
             exit: None,
+            deleted: qmp.subscribe_filtered(EventFilter::name("DEVICE_DELETED")),
             qmp,
             shutdown_events,
             shutdown_reason: None,
