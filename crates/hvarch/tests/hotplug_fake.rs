@@ -567,7 +567,6 @@ scenarios! {
         let (mut vm, mut state) = new_vm(GuestArch::Aarch64, 1);
         let mut hp = fake.hotplugger(vm.arch.as_mut(), &mut state);
         add_blk!(hp, "drive1", Auto).unwrap();
-        log.take();
         let err = finish(hp.reconcile()).unwrap_err();
         assert!(err.to_string().contains("blockdev-del drive1"), "{err}");
         let left = hp.state().pending_removal("virtio-drive1").expect("pending").clone();
@@ -582,7 +581,14 @@ scenarios! {
         finish(hp.unplug("virtio-drive1", T)).unwrap();
         assert_eq!(
             log.names(),
-            ["qom-list", "query-named-block-nodes", "blockdev-del", "blockdev-del"]
+            [
+                "blockdev-add",
+                "device_add",
+                "qom-list",
+                "query-named-block-nodes",
+                "blockdev-del",
+                "blockdev-del"
+            ]
         );
         assert!(hp.state().pending_removal_ids().is_empty());
         assert_eq!(hp.state().free_root_ports(), ["rp0"]);

@@ -45,10 +45,10 @@ impl SyncDriver for Blocking<'_> {
                 command,
                 event,
                 timeout,
-            } => Outcome::Event(
-                qmp.execute_and_wait_event(&command, &event, timeout)
-                    .map(|(_, event)| event),
-            ),
+            } => {
+                let waited = qmp.execute_and_wait_event(&command, &event, timeout);
+                Outcome::Event(waited.map(|(_, event)| event))
+            }
             Step::TakeDeleted => Outcome::Deleted(
                 self.deleted
                     .map(|events| std::iter::from_fn(|| events.try_recv()).collect())

@@ -48,11 +48,10 @@ impl<'q> Tokio<'q> {
                 command,
                 event,
                 timeout,
-            } => Outcome::Event(
-                qmp.execute_and_wait_event(&command, &event, timeout)
-                    .await
-                    .map(|(_, event)| event),
-            ),
+            } => {
+                let waited = qmp.execute_and_wait_event(&command, &event, timeout).await;
+                Outcome::Event(waited.map(|(_, event)| event))
+            }
             Step::TakeDeleted => Outcome::Deleted(match self.deleted.as_deref_mut() {
                 Some(events) => std::iter::from_fn(|| events.try_recv()).collect(),
                 None => Vec::new(),
