@@ -78,8 +78,17 @@ impl Bridge {
         self.bridge_type.capacity()
     }
 
-    /// Plugs device `id` into the first free slot (from 1) and returns the slot.
+    /// The slot device `id` holds, if any.
+    pub fn slot_of(&self, id: &str) -> Option<u32> {
+        self.devices
+            .iter()
+            .find_map(|(slot, dev)| (dev == id).then_some(*slot))
+    }
+
+    /// Plugs device `id` into the first free slot (from 1) and returns the slot. An id that
+    /// already holds a slot here is refused ([`ArchError::DeviceHasSlot`]).
     pub fn add_device(&mut self, id: &str) -> Result<u32> {
+        self.refuse_held(id)?;
         let slot = (1..=self.capacity())
             .find(|s| !self.devices.contains_key(s))
             .ok_or(ArchError::BridgeFull {
@@ -89,15 +98,22 @@ impl Bridge {
         Ok(slot)
     }
 
+    fn refuse_held(&self, id: &str) -> Result<()> {
+        match self.slot_of(id) {
+            Some(slot) => Err(ArchError::DeviceHasSlot {
+                device: id.to_owned(),
+                bridge: self.id.clone(),
+                slot,
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Unplugs device `id`; returns the slot it had.
     pub fn remove_device(&mut self, id: &str) -> Result<u32> {
-        let slot = self
-            .devices
-            .iter()
-            .find_map(|(slot, dev)| (dev == id).then_some(*slot))
-            .ok_or_else(|| ArchError::NotOnBridge {
-                device: id.to_owned(),
-            })?;
+        let slot = self.slot_of(id).ok_or_else(|| ArchError::NotOnBridge {
+            device: id.to_owned(),
+        })?;
         self.devices.remove(&slot);
         Ok(slot)
     }
@@ -195,10 +211,14 @@ impl Bridges {
         self.0.is_empty()
     }
 
-    /// Plugs `id` into the first bridge of type `bridge_type` with a free slot.
+    /// Plugs `id` into the first bridge of type `bridge_type` with a free slot. An id that
+    /// already holds a slot on any bridge is refused ([`ArchError::DeviceHasSlot`]).
     pub fn add_device(&mut self, id: &str, bridge_type: BridgeType) -> Result<BridgeSlot> {
         if self.0.is_empty() {
             return Err(ArchError::NoBridges);
+        }
+        for bridge in &self.0 {
+            bridge.refuse_held(id)?;
         }
         for bridge in self.0.iter_mut().filter(|b| b.bridge_type == bridge_type) {
             if let Ok(slot) = bridge.add_device(id) {
@@ -319,6 +339,32 @@ mod tests {
     }
 
     #[test]
+    fn an_id_holding_a_slot_gets_no_second_one() {
+        let mut bridges: Bridges = vec![
+            Bridge::new(BridgeType::Pci, "pci-bridge-0", 2),
+            Bridge::new(BridgeType::Pci, "pci-bridge-1", 3),
+        ]
+        .into();
+        assert_eq!(bridges.add_device("blk0", BridgeType::Pci).unwrap().slot, 1);
+        assert_eq!(
+            bridges
+                .add_device("blk0", BridgeType::Pci)
+                .unwrap_err()
+                .to_string(),
+            "device blk0 already holds slot 1 of bridge pci-bridge-0"
+        );
+        let mut bridge = Bridge::new(BridgeType::Pci, "pci-bridge-2", 4);
+        bridge.add_device("blk0").unwrap();
+        assert!(matches!(
+            bridge.add_device("blk0"),
+            Err(ArchError::DeviceHasSlot { slot: 1, .. })
+        ));
+        // Once freed, the id may take a slot again.
+        bridges.remove_device("blk0").unwrap();
+        assert_eq!(bridges.add_device("blk0", BridgeType::Pci).unwrap().slot, 1);
+    }
+
+    #[test]
     fn addresses_and_paths() {
         let mut bridges: Bridges = vec![Bridge::new(BridgeType::Pci, "pci-bridge-0", 2)].into();
         let slot = bridges.add_device("blk0", BridgeType::Pci).unwrap();
@@ -335,6 +381,8 @@ mod tests {
     #[derive(Debug, Clone)]
     enum Op {
         Add,
+        /// A live device's id again.
+        AddAgain(usize),
         Remove(usize),
     }
 
@@ -343,7 +391,13 @@ mod tests {
         fn slots_are_unique_nonzero_and_bounded(
             nbridges in 1usize..4,
             ops in proptest::collection::vec(
-                prop_oneof![3 => Just(Op::Add), 1 => (0usize..200).prop_map(Op::Remove)], 0..250),
+                prop_oneof![
+                    3 => Just(Op::Add),
+                    1 => (0usize..200).prop_map(Op::AddAgain),
+                    1 => (0usize..200).prop_map(Op::Remove),
+                ],
+                0..250,
+            ),
         ) {
             let mut bridges = Bridges::new();
             for i in 0..nbridges {
@@ -366,6 +420,15 @@ mod tests {
                             Err(_) => prop_assert_eq!(live.len(), capacity),
                         }
                     }
+                    Op::AddAgain(i) if !live.is_empty() => {
+                        let id = &live[i % live.len()];
+                        let refused = matches!(
+                            bridges.add_device(id, BridgeType::Pci),
+                            Err(ArchError::DeviceHasSlot { .. })
+                        );
+                        prop_assert!(refused, "{} got a second slot", id);
+                    }
+                    Op::AddAgain(_) => {}
                     Op::Remove(i) if !live.is_empty() => {
                         let id = live.remove(i % live.len());
                         prop_assert!(bridges.remove_device(&id).is_ok());
@@ -381,6 +444,14 @@ mod tests {
                     placed += bridge.devices.len();
                 }
                 prop_assert_eq!(placed, live.len());
+                for id in &live {
+                    let slots = bridges
+                        .iter()
+                        .flat_map(|b| b.devices.values())
+                        .filter(|dev| *dev == id)
+                        .count();
+                    prop_assert_eq!(slots, 1, "{} holds {} slots", id, slots);
+                }
             }
         }
     }

@@ -43,6 +43,17 @@ pub enum ArchError {
         /// The device id.
         device: String,
     },
+    /// The device already holds a bridge slot: one device, one slot (a device whose removal
+    /// QEMU has not confirmed keeps its slot until it is gone).
+    #[error("device {device} already holds slot {slot} of bridge {bridge}")]
+    DeviceHasSlot {
+        /// The device id.
+        device: String,
+        /// The bridge holding it.
+        bridge: String,
+        /// Its slot there.
+        slot: u32,
+    },
     /// A CCW address was asked of a non-CCW bridge.
     #[error("bridge {bridge} is not a CCW bridge")]
     NotCcw {

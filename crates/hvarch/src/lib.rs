@@ -12,6 +12,9 @@
 //! - [`assemble()`]: Kata's `createSandbox` — machine, CPU, topology, memory, kernel command
 //!   line and devices in Kata's order — producing an [`Assembled`] VM: a
 //!   [`hvarch_devices::config::VmConfig`], the QEMU binary and the backend.
+//! - [`vm`], [`hotplug`], [`lifecycle`]: a running VM, its hot plug and unplug flows, save
+//!   and restore; the flows are sans-IO [`engine`]s, run by a blocking driver or, with the
+//!   `tokio` feature, an async one.
 //!
 //! ```
 //! use hvarch::{assemble, GuestArch, Syntax, VmSpec};
@@ -34,6 +37,7 @@
 #![deny(missing_docs)]
 
 pub mod assemble;
+pub mod engine;
 pub mod error;
 pub mod host;
 pub mod hotplug;

@@ -303,6 +303,8 @@ pub struct Vm {
     shutdown_reason: Option<String>,
     assembled: Assembled,
     hotplug: crate::hotplug::HotplugState,
+    /// Every `DEVICE_DELETED` since launch, drained by each hotplug call.
+    deleted: EventSubscription,
     /// QEMU's stderr (a descriptor of the file it writes, read from the start).
     stderr: File,
     /// The first shutdown's outcome (later calls return it).
@@ -404,6 +406,7 @@ impl Vm {
         Ok(Vm {
             child,
             exit: None,
+            deleted: qmp.subscribe_filtered(EventFilter::name("DEVICE_DELETED")),
             qmp,
             shutdown_events,
             shutdown_reason,
@@ -455,7 +458,18 @@ impl Vm {
     /// The hotplug engine over this VM's QMP client, arch backend (bridge slots) and
     /// hotplug state (root ports, plugged devices): `vm.hotplug().add_block(…)`.
     pub fn hotplug(&mut self) -> crate::hotplug::Hotplugger<'_> {
-        crate::hotplug::Hotplugger::new(&self.qmp, self.assembled.arch.as_mut(), &mut self.hotplug)
+        self.hotplug_with(|driver| driver)
+    }
+
+    /// [`Vm::hotplug`] with its blocking driver wrapped by `wrap` (a driver that traces the
+    /// steps, or injects faults in a test).
+    pub fn hotplug_with<'v, D: crate::engine::Driver>(
+        &'v mut self,
+        wrap: impl FnOnce(crate::engine::Blocking<'v>) -> D,
+    ) -> crate::hotplug::Hotplugger<'v, D> {
+        let driver = crate::engine::Blocking::new(&self.qmp).with_deleted(&self.deleted);
+        let arch = self.assembled.arch.as_mut();
+        crate::hotplug::Hotplugger::with_driver(wrap(driver), arch, &mut self.hotplug)
     }
 
     /// What is hot-plugged, and the free root ports.
@@ -795,6 +809,7 @@ mod tests {
         let vm = Vm {
             child,
             exit: None,
+            deleted: qmp.subscribe_filtered(EventFilter::name("DEVICE_DELETED")),
             qmp,
             shutdown_events,
             shutdown_reason: None,
