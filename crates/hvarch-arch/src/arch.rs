@@ -182,16 +182,55 @@ impl ArchBase {
     }
 
     /// Transport settings for the devices this base builds: virtio-mmio on `microvm`,
-    /// virtio-pci elsewhere, with `disable-modern` when running nested (PCI only).
+    /// virtio-ccw on `s390-ccw-virtio` (the device number is given later, by
+    /// [`QemuArch::place_devices`]), virtio-pci elsewhere, with `disable-modern` when running
+    /// nested (PCI only).
     pub fn virtio(&self) -> VirtioOpts {
-        if self.machine_type == machine::MICROVM {
-            VirtioOpts::on(Transport::Mmio)
-        } else {
-            VirtioOpts {
+        match self.machine_type.as_str() {
+            machine::MICROVM => VirtioOpts::on(Transport::Mmio),
+            machine::S390_CCW_VIRTIO => VirtioOpts::on(Transport::Ccw),
+            _ => VirtioOpts {
                 disable_modern: self.nested_run,
                 ..VirtioOpts::default()
+            },
+        }
+    }
+
+    /// Gives every CCW device of `devices` a device number from the CCW bridges (what each
+    /// of Kata's s390x `append*` does with `addDeviceToBridge`): a device whose `devno` is
+    /// set reserves that slot; then every device without one takes the first free slot,
+    /// keyed by its id, and gets `fe.<bridge addr>.<slot %04x>`. Devices on other
+    /// transports are left alone.
+    pub fn place_ccw_devices(&mut self, devices: &mut [Device]) -> Result<()> {
+        let ccw = |device: &Device| {
+            device
+                .virtio()
+                .is_some_and(|v| v.transport == Transport::Ccw)
+        };
+        // Given numbers first, so that the free slots handed out below skip them.
+        for device in devices.iter().filter(|d| ccw(d)) {
+            if let Some(devno) = device.virtio().and_then(|v| v.devno.as_deref()) {
+                let id = device_id(device)?;
+                self.bridges.reserve_ccw_devno(devno, id)?;
             }
         }
+        for device in devices.iter_mut().filter(|d| ccw(d)) {
+            if device.virtio().is_some_and(|v| v.devno.is_some()) {
+                continue;
+            }
+            let id = device_id(device)?.to_owned();
+            let slot = self.bridges.add_device(&id, BridgeType::Ccw)?;
+            if let Some(virtio) = device.virtio_mut() {
+                virtio.devno = Some(slot.ccw_devno()?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Kata's `genericNetwork`: a virtio-net device `network-<n>` for a tap or macvtap
+    /// endpoint (per the interworking model), with vhost-net if `vhost`.
+    pub fn network_device(&self, endpoint: &NetEndpoint, vhost: bool) -> Result<NetDevice> {
+        generic_network(self, endpoint, vhost)
     }
 
     /// `number` PCI bridges `pci-bridge-<i>`, whatever the machine (Kata's base behaviour).
@@ -258,6 +297,18 @@ impl ArchBase {
         }
         Ok(vec![nvdimm.into()])
     }
+}
+
+/// The id a device is placed under (every device the arch layer builds has one).
+fn device_id(device: &Device) -> Result<&str> {
+    use hvarch_devices::QemuDevice;
+    device.id().ok_or_else(|| {
+        hvarch_devices::Error::MissingField {
+            what: device.kind(),
+            field: "id",
+        }
+        .into()
+    })
 }
 
 /// The size of an image file, for NVDIMM sizing.
@@ -538,7 +589,8 @@ pub trait QemuArch: fmt::Debug + Send + Sync {
     /// A virtio-net device `network-<n>` for `endpoint` (tap, or macvtap per the interworking
     /// model), with vhost-net when enabled.
     fn append_network(&mut self, devices: &mut Vec<Device>, endpoint: &NetEndpoint) -> Result<()> {
-        let device = generic_network(self.base(), endpoint)?;
+        let base = self.base();
+        let device = base.network_device(endpoint, base.vhost)?;
         self.base_mut().network_index += 1;
         devices.push(device.into());
         Ok(())
@@ -576,6 +628,14 @@ pub trait QemuArch: fmt::Debug + Send + Sync {
         device.filename = Some(rng.filename.clone());
         device.virtio = self.base().virtio();
         devices.push(device.into());
+        Ok(())
+    }
+
+    /// Gives the cold-plugged `devices` (all of them, once built) the addresses the
+    /// architecture assigns itself rather than QEMU. Default: none (QEMU numbers PCI slots).
+    /// s390x overrides it: every CCW device gets its device number from a CCW bridge.
+    fn place_devices(&mut self, devices: &mut [Device]) -> Result<()> {
+        let _ = devices;
         Ok(())
     }
 
@@ -725,7 +785,7 @@ fn pci_addr(slot: u32) -> Result<hvarch_devices::pci::PciAddr> {
 }
 
 /// Kata's `genericNetwork`: a virtio-net device for a tap or macvtap endpoint.
-fn generic_network(base: &ArchBase, endpoint: &NetEndpoint) -> Result<NetDevice> {
+fn generic_network(base: &ArchBase, endpoint: &NetEndpoint, vhost: bool) -> Result<NetDevice> {
     let macvtap = match endpoint.kind {
         EndpointKind::Veth | EndpointKind::BridgedMacvlan | EndpointKind::Ipvlan => {
             endpoint.interworking == InterworkingModel::Macvtap
@@ -752,13 +812,13 @@ fn generic_network(base: &ArchBase, endpoint: &NetEndpoint) -> Result<NetDevice>
     let backend = if macvtap {
         NetBackend::Macvtap {
             fds: vm_fds,
-            vhost: base.vhost,
+            vhost,
             vhostfds: vhost_fds,
         }
     } else if vm_fds.is_empty() {
         NetBackend::Tap {
             ifname: endpoint.ifname.clone(),
-            vhost: base.vhost,
+            vhost,
             script: None,
             downscript: None,
             queues: None,
@@ -766,7 +826,7 @@ fn generic_network(base: &ArchBase, endpoint: &NetEndpoint) -> Result<NetDevice>
     } else {
         NetBackend::TapFds {
             fds: vm_fds,
-            vhost: base.vhost,
+            vhost,
             vhostfds: vhost_fds,
         }
     };
@@ -930,6 +990,84 @@ mod tests {
         assert!(!arch.base().vhost);
         arch.enable_vhost_net();
         assert!(arch.base().vhost);
+    }
+
+    /// A generic backend whose machine is `s390-ccw-virtio`, with one CCW bridge.
+    fn ccw() -> Generic {
+        let mut spec = spec();
+        spec.default_machine = machine::S390_CCW_VIRTIO;
+        spec.machines = vec![MachineSpec::new(machine::S390_CCW_VIRTIO, "")];
+        let mut arch = Generic(ArchBase::new(spec, &HypervisorConfig::default()).unwrap());
+        arch.base_mut().generic_bridges(1);
+        arch
+    }
+
+    #[test]
+    fn ccw_devices_are_numbered_from_the_ccw_bridge() {
+        let mut arch = ccw();
+        // Nesting never reaches CCW devices: disable-modern is a virtio-pci setting.
+        arch.enable_nesting_checks();
+        let mut devices = Vec::new();
+        arch.append_console(&mut devices, Path::new("/run/vm/console.sock"))
+            .unwrap();
+        let rng = RngDev {
+            id: "rng0".into(),
+            filename: "/dev/urandom".into(),
+        };
+        arch.append_rng_device(&mut devices, &rng).unwrap();
+        // Built, not yet placed: a CCW device without its number does not render.
+        assert_eq!(devices[0].virtio().unwrap().transport, Transport::Ccw);
+        assert!(devices[0].virtio().unwrap().devno.is_none());
+        assert!(hvarch_devices::QemuDevice::parts(&devices[0])
+            .unwrap_err()
+            .to_string()
+            .contains("devno"));
+        // A device that brings its own number keeps it, and its slot is not handed out.
+        let mut balloon = hvarch_devices::balloon::BalloonDevice::new("balloon0");
+        balloon.virtio = VirtioOpts {
+            devno: Some("fe.0.0002".into()),
+            ..VirtioOpts::on(Transport::Ccw)
+        };
+        devices.push(balloon.into());
+        // The trait's default places nothing; the base's CCW placement is what s390x calls.
+        arch.place_devices(&mut devices).unwrap();
+        assert!(devices[0].virtio().unwrap().devno.is_none());
+        arch.base_mut().place_ccw_devices(&mut devices).unwrap();
+        assert_eq!(
+            argv(&devices),
+            [
+                "-device",
+                "virtio-serial-ccw,id=serial0,max_ports=2,devno=fe.0.0001",
+                "-chardev",
+                "socket,id=charconsole0,path=/run/vm/console.sock,server=on,wait=off",
+                "-device",
+                "virtconsole,chardev=charconsole0,id=console0",
+                "-object",
+                "rng-random,id=rng0,filename=/dev/urandom",
+                "-device",
+                "virtio-rng-ccw,id=rng0-dev,rng=rng0,devno=fe.0.0003",
+                "-device",
+                "virtio-balloon-ccw,id=balloon0,devno=fe.0.0002",
+            ]
+        );
+        let bridge = arch.get_bridges().iter().next().unwrap();
+        assert_eq!(
+            bridge.devices.values().collect::<Vec<_>>(),
+            ["serial0", "balloon0", "rng0-dev"]
+        );
+        // Placing again changes nothing (every device has its number and its slot).
+        let before = devices.clone();
+        arch.base_mut().place_ccw_devices(&mut devices).unwrap();
+        assert_eq!(devices, before);
+        // Without a CCW bridge there is nowhere to put a CCW device.
+        let mut bare = ccw();
+        bare.set_bridges(Bridges::new());
+        let mut devices = Vec::new();
+        bare.append_rng_device(&mut devices, &rng).unwrap();
+        assert_eq!(
+            bare.base_mut().place_ccw_devices(&mut devices).unwrap_err(),
+            ArchError::NoBridges
+        );
     }
 
     #[test]
