@@ -243,16 +243,60 @@ mod tests {
 
     #[test]
     fn limits_and_paths() {
-        let arch = on("q35");
-        assert_eq!(arch.max_vcpus(), 240);
-        assert_eq!(arch.migration_wait_timeout(), Duration::from_secs(5));
-        assert_eq!(arch.qemu_path().unwrap(), PathBuf::from(QEMU_PATH));
+        // Every machine: Kata's binary (pc-lite: QEMU-lite), 240 vCPUs, a 5 s migration wait,
+        // and x-ignore-shared for templates.
+        for (machine, path) in [
+            ("q35", Some(QEMU_PATH)),
+            ("pc", Some(QEMU_PATH)),
+            ("microvm", Some(QEMU_PATH)),
+            ("pc-lite", Some(QEMU_LITE_PATH)),
+            ("virt", None),
+        ] {
+            let arch = on(machine);
+            assert_eq!(arch.guest_arch(), GuestArch::X86_64, "{machine}");
+            assert_eq!(arch.max_vcpus(), 240, "{machine}");
+            assert_eq!(
+                arch.migration_wait_timeout(),
+                Duration::from_secs(5),
+                "{machine}"
+            );
+            assert_eq!(
+                arch.migration_capabilities(),
+                [hvarch_arch::arch::MigrationCapability {
+                    capability: "x-ignore-shared".into(),
+                    state: true,
+                }],
+                "{machine}"
+            );
+            match path {
+                Some(path) => assert_eq!(arch.qemu_path().unwrap(), PathBuf::from(path)),
+                // Kata lists `virt` without a binary: an error naming the machine.
+                None => assert_eq!(
+                    arch.qemu_path().unwrap_err().to_string(),
+                    "Unknown machine type: virt: no QEMU path known for it; set hypervisor_path"
+                ),
+            }
+        }
+        // A configured binary wins on every machine.
+        let configured = amd64(HypervisorConfig {
+            machine_type: Some("virt".into()),
+            hypervisor_path: Some("/opt/qemu/bin/qemu-system-x86_64".into()),
+            ..HypervisorConfig::default()
+        });
         assert_eq!(
-            on("pc-lite").qemu_path().unwrap(),
-            PathBuf::from(QEMU_LITE_PATH)
+            configured.qemu_path().unwrap(),
+            PathBuf::from("/opt/qemu/bin/qemu-system-x86_64")
         );
-        assert!(on("virt").qemu_path().is_err());
-        assert!(!arch.migration_capabilities().is_empty());
+        // Kata's machines, and no other.
+        assert_eq!(
+            Amd64::new(&HypervisorConfig {
+                machine_type: Some("pseries".into()),
+                ..HypervisorConfig::default()
+            })
+            .unwrap_err()
+            .to_string(),
+            "unrecognised machine type: pseries (supported: pc-lite, pc, q35, virt, microvm)"
+        );
     }
 
     #[test]
