@@ -35,7 +35,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use hvarch_arch::arch::{mib, ArchBase, ArchSpec, Capabilities, QemuArch};
+use hvarch_arch::arch::{ArchBase, ArchSpec, Capabilities, QemuArch};
 use hvarch_arch::guest_arch::GuestArch;
 use hvarch_arch::machine::{MachineSpec, MICROVM, PC, PC_LITE, Q35, VIRT};
 use hvarch_arch::settings::{HypervisorConfig, TemplateRole};
@@ -59,7 +59,7 @@ pub const MAX_VCPUS: u32 = 240;
 /// How long to wait for a migration.
 pub const MIGRATION_WAIT: Duration = Duration::from_secs(5);
 /// MiB reserved above host memory in `maxmem` for the NVDIMM image (clearcontainers#380).
-pub const NVDIMM_RESERVE_MB: u64 = 1024;
+pub use hvarch_arch::arch::NVDIMM_RESERVE_MB;
 
 /// The x86_64 backend.
 #[derive(Clone, Debug)]
@@ -156,12 +156,8 @@ impl QemuArch for Amd64 {
     }
 
     fn memory_topology(&self, memory_mb: u64, host_memory_mb: u64, slots: u32) -> Memory {
-        let mut memory = Memory::size(mib(memory_mb));
-        memory.slots = Some(slots);
-        memory.maxmem = Some(mib(host_memory_mb
-            .saturating_add(self.base.memory_offset_mb)
-            .saturating_add(NVDIMM_RESERVE_MB)));
-        memory
+        self.base
+            .generic_memory_topology(memory_mb, host_memory_mb, slots)
     }
 
     fn append_image(&self, devices: &mut Vec<Device>, path: &Path) -> Result<()> {

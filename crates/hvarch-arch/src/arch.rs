@@ -45,6 +45,10 @@ use crate::settings::HypervisorConfig;
 /// Kata's limit on generated device ids (`maxDevIDSize`).
 pub const MAX_DEV_ID_LEN: usize = 31;
 
+/// MiB Kata's `genericMemoryTopology` reserves above host memory in `maxmem` for the NVDIMM
+/// image (clearcontainers#380).
+pub const NVDIMM_RESERVE_MB: u64 = 1024;
+
 /// What the guest can do with this VM (Kata's `types.Capabilities`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Capabilities {
@@ -225,6 +229,22 @@ impl ArchBase {
             }
         }
         Ok(())
+    }
+
+    /// Kata's `genericMemoryTopology` (x86_64, ppc64le): `memory_mb` at boot, `slots` hotplug
+    /// slots, and a ceiling of host memory + offset + [`NVDIMM_RESERVE_MB`].
+    pub fn generic_memory_topology(
+        &self,
+        memory_mb: u64,
+        host_memory_mb: u64,
+        slots: u32,
+    ) -> Memory {
+        let mut memory = Memory::size(mib(memory_mb));
+        memory.slots = Some(slots);
+        memory.maxmem = Some(mib(host_memory_mb
+            .saturating_add(self.memory_offset_mb)
+            .saturating_add(NVDIMM_RESERVE_MB)));
+        memory
     }
 
     /// Kata's `genericNetwork`: a virtio-net device `network-<n>` for a tap or macvtap
@@ -1607,6 +1627,15 @@ mod tests {
         let memory = on("q35").memory_topology(u64::MAX, u64::MAX, 1);
         assert_eq!(memory.size, u64::MAX);
         assert_eq!(memory.maxmem, Some(u64::MAX));
+        let generic = on("q35")
+            .base()
+            .generic_memory_topology(2048, u64::MAX - 1, 1);
+        assert_eq!(generic.maxmem, Some(u64::MAX));
+        let generic = on("q35").base().generic_memory_topology(2048, 4096, 3);
+        assert_eq!(
+            (generic.size, generic.slots, generic.maxmem),
+            (2048 << 20, Some(3), Some((4096 + NVDIMM_RESERVE_MB) << 20))
+        );
         assert_eq!(mib(2), 2 << 20);
     }
 
