@@ -10,7 +10,9 @@
 //! 1. **placement**: a free cold-plugged PCIe root port (`bus` = the port, path
 //!    `<port slot>/00` from `query-pci`), a bridge slot (`bus` = the bridge, `addr` = the
 //!    slot, path `<bridge slot>/<slot>`), the root bus, or the device as given
-//!    ([`Placement`]);
+//!    ([`Placement`]). A virtio-ccw device (s390x) always takes a CCW bridge slot, which
+//!    gives its device number (`devno=fe.<ssid>.<slot %04x>`; the guest sees
+//!    [`Plugged::ccw_address`]);
 //! 2. `getfd` for every descriptor the parts own (named `<device id>-fd<n>`);
 //! 3. each part's `qmp_add` in order (`blockdev-add`, `chardev-add`, `netdev_add`,
 //!    `object-add`, then `device_add`).
@@ -27,8 +29,8 @@
 //! # The flows
 //!
 //! Kata's flows are thin layers over the engine, building each device with the arch backend
-//! (the same builder as cold plug): [`Hotplugger::add_block`] (virtio-blk or virtio-scsi
-//! `scsi-hd`), [`Hotplugger::add_vhost_user`] (vhost-user-blk), [`Hotplugger::add_vfio`],
+//! (the same builder as cold plug): [`Hotplugger::add_block`] (virtio-blk on PCI or CCW,
+//! virtio-scsi `scsi-hd`, or an NVDIMM), [`Hotplugger::add_vhost_user`] (vhost-user-blk), [`Hotplugger::add_vfio`],
 //! [`Hotplugger::add_network`], [`Hotplugger::add_cpus`] / [`Hotplugger::remove_cpus`],
 //! [`Hotplugger::add_memory`] (pc-dimm), [`Hotplugger::resize_virtio_mem`] and
 //! [`Hotplugger::balloon`].
@@ -61,6 +63,7 @@ use hvarch_devices::memory::{MemoryBackend, MemoryDevice, MemoryDeviceKind};
 use hvarch_devices::part::{Part, QmpCall};
 use hvarch_devices::pci::PciAddr;
 use hvarch_devices::scsi::ScsiDisk;
+use hvarch_devices::transport::Transport;
 use hvarch_devices::{Device, QemuDevice};
 use hvarch_qmp::{commands, Command, Qmp};
 use serde::{Deserialize, Serialize};
@@ -242,6 +245,17 @@ pub struct Plugged {
     /// The device as it was plugged, with its final `bus` and `addr` (a root-bus device gets
     /// the slot QEMU chose): what a restored VM cold-plugs in its place.
     pub device: Device,
+}
+
+impl Plugged {
+    /// The CCW bus id a guest agent finds a CCW device under (`0.<ssid>.<devno>`, Kata's
+    /// `AddressFormatCCWForVirtServer`), for devices placed on a CCW bridge.
+    pub fn ccw_address(&self) -> Option<String> {
+        match &self.location {
+            Location::Bridge(slot) => slot.ccw_guest_address().ok(),
+            _ => None,
+        }
+    }
 }
 
 /// [`Location`] as stored: `{"type": "bridge", "bridge_id": …}`, `{"type": "root-port",
@@ -747,6 +761,27 @@ fn set_pci_placement(
     Ok(())
 }
 
+/// Kata's hot-plugged NVDIMM for `drive` (govmm's `ExecuteNVDIMMDeviceAdd`): a shared
+/// `memory-backend-file` `nvdimmbackmem<id>` the size of the file (or block device) and an
+/// `nvdimm` `nvdimm<id>` on it.
+fn nvdimm_drive(drive: &BlockDrive) -> Result<MemoryDevice, String> {
+    use std::io::{Seek, SeekFrom};
+    // Seeking to the end gives a block device's size too (its metadata says 0).
+    let size = std::fs::File::open(&drive.file)
+        .and_then(|mut file| file.seek(SeekFrom::End(0)))
+        .map_err(|e| format!("cannot size {}: {e}", drive.file.display()))?;
+    let mut backend = MemoryBackend::file(format!("nvdimmbackmem{}", drive.id), size, &drive.file);
+    backend.share = Some(true);
+    if let hvarch_devices::memory::MemoryBackendKind::File { readonly, .. } = &mut backend.kind {
+        *readonly = drive.read_only;
+    }
+    let mut nvdimm = MemoryDevice::nvdimm(format!("nvdimm{}", drive.id), backend);
+    if let MemoryDeviceKind::Nvdimm { unarmed, .. } = &mut nvdimm.kind {
+        *unarmed = drive.read_only;
+    }
+    Ok(nvdimm)
+}
+
 /// The slot of device `qdev_id` on a root bus, from a `query-pci` reply.
 fn root_bus_slot(reply: &Value, qdev_id: &str) -> Option<u32> {
     reply
@@ -766,6 +801,8 @@ struct Placed {
     addr: Option<PciAddr>,
     path: Option<PciPath>,
     set: bool,
+    /// A CCW device's number (a CCW bridge slot): set instead of a bus and address.
+    devno: Option<String>,
 }
 
 impl<'a> Hotplugger<'a> {
@@ -804,7 +841,10 @@ impl<'a> Hotplugger<'a> {
         if self.state.plugged.contains_key(&id) {
             return Err(HotplugError::AlreadyPlugged { id });
         }
-        let placed = self.place(&id, &name, placement)?;
+        let ccw = device
+            .virtio()
+            .is_some_and(|v| v.transport == Transport::Ccw);
+        let placed = self.place(&id, &name, placement, ccw)?;
         match self.plug_placed(&mut device, &id, &name, &placed) {
             Ok(plugged) => {
                 self.state.insert(plugged.clone());
@@ -825,8 +865,16 @@ impl<'a> Hotplugger<'a> {
     }
 
     /// Takes a place for device `id` (a root port or a bridge slot) and computes its path.
-    fn place(&mut self, id: &str, name: &str, placement: Placement) -> HotplugResult<Placed> {
+    /// A CCW device (`ccw`) goes to a CCW bridge slot, which gives its device number.
+    fn place(
+        &mut self,
+        id: &str,
+        name: &str,
+        placement: Placement,
+        ccw: bool,
+    ) -> HotplugResult<Placed> {
         let placement = match placement {
+            Placement::Auto if ccw => Placement::Bridge,
             Placement::Auto if !self.state.free_root_ports().is_empty() => Placement::RootPort,
             Placement::Auto => Placement::Bridge,
             other => other,
@@ -837,6 +885,7 @@ impl<'a> Hotplugger<'a> {
             addr,
             path: None,
             set: true,
+            devno: None,
         };
         match placement {
             Placement::AsIs => Ok(Placed {
@@ -849,12 +898,16 @@ impl<'a> Hotplugger<'a> {
                 ..given(None, None)
             }),
             Placement::Bridge => {
-                let bridge_type = self
-                    .arch
-                    .get_bridges()
-                    .iter()
-                    .next()
-                    .map_or(BridgeType::Pci, |b| b.bridge_type);
+                let bridge_type = if ccw {
+                    BridgeType::Ccw
+                } else {
+                    self.arch
+                        .get_bridges()
+                        .iter()
+                        .map(|b| b.bridge_type)
+                        .find(|t| *t != BridgeType::Ccw)
+                        .unwrap_or(BridgeType::Pci)
+                };
                 let slot = self
                     .arch
                     .add_device_to_bridge(id, bridge_type)
@@ -862,6 +915,22 @@ impl<'a> Hotplugger<'a> {
                         device: name.to_owned(),
                         source,
                     })?;
+                if bridge_type == BridgeType::Ccw {
+                    // The slot is the device number (Kata 1.x's network hotplug took a PCI
+                    // slot here and hex-encoded its text: see hvarch-s390x).
+                    let devno = slot.ccw_devno().map_err(|source| HotplugError::Arch {
+                        device: name.to_owned(),
+                        source,
+                    })?;
+                    return Ok(Placed {
+                        location: Location::Bridge(slot),
+                        bus: None,
+                        addr: None,
+                        path: None,
+                        set: false,
+                        devno: Some(devno),
+                    });
+                }
                 let placed = slot.pci_path().map(|path| {
                     let addr = u8::try_from(slot.slot)
                         .ok()
@@ -875,6 +944,7 @@ impl<'a> Hotplugger<'a> {
                         addr: Some(addr),
                         path: Some(path),
                         set: true,
+                        devno: None,
                     }),
                     Ok((_, None)) => {
                         let _ = self.arch.remove_device_from_bridge(id);
@@ -928,6 +998,7 @@ impl<'a> Hotplugger<'a> {
                     addr: None,
                     path: Some(path),
                     set: true,
+                    devno: None,
                 })
             }
             Placement::Auto => unreachable!("resolved above"),
@@ -960,6 +1031,13 @@ impl<'a> Hotplugger<'a> {
                     reason,
                 }
             })?;
+        }
+        if let Some(devno) = &placed.devno {
+            let virtio = device.virtio_mut().ok_or_else(|| HotplugError::Placement {
+                device: name.to_owned(),
+                reason: "a CCW bridge slot needs a virtio device".into(),
+            })?;
+            virtio.devno = Some(devno.clone());
         }
         let device_error = |source| HotplugError::Device {
             device: name.to_owned(),
@@ -1153,11 +1231,21 @@ impl<'a> Hotplugger<'a> {
     /// Hot-plugs a block drive (Kata's `hotplugAddBlockDevice`): the arch backend's disk
     /// with node name `<drive id>` and `share-rw=on`, then
     ///
-    /// - [`BlockDriver::VirtioBlk`]: `blockdev-add`, `device_add virtio-blk-pci` with id
+    /// - [`BlockDriver::VirtioBlk`]: `blockdev-add`, `device_add` of the backend's
+    ///   virtio-blk (`virtio-blk-pci`; `virtio-blk-ccw` on s390x) with id
     ///   `virtio-<drive id>` at `placement`;
+    /// - [`BlockDriver::VirtioBlkCcw`]: the same on the CCW transport: a CCW bridge slot
+    ///   gives the device number (`devno=fe.<ssid>.<slot>`; the guest finds the disk at
+    ///   [`Plugged::ccw_address`]);
     /// - [`BlockDriver::VirtioScsi`]: `blockdev-add`, `device_add scsi-hd` on the VM's
     ///   virtio-scsi bus (`scsi0.0`) with `scsi-id` = index / 256, `lun` = index % 256
-    ///   (`placement` is not used).
+    ///   (`placement` is not used);
+    /// - [`BlockDriver::Nvdimm`]: `object-add memory-backend-file`
+    ///   `nvdimmbackmem<drive id>` on the file (shared, sized from the file or block
+    ///   device; read-only and the NVDIMM unarmed for a read-only drive), then
+    ///   `device_add nvdimm` `nvdimm<drive id>` (`placement` is not used). The machine must
+    ///   allow it (`nvdimm=on`, memory slots; arm64 also UEFI firmware): QEMU's refusal is
+    ///   the error.
     pub fn add_block(
         &mut self,
         drive: &BlockDrive,
@@ -1165,6 +1253,13 @@ impl<'a> Hotplugger<'a> {
         placement: Placement,
     ) -> HotplugResult<Plugged> {
         let name = format!("block drive {}", drive.id);
+        if driver == BlockDriver::Nvdimm {
+            let nvdimm = nvdimm_drive(drive).map_err(|reason| HotplugError::Invalid {
+                what: "add_block",
+                reason,
+            })?;
+            return self.plug(nvdimm, Placement::AsIs);
+        }
         let mut built = Vec::new();
         self.arch
             .append_block_device(&mut built, drive)
@@ -1183,6 +1278,11 @@ impl<'a> Hotplugger<'a> {
         disk.share_rw = true;
         match driver {
             BlockDriver::VirtioBlk => self.plug(disk, placement),
+            BlockDriver::VirtioBlkCcw => {
+                disk.virtio.transport = Transport::Ccw;
+                disk.virtio.disable_modern = false;
+                self.plug(disk, placement)
+            }
             BlockDriver::VirtioScsi => {
                 let bus = self
                     .state
