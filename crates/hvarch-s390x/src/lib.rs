@@ -63,7 +63,9 @@
 //!   `default_bridges = 0` no device could be numbered at all. A CCW bridge is not a device:
 //!   hvarch always keeps exactly one, whose 65,535 slots outnumber Kata's 5 × 30 PCI slots.
 //! - **No memory hotplug, so no `slots`/`maxmem`.** Kata kept the base's `-m …,slots=,maxmem=`
-//!   on s390x while refusing memory hotplug; QEMU's `s390-ccw-virtio` has no DIMM slots.
+//!   on s390x while refusing memory hotplug (`s390-ccw-virtio` has no `pc-dimm`). QEMU 10
+//!   accepts them, but only to reserve device memory for virtio-mem, which this backend does
+//!   not offer; hvarch gives the guest its boot memory only.
 //! - Guest RAM is attached with `-machine memory-backend=` (s390x has no NUMA nodes): the
 //!   facade's choice for machines without NUMA, as govmm's `isDimmSupported` made it.
 #![deny(missing_docs)]
