@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use hvarch::hotplug::{HotplugError, Placement};
+use hvarch::hotplug::{HotplugError, Placement, Plugged};
 use hvarch::hvarch_arch::resources::BlockDrive;
 use hvarch::hvarch_arch::settings::BlockDriver;
 use hvarch::hvarch_devices::chardev::{CharBackend, CharDevice, Chardev};
@@ -109,6 +109,32 @@ fn network_info(vm: &Vm) -> String {
     .to_owned()
 }
 
+/// Hot-plugs `drive0` (a fresh 1 MiB image in `dir`) as the backend's virtio-blk
+/// (`virtio-drive0`), wherever [`Placement::Auto`] puts it.
+fn plug_drive0(vm: &mut Vm, dir: &TempDir) -> Plugged {
+    vm.hotplug()
+        .add_block(
+            &drive(image(dir, "disk0.img"), "drive0"),
+            BlockDriver::VirtioBlk,
+            Placement::Auto,
+        )
+        .expect("hot-plug virtio-blk")
+}
+
+/// Unplugs the disk `virtio-drive0` (node `drive0`) and the NIC `net0` (netdev `hostnet0`),
+/// and checks that QEMU has neither any more.
+fn unplug_disk_and_nic(vm: &mut Vm) {
+    vm.hotplug()
+        .unplug("virtio-drive0", UNPLUG)
+        .expect("unplug disk");
+    vm.hotplug().unplug("net0", UNPLUG).expect("unplug nic");
+    let ids = vm_peripherals(vm);
+    assert!(!ids.contains(&"virtio-drive0".to_owned()), "{ids:?}");
+    assert!(!ids.contains(&"net0".to_owned()), "{ids:?}");
+    assert!(!vm_block_nodes(vm).contains(&"drive0".to_owned()));
+    assert!(!network_info(vm).contains("hostnet0"));
+}
+
 /// A virtio-net NIC on QEMU's user-mode stack (no host setup), without option ROM.
 fn user_nic(id: &str, netdev: &str) -> NetDevice {
     let mut nic = NetDevice::new(id, netdev, NetBackend::User {});
@@ -124,14 +150,7 @@ fn arm64_block_and_network_through_root_ports() {
     let mut vm = launch(spec(GuestArch::Aarch64, 2), &dir);
     let (rp0, rp1) = (port_slot(&vm, "rp0"), port_slot(&vm, "rp1"));
 
-    let disk = vm
-        .hotplug()
-        .add_block(
-            &drive(image(&dir, "disk0.img"), "drive0"),
-            BlockDriver::VirtioBlk,
-            Placement::Auto,
-        )
-        .expect("hot-plug virtio-blk");
+    let disk = plug_drive0(&mut vm, &dir);
     assert_eq!(
         disk.pci_path.as_ref().map(ToString::to_string),
         Some(format!("{rp0:02x}/00"))
@@ -169,15 +188,7 @@ fn arm64_block_and_network_through_root_ports() {
         HotplugError::Placement { .. }
     ));
 
-    vm.hotplug()
-        .unplug("virtio-drive0", UNPLUG)
-        .expect("unplug disk");
-    vm.hotplug().unplug("net0", UNPLUG).expect("unplug nic");
-    let ids = vm_peripherals(&vm);
-    assert!(!ids.contains(&"virtio-drive0".to_owned()), "{ids:?}");
-    assert!(!ids.contains(&"net0".to_owned()), "{ids:?}");
-    assert!(!vm_block_nodes(&vm).contains(&"drive0".to_owned()));
-    assert!(!network_info(&vm).contains("hostnet0"));
+    unplug_disk_and_nic(&mut vm);
     assert_eq!(vm.hotplug_state().free_root_ports(), ["rp0", "rp1"]);
 
     // arm64 virt has no CPU hotplug: a typed error.
@@ -357,14 +368,7 @@ fn pseries_block_network_and_cpus_through_its_bridge() {
     let dir = TempDir::new();
     let mut vm = launch(spec(GuestArch::Ppc64le, 0), &dir);
 
-    let disk = vm
-        .hotplug()
-        .add_block(
-            &drive(image(&dir, "disk0.img"), "drive0"),
-            BlockDriver::VirtioBlk,
-            Placement::Auto,
-        )
-        .expect("hot-plug virtio-blk");
+    let disk = plug_drive0(&mut vm, &dir);
     assert_eq!(
         disk.pci_path.as_ref().map(ToString::to_string),
         Some("02/01".into())
@@ -390,15 +394,7 @@ fn pseries_block_network_and_cpus_through_its_bridge() {
     );
     assert!(network_info(&vm).contains("hostnet0"));
 
-    vm.hotplug()
-        .unplug("virtio-drive0", UNPLUG)
-        .expect("unplug disk");
-    vm.hotplug().unplug("net0", UNPLUG).expect("unplug nic");
-    let ids = vm_peripherals(&vm);
-    assert!(!ids.contains(&"virtio-drive0".to_owned()), "{ids:?}");
-    assert!(!ids.contains(&"net0".to_owned()), "{ids:?}");
-    assert!(!vm_block_nodes(&vm).contains(&"drive0".to_owned()));
-    assert!(!network_info(&vm).contains("hostnet0"));
+    unplug_disk_and_nic(&mut vm);
     assert!(vm.hotplug_state().plugged_ids().is_empty());
 
     // pseries hot-plugs vCPU cores.
@@ -417,14 +413,7 @@ fn s390x_block_network_and_cpus_on_ccw() {
     // serial0, scsi0 and rng0-dev hold fe.0.0001 to fe.0.0003.
     assert_eq!(devno(&vm, "rng0-dev"), "fe.0.0003");
 
-    let disk = vm
-        .hotplug()
-        .add_block(
-            &drive(image(&dir, "disk0.img"), "drive0"),
-            BlockDriver::VirtioBlk,
-            Placement::Auto,
-        )
-        .expect("hot-plug virtio-blk-ccw");
+    let disk = plug_drive0(&mut vm, &dir);
     assert_eq!(disk.pci_path, None);
     assert_eq!(disk.ccw_address().as_deref(), Some("0.0.0004"));
     assert_eq!(devno(&vm, "virtio-drive0"), "fe.0.0004");
@@ -445,15 +434,7 @@ fn s390x_block_network_and_cpus_on_ccw() {
     assert_eq!(devno(&vm, "net0"), "fe.0.0005");
     assert!(network_info(&vm).contains("hostnet0"));
 
-    vm.hotplug()
-        .unplug("virtio-drive0", UNPLUG)
-        .expect("unplug disk");
-    vm.hotplug().unplug("net0", UNPLUG).expect("unplug nic");
-    let ids = vm_peripherals(&vm);
-    assert!(!ids.contains(&"virtio-drive0".to_owned()), "{ids:?}");
-    assert!(!ids.contains(&"net0".to_owned()), "{ids:?}");
-    assert!(!vm_block_nodes(&vm).contains(&"drive0".to_owned()));
-    assert!(!network_info(&vm).contains("hostnet0"));
+    unplug_disk_and_nic(&mut vm);
 
     // The freed number is the next one given, through BlockDriver::VirtioBlkCcw too.
     let again = vm

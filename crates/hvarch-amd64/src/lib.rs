@@ -35,7 +35,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use hvarch_arch::arch::{ArchBase, ArchSpec, Capabilities, QemuArch};
+use hvarch_arch::arch::{ArchBase, ArchSpec, Capabilities, QemuArch, RootfsImage};
 use hvarch_arch::guest_arch::GuestArch;
 use hvarch_arch::machine::{MachineSpec, MICROVM, PC, PC_LITE, Q35, VIRT};
 use hvarch_arch::settings::{HypervisorConfig, TemplateRole};
@@ -101,7 +101,7 @@ impl Amd64 {
             kernel_params,
             max_vcpus: MAX_VCPUS,
             migration_wait: MIGRATION_WAIT,
-            dax: true,
+            rootfs: RootfsImage::Nvdimm { dax: true },
         };
         let mut arch = Amd64 {
             base: ArchBase::new(spec, config)?,

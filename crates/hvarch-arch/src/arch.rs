@@ -86,8 +86,20 @@ pub struct ArchSpec {
     pub max_vcpus: u32,
     /// How long to wait for a migration to finish.
     pub migration_wait: Duration,
-    /// Whether the rootfs NVDIMM is mounted with DAX.
-    pub dax: bool,
+    /// Where the rootfs image goes.
+    pub rootfs: RootfsImage,
+}
+
+/// Where a backend puts the rootfs image (Kata's `handleImagePath` and `appendImage`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RootfsImage {
+    /// On an NVDIMM unless `disable_nvdimm` (arm64, x86_64), mounted with DAX if `dax`.
+    Nvdimm {
+        /// Mount the root with `dax`.
+        dax: bool,
+    },
+    /// Always a virtio-blk disk, whatever `disable_nvdimm` says (ppc64le, s390x).
+    VirtioBlk,
 }
 
 /// The generic state and behaviour of every backend (Kata's `qemuArchBase`).
@@ -146,6 +158,7 @@ impl ArchBase {
                 }
             }
         }
+        let disable_nvdimm = config.disable_nvdimm || spec.rootfs == RootfsImage::VirtioBlk;
         let base = ArchBase {
             kernel_params: spec.kernel_params.clone(),
             kernel_params_debug: kparams::debug(),
@@ -158,7 +171,7 @@ impl ArchBase {
             memory_offset_mb: config.memory_offset_mb,
             nested_run: false,
             vhost: !config.disable_vhost_net,
-            disable_nvdimm: config.disable_nvdimm,
+            disable_nvdimm,
             network_index: 0,
             machines,
             bridges: Bridges::new(),
@@ -710,10 +723,9 @@ pub trait QemuArch: fmt::Debug + Send + Sync {
             for machine in &mut base.machines {
                 let _ = machine.options.set("nvdimm", "on");
             }
-            if base.spec.dax {
-                RootDevice::NvdimmDax
-            } else {
-                RootDevice::Nvdimm
+            match base.spec.rootfs {
+                RootfsImage::Nvdimm { dax: true } => RootDevice::NvdimmDax,
+                _ => RootDevice::Nvdimm,
             }
         };
         base.kernel_params.extend(&kparams::root(root));
@@ -970,7 +982,7 @@ mod tests {
             kernel_params: KernelParams::parse("console=hvc0").unwrap(),
             max_vcpus: 42,
             migration_wait: Duration::from_secs(5),
-            dax: true,
+            rootfs: RootfsImage::Nvdimm { dax: true },
         }
     }
 

@@ -48,7 +48,7 @@ mod host;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hvarch_arch::arch::{ArchBase, ArchSpec, MigrationCapability, QemuArch};
+use hvarch_arch::arch::{ArchBase, ArchSpec, MigrationCapability, QemuArch, RootfsImage};
 use hvarch_arch::guest_arch::GuestArch;
 use hvarch_arch::machine::{MachineSpec, VIRT};
 use hvarch_arch::resources::Volume;
@@ -108,7 +108,7 @@ impl Arm64 {
             kernel_params: KernelParams::parse(KERNEL_PARAMS).unwrap_or_default(),
             max_vcpus: gic.max_vcpus(),
             migration_wait: MIGRATION_WAIT,
-            dax: true,
+            rootfs: RootfsImage::Nvdimm { dax: true },
         };
         let mut arch = Arm64 {
             base: ArchBase::new(spec, config)?,

@@ -63,7 +63,7 @@
 
 use std::time::Duration;
 
-use hvarch_arch::arch::{ArchBase, ArchSpec, QemuArch};
+use hvarch_arch::arch::{ArchBase, ArchSpec, QemuArch, RootfsImage};
 use hvarch_arch::guest_arch::GuestArch;
 use hvarch_arch::machine::{MachineSpec, PSERIES};
 use hvarch_arch::settings::HypervisorConfig;
@@ -169,13 +169,11 @@ impl Ppc64le {
             kernel_params: KernelParams::parse(KERNEL_PARAMS).unwrap_or_default(),
             max_vcpus: MAX_VCPUS,
             migration_wait: MIGRATION_WAIT,
-            dax: false,
+            rootfs: RootfsImage::VirtioBlk,
         };
-        let mut base = ArchBase::new(spec, config)?;
-        // The image goes on virtio-blk (the base's append_image): root and machine options
-        // must say so too, which is the base's image handling with NVDIMM disabled.
-        base.disable_nvdimm = true;
-        let mut arch = Ppc64le { base };
+        let mut arch = Ppc64le {
+            base: ArchBase::new(spec, config)?,
+        };
         arch.handle_image_path(config);
         Ok(arch)
     }
@@ -209,8 +207,7 @@ impl QemuArch for Ppc64le {
 mod tests {
     use super::*;
     use hvarch_arch::bridge::BridgeType;
-    use hvarch_arch::resources::{BlockDrive, Volume};
-    use hvarch_arch::testing::{argv, TempImage};
+    use hvarch_arch::testing::{argv, drive, volume, TempImage};
     use proptest::prelude::*;
     use std::path::{Path, PathBuf};
 
@@ -406,26 +403,10 @@ mod tests {
         let mut devices = Vec::new();
         arch.append_console(&mut devices, Path::new("/run/vm/console.sock"))
             .unwrap();
-        arch.append_9p_volume(
-            &mut devices,
-            &Volume {
-                mount_tag: "shared".into(),
-                host_path: "/srv".into(),
-            },
-        )
-        .unwrap();
-        arch.append_block_device(
-            &mut devices,
-            &BlockDrive {
-                file: "/var/lib/disk.img".into(),
-                format: "raw".into(),
-                id: "drive0".into(),
-                read_only: false,
-                share_rw: true,
-                index: 0,
-            },
-        )
-        .unwrap();
+        arch.append_9p_volume(&mut devices, &volume("shared"))
+            .unwrap();
+        arch.append_block_device(&mut devices, &drive("drive0"))
+            .unwrap();
         let before = devices.clone();
         arch.place_devices(&mut devices).unwrap();
         assert_eq!(devices, before, "QEMU numbers PCI slots itself");

@@ -73,7 +73,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use hvarch_arch::arch::{mib, ArchBase, ArchSpec, QemuArch};
+use hvarch_arch::arch::{mib, ArchBase, ArchSpec, QemuArch, RootfsImage};
 use hvarch_arch::guest_arch::GuestArch;
 use hvarch_arch::machine::{MachineSpec, S390_CCW_VIRTIO};
 use hvarch_arch::resources::{NetEndpoint, VhostUserDevice};
@@ -115,13 +115,11 @@ impl S390x {
             kernel_params: KernelParams::parse(KERNEL_PARAMS).unwrap_or_default(),
             max_vcpus: MAX_VCPUS,
             migration_wait: MIGRATION_WAIT,
-            dax: false,
+            rootfs: RootfsImage::VirtioBlk,
         };
-        let mut base = ArchBase::new(spec, config)?;
-        // Kata's s390x constructor: an image is a virtio-blk root, whatever disable_nvdimm
-        // says; that is the base's image handling with NVDIMM disabled.
-        base.disable_nvdimm = true;
-        let mut arch = S390x { base };
+        let mut arch = S390x {
+            base: ArchBase::new(spec, config)?,
+        };
         arch.handle_image_path(config);
         Ok(arch)
     }
@@ -190,10 +188,8 @@ impl QemuArch for S390x {
 mod tests {
     use super::*;
     use hvarch_arch::bridge::BridgeType;
-    use hvarch_arch::resources::{
-        BlockDrive, EndpointKind, InterworkingModel, RngDev, VSock, VhostUserKind, Volume,
-    };
-    use hvarch_arch::testing::{argv, TempImage};
+    use hvarch_arch::resources::{EndpointKind, RngDev, VSock, VhostUserKind};
+    use hvarch_arch::testing::{argv, drive, tap, volume, TempImage};
     use hvarch_devices::config::Accelerator;
     use hvarch_devices::transport::{Transport, VirtioOpts};
     use proptest::prelude::*;
@@ -207,28 +203,6 @@ mod tests {
 
     fn kvm() -> S390x {
         s390x(HypervisorConfig::default())
-    }
-
-    fn tap(ifname: &str) -> NetEndpoint {
-        NetEndpoint {
-            kind: EndpointKind::Tuntap,
-            interworking: InterworkingModel::TcFilter,
-            ifname: ifname.into(),
-            mac: "02:00:ca:fe:00:01".into(),
-            vm_fds: Vec::new(),
-            vhost_fds: Vec::new(),
-        }
-    }
-
-    fn drive(id: &str) -> BlockDrive {
-        BlockDrive {
-            file: "/var/lib/disk.img".into(),
-            format: "raw".into(),
-            id: id.into(),
-            read_only: false,
-            share_rw: true,
-            index: 0,
-        }
     }
 
     #[test]
@@ -306,14 +280,8 @@ mod tests {
             },
         )
         .unwrap();
-        arch.append_9p_volume(
-            &mut devices,
-            &Volume {
-                mount_tag: "shared".into(),
-                host_path: "/srv".into(),
-            },
-        )
-        .unwrap();
+        arch.append_9p_volume(&mut devices, &volume("shared"))
+            .unwrap();
         arch.append_vsock(
             &mut devices,
             &VSock {
