@@ -13,11 +13,13 @@
 //! | target | runs | why |
 //! |---|---|---|
 //! | aarch64 | every test of the workspace | hvarch's second native host |
-//! | ppc64le | the libraries' unit tests | `hvarch::native` and the backends on their own host |
-//! | s390x | the libraries' unit tests | big-endian: the QMP codec, fd passing, argv rendering |
+//! | ppc64le | the libraries' tests that need no QEMU | `hvarch::native` and the backends on their own host |
+//! | s390x | the libraries' tests that need no QEMU | big-endian: the QMP codec, fd passing, argv rendering |
 //!
-//! The two extra targets run only the libraries' unit tests (`--lib`), which keeps
-//! `cargo xtask ci` within its time budget on two cores.
+//! The two extra targets run the libraries' unit tests (`--lib`) and the QMP client's and the
+//! hotplug engine's tests against the fake QMP server, with 32 cases per property test
+//! (`PROPTEST_CASES`; the input spaces are covered natively, these runs prove portability):
+//! that keeps `cargo xtask ci` within its time budget on two cores.
 
 use crate::run::{workspace_root, Step};
 use crate::setup;
@@ -27,11 +29,11 @@ use crate::setup;
 pub enum Scope {
     /// Every test of the workspace (unit, integration, doc).
     Workspace,
-    /// The unit tests of [`LIBRARIES`].
-    LibraryUnitTests,
+    /// The unit tests of [`LIBRARIES`] and the fake-QMP tests [`FAKE_QMP_TESTS`].
+    Libraries,
 }
 
-/// The libraries whose unit tests run on the targets of [`Scope::LibraryUnitTests`].
+/// The libraries whose unit tests run on the targets of [`Scope::Libraries`].
 pub const LIBRARIES: [&str; 8] = [
     "hvarch",
     "hvarch-amd64",
@@ -42,6 +44,19 @@ pub const LIBRARIES: [&str; 8] = [
     "hvarch-qmp",
     "hvarch-s390x",
 ];
+
+/// The integration tests of [`LIBRARIES`] that need no QEMU (a fake QMP server): the QMP
+/// codec and clients with fd passing, and the hotplug engine's command sequences.
+pub const FAKE_QMP_TESTS: [&str; 5] = [
+    "codec_props",
+    "commands_json",
+    "fake_async",
+    "fake_blocking",
+    "hotplug_fake",
+];
+
+/// Property-test cases per test on the targets of [`Scope::Libraries`] (emulated, slow).
+pub const CROSS_PROPTEST_CASES: &str = "32";
 
 /// A target the test suite is cross-built for.
 #[derive(Clone, Copy, Debug)]
@@ -73,7 +88,7 @@ pub const PPC64LE: CrossTarget = CrossTarget {
     triple: "powerpc64le-unknown-linux-gnu",
     gnu: "powerpc64le-linux-gnu",
     runner: "qemu-ppc64le",
-    scope: Scope::LibraryUnitTests,
+    scope: Scope::Libraries,
 };
 
 /// s390x (big-endian): the libraries' unit tests.
@@ -82,7 +97,7 @@ pub const S390X: CrossTarget = CrossTarget {
     triple: "s390x-unknown-linux-gnu",
     gnu: "s390x-linux-gnu",
     runner: "qemu-s390x",
-    scope: Scope::LibraryUnitTests,
+    scope: Scope::Libraries,
 };
 
 /// Every cross target, in the order `cargo xtask ci` runs them.
@@ -108,9 +123,7 @@ impl CrossTarget {
     pub fn stage_name(&self) -> String {
         match self.scope {
             Scope::Workspace => format!("cross ({} under qemu-user)", self.name),
-            Scope::LibraryUnitTests => {
-                format!("cross ({} library unit tests under qemu-user)", self.name)
-            }
+            Scope::Libraries => format!("cross ({} library tests under qemu-user)", self.name),
         }
     }
 
@@ -119,10 +132,13 @@ impl CrossTarget {
         let mut args = Vec::new();
         match self.scope {
             Scope::Workspace => args.push("--workspace"),
-            Scope::LibraryUnitTests => {
+            Scope::Libraries => {
                 args.push("--lib");
                 for library in LIBRARIES {
                     args.extend(["-p", library]);
+                }
+                for test in FAKE_QMP_TESTS {
+                    args.extend(["--test", test]);
                 }
             }
         }
@@ -150,8 +166,11 @@ pub fn run_target(target: &CrossTarget, cargo_args: &[&str]) -> Result<(), Strin
     let target_dir = workspace_root().join("target").join("debian-cross");
     let mut args = vec!["test", "--target", target.triple, "--no-fail-fast"];
     args.extend_from_slice(cargo_args);
-    Step::new("/usr/bin/cargo", &args)
-        .current_dir(workspace_root())
+    let mut step = Step::new("/usr/bin/cargo", &args);
+    if target.scope == Scope::Libraries {
+        step = step.env("PROPTEST_CASES", CROSS_PROPTEST_CASES);
+    }
+    step.current_dir(workspace_root())
         .env("PATH", "/usr/bin:/bin:/usr/sbin:/sbin")
         .env("RUSTC", "/usr/bin/rustc")
         .env("RUSTDOC", "/usr/bin/rustdoc")
@@ -206,6 +225,27 @@ mod tests {
         }
     }
 
+    /// Every named test is an integration test of one of the libraries (cargo would refuse a
+    /// missing one only at run time, on the cross machine).
+    #[test]
+    fn fake_qmp_tests_exist_in_the_libraries() {
+        let crates = workspace_root().join("crates");
+        for test in FAKE_QMP_TESTS {
+            let owners: Vec<&str> = LIBRARIES
+                .iter()
+                .copied()
+                .filter(|lib| {
+                    crates
+                        .join(lib)
+                        .join("tests")
+                        .join(format!("{test}.rs"))
+                        .is_file()
+                })
+                .collect();
+            assert_eq!(owners.len(), 1, "{test}: {owners:?}");
+        }
+    }
+
     #[test]
     fn aarch64_runs_everything_the_others_the_library_unit_tests() {
         assert_eq!(AARCH64.cargo_args(), ["--workspace", "--all-features"]);
@@ -216,10 +256,11 @@ mod tests {
             for library in ["hvarch", "hvarch-qmp", "hvarch-devices", "hvarch-s390x"] {
                 assert!(args.windows(2).any(|w| w == ["-p", library]), "{library}");
             }
+            assert!(args.windows(2).any(|w| w == ["--test", "fake_blocking"]));
         }
         assert_eq!(
             S390X.stage_name(),
-            "cross (s390x library unit tests under qemu-user)"
+            "cross (s390x library tests under qemu-user)"
         );
         assert_eq!(AARCH64.stage_name(), "cross (aarch64 under qemu-user)");
     }
