@@ -26,6 +26,10 @@ use serde_json::{json, Value};
 pub const QEMU_AARCH64: &str = "qemu-system-aarch64";
 /// The QEMU system emulator for x86_64 guests.
 pub const QEMU_X86_64: &str = "qemu-system-x86_64";
+/// The QEMU system emulator for ppc64le guests (`pseries`).
+pub const QEMU_PPC64: &str = "qemu-system-ppc64";
+/// The QEMU system emulator for s390x guests (`s390-ccw-virtio`).
+pub const QEMU_S390X: &str = "qemu-system-s390x";
 
 /// Base arguments for a paused, headless arm64 `virt` machine under TCG.
 pub const AARCH64_VIRT_TCG: &[&str] = &[

@@ -6,8 +6,9 @@
 //!
 //! - [`native`]: the host's backend, picked with `cfg_if!` on `target_arch` (the only
 //!   compile-time arch choice; every backend builds and is tested on every host).
-//! - [`backend`]: an arch backend ([`hvarch_arm64::Arm64`], [`hvarch_amd64::Amd64`]) as a
-//!   `Box<dyn QemuArch>`, chosen at run time.
+//! - [`backend`]: an arch backend ([`hvarch_arm64::Arm64`], [`hvarch_amd64::Amd64`],
+//!   [`hvarch_ppc64le::Ppc64le`], [`hvarch_s390x::S390x`]) as a `Box<dyn QemuArch>`, chosen
+//!   at run time.
 //! - [`VmSpec`]: what a user writes (TOML spec files deserialize into it).
 //! - [`assemble()`]: Kata's `createSandbox` — machine, CPU, topology, memory, kernel command
 //!   line and devices in Kata's order — producing an [`Assembled`] VM: a
@@ -64,4 +65,4 @@ pub use hvarch_devices::config::Accelerator;
 pub use hvarch_devices::part::Syntax;
 
 /// The crates hvarch is built from, for types the facade does not re-export.
-pub use {hvarch_amd64, hvarch_arch, hvarch_arm64, hvarch_devices};
+pub use {hvarch_amd64, hvarch_arch, hvarch_arm64, hvarch_devices, hvarch_ppc64le, hvarch_s390x};
