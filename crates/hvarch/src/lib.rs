@@ -39,6 +39,7 @@ pub mod host;
 pub mod hotplug;
 pub mod lifecycle;
 pub mod native;
+pub mod probe;
 pub mod runtime_dir;
 mod spawn;
 pub mod spec;
