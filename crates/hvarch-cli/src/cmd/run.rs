@@ -91,6 +91,10 @@ const SLOW_LAUNCH_AFTER: Duration = Duration::from_secs(1);
 /// being slow).
 const SLOW_LAUNCH_AFTER_ENV: &str = "HVARCH_SLOW_LAUNCH_NOTE_MS";
 
+/// How long QEMU may take to get ready when it locks the guest's memory first (seconds
+/// under TCG, more on a loaded host), instead of the QMP client's default.
+const MEM_LOCK_START_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Runs the subcommand.
 pub fn run(args: &Args) -> CliResult {
     let loaded = spec_file::load(Some(&args.spec), &args.options)?;
@@ -125,7 +129,7 @@ pub fn run(args: &Args) -> CliResult {
             .map_or("default", |a| a.as_str()),
         assembled.paths.dir.display()
     );
-    let options = LaunchOptions {
+    let mut options = LaunchOptions {
         // Rendered (escaped) by the device model: a `,` in the runtime directory cannot add
         // options.
         monitors: vec![Monitor::qmp(
@@ -134,6 +138,9 @@ pub fn run(args: &Args) -> CliResult {
         )],
         ..LaunchOptions::default()
     };
+    if locks_memory(&assembled) {
+        options.qmp.greeting_timeout = options.qmp.greeting_timeout.max(MEM_LOCK_START_TIMEOUT);
+    }
     install_signal_handlers()?;
     let started = Instant::now();
     let note = SlowLaunchNote::start(&assembled);
@@ -271,9 +278,14 @@ impl Drop for SlowLaunchNote {
     }
 }
 
+/// Whether QEMU locks the VM's memory before it starts (`-overcommit mem-lock=on`).
+fn locks_memory(assembled: &Assembled) -> bool {
+    assembled.config.knobs.mem_lock == Some(true)
+}
+
 /// The note for a VM whose memory QEMU locks, `None` for one it does not.
 fn mem_lock_note(assembled: &Assembled) -> Option<String> {
-    if assembled.config.knobs.mem_lock != Some(true) {
+    if !locks_memory(assembled) {
         return None;
     }
     let mib = assembled.config.memory.as_ref().map_or(0, |m| m.size >> 20);
