@@ -85,7 +85,7 @@ pub enum ProbeError {
         command: &'static str,
         /// The QMP client's error.
         #[source]
-        source: hvarch_qmp::Error,
+        source: Box<hvarch_qmp::Error>,
         /// What QEMU wrote on stderr.
         stderr: String,
     },
@@ -101,7 +101,7 @@ pub enum ProbeError {
     },
     /// The VM's command line could not be rendered.
     #[error("cannot read the VM's requirements: {0}")]
-    Assembly(#[source] crate::Error),
+    Assembly(#[source] Box<crate::Error>),
     /// The binary lacks something the VM needs.
     #[error(
         "{} (QEMU {version}) cannot run this VM: it has no {}",
@@ -340,7 +340,7 @@ impl Requirements {
     pub fn of(assembled: &Assembled) -> Result<Requirements, ProbeError> {
         let argv = assembled
             .argv(Syntax::Options)
-            .map_err(ProbeError::Assembly)?;
+            .map_err(|e| ProbeError::Assembly(Box::new(e)))?;
         Ok(Requirements::from_argv(&argv))
     }
 
@@ -530,15 +530,16 @@ pub fn query(binary: &Path) -> Result<Capabilities, ProbeError> {
 type Answers = (Value, Value, Value, Value);
 
 /// The four questions, then `quit`; the error names the command that failed.
-fn ask(stream: UnixStream) -> Result<Answers, (&'static str, hvarch_qmp::Error)> {
+fn ask(stream: UnixStream) -> Result<Answers, (&'static str, Box<hvarch_qmp::Error>)> {
     let config = Config {
         greeting_timeout: QUERY_TIMEOUT,
         command_timeout: QUERY_TIMEOUT,
         ..Config::default()
     };
-    let qmp = Qmp::from_stream(stream, &config).map_err(|e| ("greeting", e))?;
-    let asked =
-        |name: &'static str, args: Value| qmp.execute_raw(name, args).map_err(|e| (name, e));
+    let qmp = Qmp::from_stream(stream, &config).map_err(|e| ("greeting", Box::new(e)))?;
+    let asked = |name: &'static str, args: Value| {
+        qmp.execute_raw(name, args).map_err(|e| (name, Box::new(e)))
+    };
     let answers = (|| {
         Ok((
             asked("query-version", json!({}))?,

@@ -234,14 +234,11 @@ fn interactive(qmp: &Qmp) -> CliResult {
             }
         }
     });
-    loop {
-        match editor.read_line("qmp> ").map_err(terminal)? {
-            Read::Line(line) => match execute_line(qmp, &line) {
-                Outcome::Leave => break,
-                Outcome::Print(text) => editor.print(&text).map_err(terminal)?,
-                Outcome::Nothing => {}
-            },
-            Read::EndOfInput => break,
+    while let Read::Line(line) = editor.read_line("qmp> ").map_err(terminal)? {
+        match execute_line(qmp, &line) {
+            Outcome::Leave => break,
+            Outcome::Print(text) => editor.print(&text).map_err(terminal)?,
+            Outcome::Nothing => {}
         }
         if !qmp.is_connected() {
             eprintln!("QMP connection closed");
