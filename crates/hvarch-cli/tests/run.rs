@@ -161,6 +161,21 @@ impl Run {
         assert_eq!(rc, 0, "kill(-{pgid}): {}", std::io::Error::last_os_error());
     }
 
+    /// Waits for the guest's ready marker, signals the group, waits for `hvarch run` to
+    /// exit and checks that QEMU (from the pid file in `runtime`) is gone.
+    fn stop_once_booted(&mut self, runtime: &Path, signal: libc::c_int) -> (ExitStatus, String) {
+        self.wait_line(READY_MARKER);
+        let qemu = Qemu::of(runtime);
+        self.signal_group(signal);
+        let exit = self.wait_exit();
+        assert!(
+            qemu.wait_dead(Duration::from_secs(30)),
+            "QEMU {} left",
+            qemu.0
+        );
+        exit
+    }
+
     fn wait_exit(&mut self) -> (ExitStatus, String) {
         let deadline = Instant::now() + EXIT_TIMEOUT;
         loop {
@@ -414,15 +429,7 @@ fn a_runtime_dir_holding_the_users_disk_survives_ctrl_c() {
     std::fs::create_dir(&runtime).expect("the user's directory");
     std::fs::write(runtime.join("disk.img"), b"precious").expect("disk.img");
     let mut run = Run::spawn(&spec, &["--grace", "1"]);
-    run.wait_line(READY_MARKER);
-    let qemu = Qemu::of(&runtime);
-    run.signal_group(libc::SIGINT);
-    let (status, stderr) = run.wait_exit();
-    assert!(
-        qemu.wait_dead(Duration::from_secs(30)),
-        "QEMU {} left",
-        qemu.0
-    );
+    let (status, stderr) = run.stop_once_booted(&runtime, libc::SIGINT);
     // The guest ignored the button (no UEFI): quit, and the exit status says so.
     assert_eq!(status.code(), Some(1), "{status}: {stderr}");
     let mut left: Vec<String> = std::fs::read_dir(&runtime)
@@ -467,15 +474,7 @@ fn locking_guest_memory_is_explained_while_it_happens_and_v_shows_progress() {
     spec.hypervisor.enable_swap = false;
     let (spec, runtime) = write_spec(&dir, &spec);
     let mut run = Run::spawn(&spec, &["-v", "--grace", "1"]);
-    run.wait_line(READY_MARKER);
-    let qemu = Qemu::of(&runtime);
-    run.signal_group(libc::SIGTERM);
-    let (_, stderr) = run.wait_exit();
-    assert!(
-        qemu.wait_dead(Duration::from_secs(30)),
-        "QEMU {} left",
-        qemu.0
-    );
+    let (_, stderr) = run.stop_once_booted(&runtime, libc::SIGTERM);
     let note = stderr
         .find(MEM_LOCK_NOTE)
         .unwrap_or_else(|| panic!("no note:\n{stderr}"));

@@ -12,6 +12,9 @@
 //! - [`assemble()`]: Kata's `createSandbox` — machine, CPU, topology, memory, kernel command
 //!   line and devices in Kata's order — producing an [`Assembled`] VM: a
 //!   [`hvarch_devices::config::VmConfig`], the QEMU binary and the backend.
+//! - [`probe`]: what a QEMU binary can do (machine types, devices, objects, accelerators),
+//!   asked over QMP; [`probe::check`] refuses a VM the binary cannot run, naming what it
+//!   lacks.
 //!
 //! ```
 //! use hvarch::{assemble, GuestArch, Syntax, VmSpec};

@@ -77,7 +77,7 @@ pub enum ProbeError {
     #[error("cannot create a socket pair for QEMU's monitor: {0}")]
     Socket(#[source] std::io::Error),
     /// QEMU did not greet or did not answer a question.
-    #[error("cannot probe {}: {command}: {source}{}", binary.display(), said(stderr))]
+    #[error("cannot probe {}: {command}: {source}{}", binary.display(), crate::vm::stderr_suffix(stderr))]
     Qmp {
         /// The binary.
         binary: PathBuf,
@@ -116,15 +116,6 @@ pub enum ProbeError {
         /// Everything it lacks, in the VM's order (machine, devices, objects, accelerator).
         missing: Vec<Need>,
     },
-}
-
-fn said(stderr: &str) -> String {
-    let stderr = stderr.trim();
-    if stderr.is_empty() {
-        String::new()
-    } else {
-        format!("; QEMU said: {stderr}")
-    }
 }
 
 /// A machine type of the binary.

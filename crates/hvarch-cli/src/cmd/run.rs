@@ -19,6 +19,14 @@
 //!   quit, or killed when it did not: exit 1, saying which.
 //! - QEMU ended on its own (killed by a signal `hvarch` did not send, a guest reset or panic
 //!   under `-no-reboot`, a failure): exit 1, saying what happened, with QEMU's stderr.
+//! - Standard output is closed by its reader (`hvarch run vm.toml | head`): the guest is asked
+//!   to power off as for a signal, and `hvarch run` exits 141 (see [`crate::output`]).
+//!
+//! With Kata's default `enable_swap = false`, QEMU runs with `-overcommit mem-lock=on` and
+//! locks all guest memory (and under TCG its translation cache) into RAM before QMP is ready:
+//! seconds for 512 MiB under TCG. When QMP is not ready after a second, `hvarch run` says so
+//! on stderr, with `enable_swap = true` as the way to skip it, and waits up to a minute for
+//! the start instead of the QMP client's default 10 s.
 //!
 //! While it runs, a second QMP monitor is open for people and scripts:
 //! `hvarch qmp <runtime_dir>/qmp-user.sock` (the first one is the library's).
