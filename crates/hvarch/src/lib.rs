@@ -16,6 +16,9 @@
 //! - [`vm`], [`hotplug`], [`lifecycle`]: a running VM, its hot plug and unplug flows, save
 //!   and restore; the flows are sans-IO [`engine`]s, run by a blocking driver or, with the
 //!   `tokio` feature, an async one.
+//! - [`probe`]: what a QEMU binary can do (machine types, devices, objects, accelerators),
+//!   asked over QMP; [`probe::check`] refuses a VM the binary cannot run, naming what it
+//!   lacks.
 //!
 //! ```
 //! use hvarch::{assemble, GuestArch, Syntax, VmSpec};
@@ -44,6 +47,7 @@ pub mod host;
 pub mod hotplug;
 pub mod lifecycle;
 pub mod native;
+pub mod probe;
 pub mod runtime_dir;
 mod spawn;
 pub mod spec;

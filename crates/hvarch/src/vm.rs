@@ -104,7 +104,8 @@ pub enum VmError {
     },
 }
 
-fn stderr_suffix(stderr: &str) -> String {
+/// `; QEMU said: <stderr>`, or nothing when QEMU said nothing.
+pub(crate) fn stderr_suffix(stderr: &str) -> String {
     let trimmed = stderr.trim();
     if trimmed.is_empty() {
         String::new()
