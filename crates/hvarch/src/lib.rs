@@ -37,11 +37,13 @@ pub mod assemble;
 pub mod error;
 pub mod host;
 pub mod hotplug;
+pub mod kata_config;
 pub mod lifecycle;
 pub mod native;
 pub mod runtime_dir;
 mod spawn;
 pub mod spec;
+pub mod virtiofs;
 pub mod vm;
 
 pub use assemble::{assemble, backend, Assembled, RuntimePaths};

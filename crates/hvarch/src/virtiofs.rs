@@ -1,0 +1,402 @@
+//! virtio-fs shares: the daemon Kata starts for each one (virtiofsd), started and supervised
+//! with the VM.
+//!
+//! A VM whose `shared_fs` is virtio-fs gets, for each volume, a `vhost-user-fs` device (the
+//! volume's tag, a chardev on `<runtime_dir>/vhost-fs-<n>.sock`) and guest RAM in a shared
+//! file-backed memory backend the daemon maps. [`crate::assemble()`] describes each share as a
+//! [`VirtiofsShare`]; [`crate::Vm::launch`] starts its daemon before QEMU, stops it with the
+//! VM, and reports a daemon that dies while the VM runs.
+//!
+//! # The daemon's command line
+//!
+//! Kata 3.x starts the Rust virtiofsd as `<virtio_fs_daemon> --syslog --cache=<mode>
+//! --shared-dir=<dir> --fd=3 [--inode-file-handles=<mode>] <virtio_fs_extra_args…>`, with the
+//! vhost-user socket bound and listening by the runtime and passed as descriptor 3, so it
+//! exists before QEMU connects and nobody polls for it. hvarch does the same
+//! ([`VirtiofsShare::args`]) except for `--syslog`: the daemon's log goes to
+//! `<runtime_dir>/virtiofsd-<n>.stderr`, beside QEMU's stderr, so a daemon that dies is
+//! reported with its own last words. Add `--syslog` to `virtio_fs_extra_args` to log as Kata
+//! does.
+//!
+//! # The process
+//!
+//! The daemon follows QEMU's rules: its own process group, SIGKILL when
+//! hvarch dies, only its mapped descriptors (the socket at 3), umask 077. A watcher thread
+//! waits for it without reaping (`waitid(WNOWAIT)`), then reaps it under the lock
+//! [`Virtiofsd::stop`] takes before signalling, so a signal can never reach a recycled pid.
+//! An exit nobody asked for is logged, kept ([`Virtiofsd::exit`]) and published to the
+//! [`DaemonEvents`] subscribers as a [`DaemonExit`]; [`crate::Vm::check`] turns it into
+//! [`crate::VmError::VirtiofsDaemon`]. Kata stops the sandbox when its virtiofsd quits; hvarch
+//! leaves that decision to the caller.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::fd::{OwnedFd, RawFd};
+use std::os::unix::net::UnixListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use hvarch_arch::settings::{InodeFileHandles, VirtioFsCache};
+use hvarch_devices::fd::{FdTable, SharedFd};
+
+/// The descriptor number the daemon gets its listening socket at (`--fd=3`, as in Kata).
+pub const SOCKET_FD: RawFd = 3;
+/// How much of a dead daemon's stderr a [`DaemonExit`] keeps (its end).
+pub const STDERR_TAIL: usize = 4096;
+
+/// One virtio-fs share of an assembled VM: the directory its daemon serves, under which tag,
+/// on which socket, and how.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VirtiofsShare {
+    /// The tag the guest mounts (`mount -t virtiofs <tag> <dir>`).
+    pub tag: String,
+    /// The host directory shared.
+    pub shared_dir: PathBuf,
+    /// The vhost-user socket the daemon serves and QEMU's chardev connects to.
+    pub socket: PathBuf,
+    /// Where the daemon's stderr goes.
+    pub stderr: PathBuf,
+    /// The daemon binary (`virtio_fs_daemon`).
+    pub daemon: PathBuf,
+    /// `--cache`.
+    pub cache: VirtioFsCache,
+    /// `--inode-file-handles`, when set.
+    pub inode_file_handles: Option<InodeFileHandles>,
+    /// Appended after hvarch's arguments (`virtio_fs_extra_args`).
+    pub extra_args: Vec<String>,
+}
+
+impl VirtiofsShare {
+    /// The daemon's arguments (without the binary) for a listening socket at descriptor
+    /// `fd`, in Kata's order (see the [module docs](self)).
+    ///
+    /// ```
+    /// use hvarch::virtiofs::VirtiofsShare;
+    /// use hvarch::hvarch_arch::settings::VirtioFsCache;
+    /// let share = VirtiofsShare {
+    ///     tag: "kataShared".into(),
+    ///     shared_dir: "/run/kata-containers/shared/sandboxes/s1/shared".into(),
+    ///     socket: "/run/hvarch/s1/vhost-fs-0.sock".into(),
+    ///     stderr: "/run/hvarch/s1/virtiofsd-0.stderr".into(),
+    ///     daemon: "/usr/libexec/virtiofsd".into(),
+    ///     cache: VirtioFsCache::Auto,
+    ///     inode_file_handles: None,
+    ///     extra_args: vec!["--thread-pool-size=1".into(), "--announce-submounts".into()],
+    /// };
+    /// assert_eq!(share.args(3), [
+    ///     "--cache=auto",
+    ///     "--shared-dir=/run/kata-containers/shared/sandboxes/s1/shared",
+    ///     "--fd=3",
+    ///     "--thread-pool-size=1",
+    ///     "--announce-submounts",
+    /// ]);
+    /// ```
+    pub fn args(&self, fd: RawFd) -> Vec<OsString> {
+        let mut shared_dir = OsString::from("--shared-dir=");
+        shared_dir.push(&self.shared_dir);
+        let mut args = vec![
+            OsString::from(format!("--cache={}", self.cache.as_str())),
+            shared_dir,
+            OsString::from(format!("--fd={fd}")),
+        ];
+        if let Some(mode) = self.inode_file_handles {
+            args.push(format!("--inode-file-handles={}", mode.as_str()).into());
+        }
+        args.extend(self.extra_args.iter().map(OsString::from));
+        args
+    }
+}
+
+/// A virtio-fs daemon that ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DaemonExit {
+    /// The share's tag.
+    pub tag: String,
+    /// The daemon's process id.
+    pub pid: u32,
+    /// How it ended.
+    pub status: ExitStatus,
+    /// The end of what it wrote to stderr (at most [`STDERR_TAIL`] bytes).
+    pub stderr: String,
+    /// Whether hvarch stopped it (or was stopping the VM when it ended).
+    pub expected: bool,
+}
+
+impl fmt::Display for DaemonExit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the virtio-fs daemon of share `{}` (pid {}) exited ({})",
+            self.tag, self.pid, self.status
+        )?;
+        let said = self.stderr.trim();
+        if !said.is_empty() {
+            write!(f, "; it said: {said}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Where unexpected daemon exits are published: every subscriber gets each one.
+#[derive(Clone, Debug, Default)]
+pub struct DaemonEvents {
+    subscribers: Arc<Mutex<Vec<mpsc::Sender<DaemonExit>>>>,
+}
+
+impl DaemonEvents {
+    /// A channel with no subscribers yet.
+    pub fn new() -> DaemonEvents {
+        DaemonEvents::default()
+    }
+
+    /// A receiver of every unexpected exit from now on.
+    pub fn subscribe(&self) -> mpsc::Receiver<DaemonExit> {
+        let (tx, rx) = mpsc::channel();
+        lock(&self.subscribers).push(tx);
+        rx
+    }
+
+    fn publish(&self, exit: &DaemonExit) {
+        lock(&self.subscribers).retain(|tx| tx.send(exit.clone()).is_ok());
+    }
+}
+
+/// Locks `mutex`, recovering the data if a holder panicked (every critical section here
+/// leaves the state consistent).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The child and what is known of its end, under one lock (see the [module docs](self)).
+#[derive(Debug)]
+struct State {
+    child: Child,
+    exit: Option<DaemonExit>,
+    /// Set before hvarch signals the daemon or takes the VM down: its exit is expected.
+    stopping: bool,
+}
+
+/// A running virtio-fs daemon; stopped and reaped when dropped.
+#[derive(Debug)]
+pub struct Virtiofsd {
+    tag: String,
+    pid: u32,
+    socket: PathBuf,
+    state: Arc<Mutex<State>>,
+    watcher: Option<JoinHandle<()>>,
+}
+
+impl Virtiofsd {
+    /// Starts the daemon of `share` on `listener` (bound and listening at `share.socket`),
+    /// its stderr to `stderr`; unexpected exits are published to `events`.
+    pub fn spawn(
+        share: &VirtiofsShare,
+        listener: UnixListener,
+        stderr: File,
+        events: &DaemonEvents,
+    ) -> io::Result<Virtiofsd> {
+        let stderr_reader = stderr.try_clone()?;
+        let mut fds = FdTable::starting_at(SOCKET_FD);
+        let socket_fd = SharedFd::new(OwnedFd::from(listener));
+        let fd = fds.insert(&socket_fd);
+        let mut command = Command::new(&share.daemon);
+        command
+            .args(share.args(fd))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        tracing::debug!(
+            daemon = %share.daemon.display(),
+            args = ?share.args(fd),
+            tag = %share.tag,
+            "starting the virtio-fs daemon"
+        );
+        let child = spawn_process(command, &fds).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot execute {}: {e}", share.daemon.display()),
+            )
+        })?;
+        // Only the daemon holds the listening socket now.
+        drop(fds);
+        drop(socket_fd);
+        let pid = child.id();
+        let state = Arc::new(Mutex::new(State {
+            child,
+            exit: None,
+            stopping: false,
+        }));
+        let watcher = {
+            let state = Arc::clone(&state);
+            let tag = share.tag.clone();
+            let events = events.clone();
+            std::thread::Builder::new()
+                .name(format!("virtiofsd-{pid}"))
+                .spawn(move || watch(pid, &tag, &state, stderr_reader, &events))
+        };
+        let watcher = match watcher {
+            Ok(handle) => handle,
+            Err(e) => {
+                // No watcher: stop and reap the daemon here rather than leave it unwatched.
+                let mut state = lock(&state);
+                let _ = state.child.kill();
+                let _ = state.child.wait();
+                return Err(e);
+            }
+        };
+        tracing::info!(pid, tag = %share.tag, "virtio-fs daemon started");
+        Ok(Virtiofsd {
+            tag: share.tag.clone(),
+            pid,
+            socket: share.socket.clone(),
+            state,
+            watcher: Some(watcher),
+        })
+    }
+
+    /// The share's tag.
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The vhost-user socket it serves.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// How the daemon ended, once it has (non-blocking).
+    pub fn exit(&self) -> Option<DaemonExit> {
+        lock(&self.state).exit.clone()
+    }
+
+    /// Marks the daemon's coming exit as expected (the VM is being taken down: the daemon
+    /// ends when QEMU closes its socket).
+    pub fn expect_exit(&self) {
+        lock(&self.state).stopping = true;
+    }
+
+    /// Stops the daemon (SIGKILL, as Kata does: it holds no state of its own) unless it has
+    /// already ended, and waits until it is reaped. Idempotent.
+    pub fn stop(&mut self) -> Option<DaemonExit> {
+        {
+            let mut state = lock(&self.state);
+            state.stopping = true;
+            if state.exit.is_none() {
+                // Not reaped yet (reaping happens under this lock), so the pid is still ours.
+                if let Err(e) = state.child.kill() {
+                    tracing::warn!(pid = self.pid, "cannot kill the virtio-fs daemon: {e}");
+                }
+            }
+        }
+        if let Some(watcher) = self.watcher.take() {
+            if watcher.join().is_err() {
+                // The watcher panicked before reaping: reap here.
+                let mut state = lock(&self.state);
+                if state.exit.is_none() {
+                    let _ = state.child.wait();
+                }
+            }
+        }
+        self.exit()
+    }
+}
+
+impl Drop for Virtiofsd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The watcher: waits for `pid` to exit without reaping it, then reaps it under the state
+/// lock, records the exit and publishes it unless it was expected.
+fn watch(pid: u32, tag: &str, state: &Mutex<State>, mut stderr: File, events: &DaemonEvents) {
+    if let Err(e) = wait_exited(pid) {
+        tracing::warn!(
+            pid,
+            "waiting for the virtio-fs daemon failed: {e}; reaping it"
+        );
+    }
+    let exit = {
+        let mut state = lock(state);
+        let status = match state.child.wait() {
+            Ok(status) => status,
+            Err(e) => {
+                tracing::error!(pid, "cannot reap the virtio-fs daemon: {e}");
+                return;
+            }
+        };
+        let exit = DaemonExit {
+            tag: tag.to_owned(),
+            pid,
+            status,
+            stderr: tail(&mut stderr, STDERR_TAIL),
+            expected: state.stopping,
+        };
+        state.exit = Some(exit.clone());
+        exit
+    };
+    if exit.expected {
+        tracing::debug!(pid, tag, status = %exit.status, "virtio-fs daemon stopped");
+    } else {
+        tracing::error!(pid, tag, status = %exit.status, stderr = %exit.stderr.trim(), "virtio-fs daemon exited");
+        events.publish(&exit);
+    }
+}
+
+/// Blocks until process `pid` (a child) has exited, leaving it to be reaped
+/// (`waitid(P_PID, pid, WEXITED | WNOWAIT)`).
+fn wait_exited(pid: u32) -> io::Result<()> {
+    let id = libc::id_t::from(pid);
+    loop {
+        // SAFETY: an all-zero siginfo_t is a valid value for waitid to overwrite.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waitid writes into a valid siginfo_t; WNOWAIT leaves the child reapable.
+        let rc = unsafe { libc::waitid(libc::P_PID, id, &mut info, libc::WEXITED | libc::WNOWAIT) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// The last `max` bytes of `file` (from its start if shorter), as text.
+fn tail(file: &mut File, max: usize) -> String {
+    let len = file.seek(SeekFrom::End(0)).unwrap_or(0);
+    let start = len.saturating_sub(max as u64);
+    let mut bytes = Vec::new();
+    if file.seek(SeekFrom::Start(start)).is_ok() {
+        let _ = file.take(max as u64).read_to_end(&mut bytes);
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// A listening socket at `path` for a daemon (mode 0600), replacing nothing: `path` must not
+/// exist.
+pub(crate) fn bind(path: &Path) -> io::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Starts `command` with the descriptors of `fds`, in a process group of its own.
+fn spawn_process(mut command: Command, fds: &FdTable) -> io::Result<Child> {
+    crate::spawn::map_fds(&mut command, fds);
+    command.process_group(0);
+    command.spawn()
+}
