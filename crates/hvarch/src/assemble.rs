@@ -957,6 +957,126 @@ mod tests {
     }
 
     #[test]
+    fn virtio_fs_volumes_are_vhost_user_fs_devices_with_daemons() {
+        use hvarch_arch::settings::{InodeFileHandles, VirtioFsCache};
+        let mut spec = spec(GuestArch::Aarch64, Accelerator::Tcg);
+        let h = &mut spec.hypervisor;
+        h.shared_fs = SharedFs::VirtioFs;
+        h.virtio_fs_daemon = Some("/usr/libexec/virtiofsd".into());
+        h.virtio_fs_queue_size = Some(1024);
+        h.virtio_fs_cache = VirtioFsCache::Never;
+        h.virtio_fs_inode_file_handles = Some(InodeFileHandles::Never);
+        h.virtio_fs_extra_args = vec!["--thread-pool-size=1".into()];
+        for (tag, dir) in [("kataShared", "/srv/a"), ("data", "/srv/b")] {
+            spec.volumes.push(Volume {
+                mount_tag: tag.into(),
+                host_path: dir.into(),
+            });
+        }
+        let vm = assemble(&spec).unwrap();
+        let argv = vm.argv(Syntax::Options).unwrap();
+        let ids = device_ids(&argv);
+        let channel = ids.iter().position(|id| id == "channel0").unwrap();
+        assert_eq!(
+            ids[channel - 2..channel],
+            ["vhost-user-fs0", "vhost-user-fs1"]
+        );
+        let devices = all(&argv, "-device");
+        assert!(devices.contains(
+            &"vhost-user-fs-pci,id=vhost-user-fs0,chardev=char-fs0,tag=kataShared,queue-size=1024"
+                .to_owned()
+        ));
+        assert!(all(&argv, "-chardev")
+            .contains(&"socket,id=char-fs1,path=/run/t/vhost-fs-1.sock".to_owned()));
+        // The daemons map guest RAM: a shared file backend.
+        assert_eq!(
+            all(&argv, "-object")[1],
+            "memory-backend-file,id=dimm1,size=2G,mem-path=/dev/shm,share=on"
+        );
+        assert_eq!(vm.virtiofs.len(), 2);
+        assert_eq!(
+            vm.virtiofs[1],
+            VirtiofsShare {
+                tag: "data".into(),
+                shared_dir: "/srv/b".into(),
+                socket: "/run/t/vhost-fs-1.sock".into(),
+                stderr: "/run/t/virtiofsd-1.stderr".into(),
+                daemon: "/usr/libexec/virtiofsd".into(),
+                cache: VirtioFsCache::Never,
+                inode_file_handles: Some(InodeFileHandles::Never),
+                extra_args: vec!["--thread-pool-size=1".into()],
+            }
+        );
+        // With 9p, the same volumes are 9p devices and there is no daemon.
+        spec.hypervisor.shared_fs = SharedFs::VirtioFs9p;
+        let vm = assemble(&spec).unwrap();
+        assert!(vm.virtiofs.is_empty());
+        assert!(device_ids(&vm.argv(Syntax::Options).unwrap())
+            .contains(&"extra-9p-data-dev".to_owned()));
+    }
+
+    #[test]
+    fn sharing_and_storage_rules() {
+        let volume = Volume {
+            mount_tag: "t".into(),
+            host_path: "/srv".into(),
+        };
+        let mut none = spec(GuestArch::Aarch64, Accelerator::Tcg);
+        none.hypervisor.shared_fs = SharedFs::None;
+        none.volumes.push(volume.clone());
+        assert_eq!(
+            assemble(&none).map(|_| ()).unwrap_err(),
+            Error::Conflict {
+                field: "volumes",
+                other: "hypervisor.shared_fs"
+            }
+        );
+        let mut no_daemon = none.clone();
+        no_daemon.hypervisor.shared_fs = SharedFs::VirtioFs;
+        let err = assemble(&no_daemon).map(|_| ()).unwrap_err().to_string();
+        assert!(
+            err.starts_with("`hypervisor.virtio_fs_daemon` is required"),
+            "{err}"
+        );
+        // Without volumes virtio-fs needs no daemon (only the shared RAM).
+        no_daemon.volumes.clear();
+        assert!(assemble(&no_daemon).unwrap().virtiofs.is_empty());
+
+        let mut store = spec(GuestArch::X86_64, Accelerator::Tcg);
+        store.hypervisor.enable_vhost_user_store = true;
+        let err = assemble(&store).map(|_| ()).unwrap_err().to_string();
+        assert!(
+            err.starts_with("`hypervisor.hugepages` is required"),
+            "{err}"
+        );
+        store.hypervisor.hugepages = true;
+        let argv = argv_for(&store);
+        let ram = all(&argv, "-object")
+            .into_iter()
+            .find(|o| o.contains("id=dimm1"))
+            .unwrap();
+        assert!(
+            ram.contains("share=on") && ram.contains("hugepages"),
+            "{ram}"
+        );
+    }
+
+    #[test]
+    fn seccomp_sandbox() {
+        let mut spec = spec(GuestArch::Aarch64, Accelerator::Tcg);
+        assert!(!argv_for(&spec).iter().any(|a| a == "-sandbox"));
+        spec.hypervisor.seccomp_sandbox = Some(hvarch_devices::config::Sandbox {
+            deny_obsolete: true,
+            deny_spawn: true,
+            ..Default::default()
+        });
+        assert_eq!(
+            after(&argv_for(&spec), "-sandbox"),
+            "on,obsolete=deny,spawn=deny"
+        );
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let base = || spec(GuestArch::Aarch64, Accelerator::Tcg);
         type Change = Box<dyn Fn(&mut VmSpec)>;

@@ -387,7 +387,8 @@ fn tail(file: &mut File, max: usize) -> String {
 
 /// A listening socket at `path` for a daemon (mode 0600), replacing nothing: `path` must not
 /// exist.
-pub(crate) fn bind(path: &Path) -> io::Result<UnixListener> {
+#[cfg(test)]
+fn bind(path: &Path) -> io::Result<UnixListener> {
     use std::os::unix::fs::PermissionsExt;
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
@@ -399,4 +400,233 @@ fn spawn_process(mut command: Command, fds: &FdTable) -> io::Result<Child> {
     crate::spawn::map_fds(&mut command, fds);
     command.process_group(0);
     command.spawn()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::net::UnixStream;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Duration;
+
+    /// A temporary directory removed on drop.
+    struct Tmp(PathBuf);
+
+    impl Tmp {
+        fn new() -> Tmp {
+            static N: AtomicU32 = AtomicU32::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "hvarch-virtiofs-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Tmp(dir)
+        }
+    }
+
+    impl Drop for Tmp {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A share whose "daemon" is the shell script `script` (it gets the daemon's arguments).
+    fn share(tmp: &Tmp, script: &str) -> VirtiofsShare {
+        let daemon = tmp.0.join("fake-virtiofsd");
+        std::fs::write(&daemon, format!("#!/bin/sh\n{script}\n")).unwrap();
+        std::fs::set_permissions(&daemon, std::fs::Permissions::from_mode(0o755)).unwrap();
+        VirtiofsShare {
+            tag: "kataShared".into(),
+            shared_dir: tmp.0.clone(),
+            socket: tmp.0.join("vhost-fs-0.sock"),
+            stderr: tmp.0.join("virtiofsd-0.stderr"),
+            daemon,
+            cache: VirtioFsCache::Auto,
+            inode_file_handles: None,
+            extra_args: vec!["--extra".into()],
+        }
+    }
+
+    fn start(share: &VirtiofsShare, events: &DaemonEvents) -> Virtiofsd {
+        let listener = bind(&share.socket).unwrap();
+        let stderr = File::options()
+            .create_new(true)
+            .read(true)
+            .write(true)
+            .open(&share.stderr)
+            .unwrap();
+        Virtiofsd::spawn(share, listener, stderr, events).unwrap()
+    }
+
+    /// Whether `pid` still names a process (a zombie counts: it is not reaped).
+    fn exists(pid: u32) -> bool {
+        std::path::Path::new(&format!("/proc/{pid}")).exists()
+    }
+
+    #[test]
+    fn arguments_in_katas_order() {
+        let tmp = Tmp::new();
+        let mut share = share(&tmp, "");
+        share.cache = VirtioFsCache::Metadata;
+        share.inode_file_handles = Some(InodeFileHandles::Mandatory);
+        share.shared_dir = PathBuf::from(std::ffi::OsStr::from_bytes(b"/srv/\xff"));
+        let args = share.args(7);
+        assert_eq!(
+            args,
+            [
+                OsString::from("--cache=metadata"),
+                OsString::from(std::ffi::OsStr::from_bytes(b"--shared-dir=/srv/\xff")),
+                OsString::from("--fd=7"),
+                OsString::from("--inode-file-handles=mandatory"),
+                OsString::from("--extra"),
+            ]
+        );
+    }
+
+    /// Polls (bounded) until `ready` holds; the bound is generous for a loaded machine.
+    fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !ready() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what} never happened"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn the_daemon_gets_the_listening_socket_at_3_in_its_own_group() {
+        let tmp = Tmp::new();
+        let out = tmp.0.join("out");
+        let share = share(
+            &tmp,
+            &format!(
+                "/bin/echo \"$*\" >{out}.tmp; readlink /proc/$$/fd/3 >>{out}.tmp; \
+                 cut -d' ' -f5 /proc/$$/stat >>{out}.tmp; mv {out}.tmp {out}; exec sleep 600",
+                out = out.display()
+            ),
+        );
+        let events = DaemonEvents::new();
+        let mut daemon = start(&share, &events);
+        let pid = daemon.pid();
+        // QEMU's side: the socket accepts a connection before the daemon accepts it.
+        let _client = UnixStream::connect(&share.socket).unwrap();
+        wait_until("the report", || out.exists());
+        let text = std::fs::read_to_string(&out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            format!(
+                "--cache=auto --shared-dir={} --fd=3 --extra",
+                tmp.0.display()
+            )
+        );
+        assert!(lines[1].starts_with("socket:["), "{text}");
+        assert_eq!(lines[2], pid.to_string(), "its own process group");
+        // Once it is `sleep`: stdio and the socket at 3.
+        wait_until("the exec", || {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c == "sleep\n")
+        });
+        let link = |fd: u32| {
+            std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+                .map(|l| l.display().to_string())
+                .unwrap_or_default()
+        };
+        assert_eq!(link(0), "/dev/null");
+        assert_eq!(link(1), "/dev/null");
+        assert_eq!(link(2), share.stderr.display().to_string());
+        assert!(link(3).starts_with("socket:["));
+        let exit = daemon.stop().unwrap();
+        assert!(exit.expected);
+        assert!(!exists(pid), "stopped and reaped");
+        assert_eq!(daemon.stop(), Some(exit), "idempotent");
+    }
+
+    #[test]
+    fn a_daemon_that_dies_is_reported_with_its_stderr() {
+        let tmp = Tmp::new();
+        let share = share(&tmp, "echo 'cannot open the shared directory' >&2; exit 3");
+        let events = DaemonEvents::new();
+        let seen = events.subscribe();
+        let late = events.subscribe();
+        let daemon = start(&share, &events);
+        let exit = seen.recv_timeout(Duration::from_secs(60)).unwrap();
+        assert_eq!(exit.tag, "kataShared");
+        assert_eq!(exit.pid, daemon.pid());
+        assert_eq!(exit.status.code(), Some(3));
+        assert!(!exit.expected);
+        assert_eq!(exit.stderr, "cannot open the shared directory\n");
+        assert_eq!(late.recv_timeout(Duration::from_secs(60)).unwrap(), exit);
+        assert_eq!(daemon.exit(), Some(exit.clone()));
+        assert!(!exists(exit.pid), "reaped by the watcher");
+        assert!(
+            exit.to_string()
+                .ends_with("exited (exit status: 3); it said: cannot open the shared directory"),
+            "{exit}"
+        );
+    }
+
+    #[test]
+    fn stopping_or_dropping_publishes_nothing_and_reaps() {
+        let tmp = Tmp::new();
+        let share = share(&tmp, "exec sleep 600");
+        let events = DaemonEvents::new();
+        let seen = events.subscribe();
+        let daemon = start(&share, &events);
+        let pid = daemon.pid();
+        assert!(exists(pid));
+        assert_eq!(daemon.exit(), None);
+        drop(daemon);
+        assert!(!exists(pid), "dropped: killed and reaped");
+        assert!(seen.recv_timeout(Duration::from_millis(200)).is_err());
+
+        // An exit the VM expects (QEMU went away) is not an event either.
+        let share = VirtiofsShare {
+            socket: tmp.0.join("vhost-fs-1.sock"),
+            stderr: tmp.0.join("virtiofsd-1.stderr"),
+            ..share
+        };
+        std::fs::write(
+            &share.daemon,
+            format!(
+                "#!/bin/sh\nwhile [ ! -e {0}/go ]; do sleep 0.01; done; exit 0\n",
+                tmp.0.display()
+            ),
+        )
+        .unwrap();
+        let mut daemon = start(&share, &events);
+        daemon.expect_exit();
+        std::fs::write(tmp.0.join("go"), "").unwrap();
+        wait_until("the daemon's own exit", || daemon.exit().is_some());
+        let exit = daemon.stop().unwrap();
+        assert!(exit.expected);
+        assert_eq!(exit.status.code(), Some(0));
+        assert!(seen.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_missing_binary_is_an_error_naming_it() {
+        let tmp = Tmp::new();
+        let mut share = share(&tmp, "");
+        share.daemon = tmp.0.join("no-such-virtiofsd");
+        let listener = bind(&share.socket).unwrap();
+        let stderr = File::create(&share.stderr).unwrap();
+        let e = Virtiofsd::spawn(&share, listener, stderr, &DaemonEvents::new()).unwrap_err();
+        assert!(e.to_string().contains("no-such-virtiofsd"), "{e}");
+    }
+
+    #[test]
+    fn tails_keep_the_end() {
+        let tmp = Tmp::new();
+        let path = tmp.0.join("f");
+        std::fs::write(&path, "abcdef").unwrap();
+        let mut file = File::open(&path).unwrap();
+        assert_eq!(tail(&mut file, 3), "def");
+        assert_eq!(tail(&mut file, 100), "abcdef");
+    }
 }
