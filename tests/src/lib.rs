@@ -12,6 +12,7 @@ pub mod demo;
 pub mod guest;
 pub mod query;
 pub mod spec;
+pub mod tools;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
