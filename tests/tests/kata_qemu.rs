@@ -61,9 +61,9 @@ fn read_pointed_at_test_guest(name: &str, dir: &TempDir) -> KataSpec {
         (files.kernel, initramfs)
     } else {
         let kernel = dir.join("vmlinux");
-        std::fs::write(&kernel, fake_kernel(GuestArch::X86_64)).unwrap();
+        std::fs::write(&kernel, fake_kernel(GuestArch::X86_64)).expect("write the kernel");
         let initrd = dir.join("initrd.img");
-        std::fs::write(&initrd, b"").unwrap();
+        std::fs::write(&initrd, b"").expect("write the initrd");
         (kernel, initrd)
     };
     let text = replace_line(
@@ -86,7 +86,7 @@ fn runnable(spec: &mut VmSpec, dir: &TempDir) {
     spec.stopped = true;
     spec.hypervisor.enable_swap = true;
     let run = dir.join("run");
-    std::fs::create_dir_all(&run).unwrap();
+    std::fs::create_dir_all(&run).expect("runtime dir");
     spec.runtime_dir = Some(run);
 }
 

@@ -12,6 +12,10 @@
 //! - [`assemble()`]: Kata's `createSandbox` — machine, CPU, topology, memory, kernel command
 //!   line and devices in Kata's order — producing an [`Assembled`] VM: a
 //!   [`hvarch_devices::config::VmConfig`], the QEMU binary and the backend.
+//! - [`kata_config`]: Kata's own `configuration.toml` (`[hypervisor.qemu]`) read into a
+//!   [`VmSpec`] with Kata's defaults and clamps, and warnings for what hvarch does not honour.
+//! - [`virtiofs`]: the virtio-fs daemon (virtiofsd) of each shared directory, started and
+//!   supervised with the VM.
 //!
 //! ```
 //! use hvarch::{assemble, GuestArch, Syntax, VmSpec};
