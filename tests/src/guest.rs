@@ -164,14 +164,7 @@ pub struct GuestFiles {
 
 /// The guest directory: `$HVARCH_GUEST_DIR`, else `<workspace>/target/guest`.
 pub fn guest_dir() -> PathBuf {
-    match std::env::var_os(GUEST_DIR_ENV) {
-        Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .unwrap_or(Path::new("."))
-            .join("target")
-            .join("guest"),
-    }
+    crate::target_dir_or_env(GUEST_DIR_ENV, "guest")
 }
 
 /// The guest files already under `dir` (see [`fetch`]); the error says what is missing and

@@ -56,6 +56,36 @@ pub const X86_64_Q35_TCG: &[&str] = &[
     "-S",
 ];
 
+/// A directory of the workspace's `target/` (`target/<sub>`), or the one the environment
+/// variable `env` names instead (a git worktree may point it at the main checkout's).
+pub fn target_dir_or_env(env: &str, sub: &str) -> PathBuf {
+    match std::env::var_os(env) {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("target")
+            .join(sub),
+    }
+}
+
+/// `(driver, id)` of every `-device` of a QEMU command line, in order.
+pub fn argv_devices(argv: &[String]) -> Vec<(String, String)> {
+    argv.windows(2)
+        .filter(|w| w[0] == "-device")
+        .filter_map(|w| {
+            let driver = w[1].split(',').next()?.to_owned();
+            let id = w[1].split(',').find_map(|p| p.strip_prefix("id="))?;
+            Some((driver, id.to_owned()))
+        })
+        .collect()
+}
+
+/// Whether a `-device` driver sits on a PCI bus.
+pub fn is_pci_driver(driver: &str) -> bool {
+    driver.ends_with("-pci") || matches!(driver, "pci-bridge" | "pcie-root-port")
+}
+
 /// A private temporary directory, removed on drop.
 #[derive(Debug)]
 pub struct TempDir {

@@ -9,13 +9,7 @@ pub const TOOLS_DIR_ENV: &str = "HVARCH_TOOLS_DIR";
 
 /// The tools directory: `$HVARCH_TOOLS_DIR`, else `<workspace>/target/tools/bin`.
 pub fn tools_dir() -> PathBuf {
-    match std::env::var_os(TOOLS_DIR_ENV) {
-        Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .unwrap_or(Path::new("."))
-            .join("target/tools/bin"),
-    }
+    crate::target_dir_or_env(TOOLS_DIR_ENV, "tools/bin")
 }
 
 /// The Rust virtiofsd (`cargo xtask setup` installs it with `cargo install`) in

@@ -22,7 +22,9 @@ use std::path::Path;
 
 use hvarch::{assemble, Assembled, GuestArch, Syntax, VmSpec};
 use hvarch_tests::spec::runnable;
-use hvarch_tests::{QemuProcess, RawQmp, TempDir, QEMU_AARCH64, QEMU_X86_64};
+use hvarch_tests::{
+    argv_devices, is_pci_driver, QemuProcess, RawQmp, TempDir, QEMU_AARCH64, QEMU_X86_64,
+};
 use serde_json::{json, Value};
 
 fn example(name: &str) -> VmSpec {
@@ -32,22 +34,6 @@ fn example(name: &str) -> VmSpec {
     let text =
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     toml::from_str(&text).unwrap_or_else(|e| panic!("parse {}: {e}", path.display()))
-}
-
-/// `id=` of every `-device` of `argv`, with its driver.
-fn devices(argv: &[String]) -> Vec<(String, String)> {
-    argv.windows(2)
-        .filter(|w| w[0] == "-device")
-        .filter_map(|w| {
-            let driver = w[1].split(',').next()?.to_owned();
-            let id = w[1].split(',').find_map(|p| p.strip_prefix("id="))?;
-            Some((driver, id.to_owned()))
-        })
-        .collect()
-}
-
-fn is_pci(driver: &str) -> bool {
-    driver.ends_with("-pci") || matches!(driver, "pci-bridge" | "pcie-root-port")
 }
 
 /// Starts `spec` (adapted) and checks what QEMU reports.
@@ -114,14 +100,14 @@ fn run_and_check(mut spec: VmSpec) -> Assembled {
     // Every device of the command line, and the PCI ones on the PCI buses.
     let peripherals = qmp.peripheral_ids();
     let pci = qmp.pci_device_ids();
-    let devices = devices(&argv);
+    let devices = argv_devices(&argv);
     assert!(!devices.is_empty());
     for (driver, id) in &devices {
         assert!(
             peripherals.contains(id),
             "{driver} {id} not in {peripherals:?}: {context}"
         );
-        if is_pci(driver) {
+        if is_pci_driver(driver) {
             assert!(
                 pci.contains(id),
                 "{driver} {id} not in query-pci {pci:?}: {context}"
@@ -142,7 +128,7 @@ fn default_vm_arm64() {
     let mut spec = VmSpec::kata_default();
     spec.arch = Some(GuestArch::Aarch64);
     let vm = run_and_check(spec);
-    let ids: Vec<String> = devices(&vm.argv(Syntax::Options).unwrap())
+    let ids: Vec<String> = argv_devices(&vm.argv(Syntax::Options).unwrap())
         .into_iter()
         .map(|(_, id)| id)
         .collect();
@@ -182,7 +168,7 @@ fn example_arm64_image_uefi() {
 #[test]
 fn example_x86_64_q35_root_ports() {
     let vm = run_and_check(example("x86_64-q35-root-ports.toml"));
-    let ids: Vec<String> = devices(&vm.argv(Syntax::Options).unwrap())
+    let ids: Vec<String> = argv_devices(&vm.argv(Syntax::Options).unwrap())
         .into_iter()
         .map(|(_, id)| id)
         .collect();

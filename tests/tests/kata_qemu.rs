@@ -20,7 +20,9 @@ use std::path::{Path, PathBuf};
 use hvarch::kata_config::{self, KataOptions, KataSpec};
 use hvarch::{assemble, Accelerator, GuestArch, Syntax, VmSpec};
 use hvarch_tests::spec::fake_kernel;
-use hvarch_tests::{guest, QemuProcess, TempDir, QEMU_AARCH64, QEMU_X86_64};
+use hvarch_tests::{
+    argv_devices, guest, is_pci_driver, QemuProcess, TempDir, QEMU_AARCH64, QEMU_X86_64,
+};
 use serde_json::{json, Value};
 
 const ARM64: &str = "configuration-qemu-arm64.toml";
@@ -90,18 +92,6 @@ fn runnable(spec: &mut VmSpec, dir: &TempDir) {
     spec.runtime_dir = Some(run);
 }
 
-/// `(driver, id)` of every `-device` of `argv`.
-fn devices(argv: &[String]) -> Vec<(String, String)> {
-    argv.windows(2)
-        .filter(|w| w[0] == "-device")
-        .filter_map(|w| {
-            let driver = w[1].split(',').next()?.to_owned();
-            let id = w[1].split(',').find_map(|p| p.strip_prefix("id="))?;
-            Some((driver, id.to_owned()))
-        })
-        .collect()
-}
-
 /// Starts the example and checks what QEMU reports against what the file asked for.
 fn run_example(name: &str, binary: &str, machine: &str) -> Vec<String> {
     let dir = TempDir::new();
@@ -137,10 +127,10 @@ fn run_example(name: &str, binary: &str, machine: &str) -> Vec<String> {
     // Every device of the command line, the PCI ones on the PCI buses.
     let peripherals = qmp.peripheral_ids();
     let pci = qmp.pci_device_ids();
-    let devices = devices(&argv);
+    let devices = argv_devices(&argv);
     for (driver, id) in &devices {
         assert!(peripherals.contains(id), "{driver} {id}: {context}");
-        if driver.ends_with("-pci") || driver == "pci-bridge" {
+        if is_pci_driver(driver) {
             assert!(pci.contains(id), "{driver} {id} not on PCI: {context}");
         }
     }
