@@ -32,10 +32,10 @@
 use std::ffi::OsString;
 use std::fmt;
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io;
 use std::os::fd::{OwnedFd, RawFd};
+use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixListener;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
@@ -191,6 +191,8 @@ pub struct Virtiofsd {
     socket: PathBuf,
     state: Arc<Mutex<State>>,
     watcher: Option<JoinHandle<()>>,
+    /// The daemon's stderr file, read at offsets.
+    stderr: File,
 }
 
 impl Virtiofsd {
@@ -203,6 +205,7 @@ impl Virtiofsd {
         events: &DaemonEvents,
     ) -> io::Result<Virtiofsd> {
         let stderr_reader = stderr.try_clone()?;
+        let stderr_tail = stderr.try_clone()?;
         let mut fds = FdTable::starting_at(SOCKET_FD);
         let socket_fd = SharedFd::new(OwnedFd::from(listener));
         let fd = fds.insert(&socket_fd);
@@ -218,7 +221,7 @@ impl Virtiofsd {
             tag = %share.tag,
             "starting the virtio-fs daemon"
         );
-        let child = spawn_process(command, &fds).map_err(|e| {
+        let child = crate::spawn::spawn(command, &fds).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!("cannot execute {}: {e}", share.daemon.display()),
@@ -258,6 +261,7 @@ impl Virtiofsd {
             socket: share.socket.clone(),
             state,
             watcher: Some(watcher),
+            stderr: stderr_tail,
         })
     }
 
@@ -274,6 +278,12 @@ impl Virtiofsd {
     /// The vhost-user socket it serves.
     pub fn socket(&self) -> &Path {
         &self.socket
+    }
+
+    /// The end of what the daemon has written to stderr so far (at most [`STDERR_TAIL`]
+    /// bytes).
+    pub fn stderr(&self) -> String {
+        tail(&self.stderr, STDERR_TAIL)
     }
 
     /// How the daemon ended, once it has (non-blocking).
@@ -321,7 +331,7 @@ impl Drop for Virtiofsd {
 
 /// The watcher: waits for `pid` to exit without reaping it, then reaps it under the state
 /// lock, records the exit and publishes it unless it was expected.
-fn watch(pid: u32, tag: &str, state: &Mutex<State>, mut stderr: File, events: &DaemonEvents) {
+fn watch(pid: u32, tag: &str, state: &Mutex<State>, stderr: File, events: &DaemonEvents) {
     if let Err(e) = wait_exited(pid) {
         tracing::warn!(
             pid,
@@ -341,7 +351,7 @@ fn watch(pid: u32, tag: &str, state: &Mutex<State>, mut stderr: File, events: &D
             tag: tag.to_owned(),
             pid,
             status,
-            stderr: tail(&mut stderr, STDERR_TAIL),
+            stderr: tail(&stderr, STDERR_TAIL),
             expected: state.stopping,
         };
         state.exit = Some(exit.clone());
@@ -375,13 +385,23 @@ fn wait_exited(pid: u32) -> io::Result<()> {
 }
 
 /// The last `max` bytes of `file` (from its start if shorter), as text.
-fn tail(file: &mut File, max: usize) -> String {
-    let len = file.seek(SeekFrom::End(0)).unwrap_or(0);
-    let start = len.saturating_sub(max as u64);
-    let mut bytes = Vec::new();
-    if file.seek(SeekFrom::Start(start)).is_ok() {
-        let _ = file.take(max as u64).read_to_end(&mut bytes);
+/// Reads at offsets (`pread`), so descriptors sharing the file's offset do not disturb each
+/// other.
+fn tail(file: &File, max: usize) -> String {
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut offset = len.saturating_sub(max as u64);
+    let mut bytes = vec![0u8; usize::try_from(len - offset).unwrap_or(max)];
+    let mut filled = 0;
+    while filled < bytes.len() {
+        match file.read_at(&mut bytes[filled..], offset) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                filled += n;
+                offset += n as u64;
+            }
+        }
     }
+    bytes.truncate(filled);
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
@@ -393,13 +413,6 @@ fn bind(path: &Path) -> io::Result<UnixListener> {
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
-}
-
-/// Starts `command` with the descriptors of `fds`, in a process group of its own.
-fn spawn_process(mut command: Command, fds: &FdTable) -> io::Result<Child> {
-    crate::spawn::map_fds(&mut command, fds);
-    command.process_group(0);
-    command.spawn()
 }
 
 #[cfg(test)]
@@ -541,6 +554,16 @@ mod tests {
         assert_eq!(link(1), "/dev/null");
         assert_eq!(link(2), share.stderr.display().to_string());
         assert!(link(3).starts_with("socket:["));
+        // Nothing else of this process's: the shell's own /dev/null copy at most (dash
+        // keeps one at 10), none of the descriptors the test process holds.
+        let others: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|&fd| fd > 3)
+            .map(link)
+            .filter(|l| l != "/dev/null")
+            .collect();
+        assert!(others.is_empty(), "leaked into the daemon: {others:?}");
         let exit = daemon.stop().unwrap();
         assert!(exit.expected);
         assert!(!exists(pid), "stopped and reaped");
@@ -625,8 +648,9 @@ mod tests {
         let tmp = Tmp::new();
         let path = tmp.0.join("f");
         std::fs::write(&path, "abcdef").unwrap();
-        let mut file = File::open(&path).unwrap();
-        assert_eq!(tail(&mut file, 3), "def");
-        assert_eq!(tail(&mut file, 100), "abcdef");
+        let file = File::open(&path).unwrap();
+        assert_eq!(tail(&file, 3), "def");
+        assert_eq!(tail(&file, 100), "abcdef");
+        assert_eq!(tail(&file, 0), "");
     }
 }
