@@ -298,14 +298,17 @@ impl Virtiofsd {
     }
 
     /// Stops the daemon (SIGKILL, as Kata does: it holds no state of its own) unless it has
-    /// already ended, and waits until it is reaped. Idempotent.
+    /// already ended, and waits until it is reaped. The signal goes to the daemon's process
+    /// group, so the processes it forked (virtiofsd's sandboxed server) go with it.
+    /// Idempotent.
     pub fn stop(&mut self) -> Option<DaemonExit> {
         {
             let mut state = lock(&self.state);
             state.stopping = true;
             if state.exit.is_none() {
-                // Not reaped yet (reaping happens under this lock), so the pid is still ours.
-                if let Err(e) = state.child.kill() {
+                // Not reaped yet (reaping happens under this lock), so the pid, and with it
+                // the process group it leads, is still ours.
+                if let Err(e) = kill_group(self.pid) {
                     tracing::warn!(pid = self.pid, "cannot kill the virtio-fs daemon: {e}");
                 }
             }
@@ -362,6 +365,19 @@ fn watch(pid: u32, tag: &str, state: &Mutex<State>, stderr: File, events: &Daemo
     } else {
         tracing::error!(pid, tag, status = %exit.status, stderr = %exit.stderr.trim(), "virtio-fs daemon exited");
         events.publish(&exit);
+    }
+}
+
+/// SIGKILL to the process group `pid` leads.
+fn kill_group(pid: u32) -> io::Result<()> {
+    let pgid =
+        libc::pid_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: kill(2) has no memory-safety preconditions; the group's leader is our
+    // unreaped child, so the id cannot name anyone else's group.
+    if unsafe { libc::kill(-pgid, libc::SIGKILL) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
@@ -630,6 +646,34 @@ mod tests {
         assert!(exit.expected);
         assert_eq!(exit.status.code(), Some(0));
         assert!(seen.try_recv().is_err());
+    }
+
+    #[test]
+    fn stopping_takes_the_daemons_own_children_too() {
+        let tmp = Tmp::new();
+        let helper = tmp.0.join("helper-pid");
+        let share = share(
+            &tmp,
+            &format!(
+                "sleep 600 & echo $! >{0}.tmp; mv {0}.tmp {0}; wait",
+                helper.display()
+            ),
+        );
+        let mut daemon = start(&share, &DaemonEvents::new());
+        wait_until("the helper", || helper.exists());
+        let helper_pid: u32 = std::fs::read_to_string(&helper)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(exists(helper_pid));
+        daemon.stop();
+        // Not our child: init reaps it once the group's SIGKILL has ended it.
+        wait_until("the helper's end", || {
+            std::fs::read_to_string(format!("/proc/{helper_pid}/stat"))
+                .map(|s| s.contains(") Z ") || !s.contains("sleep"))
+                .unwrap_or(true)
+        });
     }
 
     #[test]
