@@ -7,6 +7,7 @@
 //! Needs `HVARCH_GUEST_DIR` (the guest) and virtiofsd (`HVARCH_TOOLS_DIR` or the workspace's
 //! `target/tools/bin`, both from `cargo xtask setup`).
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -118,6 +119,43 @@ fn the_guest_reads_and_writes_the_host_directory() {
         runtime_dir.display()
     );
     assert_no_children_in(dir.path());
+}
+
+/// A daemon that would outlive its socket (virtiofsd behind a shell that stays) is stopped
+/// and reaped with the VM, by `shutdown` and by drop.
+#[test]
+fn the_daemon_is_stopped_with_the_vm_even_if_it_would_stay() {
+    for by_shutdown in [true, false] {
+        let dir = TempDir::new();
+        let share = dir.join("share");
+        std::fs::create_dir_all(&share).unwrap();
+        let wrapper = dir.join("stubborn-virtiofsd");
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh
+{} \"$@\" &
+exec sleep 600
+",
+                tools::virtiofsd().display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut spec = spec(&dir, &share);
+        spec.hypervisor.virtio_fs_daemon = Some(wrapper);
+        let mut vm = Vm::launch(assemble(&spec).unwrap(), LaunchOptions::default())
+            .unwrap_or_else(|e| panic!("launch: {e}"));
+        let daemon_pid = vm.virtiofs_daemons()[0].pid();
+        vm.check().unwrap();
+        if by_shutdown {
+            vm.shutdown(Duration::from_millis(100)).unwrap();
+            assert_reaped(daemon_pid);
+        }
+        drop(vm);
+        assert_reaped(daemon_pid);
+        assert_no_children_in(dir.path());
+    }
 }
 
 /// A launch that fails leaves no daemon, no QEMU and nothing in the runtime directory.
