@@ -113,6 +113,11 @@ fn the_guest_reads_and_writes_the_host_directory() {
     drop(vm);
     assert_reaped(daemon_pid);
     assert!(!socket.exists(), "{} left behind", socket.display());
+    assert_left_nothing(&runtime_dir, &dir);
+}
+
+/// No runtime directory and no process of the test's directory left.
+fn assert_left_nothing(runtime_dir: &Path, dir: &TempDir) {
     assert!(
         !runtime_dir.exists(),
         "{} left behind",
@@ -168,12 +173,7 @@ fn assert_launch_fails(spec: &VmSpec, dir: &TempDir, expected: &[&str]) {
     for part in expected {
         assert!(err.contains(part), "{err:?} lacks {part:?}");
     }
-    assert!(
-        !runtime_dir.exists(),
-        "{} left behind",
-        runtime_dir.display()
-    );
-    assert_no_children_in(dir.path());
+    assert_left_nothing(&runtime_dir, dir);
 }
 
 #[test]

@@ -437,31 +437,9 @@ mod tests {
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::PermissionsExt;
     use std::os::unix::net::UnixStream;
-    use std::sync::atomic::{AtomicU32, Ordering};
     use std::time::Duration;
 
-    /// A temporary directory removed on drop.
-    struct Tmp(PathBuf);
-
-    impl Tmp {
-        fn new() -> Tmp {
-            static N: AtomicU32 = AtomicU32::new(0);
-            let dir = std::env::temp_dir().join(format!(
-                "hvarch-virtiofs-{}-{}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::Relaxed)
-            ));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            Tmp(dir)
-        }
-    }
-
-    impl Drop for Tmp {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::runtime_dir::tests::Tmp;
 
     /// A share whose "daemon" is the shell script `script` (it gets the daemon's arguments).
     fn share(tmp: &Tmp, script: &str) -> VirtiofsShare {
