@@ -134,11 +134,7 @@ pub(crate) const QEMU_KEYS: &[Key] = &[
         Type::Bool,
         "the console is always virtio-serial (hvc0)",
     ),
-    ignored(
-        "extra_monitor_socket",
-        Type::Str,
-        "hvarch serves one QMP monitor, on the socket it hands QEMU",
-    ),
+    mapped("extra_monitor_socket", Type::Str),
     // Block devices and the rootfs image.
     mapped("block_device_driver", Type::Str),
     mapped("block_device_aio", Type::Str),

@@ -86,7 +86,7 @@ use hvarch_arch::resources::Volume;
 use hvarch_arch::settings::{
     BlockDriver, HypervisorConfig, InodeFileHandles, SharedFs, VirtioFsCache, MAX_PCI_BRIDGES,
 };
-use hvarch_devices::config::Sandbox;
+use hvarch_devices::config::{Monitor, MonitorEndpoint, MonitorMode, Sandbox};
 use hvarch_devices::kernel_params::KernelParams;
 use serde::Deserialize;
 
@@ -171,6 +171,29 @@ pub struct KataSpec {
     /// `[agent.kata] kernel_modules`: modules (with parameters) Kata asks its agent to load
     /// when it creates the sandbox.
     pub kernel_modules: Vec<String>,
+    /// The protocol of the debug monitor Kata adds with `enable_debug` and
+    /// `extra_monitor_socket` (see [`KataSpec::extra_monitors`]).
+    pub extra_monitor: Option<MonitorMode>,
+}
+
+/// The file name of Kata's extra debug monitor socket in the runtime directory.
+pub const EXTRA_MONITOR_SOCKET: &str = "extra-monitor.sock";
+
+impl KataSpec {
+    /// The monitors to add at launch ([`crate::LaunchOptions::monitors`]): Kata's extra
+    /// debug monitor (`extra_monitor_socket` with `enable_debug`) on
+    /// `<runtime_dir>/extra-monitor.sock`, if the file asks for one. Anyone who can reach it
+    /// controls QEMU: for debugging only, as Kata warns.
+    pub fn extra_monitors(&self, runtime_dir: &Path) -> Vec<Monitor> {
+        self.extra_monitor
+            .map(|mode| Monitor {
+                id: "extra-monitor".into(),
+                endpoint: MonitorEndpoint::Path(runtime_dir.join(EXTRA_MONITOR_SOCKET)),
+                mode,
+            })
+            .into_iter()
+            .collect()
+    }
 }
 
 /// Reads the Kata configuration file at `path` (see [`from_str`]).
@@ -297,6 +320,7 @@ impl Reader<'_> {
             }
         }
         spec.hypervisor = h;
+        let extra_monitor = self.extra_monitor(spec.hypervisor.debug)?;
         let kernel_modules = self.agent.list("kernel_modules").to_vec();
         if !kernel_modules.is_empty() {
             self.warnings.push(self.agent.warning(
@@ -313,7 +337,44 @@ impl Reader<'_> {
             spec,
             warnings: self.warnings,
             kernel_modules,
+            extra_monitor,
         })
+    }
+
+    /// `extra_monitor_socket`: a debug monitor, only with `enable_debug` (as Kata does).
+    fn extra_monitor(&mut self, debug: bool) -> Result<Option<MonitorMode>, KataError> {
+        let q = self.q;
+        let mode = match q.str("extra_monitor_socket") {
+            "" => return Ok(None),
+            "hmp" => MonitorMode::Readline,
+            "qmp" => MonitorMode::Control,
+            "qmp-pretty" => {
+                self.warnings.push(q.warning(
+                    "extra_monitor_socket",
+                    WarningKind::Adjusted {
+                        reason: "a plain QMP monitor: pretty-printed JSON is not modelled".into(),
+                    },
+                ));
+                MonitorMode::Control
+            }
+            other => {
+                return Err(q.invalid(
+                    "extra_monitor_socket",
+                    format!("{other:?}"),
+                    "Kata knows hmp, qmp and qmp-pretty",
+                ))
+            }
+        };
+        if !debug {
+            self.warnings.push(q.warning(
+                "extra_monitor_socket",
+                WarningKind::Adjusted {
+                    reason: "no extra monitor: Kata adds it only with `enable_debug = true`".into(),
+                },
+            ));
+            return Ok(None);
+        }
+        Ok(Some(mode))
     }
 
     /// Kata's confidential guests: refused, never silently downgraded.

@@ -539,6 +539,24 @@ const MAPPED: &[Case] = &[
         },
     },
     Case {
+        key: "extra_monitor_socket",
+        extra: &[
+            ("extra_monitor_socket", "\"hmp\""),
+            ("enable_debug", "true"),
+        ],
+        check: |k| {
+            assert_eq!(k.extra_monitor, Some(MonitorMode::Readline));
+            assert_eq!(
+                k.extra_monitors(Path::new("/run/hvarch/t")),
+                [Monitor {
+                    id: "extra-monitor".into(),
+                    endpoint: MonitorEndpoint::Path("/run/hvarch/t/extra-monitor.sock".into()),
+                    mode: MonitorMode::Readline,
+                }]
+            );
+        },
+    },
+    Case {
         key: "confidential_guest",
         extra: &[("confidential_guest", "false")],
         check: |k| assert!(k.warnings.is_empty()),
@@ -857,6 +875,7 @@ fn refusals_name_the_key_and_line() {
         (&[("machine_type", "\"pc-i440fx\"")], "`hypervisor.qemu.machine_type`"),
         (&[("use_vsock", "true")], "set KataOptions::vsock_cid"),
         (&[("hot_plug_vfio", "\"any-port\"")], "no-port, bridge-port"),
+        (&[("extra_monitor_socket", "\"telnet\"")], "Kata knows hmp, qmp and qmp-pretty"),
         (
             &[("hot_plug_vfio", "\"root-port\""), ("cold_plug_vfio", "\"root-port\"")],
             "only one of `hot_plug_vfio` and `cold_plug_vfio`",
@@ -923,6 +942,20 @@ fn warnings_for_what_is_not_honoured_as_written() {
     ]);
     assert_eq!(nydus.spec.hypervisor.shared_fs, SharedFs::VirtioFs);
     assert_eq!(nydus.warnings[0].key, "hypervisor.qemu.shared_fs");
+    // The extra monitor: only with enable_debug; qmp-pretty is plain QMP.
+    let no_debug = ok(&[("extra_monitor_socket", "\"qmp\"")]);
+    assert_eq!(no_debug.extra_monitor, None);
+    assert_eq!(
+        no_debug.warnings[0].key,
+        "hypervisor.qemu.extra_monitor_socket"
+    );
+    assert!(no_debug.extra_monitors(Path::new("/run")).is_empty());
+    let pretty = ok(&[
+        ("extra_monitor_socket", "\"qmp-pretty\""),
+        ("enable_debug", "true"),
+    ]);
+    assert_eq!(pretty.extra_monitor, Some(MonitorMode::Control));
+    assert_eq!(pretty.warnings.len(), 1);
     let w = &ok(&[("enable_virtio_mem", "true")]).warnings[0];
     assert_eq!(
         w.to_string(),
