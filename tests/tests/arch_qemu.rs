@@ -30,7 +30,7 @@ use std::path::Path;
 
 use hvarch::{assemble, Assembled, GuestArch, Syntax, VmSpec};
 use hvarch_tests::spec::runnable;
-use hvarch_tests::{QemuProcess, RawQmp, TempDir};
+use hvarch_tests::{argv_devices, is_pci_driver, ArgDevice, QemuProcess, RawQmp, TempDir};
 use serde_json::{json, Value};
 
 /// The devices of Kata's default VM, in command-line order.
@@ -52,46 +52,12 @@ fn example(name: &str) -> VmSpec {
     toml::from_str(&text).unwrap_or_else(|e| panic!("parse {}: {e}", path.display()))
 }
 
-/// A `-device` of a command line.
-struct ArgDevice {
-    driver: String,
-    id: String,
-    /// `devno=` of a CCW device.
-    devno: Option<String>,
-}
-
-/// Every `-device` of `argv` that has an `id=` (values here hold no escaped commas).
-fn devices(argv: &[String]) -> Vec<ArgDevice> {
-    argv.windows(2)
-        .filter(|w| w[0] == "-device")
-        .filter_map(|w| {
-            let mut props = w[1].split(',');
-            let driver = props.next()?.to_owned();
-            let props: Vec<&str> = props.collect();
-            let value = |key: &str| {
-                props
-                    .iter()
-                    .find_map(|p| p.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
-            };
-            Some(ArgDevice {
-                driver,
-                id: value("id")?.to_owned(),
-                devno: value("devno").map(str::to_owned),
-            })
-        })
-        .collect()
-}
-
 /// The device ids of `vm`'s command line, in order.
 fn ids(vm: &Assembled) -> Vec<String> {
-    devices(&vm.argv(Syntax::Options).expect("argv"))
+    argv_devices(&vm.argv(Syntax::Options).expect("argv"))
         .into_iter()
         .map(|d| d.id)
         .collect()
-}
-
-fn is_pci(driver: &str) -> bool {
-    driver.ends_with("-pci") || matches!(driver, "pci-bridge" | "pcie-root-port")
 }
 
 /// Starts `spec` (adapted) and checks what QEMU reports.
@@ -172,14 +138,14 @@ fn run_and_check_with(
     // their device numbers.
     let peripherals = qmp.peripheral_ids();
     let pci = qmp.pci_device_ids();
-    let devices = devices(&argv);
+    let devices = argv_devices(&argv);
     assert!(!devices.is_empty());
     for ArgDevice { driver, id, devno } in &devices {
         assert!(
             peripherals.contains(id),
             "{driver} {id} not in {peripherals:?}: {context}"
         );
-        if is_pci(driver) {
+        if is_pci_driver(driver) {
             assert!(
                 pci.contains(id),
                 "{driver} {id} not in query-pci {pci:?}: {context}"

@@ -20,8 +20,10 @@
 //!   machine's `memory-backend` where the machine has no NUMA (`microvm`, `s390-ccw-virtio`);
 //! - devices: bridges, console (`<runtime_dir>/console.sock`), the rootfs image (NVDIMM or
 //!   virtio-blk), the vIOMMU, the virtio-scsi controller (its I/O thread just before it),
-//!   `rng0` on the entropy source, PCIe root ports; then the cold-plugged resources: 9p
-//!   volumes, the agent channel (`channel0` / `charch0` / `agent.channel.0` on
+//!   `rng0` on the entropy source, PCIe root ports; then the cold-plugged resources:
+//!   volumes (9p, or with virtio-fs a `vhost-user-fs` device `vhost-user-fs<n>` on
+//!   `<runtime_dir>/vhost-fs-<n>.sock`, whose daemon [`Assembled::virtiofs`] describes), the
+//!   agent channel (`channel0` / `charch0` / `agent.channel.0` on
 //!   `<runtime_dir>/kata.sock`) *or* vsock, network endpoints, block drives, VFIO devices;
 //!   then `extra_devices`; then the backend places what it numbers itself (s390x: the CCW
 //!   device numbers, in this order);
@@ -32,7 +34,7 @@
 //!   name"); pflash (the UEFI code image read-only when there are two), `-vga none`;
 //! - knobs: `-no-user-config -nodefaults -nographic -no-reboot`, `-no-shutdown` and
 //!   `-daemonize` when asked, `-overcommit mem-lock=on` unless `enable_swap`, `-S` when
-//!   `stopped`;
+//!   `stopped`, `-sandbox` when `seccomp_sandbox` is set;
 //! - `-kernel`, `-initrd`, `-append` (the backend's parameters, then `panic=1`,
 //!   `nr_cpus=<max vCPUs>`, `agent.use_vsock=<bool>`, then the user's `kernel_params`, which
 //!   win in the guest), `-bios`;
@@ -44,7 +46,7 @@ use hvarch_amd64::Amd64;
 use hvarch_arch::arch::QemuArch;
 use hvarch_arch::guest_arch::GuestArch;
 use hvarch_arch::machine;
-use hvarch_arch::resources::{RngDev, Socket, VSock};
+use hvarch_arch::resources::{RngDev, Socket, VSock, VhostUserDevice, VhostUserKind};
 use hvarch_arch::settings::{
     BlockDriver, HypervisorConfig, SharedFs, TemplateRole, MAX_PCI_BRIDGES,
 };
@@ -58,6 +60,7 @@ use hvarch_devices::fd::FdTable;
 use hvarch_devices::kernel_params::KernelParams;
 use hvarch_devices::memory::MemoryBackend;
 use hvarch_devices::part::Syntax;
+use hvarch_devices::vhost_user::VhostUserKind as DeviceVhostUserKind;
 use hvarch_devices::Device;
 use hvarch_ppc64le::Ppc64le;
 use hvarch_s390x::S390x;
@@ -65,6 +68,7 @@ use hvarch_s390x::S390x;
 use crate::error::{Error, Result};
 use crate::host;
 use crate::spec::{check_id, VmSpec};
+use crate::virtiofs::VirtiofsShare;
 
 /// The most PCIe root ports a spec may ask for (Kata 2.x's `maxPCIeRootPort`).
 pub const MAX_PCIE_ROOT_PORTS: u32 = 16;
@@ -129,6 +133,16 @@ impl RuntimePaths {
         .into_iter()
         .map(PathBuf::as_path)
     }
+
+    /// The vhost-user socket of the `index`th virtio-fs share (`vhost-fs-<index>.sock`).
+    pub fn virtiofs_socket(&self, index: usize) -> PathBuf {
+        self.dir.join(format!("vhost-fs-{index}.sock"))
+    }
+
+    /// Where the `index`th virtio-fs daemon's stderr goes (`virtiofsd-<index>.stderr`).
+    pub fn virtiofs_stderr(&self, index: usize) -> PathBuf {
+        self.dir.join(format!("virtiofsd-{index}.stderr"))
+    }
 }
 
 /// The arch backend for `arch`, configured by `config`.
@@ -173,6 +187,9 @@ pub struct Assembled {
     pub paths: RuntimePaths,
     /// The vCPU ceiling (`maxcpus`, `nr_cpus`).
     pub max_vcpus: u32,
+    /// The virtio-fs shares, whose daemons the launcher starts (empty unless `shared_fs`
+    /// is virtio-fs and there are volumes).
+    pub virtiofs: Vec<VirtiofsShare>,
     /// The backend, after assembly (bridges placed).
     pub arch: Box<dyn QemuArch>,
 }
@@ -231,12 +248,7 @@ pub fn assemble(spec: &VmSpec) -> Result<Assembled> {
         }
         _ => {}
     }
-    if !spec.volumes.is_empty() && config.shared_fs != SharedFs::VirtioFs9p {
-        return Err(Error::Conflict {
-            field: "volumes",
-            other: "hypervisor.shared_fs",
-        });
-    }
+    check_sharing(spec)?;
     let paths = RuntimePaths::new(&spec.runtime_dir());
 
     // setup(): the backend, nesting, vhost-net, its bridges.
@@ -295,6 +307,7 @@ pub fn assemble(spec: &VmSpec) -> Result<Assembled> {
 
     // Devices, in Kata's order.
     let devices = devices(arch.as_mut(), spec, &paths)?;
+    let virtiofs = virtiofs_shares(spec, &paths);
 
     let pflash = arch.pflash().map_err(Error::arch("hypervisor.pflashes"))?;
     let pflash_count = pflash.len();
@@ -355,6 +368,7 @@ pub fn assemble(spec: &VmSpec) -> Result<Assembled> {
     if config.template == TemplateRole::BootFromTemplate {
         vm.incoming = Some(Incoming::Defer);
     }
+    vm.sandbox = config.seccomp_sandbox;
     vm.pidfile = Some(paths.pidfile.clone());
     if config.debug {
         vm.log_file = Some(paths.log.clone());
@@ -367,6 +381,7 @@ pub fn assemble(spec: &VmSpec) -> Result<Assembled> {
         config: vm,
         paths,
         max_vcpus,
+        virtiofs,
         arch,
     })
 }
@@ -382,6 +397,61 @@ fn nested(spec: &VmSpec) -> Result<bool> {
         Some(nested) => Ok(nested),
         None => host::running_on_vmm(),
     }
+}
+
+/// Volumes need a sharing mechanism, virtio-fs a daemon, vhost-user storage hugepages
+/// (Kata: "Vhost-user-blk/scsi is enabled without HugePages. This configuration will not
+/// work").
+fn check_sharing(spec: &VmSpec) -> Result<()> {
+    let config = &spec.hypervisor;
+    if !spec.volumes.is_empty() && config.shared_fs == SharedFs::None {
+        return Err(Error::Conflict {
+            field: "volumes",
+            other: "hypervisor.shared_fs",
+        });
+    }
+    if !spec.volumes.is_empty()
+        && config.shared_fs == SharedFs::VirtioFs
+        && config.virtio_fs_daemon.is_none()
+    {
+        return Err(Error::Missing {
+            field: "hypervisor.virtio_fs_daemon",
+            reason: "virtio-fs volumes are served by a daemon (e.g. virtiofsd)",
+        });
+    }
+    if config.enable_vhost_user_store && !config.hugepages {
+        return Err(Error::Missing {
+            field: "hypervisor.hugepages",
+            reason: "vhost-user storage (enable_vhost_user_store) needs hugepages",
+        });
+    }
+    Ok(())
+}
+
+/// The virtio-fs share of each volume, in order (see [`crate::virtiofs`]).
+fn virtiofs_shares(spec: &VmSpec, paths: &RuntimePaths) -> Vec<VirtiofsShare> {
+    let config = &spec.hypervisor;
+    let Some(daemon) = config
+        .virtio_fs_daemon
+        .as_ref()
+        .filter(|_| config.shared_fs == SharedFs::VirtioFs)
+    else {
+        return Vec::new();
+    };
+    spec.volumes
+        .iter()
+        .enumerate()
+        .map(|(index, volume)| VirtiofsShare {
+            tag: volume.mount_tag.clone(),
+            shared_dir: volume.host_path.clone(),
+            socket: paths.virtiofs_socket(index),
+            stderr: paths.virtiofs_stderr(index),
+            daemon: daemon.clone(),
+            cache: config.virtio_fs_cache,
+            inode_file_handles: config.virtio_fs_inode_file_handles,
+            extra_args: config.virtio_fs_extra_args.clone(),
+        })
+        .collect()
 }
 
 /// Refuses numbers no VM can have, before any backend arithmetic sees them.
@@ -479,6 +549,7 @@ fn ram_backend(config: &HypervisorConfig, size: u64) -> MemoryBackend {
     };
     let shared = file_root.is_some()
         || config.shared_fs == SharedFs::VirtioFs
+        || config.enable_vhost_user_store
         || config.template == TemplateRole::BootToBeTemplate;
     if shared {
         backend.share = Some(true);
@@ -506,6 +577,37 @@ fn kernel_params(
     }
     params.extend(&config.kernel_params);
     Ok(params)
+}
+
+/// A virtio-fs volume: a `vhost-user-fs` device `vhost-user-fs<index>` on the share's socket
+/// (Kata's `appendVhostUserDevice` for a `types.Volume` under virtio-fs), with the
+/// configured queue size.
+fn append_virtiofs_volume(
+    arch: &mut dyn QemuArch,
+    devices: &mut Vec<Device>,
+    config: &HypervisorConfig,
+    paths: &RuntimePaths,
+    index: usize,
+    volume: &hvarch_arch::resources::Volume,
+) -> Result<()> {
+    let attrs = VhostUserDevice {
+        kind: VhostUserKind::Fs,
+        socket_path: paths.virtiofs_socket(index),
+        dev_id: format!("fs{index}"),
+        mac: None,
+        tag: Some(volume.mount_tag.clone()),
+    };
+    let first_new = devices.len();
+    arch.append_vhost_user_device(devices, &attrs)
+        .map_err(Error::arch("volumes"))?;
+    for device in &mut devices[first_new..] {
+        if let Device::VhostUser(dev) = device {
+            if let DeviceVhostUserKind::Fs { queue_size, .. } = &mut dev.kind {
+                *queue_size = config.virtio_fs_queue_size;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Kata's `buildDevices`, the config-level devices, then the cold-plugged resources.
@@ -545,9 +647,13 @@ fn devices(arch: &mut dyn QemuArch, spec: &VmSpec, paths: &RuntimePaths) -> Resu
         .map_err(Error::arch("hypervisor.pcie_root_ports"))?;
 
     // Cold plug (Kata's addDevice, in the order the sandbox adds them).
-    for volume in &spec.volumes {
-        arch.append_9p_volume(&mut devices, volume)
-            .map_err(Error::arch("volumes"))?;
+    for (index, volume) in spec.volumes.iter().enumerate() {
+        if config.shared_fs == SharedFs::VirtioFs {
+            append_virtiofs_volume(arch, &mut devices, config, paths, index, volume)?;
+        } else {
+            arch.append_9p_volume(&mut devices, volume)
+                .map_err(Error::arch("volumes"))?;
+        }
     }
     if spec.use_vsock {
         let context_id = spec.vsock_cid.ok_or(Error::Missing {
@@ -1014,6 +1120,126 @@ mod tests {
         );
         assert_eq!(after(&argv, "-bios"), "/fw/bios.bin");
         assert!(after(&argv, "-append").contains("intel_iommu=on iommu=pt"));
+    }
+
+    #[test]
+    fn virtio_fs_volumes_are_vhost_user_fs_devices_with_daemons() {
+        use hvarch_arch::settings::{InodeFileHandles, VirtioFsCache};
+        let mut spec = spec(GuestArch::Aarch64, Accelerator::Tcg);
+        let h = &mut spec.hypervisor;
+        h.shared_fs = SharedFs::VirtioFs;
+        h.virtio_fs_daemon = Some("/usr/libexec/virtiofsd".into());
+        h.virtio_fs_queue_size = Some(1024);
+        h.virtio_fs_cache = VirtioFsCache::Never;
+        h.virtio_fs_inode_file_handles = Some(InodeFileHandles::Never);
+        h.virtio_fs_extra_args = vec!["--thread-pool-size=1".into()];
+        for (tag, dir) in [("kataShared", "/srv/a"), ("data", "/srv/b")] {
+            spec.volumes.push(Volume {
+                mount_tag: tag.into(),
+                host_path: dir.into(),
+            });
+        }
+        let vm = assemble(&spec).unwrap();
+        let argv = vm.argv(Syntax::Options).unwrap();
+        let ids = device_ids(&argv);
+        let channel = ids.iter().position(|id| id == "channel0").unwrap();
+        assert_eq!(
+            ids[channel - 2..channel],
+            ["vhost-user-fs0", "vhost-user-fs1"]
+        );
+        let devices = all(&argv, "-device");
+        assert!(devices.contains(
+            &"vhost-user-fs-pci,id=vhost-user-fs0,chardev=char-fs0,tag=kataShared,queue-size=1024"
+                .to_owned()
+        ));
+        assert!(all(&argv, "-chardev")
+            .contains(&"socket,id=char-fs1,path=/run/t/vhost-fs-1.sock".to_owned()));
+        // The daemons map guest RAM: a shared file backend.
+        assert_eq!(
+            all(&argv, "-object")[1],
+            "memory-backend-file,id=dimm1,size=2G,mem-path=/dev/shm,share=on"
+        );
+        assert_eq!(vm.virtiofs.len(), 2);
+        assert_eq!(
+            vm.virtiofs[1],
+            VirtiofsShare {
+                tag: "data".into(),
+                shared_dir: "/srv/b".into(),
+                socket: "/run/t/vhost-fs-1.sock".into(),
+                stderr: "/run/t/virtiofsd-1.stderr".into(),
+                daemon: "/usr/libexec/virtiofsd".into(),
+                cache: VirtioFsCache::Never,
+                inode_file_handles: Some(InodeFileHandles::Never),
+                extra_args: vec!["--thread-pool-size=1".into()],
+            }
+        );
+        // With 9p, the same volumes are 9p devices and there is no daemon.
+        spec.hypervisor.shared_fs = SharedFs::VirtioFs9p;
+        let vm = assemble(&spec).unwrap();
+        assert!(vm.virtiofs.is_empty());
+        assert!(device_ids(&vm.argv(Syntax::Options).unwrap())
+            .contains(&"extra-9p-data-dev".to_owned()));
+    }
+
+    #[test]
+    fn sharing_and_storage_rules() {
+        let volume = Volume {
+            mount_tag: "t".into(),
+            host_path: "/srv".into(),
+        };
+        let mut none = spec(GuestArch::Aarch64, Accelerator::Tcg);
+        none.hypervisor.shared_fs = SharedFs::None;
+        none.volumes.push(volume.clone());
+        assert_eq!(
+            assemble(&none).map(|_| ()).unwrap_err(),
+            Error::Conflict {
+                field: "volumes",
+                other: "hypervisor.shared_fs"
+            }
+        );
+        let mut no_daemon = none.clone();
+        no_daemon.hypervisor.shared_fs = SharedFs::VirtioFs;
+        let err = assemble(&no_daemon).map(|_| ()).unwrap_err().to_string();
+        assert!(
+            err.starts_with("`hypervisor.virtio_fs_daemon` is required"),
+            "{err}"
+        );
+        // Without volumes virtio-fs needs no daemon (only the shared RAM).
+        no_daemon.volumes.clear();
+        assert!(assemble(&no_daemon).unwrap().virtiofs.is_empty());
+
+        let mut store = spec(GuestArch::X86_64, Accelerator::Tcg);
+        store.hypervisor.enable_vhost_user_store = true;
+        let err = assemble(&store).map(|_| ()).unwrap_err().to_string();
+        assert!(
+            err.starts_with("`hypervisor.hugepages` is required"),
+            "{err}"
+        );
+        store.hypervisor.hugepages = true;
+        let argv = argv_for(&store);
+        let ram = all(&argv, "-object")
+            .into_iter()
+            .find(|o| o.contains("id=dimm1"))
+            .unwrap();
+        assert!(
+            ram.contains("share=on") && ram.contains("hugepages"),
+            "{ram}"
+        );
+    }
+
+    #[test]
+    fn seccomp_sandbox() {
+        let mut spec = spec(GuestArch::Aarch64, Accelerator::Tcg);
+        assert!(!argv_for(&spec).iter().any(|a| a == "-sandbox"));
+        spec.hypervisor.seccomp_sandbox = Some(hvarch_devices::config::Sandbox {
+            deny_obsolete: true,
+            deny_spawn: true,
+            ..Default::default()
+        });
+        assert_eq!(
+            after(&argv_for(&spec), "-sandbox"),
+            "on,obsolete=deny,spawn=deny"
+        );
     }
 
     #[test]

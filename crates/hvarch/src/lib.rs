@@ -19,6 +19,10 @@
 //! - [`probe`]: what a QEMU binary can do (machine types, devices, objects, accelerators),
 //!   asked over QMP; [`probe::check`] refuses a VM the binary cannot run, naming what it
 //!   lacks.
+//! - [`kata_config`]: Kata's own `configuration.toml` (`[hypervisor.qemu]`) read into a
+//!   [`VmSpec`] with Kata's defaults and clamps, and warnings for what hvarch does not honour.
+//! - [`virtiofs`]: the virtio-fs daemon (virtiofsd) of each shared directory, started and
+//!   supervised with the VM.
 //!
 //! ```
 //! use hvarch::{assemble, GuestArch, Syntax, VmSpec};
@@ -45,12 +49,14 @@ pub mod engine;
 pub mod error;
 pub mod host;
 pub mod hotplug;
+pub mod kata_config;
 pub mod lifecycle;
 pub mod native;
 pub mod probe;
 pub mod runtime_dir;
 mod spawn;
 pub mod spec;
+pub mod virtiofs;
 pub mod vm;
 
 pub use assemble::{assemble, backend, Assembled, RuntimePaths};

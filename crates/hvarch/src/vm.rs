@@ -16,6 +16,14 @@
 //! process (`PR_SET_PDEATHSIG`, from a spawner thread that lives as long as the process, since
 //! the kernel sends that signal when the thread that forked exits).
 //!
+//! # virtio-fs daemons
+//!
+//! Before QEMU, [`Vm::launch`] starts the daemon of each virtio-fs share
+//! ([`crate::virtiofs`]) on a socket it binds in the runtime directory, under the same rules
+//! as QEMU (descriptors, process group, parent death). The daemons stop with the VM; one that
+//! dies while the VM runs is published ([`Vm::subscribe_virtiofs_exits`]) and reported by
+//! [`Vm::check`] as [`VmError::VirtiofsDaemon`].
+//!
 //! # Lifetime
 //!
 //! The child is QEMU itself (no shell, no `-daemonize`). [`Vm::shutdown`] asks the guest to
@@ -46,6 +54,7 @@ use serde_json::json;
 
 use crate::assemble::{Assembled, RuntimePaths};
 use crate::runtime_dir::{read_from_start, RuntimeDir, RuntimeDirError};
+use crate::virtiofs::{DaemonEvents, DaemonExit, Virtiofsd};
 use crate::QemuArch;
 
 /// What can go wrong while launching, driving or stopping a [`Vm`].
@@ -95,6 +104,10 @@ pub enum VmError {
     /// undone.
     #[error(transparent)]
     Hotplug(#[from] crate::hotplug::HotplugError),
+    /// A virtio-fs daemon exited while the VM was running (see [`crate::virtiofs`]): its
+    /// share is gone from the guest. Kata stops the sandbox then; the caller decides.
+    #[error("{0}")]
+    VirtiofsDaemon(crate::virtiofs::DaemonExit),
     /// A save or restore (migration) failed, or did not complete within the arch's
     /// migration timeout (see [`crate::lifecycle`]).
     #[error("migration failed: {reason}")]
@@ -310,6 +323,10 @@ pub struct Vm {
     stderr: File,
     /// The first shutdown's outcome (later calls return it).
     outcome: Option<ShutdownOutcome>,
+    /// The virtio-fs daemons, one per share.
+    virtiofs: Vec<Virtiofsd>,
+    /// Where their unexpected exits are published.
+    daemon_events: DaemonEvents,
     /// Dropped last: cleaned once QEMU is gone.
     runtime: RuntimeDir,
 }
@@ -346,6 +363,10 @@ impl Vm {
             .map_err(io(format!("connect to {}", paths.qmp.display())))?;
         let listener_fd = FdArg::from(OwnedFd::from(listener));
         let monitor_index = attach_qmp_fd(&mut assembled, listener_fd);
+        // The daemons serve their sockets before QEMU connects to them; dropped (stopped)
+        // before `runtime` if the launch fails.
+        let daemon_events = DaemonEvents::new();
+        let virtiofs = start_virtiofs(&assembled, &runtime, &daemon_events)?;
         assembled
             .config
             .monitors
@@ -385,10 +406,21 @@ impl Vm {
             Ok(qmp) => qmp,
             Err(e) => {
                 let status = guard.0.as_mut().and_then(|c| c.try_wait().ok().flatten());
-                let reason = match status {
+                let mut reason = match status {
                     Some(status) => format!("QEMU exited ({status}) before QMP was ready"),
                     None => format!("QMP not ready: {e}"),
                 };
+                // A daemon that could not serve its share is a likely cause: say what it said.
+                for daemon in &virtiofs {
+                    let said = daemon.stderr();
+                    if !said.trim().is_empty() {
+                        reason.push_str(&format!(
+                            "; the virtio-fs daemon of share `{}` said: {}",
+                            daemon.tag(),
+                            said.trim()
+                        ));
+                    }
+                }
                 let stderr = read_from_start(&stderr_reader);
                 return Err(VmError::Launch { reason, stderr });
             }
@@ -415,8 +447,20 @@ impl Vm {
             assembled,
             stderr: stderr_reader,
             outcome: None,
+            virtiofs,
+            daemon_events,
             runtime,
         })
+    }
+
+    /// The virtio-fs daemons, one per share, in the order of [`Assembled::virtiofs`].
+    pub fn virtiofs_daemons(&self) -> &[Virtiofsd] {
+        &self.virtiofs
+    }
+
+    /// A receiver of every virtio-fs daemon exit hvarch did not cause, from now on.
+    pub fn subscribe_virtiofs_exits(&self) -> std::sync::mpsc::Receiver<DaemonExit> {
+        self.daemon_events.subscribe()
     }
 
     /// The QMP client.
@@ -540,9 +584,16 @@ impl Vm {
             .to_owned())
     }
 
-    /// Checks the guest is healthy (Kata's `check`): an error if QEMU reports
-    /// `guest-panicked` or `internal-error`.
+    /// Checks the VM is healthy (Kata's `check`): an error if a virtio-fs daemon has died
+    /// ([`VmError::VirtiofsDaemon`]) or QEMU reports `guest-panicked` or `internal-error`.
     pub fn check(&self) -> VmResult<()> {
+        if let Some(exit) = self
+            .virtiofs
+            .iter()
+            .find_map(|d| d.exit().filter(|e| !e.expected))
+        {
+            return Err(VmError::VirtiofsDaemon(exit));
+        }
         let status = self.status()?;
         if status == "guest-panicked" || status == "internal-error" {
             return Err(VmError::GuestFailure { status });
@@ -567,6 +618,10 @@ impl Vm {
     pub fn shutdown(&mut self, grace: Duration) -> VmResult<ShutdownOutcome> {
         if let Some(outcome) = &self.outcome {
             return Ok(outcome.clone());
+        }
+        // The daemons end with QEMU (it closes their sockets): expected from here.
+        for daemon in &self.virtiofs {
+            daemon.expect_exit();
         }
         let mut rung = Rung::None;
         // SHUTDOWN events that came before (the guest powered off on its own).
@@ -616,6 +671,9 @@ impl Vm {
         // QEMU is gone: what it said before it went is in the socket already.
         self.await_shutdown(Deadline::after(DRAIN_TIMEOUT), true);
         self.qmp.close();
+        for daemon in &mut self.virtiofs {
+            daemon.stop();
+        }
         let status = match self.exit {
             Some(status) => status,
             None => self.child.wait().map_err(io("reap QEMU"))?,
@@ -675,12 +733,49 @@ impl Vm {
 impl Drop for Vm {
     fn drop(&mut self) {
         self.qmp.close();
+        for daemon in &self.virtiofs {
+            daemon.expect_exit();
+        }
         if self.exit.is_none() {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
-        // `runtime` is dropped next, with QEMU gone: it removes what hvarch created.
+        for daemon in &mut self.virtiofs {
+            daemon.stop();
+        }
+        // `runtime` is dropped next, with QEMU and the daemons gone: it removes what hvarch
+        // created.
     }
+}
+
+/// Starts the daemon of each virtio-fs share on a socket bound in the runtime directory
+/// (before QEMU, which connects to it), its stderr in a file beside QEMU's.
+fn start_virtiofs(
+    assembled: &Assembled,
+    runtime: &RuntimeDir,
+    events: &DaemonEvents,
+) -> VmResult<Vec<Virtiofsd>> {
+    let paths = &assembled.paths;
+    let mut daemons = Vec::with_capacity(assembled.virtiofs.len());
+    for share in &assembled.virtiofs {
+        let what = format!("start the virtio-fs daemon of share `{}`", share.tag);
+        if !share.shared_dir.is_dir() {
+            return Err(VmError::Io {
+                what: format!("{what}: shared directory {}", share.shared_dir.display()),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            });
+        }
+        let socket = name_in(paths, &share.socket, "virtiofs[].socket")?;
+        let stderr = name_in(paths, &share.stderr, "virtiofs[].stderr")?;
+        let listener = runtime
+            .bind(&socket)
+            .map_err(io(format!("bind {}", share.socket.display())))?;
+        let stderr = runtime
+            .create_file(&stderr)
+            .map_err(io(format!("create {}", share.stderr.display())))?;
+        daemons.push(Virtiofsd::spawn(share, listener, stderr, events).map_err(io(what))?);
+    }
+    Ok(daemons)
 }
 
 /// Kills and reaps the child of a launch that did not complete.
@@ -722,8 +817,8 @@ fn name_in(paths: &RuntimePaths, path: &Path, field: &str) -> VmResult<OsString>
     }
 }
 
-/// The names hvarch and QEMU create in the runtime directory: the [`RuntimePaths`] files and
-/// the monitor sockets directly inside it.
+/// The names hvarch and QEMU create in the runtime directory: the [`RuntimePaths`] files, the
+/// monitor sockets and the virtio-fs daemons' sockets and stderr files directly inside it.
 fn runtime_names(assembled: &Assembled, options: &LaunchOptions) -> Vec<OsString> {
     let dir = assembled.paths.dir.as_path();
     let monitors = assembled
@@ -735,8 +830,12 @@ fn runtime_names(assembled: &Assembled, options: &LaunchOptions) -> Vec<OsString
             MonitorEndpoint::Path(path) => Some(path.as_path()),
             MonitorEndpoint::Fd(_) => None,
         });
+    let virtiofs = assembled
+        .virtiofs
+        .iter()
+        .flat_map(|share| [share.socket.as_path(), share.stderr.as_path()]);
     let mut names: Vec<OsString> = Vec::new();
-    for path in assembled.paths.files().chain(monitors) {
+    for path in assembled.paths.files().chain(monitors).chain(virtiofs) {
         if let (Some(parent), Some(name)) = (path.parent(), path.file_name()) {
             if parent == dir && !names.iter().any(|n| n == name) {
                 names.push(name.to_os_string());
@@ -818,6 +917,8 @@ mod tests {
             assembled,
             stderr,
             outcome: None,
+            virtiofs: Vec::new(),
+            daemon_events: DaemonEvents::new(),
             runtime,
         };
         (vm, server)
