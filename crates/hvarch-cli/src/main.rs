@@ -1,10 +1,10 @@
 //! `hvarch`: Kata-style QEMU VMs for any guest architecture, from the command line.
 //!
 //! ```text
-//! hvarch [-v|-vv] cmdline [--arch aarch64|x86_64|ppc64le|s390x] [--accel kvm|tcg] [--format shell|lines|json] [--no-check] [SPEC.toml]
-//! hvarch [-v|-vv] run [--arch …] [--accel …] [--grace SECS] SPEC.toml
+//! hvarch [-v|-vv] cmdline [--arch aarch64|x86_64|ppc64le|s390x] [--accel kvm|tcg] [--format shell|lines|json] [--no-check] [SPEC.toml | --kata-config FILE [--lenient]]
+//! hvarch [-v|-vv] run [--arch …] [--accel …] [--grace SECS] (SPEC.toml | --kata-config FILE [--lenient])
 //! hvarch [-v|-vv] qmp [--timeout SECS] SOCKET [COMMAND [JSON-ARGS]]
-//! hvarch [-v|-vv] probe [--arch …] [--accel …] [--all-machines] [--format text|json] [SPEC.toml]
+//! hvarch [-v|-vv] probe [--arch …] [--accel …] [--all-machines] [--format text|json] [SPEC.toml | --kata-config FILE [--lenient]]
 //! hvarch completions bash|zsh|fish
 //! ```
 //!

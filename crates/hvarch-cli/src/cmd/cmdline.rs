@@ -38,6 +38,7 @@ pub enum Format {
 /// Runs the subcommand.
 pub fn run(args: &Args) -> CliResult {
     let loaded = spec_file::load(args.spec.as_deref(), &args.options)?;
+    loaded.print_warnings();
     let vm = assemble(&loaded.spec).map_err(|e| loaded.context(e))?;
     let argv = vm.argv(Syntax::Options).map_err(|e| loaded.context(e))?;
     if !args.no_check {

@@ -130,6 +130,7 @@ struct NeedReport {
 /// Runs the subcommand; exits non-zero when a spec was given and the binary cannot run it.
 pub fn run(args: &Args) -> CliResult {
     let loaded = spec_file::load(args.spec.as_deref(), &args.options)?;
+    loaded.print_warnings();
     let arch = loaded.spec.guest_arch().map_err(|e| loaded.context(e))?;
     let backend = hvarch::backend(arch, &loaded.spec.hypervisor).map_err(|e| loaded.context(e))?;
     let binary = backend

@@ -62,8 +62,9 @@ pub struct Args {
     /// told to quit. Any number is accepted; one too large to count to means no limit.
     #[arg(long, default_value_t = 10)]
     pub grace: u64,
-    /// The VM spec (TOML).
-    pub spec: PathBuf,
+    /// The VM spec (TOML); not with `--kata-config`.
+    #[arg(required_unless_present = "kata_config")]
+    pub spec: Option<PathBuf>,
 }
 
 /// The signal that asked us to stop (0: none yet).
@@ -105,7 +106,8 @@ const MEM_LOCK_START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Runs the subcommand.
 pub fn run(args: &Args) -> CliResult {
-    let loaded = spec_file::load(Some(&args.spec), &args.options)?;
+    let loaded = spec_file::load(args.spec.as_deref(), &args.options)?;
+    loaded.print_warnings();
     let in_file = |e: &dyn std::fmt::Display| CliError::Failed(loaded.context(e));
     let mut spec = loaded.spec.clone();
     let stay_paused = spec.stopped;
@@ -140,10 +142,12 @@ pub fn run(args: &Args) -> CliResult {
     let mut options = LaunchOptions {
         // Rendered (escaped) by the device model: a `,` in the runtime directory cannot add
         // options.
-        monitors: vec![Monitor::qmp(
+        monitors: std::iter::once(Monitor::qmp(
             USER_QMP_ID,
             MonitorEndpoint::Path(user_qmp.clone()),
-        )],
+        ))
+        .chain(loaded.monitors.iter().cloned())
+        .collect(),
         ..LaunchOptions::default()
     };
     if locks_memory(&assembled) {
