@@ -402,3 +402,8 @@ mod tests {
         assert_eq!(args[3], "nvdimm,id=nv0,memdev=mem0,unarmed=on");
     }
 }
+
+/// The README's example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -420,3 +420,8 @@ mod tests {
         assert_eq!(arch.cpu_topology(1, 4).maxcpus, Some(4));
     }
 }
+
+/// The README's example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

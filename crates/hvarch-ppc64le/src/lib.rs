@@ -439,3 +439,8 @@ mod tests {
         assert_eq!(PEF.sys_firmware_dir, "/sys/firmware/ultravisor/");
     }
 }
+
+/// The README's example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -76,3 +76,8 @@ pub use hvarch_devices::part::Syntax;
 
 /// The crates hvarch is built from, for types the facade does not re-export.
 pub use {hvarch_amd64, hvarch_arch, hvarch_arm64, hvarch_devices, hvarch_ppc64le, hvarch_s390x};
+
+/// The README's example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
