@@ -40,8 +40,8 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Run every CI stage: setup, fmt, clippy, tests, docs, cross tests (aarch64, ppc64le,
-    /// s390x).
+    /// Run every CI stage: setup, fmt, clippy, tests, package, docs, cross tests (aarch64,
+    /// ppc64le, s390x).
     Ci,
     /// Boot a real arm64 guest (TCG, UEFI), hot-plug a disk and memory, watch the guest see
     /// them, unplug, power off, and print the timings. Runs `setup` first if QEMU is missing.
@@ -97,6 +97,19 @@ fn ci() -> Result<(), String> {
     })?;
     stage("test", || {
         cargo(&["test", "--workspace", "--all-features", "--no-fail-fast"]).run()
+    })?;
+    stage("package", || {
+        // Every published crate packages on its own and builds from its package (hvarch-tests
+        // and xtask are not published).
+        cargo(&[
+            "package",
+            "--workspace",
+            "--exclude",
+            "hvarch-tests",
+            "--exclude",
+            "xtask",
+        ])
+        .run()
     })?;
     stage("doc", || {
         cargo(&["doc", "--workspace", "--all-features", "--no-deps"])
