@@ -233,21 +233,19 @@ fn drive(
     let t = Instant::now();
     console.send("poweroff")?;
     console.wait_for("goodbye", HOTPLUG_TIMEOUT, |l| l.starts_with(BYE_MARKER))?;
-    let status = vm
-        .wait_timeout(Duration::from_secs(30))
+    vm.wait_timeout(Duration::from_secs(30))
         .map_err(|e| e.to_string())?
         .ok_or("QEMU did not exit within 30 s of the guest's poweroff")?;
     timings.shutdown = t.elapsed();
-    let status = vm
+    let outcome = vm
         .shutdown(Duration::from_secs(1))
-        .map_err(|e| e.to_string())
-        .and_then(|s| {
-            if s.success() {
-                Ok(s)
-            } else {
-                Err(format!("QEMU exited with {status}"))
-            }
-        })?;
+        .map_err(|e| e.to_string())?;
+    if !outcome.powered_off() || !outcome.status.success() {
+        return Err(format!(
+            "the VM did not end by the guest's power-off: {outcome}"
+        ));
+    }
+    let status = outcome.status;
     observer.step(&format!(
         "guest powered off, QEMU exited ({status}) after {} ms",
         timings.shutdown.as_millis()

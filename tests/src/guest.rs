@@ -21,6 +21,7 @@
 //! | `HVARCH-READY kernel=<release>` | `/init` is running and owns the console ([`READY_MARKER`]) |
 //! | `HVARCH-STATE disks=<vda,…> mem_kb=<MemTotal>` | at start, on `state`, and whenever either changes |
 //! | `HVARCH-BYE` | `poweroff` received; the guest powers off |
+//! | `HVARCH-BYE power-button` | the power button was pressed (QMP `system_powerdown`); the guest powers off |
 //!
 //! | host → guest | effect |
 //! |---|---|
@@ -58,8 +59,9 @@ pub const BYE_MARKER: &str = "HVARCH-BYE";
 /// `<workspace>/target/guest`).
 pub const GUEST_DIR_ENV: &str = "HVARCH_GUEST_DIR";
 
-/// The guest's `/init`: mounts, waits for `hvc0`, loads `virtio_blk`, prints the marker,
-/// then watches its block devices and memory and obeys commands read from the console.
+/// The guest's `/init`: mounts, waits for `hvc0`, loads `virtio_blk` and `evdev`, powers off
+/// when the power button is pressed (a UEFI guest has ACPI's), prints the marker, then
+/// watches its block devices and memory and obeys commands read from the console.
 /// Everything in the loop is an ash builtin, so polling costs no fork under TCG.
 pub const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s
@@ -74,6 +76,21 @@ for m in /lib/modules/*.ko.xz; do
     [ -e "$m" ] || continue
     xzcat "$m" >/tmp/m.ko && insmod /tmp/m.ko
     rm -f /tmp/m.ko
+done
+# The power button (QMP system_powerdown): an ACPI button under UEFI, seen through evdev.
+# No acpid: one blocking read of the first input event, then power off. The node is made
+# from sysfs (registered with the device), not awaited from devtmpfs, and opened here,
+# before the ready marker, so a press right after the marker is queued, never missed.
+n=3
+for e in /sys/class/input/event*; do
+    [ -e "$e/dev" ] || continue
+    read -r dev <"$e/dev"
+    ev=/tmp/${e##*/}
+    mknod "$ev" c "${dev%:*}" "${dev#*:}"
+    eval "exec $n<$ev"
+    (eval "dd of=/dev/null bs=24 count=1 <&$n" 2>/dev/null && echo "HVARCH-BYE power-button" && poweroff -f) &
+    eval "exec $n<&-"
+    n=$((n+1))
 done
 read -r release </proc/sys/kernel/osrelease
 echo "HVARCH-READY kernel=$release"
@@ -109,8 +126,12 @@ done
 "#;
 
 /// The modules `/init` loads, in order, relative to `lib/modules/<release>/kernel`:
-/// virtio-blk is a module in Debian's cloud kernel (virtio-pci and virtio-console are built in).
-pub const MODULES: &[&str] = &["drivers/block/virtio_blk.ko.xz"];
+/// virtio-blk and evdev (the power button's events) are modules in Debian's cloud kernel
+/// (virtio-pci, virtio-console and the ACPI button are built in).
+pub const MODULES: &[&str] = &[
+    "drivers/block/virtio_blk.ko.xz",
+    "drivers/input/evdev.ko.xz",
+];
 
 /// The files a guest is made of, as extracted under the guest directory.
 #[derive(Clone, Debug)]

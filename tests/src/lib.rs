@@ -26,6 +26,10 @@ use serde_json::{json, Value};
 pub const QEMU_AARCH64: &str = "qemu-system-aarch64";
 /// The QEMU system emulator for x86_64 guests.
 pub const QEMU_X86_64: &str = "qemu-system-x86_64";
+/// The QEMU system emulator for ppc64le guests (`pseries`).
+pub const QEMU_PPC64: &str = "qemu-system-ppc64";
+/// The QEMU system emulator for s390x guests (`s390-ccw-virtio`).
+pub const QEMU_S390X: &str = "qemu-system-s390x";
 
 /// Base arguments for a paused, headless arm64 `virt` machine under TCG.
 pub const AARCH64_VIRT_TCG: &[&str] = &[
@@ -327,6 +331,32 @@ impl RawQmp {
     /// Events received so far.
     pub fn events(&self) -> &[Value] {
         &self.events
+    }
+
+    /// Reads until QEMU closes the connection (it exits) and returns every event received,
+    /// earlier ones included. Panics if nothing arrives for the read timeout (30 s).
+    pub fn events_until_closed(&mut self) -> Vec<Value> {
+        loop {
+            let mut line = String::new();
+            match self.reader.read_line(&mut line) {
+                Ok(0) => return std::mem::take(&mut self.events),
+                Ok(_) => {
+                    let msg: Value = serde_json::from_str(&line)
+                        .unwrap_or_else(|e| panic!("bad QMP line {line:?}: {e}"));
+                    if msg.get("event").is_some() {
+                        self.events.push(msg);
+                    }
+                }
+                // QEMU may reset rather than close as it exits.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                    return std::mem::take(&mut self.events)
+                }
+                Err(e) => panic!(
+                    "QMP socket still open with nothing to read ({e}); events so far: {:?}",
+                    self.events
+                ),
+            }
+        }
     }
 
     /// `qom-get path property`.

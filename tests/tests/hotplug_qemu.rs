@@ -8,20 +8,49 @@
 //!   no blockdev, netdev, chardev or root port behind;
 //! - x86_64 `q35`: vCPU hotplug, DIMM hotplug;
 //! - arm64 with UEFI (AAVMF pflash): DIMM hotplug;
-//! - 200 hotplug/unplug cycles of a virtio-blk with this process's open descriptors unchanged.
+//! - ppc64le `pseries`: virtio-blk and virtio-net on the PCI bridge's slots (path `02/01`,
+//!   `02/02`) and back, a vCPU core hot-added;
+//! - s390x `s390-ccw-virtio`: virtio-blk and virtio-net on the CCW transport, each numbered
+//!   from the CCW bridge (QEMU reports `devno` `fe.0.0004`, `fe.0.0005`) and back, the freed
+//!   number reused, a vCPU hot-added, memory hotplug refused;
+//! - 200 hotplug/unplug cycles of a virtio-blk with this process's open descriptors unchanged;
+//! - the root ports' slots hvarch computes from the configuration (so a hot-plug on a root
+//!   port asks no `query-pci`) are QEMU's, on arm64 `virt` and x86_64 `q35`, for several
+//!   device mixes;
+//! - a rollback QEMU does not confirm leaks nothing for good, with a real arm64 guest (Linux's
+//!   pciehp, which waits 5 s before it releases a device): a drive whose `device_add` reply is
+//!   lost is undone, the VM is paused before the guest answers, and the device stays a pending
+//!   removal (slot and block node kept, the same drive refused with a clear error instead of
+//!   QEMU's "Duplicate nodes"); once the VM runs again the guest releases the device, the next
+//!   call completes the removal and the same drive is added again.
+//!
+//! What completes a pending unplug on QEMU 10.0.2 (arm64 `virt`, root port), as measured for
+//! these tests: the guest powering the slot off (Linux does 5 s after the attention button).
+//! A device hot-plugged into a VM whose guest never ran sits in an unpowered slot and is
+//! released at once; after a `system_reset` its slot is powered and nothing releases it
+//! without a guest. A second `device_del` within 5 s of guest time is refused ("already in
+//! the process of unplug"). `system_reset` does not complete a pending unplug: the rebooted
+//! guest finds the device present and keeps it.
+//!
+//! The guest test needs the test guest (`cargo xtask setup`; `HVARCH_GUEST_DIR`).
 //!
 //! The tests of this file run one at a time (a lock): the descriptor count is process-wide.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use hvarch::hotplug::{HotplugError, Placement};
+use hvarch::engine::{Blocking, Outcome, Step, SyncDriver};
+use hvarch::hotplug::{HotplugError, Placement, Plugged};
 use hvarch::hvarch_arch::resources::BlockDrive;
 use hvarch::hvarch_arch::settings::BlockDriver;
 use hvarch::hvarch_devices::chardev::{CharBackend, CharDevice, Chardev};
 use hvarch::hvarch_devices::net::{NetBackend, NetDevice};
+use hvarch::hvarch_devices::pci::PciAddr;
+use hvarch::hvarch_devices::rng::RngDevice;
+use hvarch::hvarch_devices::transport::{Transport, VirtioOpts};
 use hvarch::{assemble, GuestArch, LaunchOptions, Vm, VmSpec};
+use hvarch_tests::guest::{self, Console, GuestOptions, READY_MARKER};
 use hvarch_tests::query::{vm_block_nodes, vm_parent_bus, vm_peripherals, vm_qmp};
 use hvarch_tests::spec::{runnable, AAVMF_CODE, AAVMF_VARS};
 use hvarch_tests::TempDir;
@@ -103,6 +132,32 @@ fn network_info(vm: &Vm) -> String {
     .to_owned()
 }
 
+/// Hot-plugs `drive0` (a fresh 1 MiB image in `dir`) as the backend's virtio-blk
+/// (`virtio-drive0`), wherever [`Placement::Auto`] puts it.
+fn plug_drive0(vm: &mut Vm, dir: &TempDir) -> Plugged {
+    vm.hotplug()
+        .add_block(
+            &drive(image(dir, "disk0.img"), "drive0"),
+            BlockDriver::VirtioBlk,
+            Placement::Auto,
+        )
+        .expect("hot-plug virtio-blk")
+}
+
+/// Unplugs the disk `virtio-drive0` (node `drive0`) and the NIC `net0` (netdev `hostnet0`),
+/// and checks that QEMU has neither any more.
+fn unplug_disk_and_nic(vm: &mut Vm) {
+    vm.hotplug()
+        .unplug("virtio-drive0", UNPLUG)
+        .expect("unplug disk");
+    vm.hotplug().unplug("net0", UNPLUG).expect("unplug nic");
+    let ids = vm_peripherals(vm);
+    assert!(!ids.contains(&"virtio-drive0".to_owned()), "{ids:?}");
+    assert!(!ids.contains(&"net0".to_owned()), "{ids:?}");
+    assert!(!vm_block_nodes(vm).contains(&"drive0".to_owned()));
+    assert!(!network_info(vm).contains("hostnet0"));
+}
+
 /// A virtio-net NIC on QEMU's user-mode stack (no host setup), without option ROM.
 fn user_nic(id: &str, netdev: &str) -> NetDevice {
     let mut nic = NetDevice::new(id, netdev, NetBackend::User {});
@@ -118,14 +173,7 @@ fn arm64_block_and_network_through_root_ports() {
     let mut vm = launch(spec(GuestArch::Aarch64, 2), &dir);
     let (rp0, rp1) = (port_slot(&vm, "rp0"), port_slot(&vm, "rp1"));
 
-    let disk = vm
-        .hotplug()
-        .add_block(
-            &drive(image(&dir, "disk0.img"), "drive0"),
-            BlockDriver::VirtioBlk,
-            Placement::Auto,
-        )
-        .expect("hot-plug virtio-blk");
+    let disk = plug_drive0(&mut vm, &dir);
     assert_eq!(
         disk.pci_path.as_ref().map(ToString::to_string),
         Some(format!("{rp0:02x}/00"))
@@ -163,15 +211,7 @@ fn arm64_block_and_network_through_root_ports() {
         HotplugError::Placement { .. }
     ));
 
-    vm.hotplug()
-        .unplug("virtio-drive0", UNPLUG)
-        .expect("unplug disk");
-    vm.hotplug().unplug("net0", UNPLUG).expect("unplug nic");
-    let ids = vm_peripherals(&vm);
-    assert!(!ids.contains(&"virtio-drive0".to_owned()), "{ids:?}");
-    assert!(!ids.contains(&"net0".to_owned()), "{ids:?}");
-    assert!(!vm_block_nodes(&vm).contains(&"drive0".to_owned()));
-    assert!(!network_info(&vm).contains("hostnet0"));
+    unplug_disk_and_nic(&mut vm);
     assert_eq!(vm.hotplug_state().free_root_ports(), ["rp0", "rp1"]);
 
     // arm64 virt has no CPU hotplug: a typed error.
@@ -325,4 +365,292 @@ fn two_hundred_cycles_leak_no_descriptor() {
     assert!(vm.hotplug_state().plugged_ids().is_empty());
     assert_eq!(vm.hotplug_state().free_root_ports(), ["rp0"]);
     assert!(!vm_block_nodes(&vm).contains(&"drive0".to_owned()));
+}
+
+#[test]
+fn root_port_paths_computed_from_the_configuration_match_query_pci() {
+    let _serial = serial();
+    let rng = |id: &str, addr: Option<u8>| {
+        let mut rng = RngDevice::new(id, format!("{id}-source"));
+        rng.addr = addr.map(|slot| PciAddr::slot_only(slot).expect("slot"));
+        rng
+    };
+    // (arch, root ports, bridges, extra PCI devices on the root bus)
+    let mixes = [
+        (GuestArch::Aarch64, 3, 1, vec![]),
+        (GuestArch::X86_64, 2, 1, vec![]),
+        (
+            GuestArch::Aarch64,
+            2,
+            2,
+            vec![rng("rngx", Some(9)), rng("rngy", None)],
+        ),
+        (
+            GuestArch::X86_64,
+            4,
+            0,
+            vec![rng("rngx", None), rng("rngy", Some(0x0c))],
+        ),
+    ];
+    for (arch, ports, bridges, extra) in mixes {
+        let dir = TempDir::new();
+        let mut spec = spec(arch, ports);
+        spec.hypervisor.default_bridges = bridges;
+        spec.extra_devices = extra.into_iter().map(Into::into).collect();
+        let vm = launch(spec, &dir);
+        for i in 0..ports {
+            let port = format!("rp{i}");
+            let computed = vm.hotplug_state().root_port_slot(&port);
+            assert_eq!(
+                computed.map(u64::from),
+                Some(port_slot(&vm, &port)),
+                "{arch} with {ports} root ports and {bridges} bridges: {port}"
+            );
+        }
+    }
+}
+
+/// Loses the reply to the first `device_add` of device `id`: the command reaches QEMU, which
+/// creates the device, and after `delay` the caller sees a timeout (a reply that came too
+/// late). Every other step goes to the VM's blocking driver.
+struct LoseDeviceAddReply<'q> {
+    inner: Blocking<'q>,
+    id: &'static str,
+    delay: Duration,
+    lost: bool,
+}
+
+impl SyncDriver for LoseDeviceAddReply<'_> {
+    fn step(&mut self, step: Step) -> Outcome {
+        let lose = !self.lost
+            && matches!(&step, Step::Execute { command, .. }
+                if command.name == "device_add" && command.arguments["id"] == self.id);
+        let got = self.inner.step(step);
+        if !lose {
+            return got;
+        }
+        self.lost = true;
+        std::thread::sleep(self.delay);
+        Outcome::Reply(Err(hvarch_qmp::Error::Timeout {
+            what: "command `device_add`".into(),
+            after: self.delay,
+        }))
+    }
+}
+
+/// The guest's block devices, from its next state line satisfying `wanted`.
+fn wait_disks(console: &Console, what: &str, wanted: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let (state, _) = console
+        .wait_state(what, Duration::from_secs(60), |s| wanted(&s.disks))
+        .unwrap_or_else(|e| panic!("{e}"));
+    state.disks
+}
+
+#[test]
+fn arm64_an_unconfirmed_rollback_is_pending_until_the_guest_releases_the_device() {
+    let _serial = serial();
+    let files = guest::find(&guest::guest_dir()).unwrap_or_else(|e| panic!("{e}"));
+    let initramfs = guest::initramfs(&files).unwrap_or_else(|e| panic!("{e}"));
+    let dir = TempDir::new();
+    let mut options = GuestOptions::new("pending-removal", dir.path());
+    options.uefi = false;
+    let spec = guest::guest_spec(&files, &initramfs, &options).unwrap_or_else(|e| panic!("{e}"));
+    let mut vm =
+        Vm::launch(assemble(&spec).expect("assemble"), LaunchOptions::default()).expect("launch");
+    let console = Console::connect(&vm.paths().console, None).unwrap_or_else(|e| panic!("{e}"));
+    vm.resume().expect("cont");
+    console
+        .wait_for("the ready marker", Duration::from_secs(120), |l| {
+            l.starts_with(READY_MARKER)
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", vm.stderr()));
+    wait_disks(&console, "the first state", |_| true);
+    let disk = drive(image(&dir, "disk0.img"), "drive0");
+
+    // The device_add takes effect, its reply is "lost" after 2 s (by then the guest has
+    // powered the slot and uses the disk); the undo's device_del waits 1 s, less than the 5 s
+    // pciehp waits, and the VM is paused before the guest answers.
+    let err = vm
+        .hotplug_with(|inner| LoseDeviceAddReply {
+            inner,
+            id: "virtio-drive0",
+            delay: Duration::from_secs(2),
+            lost: false,
+        })
+        .rollback_timeout(Duration::from_secs(1))
+        .add_block(&disk, BlockDriver::VirtioBlk, Placement::Auto)
+        .unwrap_err();
+    vm.pause().expect("stop");
+    assert!(
+        err.to_string().contains("device_add virtio-drive0"),
+        "{err}"
+    );
+    assert_eq!(vm.hotplug_state().pending_removal_ids(), ["virtio-drive0"]);
+    assert!(vm.hotplug_state().plugged_ids().is_empty());
+    assert_eq!(
+        vm.hotplug_state().free_root_ports(),
+        ["rp1"],
+        "rp0 stays reserved"
+    );
+    assert!(vm_peripherals(&vm).contains(&"virtio-drive0".to_owned()));
+    assert!(vm_block_nodes(&vm).contains(&"drive0".to_owned()));
+
+    // The same drive while the guest cannot answer: a clear refusal, nothing sent.
+    let again = vm
+        .hotplug()
+        .add_block(&disk, BlockDriver::VirtioBlk, Placement::Auto);
+    assert!(
+        matches!(&again, Err(HotplugError::RemovalPending { id }) if id == "virtio-drive0"),
+        "{again:?}"
+    );
+    // QEMU still has it: reconcile completes nothing, and neither do 3 paused seconds.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        vm.hotplug().reconcile().expect("reconcile"),
+        Vec::<String>::new()
+    );
+    assert_eq!(vm.hotplug_state().pending_removal_ids(), ["virtio-drive0"]);
+
+    // Running again, the guest releases the device and QEMU deletes it (DEVICE_DELETED once
+    // the device is finalized): a hotplug call then completes the removal (blockdev-del, port
+    // freed). Until QEMU is done, reconcile() completes nothing (or keeps the node pending,
+    // still in use by the finalizing device).
+    vm.resume().expect("cont");
+    wait_disks(&console, "the disk released", |disks| disks.is_empty());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !vm.hotplug_state().pending_removal_ids().is_empty() {
+        assert!(Instant::now() < deadline, "the removal never completed");
+        std::thread::sleep(Duration::from_millis(50));
+        let _ = vm.hotplug().reconcile();
+    }
+    assert!(!vm_block_nodes(&vm).contains(&"drive0".to_owned()));
+    assert_eq!(vm.hotplug_state().free_root_ports(), ["rp0", "rp1"]);
+    let plugged = vm
+        .hotplug()
+        .add_block(&disk, BlockDriver::VirtioBlk, Placement::Auto)
+        .unwrap_or_else(|e| panic!("the same drive again: {e}"));
+    assert_eq!(
+        plugged.location,
+        hvarch::Location::RootPort { port: "rp0".into() }
+    );
+    assert!(vm.hotplug_state().pending_removal_ids().is_empty());
+    assert_eq!(
+        wait_disks(&console, "the disk again", |d| !d.is_empty()),
+        ["vda"]
+    );
+}
+
+/// The `devno` QEMU reports for device `id`.
+fn devno(vm: &Vm, id: &str) -> String {
+    vm_qmp(
+        vm,
+        "qom-get",
+        json!({"path": format!("/machine/peripheral/{id}"), "property": "devno"}),
+    )
+    .as_str()
+    .unwrap_or_default()
+    .to_owned()
+}
+
+fn cpu_count(vm: &Vm) -> Option<usize> {
+    vm_qmp(vm, "query-cpus-fast", json!({}))
+        .as_array()
+        .map(Vec::len)
+}
+
+#[test]
+fn pseries_block_network_and_cpus_through_its_bridge() {
+    let _serial = serial();
+    let dir = TempDir::new();
+    let mut vm = launch(spec(GuestArch::Ppc64le, 0), &dir);
+
+    let disk = plug_drive0(&mut vm, &dir);
+    assert_eq!(
+        disk.pci_path.as_ref().map(ToString::to_string),
+        Some("02/01".into())
+    );
+    assert_eq!(
+        vm_parent_bus(&vm, "virtio-drive0"),
+        "/machine/peripheral/pci-bridge-0/pci-bridge-0"
+    );
+    let addr = vm_qmp(
+        &vm,
+        "qom-get",
+        json!({"path": "/machine/peripheral/virtio-drive0", "property": "addr"}),
+    );
+    assert_eq!(addr, json!(8), "slot 1, function 0 (devfn 8)");
+    assert!(vm_block_nodes(&vm).contains(&"drive0".to_owned()));
+    let nic = vm
+        .hotplug()
+        .plug(user_nic("net0", "hostnet0"), Placement::Auto)
+        .expect("hot-plug virtio-net");
+    assert_eq!(
+        nic.pci_path.map(|p| p.to_string()),
+        Some("02/02".to_owned())
+    );
+    assert!(network_info(&vm).contains("hostnet0"));
+
+    unplug_disk_and_nic(&mut vm);
+    assert!(vm.hotplug_state().plugged_ids().is_empty());
+
+    // pseries hot-plugs vCPU cores.
+    assert_eq!(cpu_count(&vm), Some(1));
+    assert_eq!(vm.hotplug().add_cpus(1).expect("add a vCPU"), 1);
+    assert_eq!(cpu_count(&vm), Some(2));
+    assert_eq!(vm.hotplug_state().hotplugged_cpus(), ["cpu-0"]);
+    vm.shutdown(Duration::from_millis(100)).expect("shutdown");
+}
+
+#[test]
+fn s390x_block_network_and_cpus_on_ccw() {
+    let _serial = serial();
+    let dir = TempDir::new();
+    let mut vm = launch(spec(GuestArch::S390x, 0), &dir);
+    // serial0, scsi0 and rng0-dev hold fe.0.0001 to fe.0.0003.
+    assert_eq!(devno(&vm, "rng0-dev"), "fe.0.0003");
+
+    let disk = plug_drive0(&mut vm, &dir);
+    assert_eq!(disk.pci_path, None);
+    assert_eq!(disk.ccw_address().as_deref(), Some("0.0.0004"));
+    assert_eq!(devno(&vm, "virtio-drive0"), "fe.0.0004");
+    assert_eq!(
+        vm_parent_bus(&vm, "virtio-drive0"),
+        "/machine/virtual-css-bridge/virtual-css"
+    );
+    assert!(vm_block_nodes(&vm).contains(&"drive0".to_owned()));
+
+    // A NIC on the CCW transport takes the next number (Kata 1.x's was fe.0.30303035).
+    let mut nic = user_nic("net0", "hostnet0");
+    nic.virtio = VirtioOpts::on(Transport::Ccw);
+    let nic = vm
+        .hotplug()
+        .plug(nic, Placement::Auto)
+        .expect("hot-plug virtio-net-ccw");
+    assert_eq!(nic.ccw_address().as_deref(), Some("0.0.0005"));
+    assert_eq!(devno(&vm, "net0"), "fe.0.0005");
+    assert!(network_info(&vm).contains("hostnet0"));
+
+    unplug_disk_and_nic(&mut vm);
+
+    // The freed number is the next one given, through BlockDriver::VirtioBlkCcw too.
+    let again = vm
+        .hotplug()
+        .add_block(
+            &drive(image(&dir, "disk1.img"), "drive1"),
+            BlockDriver::VirtioBlkCcw,
+            Placement::Auto,
+        )
+        .expect("hot-plug virtio-blk-ccw again");
+    assert_eq!(again.ccw_address().as_deref(), Some("0.0.0004"));
+    assert_eq!(devno(&vm, "virtio-drive1"), "fe.0.0004");
+
+    // s390x hot-plugs vCPUs, but has no memory hotplug.
+    assert_eq!(cpu_count(&vm), Some(1));
+    assert_eq!(vm.hotplug().add_cpus(1).expect("add a vCPU"), 1);
+    assert_eq!(cpu_count(&vm), Some(2));
+    assert!(matches!(
+        vm.hotplug().add_memory(128),
+        Err(HotplugError::MemoryHotplugUnsupported { .. })
+    ));
+    vm.shutdown(Duration::from_millis(100)).expect("shutdown");
 }

@@ -15,12 +15,14 @@
 //! restored `HotplugState` completes (`DEVICE_DELETED` within 5 s, then `blockdev-del`), the
 //! device and its node are gone and its root port is free again. Checked on QEMU 10.0.2; the
 //! NIC on the bridge is not unplugged, and nothing here boots a guest.
+//!
+//! A pending removal (a `device_del` QEMU did not confirm) is carried too: the restored VM
+//! has the device, its node and the pending record, and refuses the same drive again.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use hvarch::hotplug::{Location, Placement};
+use hvarch::hotplug::{HotplugError, Location, Placement};
 use hvarch::hvarch_arch::resources::BlockDrive;
 use hvarch::hvarch_arch::settings::BlockDriver;
 use hvarch::hvarch_devices::net::{NetBackend, NetDevice};
@@ -29,6 +31,7 @@ use hvarch::{assemble, GuestArch, LaunchOptions, Vm, VmSpec};
 use hvarch_tests::query::{vm_block_nodes, vm_parent_bus, vm_peripherals};
 use hvarch_tests::spec::runnable;
 use hvarch_tests::{assert_no_children_in, TempDir};
+use serde_json::json;
 
 const GRACE: Duration = Duration::from_millis(100);
 
@@ -45,10 +48,18 @@ fn spec(dir: &TempDir, runtime: &str) -> VmSpec {
     spec
 }
 
-fn image(dir: &TempDir) -> PathBuf {
-    let path = dir.join("disk0.img");
-    std::fs::write(&path, vec![0u8; 1 << 20]).expect("write image");
-    path
+/// Drive `drive0` on a 1 MiB raw file in `dir`.
+fn drive0(dir: &TempDir) -> BlockDrive {
+    let file = dir.join("disk0.img");
+    std::fs::write(&file, vec![0u8; 1 << 20]).expect("write image");
+    BlockDrive {
+        file,
+        format: "raw".into(),
+        id: "drive0".into(),
+        read_only: false,
+        share_rw: false,
+        index: 0,
+    }
 }
 
 #[test]
@@ -61,14 +72,7 @@ fn arm64_hot_plugged_disk_and_nic_survive_save_and_restore() {
     )
     .expect("launch");
 
-    let drive = BlockDrive {
-        file: image(&dir),
-        format: "raw".into(),
-        id: "drive0".into(),
-        read_only: false,
-        share_rw: false,
-        index: 0,
-    };
+    let drive = drive0(&dir);
     let disk = source
         .hotplug()
         .add_block(&drive, BlockDriver::VirtioBlk, Placement::RootPort)
@@ -138,6 +142,77 @@ fn arm64_hot_plugged_disk_and_nic_survive_save_and_restore() {
     assert_eq!(restored.hotplug_state().plugged_ids(), ["net0"]);
     assert_eq!(restored.hotplug_state().free_root_ports(), ["rp0", "rp1"]);
 
+    restored.shutdown(GRACE).expect("shutdown restored");
+    drop(restored);
+    assert_no_children_in(dir.path());
+}
+
+/// A pending removal survives save and restore: QEMU still has the device, so the restored
+/// VM cold-plugs it (the load would fail otherwise) and its state still knows the removal is
+/// pending. The removal is made pending without a guest: a hot-plugged device sits in an
+/// unpowered slot and is released at once, but a `system_reset` powers the slot, and then
+/// nothing answers the `device_del` (QEMU 10.0.2).
+#[test]
+fn arm64_a_pending_removal_survives_save_and_restore() {
+    let dir = TempDir::new();
+    let mut assembled = assemble(&spec(&dir, "run-source")).expect("assemble");
+    // Kata's -no-reboot would make the reset below end QEMU.
+    assembled.config.knobs.no_reboot = false;
+    let mut source = Vm::launch(assembled, LaunchOptions::default()).expect("launch");
+    let drive = drive0(&dir);
+    source
+        .hotplug()
+        .add_block(&drive, BlockDriver::VirtioBlk, Placement::RootPort)
+        .expect("hot-plug virtio-blk");
+    source
+        .qmp()
+        .execute_raw("system_reset", json!({}))
+        .expect("system_reset");
+    let err = source
+        .hotplug()
+        .unplug("virtio-drive0", Duration::from_secs(1))
+        .expect_err("nothing answers the device_del");
+    assert!(err.to_string().contains("QMP timeout"), "{err}");
+    assert_eq!(
+        source.hotplug_state().pending_removal_ids(),
+        ["virtio-drive0"]
+    );
+    let pending = source
+        .hotplug_state()
+        .pending_removal("virtio-drive0")
+        .cloned();
+
+    let state = dir.join("vm.state");
+    source.save(&state).expect("save");
+    source.shutdown(GRACE).expect("shutdown source");
+    drop(source);
+
+    let mut restored = Vm::restore(
+        assemble(&spec(&dir, "run-restored")).expect("assemble"),
+        &state,
+        LaunchOptions::default(),
+    )
+    .unwrap_or_else(|e| panic!("restore: {e}"));
+    assert!(vm_peripherals(&restored).contains(&"virtio-drive0".to_owned()));
+    assert!(vm_block_nodes(&restored).contains(&"drive0".to_owned()));
+    assert_eq!(
+        restored
+            .hotplug_state()
+            .pending_removal("virtio-drive0")
+            .cloned(),
+        pending
+    );
+    assert_eq!(restored.hotplug_state().free_root_ports(), ["rp1"]);
+    assert!(matches!(
+        restored
+            .hotplug()
+            .add_block(&drive, BlockDriver::VirtioBlk, Placement::RootPort),
+        Err(HotplugError::RemovalPending { .. })
+    ));
+    assert_eq!(
+        restored.hotplug().reconcile().expect("reconcile"),
+        Vec::<String>::new()
+    );
     restored.shutdown(GRACE).expect("shutdown restored");
     drop(restored);
     assert_no_children_in(dir.path());

@@ -8,11 +8,14 @@
 //! its own children (by directory), not "no children at all".
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hvarch::{assemble, Assembled, GuestArch, LaunchOptions, Vm, VmError, VmSpec};
+use hvarch::{
+    assemble, Assembled, EndedBy, GuestArch, LaunchOptions, RuntimeDirError, Vm, VmError, VmSpec,
+};
 use hvarch_tests::query::{vm_pci_ids, vm_peripherals};
 use hvarch_tests::spec::runnable;
 use hvarch_tests::{assert_no_children_in, assert_reaped, sigkill, within, TempDir};
@@ -108,8 +111,11 @@ fn shutdown_is_graceful_then_forceful_and_idempotent() {
         "{:?}",
         started.elapsed()
     );
-    assert!(first.success(), "QEMU quit cleanly: {first}");
-    assert_eq!(vm.try_wait().expect("try_wait"), Some(first));
+    assert!(first.status.success(), "QEMU quit cleanly: {first}");
+    // A guest-less VM cannot power off: the `quit` rung ended it, and the outcome says so.
+    assert_eq!(first.ended_by, EndedBy::Quit, "{first}");
+    assert_eq!(first.reason.as_deref(), Some("host-qmp-quit"), "{first}");
+    assert_eq!(vm.try_wait().expect("try_wait"), Some(first.status));
     let second = vm.shutdown(GRACE).expect("second shutdown");
     assert_eq!(first, second);
     // QMP is closed: commands fail cleanly instead of hanging.
@@ -326,10 +332,13 @@ fn qemu_killed_mid_operation_is_a_clean_error_without_a_hang() {
             vm
         },
     );
-    let status = vm.shutdown(GRACE).expect("shutdown of a dead QEMU");
-    assert_eq!(
-        std::os::unix::process::ExitStatusExt::signal(&status),
-        Some(libc::SIGKILL)
+    let outcome = vm.shutdown(GRACE).expect("shutdown of a dead QEMU");
+    assert_eq!(outcome.status.signal(), Some(libc::SIGKILL));
+    // Not hvarch's kill: the outcome says QEMU ended without hvarch asking.
+    assert_eq!(outcome.ended_by, EndedBy::Other, "{outcome}");
+    assert!(
+        outcome.to_string().contains("signal hvarch did not send"),
+        "{outcome}"
     );
     drop(vm);
     assert_reaped(pid);
@@ -447,23 +456,399 @@ fn shutdown_of_a_hung_qemu_ends_in_sigkill_within_bounded_time() {
     let rc = unsafe { libc::kill(pid_t, libc::SIGSTOP) };
     assert_eq!(rc, 0);
     let started = Instant::now();
-    let status = within(
+    let outcome = within(
         Duration::from_secs(15),
         "shutdown of a hung QEMU",
         move || {
-            let status = vm.shutdown(GRACE).expect("shutdown");
+            let outcome = vm.shutdown(GRACE).expect("shutdown");
             drop(vm);
-            status
+            outcome
         },
     );
     let elapsed = started.elapsed();
     // powerdown (bounded by the grace), quit (2 s), the wait (3 s), then SIGKILL: well under
     // the 30 s a QMP command timeout would take; the slack is for a loaded CI machine.
     assert!(elapsed < Duration::from_secs(14), "{elapsed:?}");
-    assert_eq!(
-        std::os::unix::process::ExitStatusExt::signal(&status),
-        Some(libc::SIGKILL)
-    );
+    assert_eq!(outcome.status.signal(), Some(libc::SIGKILL));
+    assert_eq!(outcome.ended_by, EndedBy::Killed, "{outcome}");
     assert_reaped(pid);
+    assert_clean(&dir, &runtime);
+}
+
+// ---- The runtime directory: hvarch removes only what it created. ----
+
+/// What a user keeps in the directory they name as `runtime_dir`.
+const DISK: &[u8] = b"the user's disk image, not hvarch's to remove";
+
+/// A test directory and an arm64 [`spec`] whose runtime dir already exists: a private
+/// directory of the user's, holding `disk.img`.
+fn in_user_runtime_dir() -> (TempDir, VmSpec, PathBuf) {
+    let dir = TempDir::new();
+    let spec = spec(GuestArch::Aarch64, &dir);
+    let run = spec.runtime_dir();
+    std::fs::create_dir(&run).expect("create the user's directory");
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    std::fs::write(run.join("disk.img"), DISK).expect("write disk.img");
+    (dir, spec, run)
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The user's directory holds exactly what it held before hvarch used it.
+fn assert_untouched(run: &Path) {
+    assert_eq!(entries(run), ["disk.img"], "in {}", run.display());
+    assert_eq!(std::fs::read(run.join("disk.img")).expect("disk.img"), DISK);
+    assert_eq!(mode(run), 0o700, "its mode is left alone");
+}
+
+#[test]
+fn an_existing_runtime_dir_keeps_its_files_through_a_failed_launch() {
+    let (dir, spec, run) = in_user_runtime_dir();
+    let options = LaunchOptions {
+        extra_args: vec!["-device".into(), "virtio-rng-pci,no-such-prop=on".into()],
+        ..LaunchOptions::default()
+    };
+    let err = Vm::launch(assembled(&spec), options).unwrap_err();
+    assert!(matches!(err, VmError::Launch { .. }), "{err}");
+    assert_no_children_in(dir.path());
+    assert_untouched(&run);
+}
+
+#[test]
+fn an_existing_runtime_dir_keeps_its_files_through_a_shutdown() {
+    let (_dir, spec, run) = in_user_runtime_dir();
+    let mut vm = launch(&spec);
+    assert!(!vm.owns_runtime_dir());
+    let during = entries(&run);
+    for name in ["disk.img", "hvarch.lock", "qmp.sock", "qemu.stderr", "pid"] {
+        assert!(during.iter().any(|n| n == name), "{name} in {during:?}");
+    }
+    let pid = vm.pid();
+    vm.shutdown(GRACE).expect("shutdown");
+    drop(vm);
+    assert_reaped(pid);
+    assert_untouched(&run);
+}
+
+#[test]
+fn an_existing_runtime_dir_keeps_its_files_through_a_drop() {
+    let (_dir, spec, run) = in_user_runtime_dir();
+    let vm = launch(&spec);
+    let pid = vm.pid();
+    drop(vm);
+    assert_reaped(pid);
+    assert_untouched(&run);
+}
+
+#[test]
+fn an_existing_runtime_dir_keeps_its_files_through_a_panic() {
+    let (_dir, spec, run) = in_user_runtime_dir();
+    let seen: Arc<Mutex<Option<u32>>> = Arc::default();
+    let inside = Arc::clone(&seen);
+    let outcome = std::panic::catch_unwind(move || {
+        let vm = launch(&spec);
+        *inside.lock().expect("lock") = Some(vm.pid());
+        panic!("a test failing while it owns a Vm in the user's directory");
+    });
+    assert!(outcome.is_err(), "the scope panicked");
+    let pid = seen.lock().expect("lock").expect("the Vm was launched");
+    assert_reaped(pid);
+    assert_untouched(&run);
+}
+
+#[test]
+fn a_symlink_planted_at_qemu_stderr_is_refused_and_its_target_untouched() {
+    let (dir, spec, run) = in_user_runtime_dir();
+    let target = dir.join("precious.txt");
+    std::fs::write(&target, "precious").expect("write");
+    std::os::unix::fs::symlink(&target, run.join("qemu.stderr")).expect("plant");
+    let err = Vm::launch(assembled(&spec), LaunchOptions::default()).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            VmError::RuntimeDir(RuntimeDirError::Occupied { name, kind, .. })
+                if name == "qemu.stderr" && *kind == "a symbolic link"
+        ),
+        "{err}"
+    );
+    let text = err.to_string();
+    assert!(text.contains(run.to_str().expect("utf-8")), "{text}");
+    assert_eq!(
+        std::fs::read_to_string(&target).expect("target"),
+        "precious"
+    );
+    assert_eq!(entries(&run), ["disk.img", "qemu.stderr"]);
+    assert_no_children_in(dir.path());
+}
+
+#[test]
+fn a_symlink_as_the_runtime_dir_is_refused() {
+    let dir = TempDir::new();
+    let spec = spec(GuestArch::Aarch64, &dir);
+    let real = dir.join("real");
+    std::fs::create_dir(&real).expect("create");
+    std::fs::write(real.join("disk.img"), DISK).expect("write");
+    let run = spec.runtime_dir();
+    std::os::unix::fs::symlink(&real, &run).expect("plant");
+    let err = Vm::launch(assembled(&spec), LaunchOptions::default()).unwrap_err();
+    assert!(
+        matches!(&err, VmError::RuntimeDir(RuntimeDirError::Symlink { dir: d }) if *d == run),
+        "{err}"
+    );
+    assert!(err.to_string().contains("symbolic link"), "{err}");
+    assert_eq!(
+        entries(&real),
+        ["disk.img"],
+        "nothing created through the link"
+    );
+    assert!(std::fs::symlink_metadata(&run)
+        .expect("the link")
+        .file_type()
+        .is_symlink());
+    assert_no_children_in(dir.path());
+}
+
+#[test]
+fn a_runtime_dir_others_may_write_or_another_user_owns_is_refused() {
+    let (dir, spec, run) = in_user_runtime_dir();
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let err = Vm::launch(assembled(&spec), LaunchOptions::default()).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            VmError::RuntimeDir(RuntimeDirError::Writable { mode: 0o777, .. })
+        ),
+        "{err}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains(run.to_str().expect("utf-8")) && text.contains("writable by group or others"),
+        "{text}"
+    );
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let c = std::ffi::CString::new(run.to_str().expect("utf-8")).expect("no NUL");
+        // SAFETY: chown of a directory this test created.
+        assert_eq!(unsafe { libc::chown(c.as_ptr(), 65534, 65534) }, 0);
+        let err = Vm::launch(assembled(&spec), LaunchOptions::default()).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                VmError::RuntimeDir(RuntimeDirError::ForeignOwner { owner: 65534, .. })
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("owned by uid 65534"), "{err}");
+        // SAFETY: as above, back to root.
+        assert_eq!(unsafe { libc::chown(c.as_ptr(), 0, 0) }, 0);
+    }
+    assert_untouched(&run);
+    assert_no_children_in(dir.path());
+}
+
+#[test]
+fn a_second_vm_on_the_same_runtime_dir_is_refused_while_the_first_runs() {
+    let dir = TempDir::new();
+    let spec = spec(GuestArch::Aarch64, &dir);
+    let runtime = spec.runtime_dir();
+    let mut first = launch(&spec);
+    let first_socket = socket_inode(&runtime);
+    let err = Vm::launch(assembled(&spec), LaunchOptions::default()).unwrap_err();
+    let me = std::process::id();
+    assert!(
+        matches!(&err, VmError::RuntimeDir(RuntimeDirError::Locked { dir: d, pid: Some(p) })
+            if *d == runtime && *p == me),
+        "{err}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains(runtime.to_str().expect("utf-8")) && text.contains(&format!("pid {me}")),
+        "{text}"
+    );
+    // The refused VM took nothing from the first: its socket is the same file (today's bug
+    // was a second launch unlinking and rebinding it), and it still answers.
+    assert_eq!(socket_inode(&runtime), first_socket);
+    assert_eq!(
+        first.status().expect("the first still answers"),
+        "prelaunch"
+    );
+    let pid = first.pid();
+    first.shutdown(GRACE).expect("shutdown");
+    drop(first);
+    assert_reaped(pid);
+
+    let mut second = launch(&spec);
+    assert_eq!(second.status().expect("status"), "prelaunch");
+    second.shutdown(GRACE).expect("shutdown");
+    drop(second);
+    assert_clean(&dir, &runtime);
+}
+
+/// The inode of `<runtime>/qmp.sock`.
+fn socket_inode(runtime: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(runtime.join("qmp.sock")).expect("qmp.sock");
+    assert!(meta.file_type().is_socket());
+    meta.ino()
+}
+
+// ---- QEMU's process: its descriptors, its process group, its parent. ----
+
+/// Opens `path` without close-on-exec (as an embedder that inherited the descriptor would
+/// hold it), at a number above any QEMU maps; closed on drop.
+fn open_inheritable(path: &Path) -> std::os::fd::OwnedFd {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let file = std::fs::File::open(path).expect("open");
+    // SAFETY: F_DUPFD (no close-on-exec, on purpose) of a descriptor we hold.
+    let fd = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_DUPFD, 200) };
+    assert!(fd >= 200, "{}", std::io::Error::last_os_error());
+    // SAFETY: a new descriptor nobody else owns.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+}
+
+/// Where each of `pid`'s descriptors points.
+fn fd_targets(pid: u32) -> Vec<(u32, String)> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("/proc/<pid>/fd")
+        .flatten()
+        .filter_map(|e| {
+            let n = e.file_name().to_str()?.parse().ok()?;
+            let target = std::fs::read_link(e.path()).ok()?;
+            Some((n, target.to_string_lossy().into_owned()))
+        })
+        .collect()
+}
+
+#[test]
+fn only_the_descriptors_hvarch_maps_reach_qemu() {
+    let dir = TempDir::new();
+    let spec = spec(GuestArch::Aarch64, &dir);
+    let secret = dir.join("inherited-secret.txt");
+    std::fs::write(&secret, "not QEMU's").expect("write");
+    let inherited = open_inheritable(&secret);
+    let mut vm = launch(&spec);
+    let targets = fd_targets(vm.pid());
+    assert!(
+        !targets.iter().any(|(_, t)| t.contains("inherited-secret")),
+        "an inherited descriptor leaked into QEMU: {targets:?}"
+    );
+    // What hvarch maps is there: the QMP listening socket at fd 3.
+    assert!(
+        targets
+            .iter()
+            .any(|(n, t)| *n == 3 && t.starts_with("socket:")),
+        "{targets:?}"
+    );
+    drop(inherited);
+    vm.shutdown(GRACE).expect("shutdown");
+}
+
+/// The process group of `pid` (field 5 of `/proc/<pid>/stat`).
+fn process_group(pid: u32) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let after = &stat[stat.rfind(')').expect("comm") + 2..];
+    after
+        .split_whitespace()
+        .nth(2)
+        .and_then(|g| g.parse().ok())
+        .expect("pgrp")
+}
+
+#[test]
+fn qemu_runs_in_its_own_process_group() {
+    let dir = TempDir::new();
+    let spec = spec(GuestArch::Aarch64, &dir);
+    let mut vm = launch(&spec);
+    let pid = vm.pid();
+    assert_eq!(process_group(pid), pid, "QEMU leads its own group");
+    assert_ne!(process_group(pid), process_group(std::process::id()));
+    vm.shutdown(GRACE).expect("shutdown");
+}
+
+#[test]
+fn a_vm_launched_from_a_short_lived_thread_outlives_the_thread() {
+    let dir = TempDir::new();
+    let spec = spec(GuestArch::Aarch64, &dir);
+    let (vm, tid) = std::thread::spawn(move || {
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        (launch(&spec), tid)
+    })
+    .join()
+    .expect("the launching thread");
+    // The kernel sends the parent-death signal as the thread is released: wait for that.
+    within(
+        Duration::from_secs(30),
+        "the launching thread's release",
+        move || {
+            while Path::new(&format!("/proc/self/task/{tid}")).exists() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        },
+    );
+    let mut vm = vm;
+    let pid = vm.pid();
+    assert_eq!(
+        vm.try_wait().expect("try_wait"),
+        None,
+        "QEMU died with the thread"
+    );
+    assert_eq!(vm.status().expect("QEMU still answers"), "prelaunch");
+    vm.shutdown(GRACE).expect("shutdown");
+    drop(vm);
+    assert_reaped(pid);
+}
+
+// ---- Extra monitors: typed, rendered by the device model. ----
+
+#[test]
+fn extra_monitors_in_a_runtime_dir_holding_comma_and_equals_inject_nothing() {
+    use hvarch::hvarch_devices::config::{Monitor, MonitorEndpoint};
+
+    let dir = TempDir::new();
+    let mut spec = spec(GuestArch::Aarch64, &dir);
+    // Unescaped, `,id=evil` would end the path and add an option.
+    let runtime = dir.join("run,id=evil,x=y");
+    spec.runtime_dir = Some(runtime.clone());
+    let user = runtime.join("user,mode=readline.sock");
+    let options = LaunchOptions {
+        monitors: vec![Monitor::qmp("user", MonitorEndpoint::Path(user.clone()))],
+        ..LaunchOptions::default()
+    };
+    let mut vm = Vm::launch(assembled(&spec), options).expect("launch");
+    let mut raw = hvarch_tests::RawQmp::connect(&user);
+    assert_eq!(raw.ok("query-status", json!({}))["status"], "prelaunch");
+    let chardevs = raw.ok("query-chardev", json!({}));
+    let labels: Vec<&str> = chardevs
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|c| c["label"].as_str())
+        .collect();
+    assert!(
+        labels.contains(&"user") && labels.contains(&"qmp"),
+        "{labels:?}"
+    );
+    assert!(!labels.contains(&"evil"), "{labels:?}");
+    let filename = chardevs
+        .as_array()
+        .expect("a list")
+        .iter()
+        .find(|c| c["label"] == "user")
+        .and_then(|c| c["filename"].as_str())
+        .expect("the user monitor's filename")
+        .to_owned();
+    assert!(filename.contains("user,mode=readline.sock"), "{filename}");
+    drop(raw);
+    vm.shutdown(GRACE).expect("shutdown");
+    drop(vm);
     assert_clean(&dir, &runtime);
 }

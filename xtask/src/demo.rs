@@ -2,16 +2,15 @@
 //! watch the guest see them, unplug the disk, power off, and print the timings.
 //!
 //! The flow and the guest live in the `hvarch-tests` library (`guest`, `demo`), shared with
-//! the `demo_guest` integration test. On a fresh machine this runs `cargo xtask setup` first
-//! when QEMU, the UEFI firmware or the guest's kernel and busybox are missing.
+//! the `demo_guest` integration test. It runs `cargo xtask setup --profile demo` first, which
+//! installs QEMU, the UEFI firmware and the guest's kernel and busybox when they are missing
+//! (and nothing else: the cross toolchains are the `ci` profile's).
 
-use std::path::Path;
 use std::time::Instant;
 
 use hvarch_tests::demo::{self, Observer};
 use hvarch_tests::guest;
 
-use crate::run::Step;
 use crate::setup;
 
 struct Printer {
@@ -37,16 +36,9 @@ pub fn run() -> Result<(), String> {
         started: Instant::now(),
     };
     let dir = guest::guest_dir();
-    let qemu_ok = Step::new("qemu-system-aarch64", &["--version"])
-        .output()
-        .is_some()
-        && Path::new(guest::AAVMF_CODE).exists();
-    if !qemu_ok || guest::find(&dir).is_err() {
-        printer.step("QEMU, UEFI firmware or the guest missing: running `cargo xtask setup`");
-        setup::run()?;
-    }
+    setup::run(setup::Profile::Demo, false)?;
     printer.step(&format!("guest kernel and busybox in {}", dir.display()));
-    let files = guest::fetch(&dir, &mut |line| printer.step(line))?;
+    let files = guest::find(&dir)?;
     let scratch = hvarch_tests::TempDir::new();
     let report = demo::run(&files, scratch.path(), &mut printer)?;
     println!(

@@ -1,9 +1,11 @@
 //! `cargo xtask`: the project's automation, in Rust so it runs wherever cargo does.
 //!
-//! * `cargo xtask setup` installs what the tests need on a Debian bookworm machine (idempotent).
+//! * `cargo xtask setup [--profile demo|ci] [--dry-run]` installs what the demo or the tests need
+//!   on a Debian bookworm machine (a tested plan; idempotent).
 //! * `cargo xtask ci` runs every CI stage in order and stops at the first failure.
 //! * `cargo xtask demo` boots a real arm64 guest, hot-plugs a disk and memory, prints timings.
-//! * `cargo xtask cross` builds for aarch64 with Debian's toolchain and runs the tests under qemu-user.
+//! * `cargo xtask cross [TARGET]` builds for aarch64, ppc64le and s390x (or one of them) with
+//!   Debian's toolchain and runs the tests under qemu-user.
 
 mod bench;
 mod cross;
@@ -27,15 +29,29 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install QEMU 10, UEFI firmware and the aarch64 toolchain (Debian bookworm; idempotent).
-    Setup,
-    /// Run every CI stage: setup, fmt, clippy, tests, docs, aarch64 cross tests.
+    /// Install what the demo or the tests need (Debian bookworm; idempotent): QEMU 10, UEFI
+    /// firmware and the arm64 guest for `demo`; also the cross toolchains, qemu-user and
+    /// virtiofsd for `ci`.
+    Setup {
+        /// What to prepare the machine for.
+        #[arg(long, value_enum, default_value = "ci")]
+        profile: setup::Profile,
+        /// Print the plan and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Run every CI stage: setup, fmt, clippy, tests, docs, cross tests (aarch64, ppc64le,
+    /// s390x).
     Ci,
     /// Boot a real arm64 guest (TCG, UEFI), hot-plug a disk and memory, watch the guest see
     /// them, unplug, power off, and print the timings. Runs `setup` first if QEMU is missing.
     Demo,
-    /// Build for aarch64-unknown-linux-gnu and run the test suite under qemu-aarch64.
-    Cross,
+    /// Build for another architecture with Debian's toolchain and run its tests under
+    /// qemu-user: aarch64 (the whole suite), ppc64le and s390x (the libraries' unit tests).
+    Cross {
+        /// aarch64, ppc64le or s390x (or a target triple); all three when omitted.
+        target: Option<String>,
+    },
     /// Benchmarks against peers, measured in one run and reported as ratios
     /// (`target/bench/report.md`, `report.svg`).
     Bench {
@@ -47,9 +63,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Setup => setup::run(),
+        Command::Setup { profile, dry_run } => setup::run(profile, dry_run),
         Command::Ci => ci(),
-        Command::Cross => cross::run(),
+        Command::Cross { target } => cross::run(target.as_deref()),
         Command::Demo => demo::run(),
         Command::Bench { what } => bench::run(what.as_deref()),
     };
@@ -65,7 +81,7 @@ fn main() -> ExitCode {
 /// The CI pipeline. Each stage prints a header and its duration.
 fn ci() -> Result<(), String> {
     let started = Instant::now();
-    stage("setup", setup::run)?;
+    stage("setup", || setup::run(setup::Profile::Ci, false))?;
     stage("fmt", || cargo(&["fmt", "--all", "--", "--check"]).run())?;
     stage("clippy", || {
         cargo(&[
@@ -87,7 +103,9 @@ fn ci() -> Result<(), String> {
             .env("RUSTDOCFLAGS", "-D warnings")
             .run()
     })?;
-    stage("cross (aarch64 under qemu-user)", cross::run)?;
+    for target in cross::TARGETS {
+        stage(&target.stage_name(), || target.run())?;
+    }
     eprintln!("xtask ci: all stages passed in {:.0?}", started.elapsed());
     Ok(())
 }

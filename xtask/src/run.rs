@@ -18,7 +18,7 @@ impl Step {
     }
 
     /// Sets an environment variable for this step.
-    pub fn env(mut self, key: &str, value: impl AsRef<OsStr>) -> Self {
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
         self.cmd.env(key, value);
         self
     }

@@ -1,7 +1,7 @@
 //! `hvarch`: Kata-style QEMU VMs for any guest architecture, from the command line.
 //!
 //! ```text
-//! hvarch cmdline [--arch aarch64|x86_64] [--accel kvm|tcg] [--format shell|lines|json] [--no-check] [SPEC.toml]
+//! hvarch cmdline [--arch aarch64|x86_64|ppc64le|s390x] [--accel kvm|tcg] [--format shell|lines|json] [--no-check] [SPEC.toml]
 //! hvarch run [--arch …] [--accel …] [--grace SECS] SPEC.toml
 //! hvarch qmp [--timeout SECS] SOCKET [COMMAND [JSON-ARGS]]
 //! hvarch probe [--arch …] [--accel …] [--all-machines] [SPEC.toml]

@@ -118,6 +118,16 @@ fn every_example_in_every_format() {
             "qemu-system-x86_64",
             "q35,accel=kvm,kernel_irqchip=on",
         ),
+        (
+            "ppc64le-pseries-image.toml",
+            "qemu-system-ppc64",
+            "pseries,accel=kvm,usb=off",
+        ),
+        (
+            "s390x-ccw.toml",
+            "qemu-system-s390x",
+            "s390-ccw-virtio,accel=kvm,memory-backend=dimm1",
+        ),
     ];
     for (name, binary, machine) in cases {
         let path = example_path(name, &scratch);
@@ -152,6 +162,17 @@ fn default_vm_without_a_spec() {
             "virt,accel=tcg,usb=off,gic-version=3",
         ),
         ("x86_64", "qemu-system-x86_64", "q35,accel=tcg"),
+        (
+            "ppc64le",
+            "qemu-system-ppc64",
+            "pseries,accel=tcg,usb=off,cap-cfpc=broken,cap-sbbc=broken,cap-ibs=broken,\
+             cap-ccf-assist=off",
+        ),
+        (
+            "s390x",
+            "qemu-system-s390x",
+            "s390-ccw-virtio,accel=tcg,memory-backend=dimm1",
+        ),
     ] {
         let argv = argv_in_every_format(&["--arch", arch, "--accel", "tcg"]);
         assert!(argv[0].ends_with(binary));

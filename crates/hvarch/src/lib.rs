@@ -6,12 +6,16 @@
 //!
 //! - [`native`]: the host's backend, picked with `cfg_if!` on `target_arch` (the only
 //!   compile-time arch choice; every backend builds and is tested on every host).
-//! - [`backend`]: an arch backend ([`hvarch_arm64::Arm64`], [`hvarch_amd64::Amd64`]) as a
-//!   `Box<dyn QemuArch>`, chosen at run time.
+//! - [`backend`]: an arch backend ([`hvarch_arm64::Arm64`], [`hvarch_amd64::Amd64`],
+//!   [`hvarch_ppc64le::Ppc64le`], [`hvarch_s390x::S390x`]) as a `Box<dyn QemuArch>`, chosen
+//!   at run time.
 //! - [`VmSpec`]: what a user writes (TOML spec files deserialize into it).
 //! - [`assemble()`]: Kata's `createSandbox` — machine, CPU, topology, memory, kernel command
 //!   line and devices in Kata's order — producing an [`Assembled`] VM: a
 //!   [`hvarch_devices::config::VmConfig`], the QEMU binary and the backend.
+//! - [`vm`], [`hotplug`], [`lifecycle`]: a running VM, its hot plug and unplug flows, save
+//!   and restore; the flows are sans-IO [`engine`]s, run by a blocking driver or, with the
+//!   `tokio` feature, an async one.
 //!
 //! ```
 //! use hvarch::{assemble, GuestArch, Syntax, VmSpec};
@@ -34,11 +38,13 @@
 #![deny(missing_docs)]
 
 pub mod assemble;
+pub mod engine;
 pub mod error;
 pub mod host;
 pub mod hotplug;
 pub mod lifecycle;
 pub mod native;
+pub mod runtime_dir;
 mod spawn;
 pub mod spec;
 pub mod vm;
@@ -48,8 +54,9 @@ pub use error::{Error, Result};
 pub use hotplug::{
     HotplugError, HotplugResult, HotplugState, Hotplugger, Location, Placement, Plugged,
 };
+pub use runtime_dir::RuntimeDirError;
 pub use spec::VmSpec;
-pub use vm::{LaunchOptions, Vm, VmError, VmResult};
+pub use vm::{EndedBy, LaunchOptions, ShutdownOutcome, Vm, VmError, VmResult};
 
 pub use hvarch_arch::arch::QemuArch;
 pub use hvarch_arch::guest_arch::GuestArch;
@@ -58,4 +65,4 @@ pub use hvarch_devices::config::Accelerator;
 pub use hvarch_devices::part::Syntax;
 
 /// The crates hvarch is built from, for types the facade does not re-export.
-pub use {hvarch_amd64, hvarch_arch, hvarch_arm64, hvarch_devices};
+pub use {hvarch_amd64, hvarch_arch, hvarch_arm64, hvarch_devices, hvarch_ppc64le, hvarch_s390x};

@@ -23,7 +23,8 @@ use crate::spec_file;
 /// Arguments of `hvarch probe`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Guest architecture (overrides the spec's `arch`; default: the spec's, else the host's).
+    /// Guest architecture: aarch64 (arm64), x86_64 (amd64), ppc64le or s390x (overrides the
+    /// spec's `arch`; default: the spec's, else the host's).
     #[arg(long, value_parser = parse_arch)]
     pub arch: Option<GuestArch>,
     /// Accelerator to check (overrides the spec's `hypervisor.accelerator`).

@@ -5,10 +5,20 @@
 //! console to standard output; when standard input is a terminal it is put in raw mode
 //! (signals kept: Ctrl-C still interrupts) and restored on exit. Progress lines go to stderr.
 //!
-//! - The guest powers off (QEMU exits, or reports `SHUTDOWN` under `-no-shutdown`): exit 0.
-//! - Ctrl-C (SIGINT) or SIGTERM: `system_powerdown`, up to `--grace` seconds for the guest,
-//!   then `quit`, then SIGKILL ([`hvarch::Vm::shutdown`]); exit 0 once QEMU is gone.
-//! - QEMU dies on its own with a failure: exit 1 with its stderr.
+//! QEMU runs in a process group of its own: the terminal's Ctrl-C (SIGINT) and SIGHUP reach
+//! `hvarch run` only, which asks the guest to power off; QEMU dies with `hvarch run` if that
+//! is killed. Under systemd use `KillMode=mixed` (the default `control-group` sends SIGTERM to
+//! QEMU too) and a `TimeoutStopSec` longer than `--grace`.
+//!
+//! How it ends, and the exit status (the truth about how QEMU ended, see
+//! [`hvarch::ShutdownOutcome`]):
+//!
+//! - The guest powers off (on its own, or asked by Ctrl-C, SIGINT, SIGTERM or SIGHUP through
+//!   `system_powerdown`): exit 0.
+//! - Asked to stop, the guest did not power off within `--grace` seconds: QEMU was told to
+//!   quit, or killed when it did not: exit 1, saying which.
+//! - QEMU ended on its own (killed by a signal `hvarch` did not send, a guest reset or panic
+//!   under `-no-reboot`, a failure): exit 1, saying what happened, with QEMU's stderr.
 //!
 //! While it runs, a second QMP monitor is open for people and scripts:
 //! `hvarch qmp <runtime_dir>/qmp-user.sock` (the first one is the library's).
@@ -20,7 +30,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
-use hvarch::{assemble, GuestArch, LaunchOptions, Vm};
+use hvarch::hvarch_devices::config::{Monitor, MonitorEndpoint};
+use hvarch::{assemble, EndedBy, GuestArch, LaunchOptions, ShutdownOutcome, Vm};
 use hvarch_qmp::EventFilter;
 
 use crate::cmd::cmdline::{apply_overrides, parse_arch, Accel};
@@ -29,17 +40,21 @@ use crate::spec_file;
 
 /// The extra QMP socket `hvarch run` opens in the runtime directory.
 pub const USER_QMP_SOCKET: &str = "qmp-user.sock";
+/// The chardev id of that monitor.
+pub const USER_QMP_ID: &str = "qmp-user";
 
 /// Arguments of `hvarch run`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Guest architecture (overrides the spec's `arch`; default: the spec's, else the host's).
+    /// Guest architecture: aarch64 (arm64), x86_64 (amd64), ppc64le or s390x (overrides the
+    /// spec's `arch`; default: the spec's, else the host's).
     #[arg(long, value_parser = parse_arch)]
     pub arch: Option<GuestArch>,
     /// Accelerator (overrides the spec's `hypervisor.accelerator`).
     #[arg(long, value_enum)]
     pub accel: Option<Accel>,
-    /// Seconds the guest gets to power off after Ctrl-C before QEMU is told to quit.
+    /// Seconds the guest gets to power off after Ctrl-C (or SIGTERM, SIGHUP) before QEMU is
+    /// told to quit. Any number is accepted; one too large to count to means no limit.
     #[arg(long, default_value_t = 10)]
     pub grace: u64,
     /// The VM spec (TOML).
@@ -140,10 +155,12 @@ pub fn run(args: &Args) -> Result<(), String> {
         assembled.paths.dir.display()
     );
     let options = LaunchOptions {
-        extra_args: vec![
-            "-qmp".into(),
-            format!("unix:{},server=on,wait=off", user_qmp.display()),
-        ],
+        // Rendered (escaped) by the device model: a `,` in the runtime directory cannot add
+        // options.
+        monitors: vec![Monitor::qmp(
+            USER_QMP_ID,
+            MonitorEndpoint::Path(user_qmp.clone()),
+        )],
         ..LaunchOptions::default()
     };
     install_signal_handlers()?;
@@ -182,43 +199,90 @@ pub fn run(args: &Args) -> Result<(), String> {
         None
     };
     forward_stdin(&console)?;
-    let outcome = pump(&mut vm, &console, &shutdown_event);
+    let pumped = pump(&mut vm, &console, &shutdown_event);
     drop(raw);
-    match outcome {
-        Outcome::Signal(signal) => {
+    let grace = Duration::from_secs(args.grace);
+    let mut echo = None;
+    match pumped {
+        Pumped::Signal(signal) => {
             eprintln!(
-                "\nhvarch: {} received: shutting the VM down (system_powerdown, {} s grace, then quit)",
-                if signal == libc::SIGINT { "Ctrl-C" } else { "signal" },
+                "\nhvarch: {} received: asking the guest to power off (system_powerdown; {} s \
+                 grace, then quit, then SIGKILL)",
+                signal_name(signal),
                 args.grace
             );
-            let status = vm
-                .shutdown(Duration::from_secs(args.grace))
-                .map_err(|e| e.to_string())?;
-            eprintln!("hvarch: QEMU exited ({status})");
+            // The guest's last words while it powers off; the copy ends when QEMU is gone.
+            echo = console.try_clone().ok().and_then(|console| {
+                std::thread::Builder::new()
+                    .name("console".into())
+                    .spawn(move || copy_console(&console))
+                    .ok()
+            });
+        }
+        Pumped::Ended => {}
+        Pumped::Failed(e) => {
+            let _ = vm.shutdown(Duration::from_secs(1));
+            return Err(e);
+        }
+    }
+    let outcome = vm.shutdown(grace).map_err(|e| e.to_string())?;
+    if let Some(echo) = echo {
+        let _ = echo.join();
+    }
+    report(&outcome, args.grace, &vm.stderr())
+}
+
+/// Copies the console to standard output until it closes.
+fn copy_console(console: &UnixStream) {
+    let mut out = std::io::stdout();
+    let mut buf = [0u8; 4096];
+    loop {
+        match (&*console).read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                let _ = out.write_all(&buf[..n]);
+                let _ = out.flush();
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+}
+
+/// Says how the VM ended; only a guest that powered off is a success.
+fn report(outcome: &ShutdownOutcome, grace: u64, stderr: &str) -> Result<(), String> {
+    match outcome.ended_by {
+        EndedBy::PoweredOff => {
+            eprintln!("hvarch: {outcome}");
             Ok(())
         }
-        Outcome::PoweredOff => {
-            let status = vm
-                .shutdown(Duration::from_secs(1))
-                .map_err(|e| e.to_string())?;
-            eprintln!("hvarch: the guest powered off; QEMU exited ({status})");
-            if status.success() {
-                Ok(())
+        EndedBy::Quit => Err(format!(
+            "the guest did not power off within the {grace} s grace period: QEMU was told to \
+             quit ({})",
+            outcome.status
+        )),
+        EndedBy::Killed => Err(format!(
+            "the guest did not power off within the {grace} s grace period and QEMU did not \
+             quit: it was killed ({})",
+            outcome.status
+        )),
+        _ => {
+            let stderr = stderr.trim();
+            if stderr.is_empty() {
+                Err(outcome.to_string())
             } else {
-                Err(format!("QEMU exited with {status}: {}", vm.stderr().trim()))
+                Err(format!("{outcome}; QEMU said: {stderr}"))
             }
         }
-        Outcome::Exited(status) if status.success() => {
-            eprintln!("hvarch: the guest powered off; QEMU exited ({status})");
-            Ok(())
-        }
-        Outcome::Exited(status) => {
-            Err(format!("QEMU exited with {status}: {}", vm.stderr().trim()))
-        }
-        Outcome::Failed(e) => {
-            let _ = vm.shutdown(Duration::from_secs(1));
-            Err(e)
-        }
+    }
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGINT => "Ctrl-C (SIGINT)",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGHUP => "SIGHUP",
+        _ => "a signal",
     }
 }
 
@@ -249,23 +313,26 @@ fn forward_stdin(console: &UnixStream) -> Result<(), String> {
     Ok(())
 }
 
-enum Outcome {
+/// Why the console pump stopped.
+enum Pumped {
+    /// A signal asked us to stop.
     Signal(i32),
-    PoweredOff,
-    Exited(std::process::ExitStatus),
+    /// QEMU exited, or the guest powered off (`SHUTDOWN` under `-no-shutdown`).
+    Ended,
+    /// QEMU's state could not be read.
     Failed(String),
 }
 
 /// Copies the console to standard output until the guest powers off, QEMU exits, or a
 /// signal arrives.
-fn pump(vm: &mut Vm, console: &UnixStream, shutdown: &hvarch_qmp::EventSubscription) -> Outcome {
+fn pump(vm: &mut Vm, console: &UnixStream, shutdown: &hvarch_qmp::EventSubscription) -> Pumped {
     let mut out = std::io::stdout();
     let mut buf = [0u8; 4096];
     let mut console_open = true;
     loop {
         let signal = SIGNAL.load(Ordering::SeqCst);
         if signal != 0 {
-            return Outcome::Signal(signal);
+            return Pumped::Signal(signal);
         }
         if console_open {
             let mut fds = libc::pollfd {
@@ -290,16 +357,16 @@ fn pump(vm: &mut Vm, console: &UnixStream, shutdown: &hvarch_qmp::EventSubscript
             std::thread::sleep(Duration::from_millis(20));
         }
         match vm.try_wait() {
-            Ok(Some(status)) => {
+            Ok(Some(_)) => {
                 drain(console, &mut out);
-                return Outcome::Exited(status);
+                return Pumped::Ended;
             }
             Ok(None) => {}
-            Err(e) => return Outcome::Failed(e.to_string()),
+            Err(e) => return Pumped::Failed(e.to_string()),
         }
         if shutdown.try_recv().is_some() {
             drain(console, &mut out);
-            return Outcome::PoweredOff;
+            return Pumped::Ended;
         }
     }
 }
