@@ -126,6 +126,30 @@ impl FakeConn {
         }
     }
 
+    /// Reads one JSON line a byte at a time and returns it with the descriptors that came with
+    /// its bytes. The kernel hands descriptors over with the first byte of the `sendmsg` that
+    /// carried them, so this tells which command's write carried them: a write that coalesced
+    /// commands behind descriptors gives them to its first command. `None` on EOF or timeout
+    /// (10 s). Descriptors [`recv`](Self::recv) kept come first.
+    pub fn recv_with_fds(&mut self) -> Option<(Value, Vec<OwnedFd>)> {
+        let mut fds = self.take_fds();
+        loop {
+            if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=pos).collect();
+                return serde_json::from_slice(&line).ok().map(|cmd| (cmd, fds));
+            }
+            let mut byte = [0u8; 1];
+            match crate::fdpass::recv_with_fds(self.stream.as_fd(), &mut byte) {
+                Ok((0, _)) | Err(_) => return None,
+                Ok((n, got)) => {
+                    self.buf
+                        .extend_from_slice(byte.get(..n).unwrap_or_default());
+                    fds.extend(got);
+                }
+            }
+        }
+    }
+
     /// Reads once (waiting if no complete line is buffered) and returns every complete line
     /// then buffered: the commands that arrived together. Empty on EOF or timeout (10 s).
     pub fn recv_burst(&mut self) -> Vec<Value> {
