@@ -624,6 +624,9 @@ fn a_command_timing_out_in_the_middle_of_a_written_batch() {
         let next = c.expect_command("next");
         c.reply(&late[0], json!("too late"));
         c.reply(&next, json!({"name": "next"}));
+        // The late reply freed its slot: eight commands are in flight at once again.
+        let eight: Vec<Value> = (0..8).map(|_| c.recv().expect("eight in flight")).collect();
+        c.reply_all(&eight);
         c.echo_until_eof();
     });
     std::thread::scope(|s| {
@@ -640,6 +643,11 @@ fn a_command_timing_out_in_the_middle_of_a_written_batch() {
         qmp.execute_raw("next", Value::Null).expect("next")["name"],
         "next"
     );
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| qmp.execute_raw("again", Value::Null).expect("again"));
+        }
+    });
     assert!(qmp.is_connected());
     drop(qmp);
     server.join();
