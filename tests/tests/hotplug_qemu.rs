@@ -230,7 +230,7 @@ fn arm64_block_and_network_through_root_ports(oob: bool) {
                 BlockDriver::VirtioBlk,
                 Placement::RootPort,
             )
-            .unwrap_err(),
+            .expect_err("no free root port left"),
         HotplugError::Placement { .. }
     ));
 
@@ -280,7 +280,7 @@ fn arm64_refused_steps_leave_nothing_behind(oob: bool) {
                 addr: None,
             },
         )
-        .unwrap_err();
+        .expect_err("device_add on a missing bus");
     assert!(
         err.to_string().contains("device_add virtio-drive0"),
         "{err}"
@@ -290,7 +290,10 @@ fn arm64_refused_steps_leave_nothing_behind(oob: bool) {
     // netdev_add succeeds on the root port, device_add wants a ROM that does not exist.
     let mut nic = user_nic("net0", "hostnet0");
     nic.virtio.romfile = Some("/nonexistent/hvarch.rom".into());
-    let err = vm.hotplug().plug(nic, Placement::Auto).unwrap_err();
+    let err = vm
+        .hotplug()
+        .plug(nic, Placement::Auto)
+        .expect_err("device_add with a missing ROM");
     assert!(err.to_string().contains("device_add net0"), "{err}");
     assert!(!network_info(&vm).contains("hostnet0"));
     assert_eq!(vm.hotplug_state().free_root_ports(), ["rp0"]);
@@ -299,7 +302,10 @@ fn arm64_refused_steps_leave_nothing_behind(oob: bool) {
     let chardev = Chardev::new("charport0", CharBackend::Null);
     let mut port = CharDevice::new("port0", chardev);
     port.bus = Some("nope.0".into());
-    let err = vm.hotplug().plug(port, Placement::AsIs).unwrap_err();
+    let err = vm
+        .hotplug()
+        .plug(port, Placement::AsIs)
+        .expect_err("device_add on a missing virtio-serial bus");
     assert!(err.to_string().contains("device_add port0"), "{err}");
     assert_eq!(chardevs(&vm), chardevs_before);
 
