@@ -34,6 +34,9 @@
 //!
 //! The guest test needs the test guest (`cargo xtask setup`; `HVARCH_GUEST_DIR`).
 //!
+//! The arm64 and `q35` flows above run twice, with QMP's `oob` capability negotiated (the
+//! default) and without it (`Config::enable_oob = false`): they must behave the same.
+//!
 //! The tests of this file run one at a time (a lock): the descriptor count is process-wide.
 
 use std::path::PathBuf;
@@ -78,10 +81,21 @@ fn spec(arch: GuestArch, root_ports: u32) -> VmSpec {
     spec
 }
 
-fn launch(mut spec: VmSpec, dir: &TempDir) -> Vm {
+fn launch(spec: VmSpec, dir: &TempDir) -> Vm {
+    launch_oob(spec, dir, true)
+}
+
+/// Launches with QMP's `oob` capability negotiated (the default) or not: the hotplug flows
+/// must behave the same either way.
+fn launch_oob(mut spec: VmSpec, dir: &TempDir, oob: bool) -> Vm {
     runnable(&mut spec, dir);
     let assembled = assemble(&spec).expect("assemble");
-    Vm::launch(assembled, LaunchOptions::default()).expect("launch")
+    let mut options = LaunchOptions::default();
+    options.qmp.enable_oob = oob;
+    let vm = Vm::launch(assembled, options).expect("launch");
+    assert!(vm.qmp().greeting().supports_oob(), "QEMU offers oob");
+    assert_eq!(vm.qmp().oob(), oob, "oob negotiated exactly when asked for");
+    vm
 }
 
 fn image(dir: &TempDir, name: &str) -> PathBuf {
@@ -167,10 +181,19 @@ fn user_nic(id: &str, netdev: &str) -> NetDevice {
 }
 
 #[test]
-fn arm64_block_and_network_through_root_ports() {
+fn arm64_block_and_network_through_root_ports_with_oob() {
+    arm64_block_and_network_through_root_ports(true);
+}
+
+#[test]
+fn arm64_block_and_network_through_root_ports_without_oob() {
+    arm64_block_and_network_through_root_ports(false);
+}
+
+fn arm64_block_and_network_through_root_ports(oob: bool) {
     let _serial = serial();
     let dir = TempDir::new();
-    let mut vm = launch(spec(GuestArch::Aarch64, 2), &dir);
+    let mut vm = launch_oob(spec(GuestArch::Aarch64, 2), &dir, oob);
     let (rp0, rp1) = (port_slot(&vm, "rp0"), port_slot(&vm, "rp1"));
 
     let disk = plug_drive0(&mut vm, &dir);
@@ -207,7 +230,7 @@ fn arm64_block_and_network_through_root_ports() {
                 BlockDriver::VirtioBlk,
                 Placement::RootPort,
             )
-            .unwrap_err(),
+            .expect_err("no free root port left"),
         HotplugError::Placement { .. }
     ));
 
@@ -230,10 +253,19 @@ fn arm64_block_and_network_through_root_ports() {
 }
 
 #[test]
-fn arm64_refused_steps_leave_nothing_behind() {
+fn arm64_refused_steps_leave_nothing_behind_with_oob() {
+    arm64_refused_steps_leave_nothing_behind(true);
+}
+
+#[test]
+fn arm64_refused_steps_leave_nothing_behind_without_oob() {
+    arm64_refused_steps_leave_nothing_behind(false);
+}
+
+fn arm64_refused_steps_leave_nothing_behind(oob: bool) {
     let _serial = serial();
     let dir = TempDir::new();
-    let mut vm = launch(spec(GuestArch::Aarch64, 1), &dir);
+    let mut vm = launch_oob(spec(GuestArch::Aarch64, 1), &dir, oob);
     let nodes_before = vm_block_nodes(&vm);
     let chardevs_before = chardevs(&vm);
 
@@ -248,7 +280,7 @@ fn arm64_refused_steps_leave_nothing_behind() {
                 addr: None,
             },
         )
-        .unwrap_err();
+        .expect_err("device_add on a missing bus");
     assert!(
         err.to_string().contains("device_add virtio-drive0"),
         "{err}"
@@ -258,7 +290,10 @@ fn arm64_refused_steps_leave_nothing_behind() {
     // netdev_add succeeds on the root port, device_add wants a ROM that does not exist.
     let mut nic = user_nic("net0", "hostnet0");
     nic.virtio.romfile = Some("/nonexistent/hvarch.rom".into());
-    let err = vm.hotplug().plug(nic, Placement::Auto).unwrap_err();
+    let err = vm
+        .hotplug()
+        .plug(nic, Placement::Auto)
+        .expect_err("device_add with a missing ROM");
     assert!(err.to_string().contains("device_add net0"), "{err}");
     assert!(!network_info(&vm).contains("hostnet0"));
     assert_eq!(vm.hotplug_state().free_root_ports(), ["rp0"]);
@@ -267,7 +302,10 @@ fn arm64_refused_steps_leave_nothing_behind() {
     let chardev = Chardev::new("charport0", CharBackend::Null);
     let mut port = CharDevice::new("port0", chardev);
     port.bus = Some("nope.0".into());
-    let err = vm.hotplug().plug(port, Placement::AsIs).unwrap_err();
+    let err = vm
+        .hotplug()
+        .plug(port, Placement::AsIs)
+        .expect_err("device_add on a missing virtio-serial bus");
     assert!(err.to_string().contains("device_add port0"), "{err}");
     assert_eq!(chardevs(&vm), chardevs_before);
 
@@ -292,10 +330,19 @@ fn arm64_refused_steps_leave_nothing_behind() {
 }
 
 #[test]
-fn q35_cpu_and_memory_hotplug() {
+fn q35_cpu_and_memory_hotplug_with_oob() {
+    q35_cpu_and_memory_hotplug(true);
+}
+
+#[test]
+fn q35_cpu_and_memory_hotplug_without_oob() {
+    q35_cpu_and_memory_hotplug(false);
+}
+
+fn q35_cpu_and_memory_hotplug(oob: bool) {
     let _serial = serial();
     let dir = TempDir::new();
-    let mut vm = launch(spec(GuestArch::X86_64, 0), &dir);
+    let mut vm = launch_oob(spec(GuestArch::X86_64, 0), &dir, oob);
     let cpus = |vm: &Vm| {
         vm_qmp(vm, "query-cpus-fast", json!({}))
             .as_array()
@@ -322,12 +369,21 @@ fn q35_cpu_and_memory_hotplug() {
 }
 
 #[test]
-fn arm64_memory_hotplug_with_uefi() {
+fn arm64_memory_hotplug_with_uefi_with_oob() {
+    arm64_memory_hotplug_with_uefi(true);
+}
+
+#[test]
+fn arm64_memory_hotplug_with_uefi_without_oob() {
+    arm64_memory_hotplug_with_uefi(false);
+}
+
+fn arm64_memory_hotplug_with_uefi(oob: bool) {
     let _serial = serial();
     let dir = TempDir::new();
     let mut spec = spec(GuestArch::Aarch64, 0);
     spec.hypervisor.pflashes = vec![AAVMF_CODE.into(), AAVMF_VARS.into()];
-    let mut vm = launch(spec, &dir);
+    let mut vm = launch_oob(spec, &dir, oob);
     let dimm = vm.hotplug().add_memory(128).expect("hot-plug memory");
     assert_eq!(dimm.id, "dimm0");
     let devices = vm_qmp(&vm, "query-memory-devices", json!({}));
