@@ -714,6 +714,38 @@ mod tests {
         assert_eq!(max_vcpus(0, 512, 123), 123);
     }
 
+    /// Issue 10 §3: a user's parameter holding byte 0xA0 (`à` is C3 A0) stays one parameter
+    /// in the guest, and a spec line Linux would split inside a character is refused, naming
+    /// the parameter.
+    #[test]
+    fn user_kernel_params_cannot_smuggle_parameters() {
+        let mut spec = spec(GuestArch::Aarch64, Accelerator::Tcg);
+        spec.hypervisor
+            .kernel_params
+            .push("agent.log", Some("àinit=/bin/sh"))
+            .unwrap();
+        let argv = argv_for(&spec);
+        let append = after(&argv, "-append");
+        assert!(append.ends_with(" agent.log=\"àinit=/bin/sh\""), "{append}");
+        let guest = KernelParams::parse(&append).unwrap();
+        assert_eq!(
+            guest.get("agent.log").unwrap().value(),
+            Some("àinit=/bin/sh")
+        );
+        assert!(!guest.contains("init"));
+
+        let err = toml::from_str::<VmSpec>(
+            "id = \"a\"\n[hypervisor]\nkernel_params = \"agent.log=àinit=/bin/sh\"\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("\"agent.log="), "{err}");
+        let err = toml::from_str::<VmSpec>(
+            "id = \"a\"\n[hypervisor]\nkernel_params = 'agent.log=\"a\"b'\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("\"agent.log\""), "{err}");
+    }
+
     #[test]
     fn initrd_vs_image() {
         let initrd = argv_of(GuestArch::Aarch64, Accelerator::Tcg);
