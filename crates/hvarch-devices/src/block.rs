@@ -349,8 +349,9 @@ mod tests {
     use super::*;
     use crate::fd::NoFds;
     use crate::part::Syntax;
-    use crate::test_support::args;
+    use crate::test_support::{args, bad_id, block_backend, id, nul_text, text, transport, Cases};
     use crate::transport::Transport;
+    use proptest::prelude::*;
     use serde_json::json;
 
     /// govmm's reference case (kata-go.md §2.3 BlockDevice), in modern syntax: `-blockdev`
@@ -493,5 +494,45 @@ mod tests {
         let again: BlockDevice = toml::from_str(&toml::to_string(&disk).unwrap()).unwrap();
         assert_eq!(again, disk);
         assert!(toml::from_str::<BlockDevice>("id = \"d\"\nbogus = 1").is_err());
+    }
+
+    #[test]
+    fn parts_round_trip_and_faults_name_their_field() {
+        let disk = (
+            (id(), block_backend(), proptest::option::of(text())),
+            (
+                proptest::option::of(1u16..),
+                proptest::option::of(id()),
+                any::<(bool, Option<bool>, Option<u32>)>(),
+                proptest::option::of(id()),
+                transport(),
+            ),
+        )
+            .prop_map(
+                |((id, backend, serial), (num_queues, iothread, flags, bus, (virtio, addr)))| {
+                    let (share_rw, config_wce, bootindex) = flags;
+                    BlockDevice {
+                        serial,
+                        num_queues,
+                        iothread,
+                        share_rw,
+                        config_wce,
+                        bootindex,
+                        bus,
+                        addr,
+                        virtio,
+                        ..BlockDevice::new(id, backend)
+                    }
+                },
+            );
+        Cases::new(disk)
+            .fault("id", bad_id(), |d, v| d.id = v)
+            .fault("serial", nul_text(), |d, v| d.serial = Some(v))
+            .fault("iothread", bad_id(), |d, v| d.iothread = Some(v))
+            .fault("bus", bad_id(), |d, v| d.bus = Some(v))
+            .fault("num_queues", Just(0), |d, v| d.num_queues = Some(v))
+            .block_backend_faults(|d| &mut d.backend)
+            .virtio_faults(|d| (&mut d.virtio, &mut d.addr))
+            .check();
     }
 }

@@ -1420,34 +1420,126 @@ mod tests {
         assert!(err.to_string().contains("bogus"), "{err}");
     }
 
+    /// The value after the first `flag` of `args`.
+    fn after<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+        let i = args.iter().position(|a| a == flag)?;
+        args.get(i + 1).map(String::as_str)
+    }
+
+    /// The fields of a generated configuration whose rules it breaks, written out again from
+    /// the docs (machine type, SMP and memory rules, NUL bytes), whatever the check order.
+    fn broken_fields(vm: &VmConfig) -> Vec<&'static str> {
+        let mut broken = Vec::new();
+        let key = |k: &str| {
+            !k.is_empty()
+                && k.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        };
+        if !key(&vm.machine.machine_type) {
+            broken.push("type");
+        }
+        if vm.name.as_deref().is_some_and(|n| n.contains('\0')) {
+            broken.extend(["name", "guest"]);
+        }
+        if let Some(smp) = &vm.smp {
+            if smp.cpus == 0 {
+                broken.push("cpus");
+            }
+            if smp.maxcpus.is_some_and(|m| m < smp.cpus) {
+                broken.push("maxcpus");
+            }
+        }
+        if let Some(memory) = &vm.memory {
+            if memory.size == 0 {
+                broken.push("size");
+            }
+            if memory.slots.is_some() && memory.maxmem.is_none()
+                || memory.maxmem.is_some_and(|m| m < memory.size)
+            {
+                broken.push("maxmem");
+            }
+        }
+        broken
+    }
+
     proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// A configuration renders with every section as given (the machine and its options,
+        /// the name, SMP, memory and the kernel command line read back as they were set), or
+        /// is refused naming a field whose rule it breaks.
         #[test]
-        fn arbitrary_configs_never_panic(
-            machine in "\\PC{0,12}",
-            options in "\\PC{0,24}",
-            name in proptest::option::of("\\PC{0,16}"),
-            cpus in 0u32..300,
+        fn configs_render_as_given_or_name_the_field(
+            machine in prop_oneof![4 => "[a-z][a-z0-9.-]{0,10}", 1 => "\\PC{0,12}"],
+            options in prop_oneof![
+                3 => proptest::collection::vec(("[a-z][a-z0-9-]{0,8}", "[^\u{0}]{0,12}"), 0..4),
+                1 => Just(vec![("accel".to_owned(), "kvm".to_owned())]),
+            ],
+            name in proptest::option::of("[^\u{0}]{0,16}|\\PC{0,4}\u{0}"),
+            cpus in prop_oneof![4 => 1u32..300, 1 => Just(0)],
             maxcpus in proptest::option::of(0u32..300),
-            size in 0u64..(1 << 40),
+            size in prop_oneof![4 => 1u64..(1 << 40), 1 => Just(0)],
             slots in proptest::option::of(0u32..64),
             maxmem in proptest::option::of(0u64..(1 << 41)),
-            params in "\\PC{0,32}",
+            params in proptest::collection::vec(("[a-z][a-z0-9_.-]{0,8}", proptest::option::of("[^\"\u{0}]{0,12}")), 0..4),
             syntax in prop_oneof![Just(Syntax::Options), Just(Syntax::Json)],
         ) {
+            let mut machine_options = MachineOptions::new();
+            for (key, value) in &options {
+                machine_options.set(key, value).unwrap();
+            }
             let mut vm = VmConfig::new(Machine {
-                machine_type: machine,
+                machine_type: machine.clone(),
                 accel: Some(Accelerator::Tcg),
-                options: MachineOptions::parse(&options).unwrap_or_default(),
+                options: machine_options.clone(),
             });
-            vm.name = name;
+            vm.name = name.clone();
             vm.smp = Some(Smp { maxcpus, ..Smp::cpus(cpus) });
             vm.memory = Some(Memory { slots, maxmem, ..Memory::size(size) });
-            if let Ok(params) = KernelParams::parse(&params) {
-                vm.kernel = Some(Kernel { path: "/k".into(), initrd: None, params });
+            let mut kernel_params = KernelParams::new();
+            for (key, value) in &params {
+                kernel_params.push(key, value.as_deref()).unwrap();
             }
-            match vm.to_args(syntax, &mut FdTable::new()) {
-                Ok(args) => prop_assert!(args.len() >= 2),
-                Err(e) => prop_assert!(!e.to_string().is_empty()),
+            vm.kernel = Some(Kernel { path: "/k".into(), initrd: None, params: kernel_params.clone() });
+            let mut broken = broken_fields(&vm);
+            if machine_options.get("accel").is_some() {
+                broken.push("accel");
+            }
+            let args = match vm.to_args(syntax, &mut FdTable::new()) {
+                Ok(args) => args,
+                Err(e) => {
+                    prop_assert!(
+                        e.field().is_some_and(|f| broken.contains(&f)),
+                        "{} names none of {:?}", e, broken
+                    );
+                    return Ok(());
+                }
+            };
+            prop_assert!(broken.is_empty(), "rendered although {:?} are broken", broken);
+            let machine_args = parse_options(after(&args, "-machine").unwrap_or_default(), Some("type"));
+            let mut expected = vec![("type".to_owned(), machine), ("accel".to_owned(), "tcg".to_owned())];
+            expected.extend(machine_options.iter().map(|(k, v)| (k.to_owned(), v.to_owned())));
+            prop_assert_eq!(machine_args, Ok(expected));
+            if let Some(name) = &name {
+                let parsed = parse_options(after(&args, "-name").unwrap_or_default(), Some("guest"));
+                prop_assert_eq!(parsed, Ok(vec![("guest".to_owned(), name.clone())]));
+            }
+            let smp = match maxcpus {
+                Some(max) => format!("{cpus},maxcpus={max}"),
+                None => cpus.to_string(),
+            };
+            prop_assert_eq!(after(&args, "-smp"), Some(smp.as_str()));
+            let mut m = crate::syntax::format_size(size);
+            if let Some(slots) = slots {
+                m.push_str(&format!(",slots={slots}"));
+            }
+            if let Some(maxmem) = maxmem {
+                m.push_str(&format!(",maxmem={}", crate::syntax::format_size(maxmem)));
+            }
+            prop_assert_eq!(after(&args, "-m"), Some(m.as_str()));
+            match after(&args, "-append") {
+                Some(line) => prop_assert_eq!(KernelParams::parse(line)?, kernel_params),
+                None => prop_assert!(kernel_params.is_empty()),
             }
         }
     }

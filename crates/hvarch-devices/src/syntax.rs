@@ -119,7 +119,7 @@ pub(crate) fn render_options_except(
 ) -> Result<String> {
     let mut out = String::with_capacity(128);
     if let Some(first) = implied {
-        check_nul(what, "(implied)", first)?;
+        check_nul(what, skip.unwrap_or(what), first)?;
         push_escaped(&mut out, first);
     }
     let mut prefix = String::new();

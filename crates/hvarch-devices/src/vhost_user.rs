@@ -360,7 +360,10 @@ mod tests {
     use super::*;
     use crate::fd::NoFds;
     use crate::part::Syntax;
-    use crate::test_support::{args, check_round_trip, qmp_adds, FIELD_TEXT};
+    use crate::test_support::{
+        args, bad_id, bad_mac, bad_path, devno, id, mac, nul_text, path, qmp_adds, short_text,
+        transport, Cases,
+    };
     use proptest::prelude::*;
     use serde_json::json;
 
@@ -618,24 +621,170 @@ mod tests {
         assert_eq!(device.kind(), "vhost-user-blk");
     }
 
-    proptest! {
-        #[test]
-        fn arbitrary_fields_render_and_parse_back(
-            id in FIELD_TEXT, chardev_id in FIELD_TEXT, socket in FIELD_TEXT, tag in FIELD_TEXT,
-            netdev_id in FIELD_TEXT,
-            mac in proptest::option::of("[0-9a-f:]{17}|[^\u{0}]{0,8}"), which in 0u8..4,
-            queues in proptest::option::of(0u16..2000),
-        ) {
-            let kind = match which {
-                0 => VhostUserKind::Net { netdev_id, mac, queues: queues.map(u32::from) },
-                1 => VhostUserKind::Scsi { num_queues: queues.map(u32::from) },
-                2 => VhostUserKind::Blk { num_queues: queues, queue_size: queues.map(u32::from) },
-                _ => VhostUserKind::Fs { tag, queue_size: queues, num_request_queues: queues },
-            };
-            let dev = VhostUserDevice::new(id, chardev_id, format!("/{socket}"), kind);
-            if let Ok(parts) = dev.parts() {
-                check_round_trip(&parts)?;
-            }
+    fn queue_size() -> impl Strategy<Value = u32> {
+        (2u32..=10).prop_map(|shift| 1 << shift)
+    }
+
+    fn bad_queue_size() -> impl Strategy<Value = u16> {
+        prop_oneof![
+            Just(0u16),
+            Just(2),
+            Just(2048),
+            (5u16..1024).prop_filter("power of two", |q| !q.is_power_of_two())
+        ]
+    }
+
+    fn kind() -> impl Strategy<Value = VhostUserKind> {
+        let queues = || proptest::option::of(1u16..);
+        prop_oneof![
+            (id(), proptest::option::of(mac()), queues()).prop_map(|(netdev_id, mac, queues)| {
+                VhostUserKind::Net {
+                    netdev_id,
+                    mac,
+                    queues: queues.map(u32::from),
+                }
+            }),
+            queues().prop_map(|n| VhostUserKind::Scsi {
+                num_queues: n.map(u32::from)
+            }),
+            (queues(), proptest::option::of(queue_size())).prop_map(|(num_queues, queue_size)| {
+                VhostUserKind::Blk {
+                    num_queues,
+                    queue_size,
+                }
+            }),
+            (
+                short_text(MAX_FS_TAG_LEN),
+                proptest::option::of(queue_size()),
+                queues()
+            )
+                .prop_map(|(tag, size, num_request_queues)| VhostUserKind::Fs {
+                    tag,
+                    queue_size: size.and_then(|s| u16::try_from(s).ok()),
+                    num_request_queues,
+                }),
+        ]
+    }
+
+    /// Valid devices: vhost-user-scsi and -blk have no CCW variant, vhost-user-fs is
+    /// modern-only.
+    fn device() -> impl Strategy<Value = VhostUserDevice> {
+        (
+            id(),
+            id(),
+            path(),
+            kind(),
+            proptest::option::of(id()),
+            transport(),
+        )
+            .prop_map(|(id, chardev_id, socket, kind, bus, (mut virtio, addr))| {
+                match kind {
+                    VhostUserKind::Scsi { .. } | VhostUserKind::Blk { .. }
+                        if virtio.transport == Transport::Ccw =>
+                    {
+                        virtio = VirtioOpts::on(Transport::Mmio)
+                    }
+                    VhostUserKind::Fs { .. } => virtio.disable_modern = false,
+                    _ => {}
+                }
+                VhostUserDevice {
+                    bus,
+                    addr,
+                    virtio,
+                    ..VhostUserDevice::new(id, chardev_id, socket, kind)
+                }
+            })
+    }
+
+    fn fs(tag: String, queue_size: Option<u16>, num_request_queues: Option<u16>) -> VhostUserKind {
+        VhostUserKind::Fs {
+            tag,
+            queue_size,
+            num_request_queues,
         }
+    }
+
+    #[test]
+    fn parts_round_trip_and_faults_name_their_field() {
+        let net = |netdev_id: String, mac, queues| VhostUserKind::Net {
+            netdev_id,
+            mac,
+            queues,
+        };
+        Cases::new(device())
+            .fault("id", bad_id(), |d, v| d.id = v)
+            .fault("chardev_id", bad_id(), |d, v| d.chardev_id = v)
+            .fault("socket", bad_path(), |d, v| d.socket = v)
+            .fault("socket", "/[a-z]{107,120}", |d, v| d.socket = v.into())
+            .fault("path", nul_text(), |d, v| d.socket = v.into())
+            .fault("netdev_id", bad_id(), move |d, v| {
+                d.kind = net(v, None, None)
+            })
+            .fault("queues", Just(0), move |d, v| {
+                d.kind = net("n0".into(), None, Some(v))
+            })
+            .fault("mac", bad_mac(), move |d, v| {
+                d.kind = net("n0".into(), Some(v), None)
+            })
+            .fault("num_queues", Just(0), |d, v| {
+                d.kind = VhostUserKind::Scsi {
+                    num_queues: Some(v),
+                }
+            })
+            .fault("num_queues", Just(0), |d, v| {
+                d.kind = VhostUserKind::Blk {
+                    num_queues: Some(v),
+                    queue_size: None,
+                }
+            })
+            .fault("queue_size", bad_queue_size(), |d, v| {
+                d.kind = VhostUserKind::Blk {
+                    num_queues: None,
+                    queue_size: Some(v.into()),
+                }
+            })
+            .fault("queue_size", bad_queue_size(), |d, v| {
+                d.kind = fs("fs".into(), Some(v), None)
+            })
+            .fault("tag", "|[a-z]{37,40}", |d, v| d.kind = fs(v, None, None))
+            .fault("tag", nul_text(), |d, v| d.kind = fs(v, None, None))
+            .fault("num_request_queues", Just(0), |d, v| {
+                d.kind = fs("fs".into(), None, Some(v))
+            })
+            .fault("disable_modern", Just(()), |d, ()| {
+                d.kind = fs("fs".into(), None, None);
+                d.virtio = VirtioOpts {
+                    disable_modern: true,
+                    ..VirtioOpts::default()
+                };
+            })
+            .fault(
+                "virtio.transport",
+                (devno(), any::<bool>()),
+                |d, (devno, scsi)| {
+                    d.kind = if scsi {
+                        VhostUserKind::Scsi { num_queues: None }
+                    } else {
+                        VhostUserKind::Blk {
+                            num_queues: None,
+                            queue_size: None,
+                        }
+                    };
+                    d.virtio = VirtioOpts {
+                        devno: Some(devno),
+                        ..VirtioOpts::on(Transport::Ccw)
+                    };
+                    d.addr = None;
+                },
+            )
+            .fault("bus", bad_id(), |d, v| d.bus = Some(v))
+            // On a vhost-user-fs device, which every transport has.
+            .virtio_faults(|d| {
+                if !matches!(d.kind, VhostUserKind::Fs { .. }) {
+                    d.kind = fs("fs".into(), None, None);
+                }
+                (&mut d.virtio, &mut d.addr)
+            })
+            .check();
     }
 }
