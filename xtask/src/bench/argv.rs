@@ -1,5 +1,5 @@
-//! Argv rendering: the criterion benches of `hvarch-devices` (`argv`) and allocations per
-//! render (`argv_allocs`, a counting global allocator).
+//! Argv rendering of assembled VMs: the criterion bench `argv` of the facade crate `hvarch`
+//! and allocations per render (`argv_allocs`, a counting global allocator).
 
 use serde_json::Value;
 
@@ -28,7 +28,7 @@ pub fn run() -> Result<Section, String> {
     cargo(&[
         "bench",
         "-p",
-        "hvarch-devices",
+        "hvarch",
         "--bench",
         "argv",
         "--",
@@ -42,7 +42,7 @@ pub fn run() -> Result<Section, String> {
     .run()?;
     let default_ns = criterion_median("argv_default_vm")?;
     let big_ns = criterion_median("argv_64_devices")?;
-    let allocs = cargo(&["bench", "-p", "hvarch-devices", "--bench", "argv_allocs"])
+    let allocs = cargo(&["bench", "-p", "hvarch", "--bench", "argv_allocs"])
         .output()
         .ok_or("the argv_allocs bench failed")?;
     // argv_allocs <vm> <allocations> <bytes> <args> <devices>
@@ -81,7 +81,7 @@ pub fn run() -> Result<Section, String> {
     Ok(Section {
         title: "Argv rendering",
         method: "`VmConfig::to_args` in option syntax, criterion medians \
-                 (`cargo bench -p hvarch-devices --bench argv`): Kata's default arm64 VM as \
+                 (`cargo bench -p hvarch --bench argv`): Kata's default arm64 VM as \
                  hvarch assembles it, and the same VM with 64 more devices (16 PCIe root \
                  ports, 48 virtio-blk disks each with its `-blockdev`). Allocations per render: \
                  `--bench argv_allocs`, a counting global allocator, mean of 100 renders."
