@@ -78,18 +78,18 @@ impl QemuDevice for BalloonDevice {
         self.virtio.validate_with_addr(what, self.addr)
     }
 
-    fn parts(&self) -> Result<Vec<Part>> {
+    fn for_each_part<'a>(&'a self, emit: &mut dyn FnMut(Part<'a>) -> Result<()>) -> Result<()> {
         self.validate()?;
-        Ok(vec![Part::device(
-            &self.virtio.driver("virtio-balloon"),
+        emit(Part::device(
+            self.virtio.driver("virtio-balloon"),
             Props::new()
                 .with("id", self.id.as_str())
                 .opt("bus", self.bus.as_deref())
-                .opt("addr", self.addr.map(|a| a.to_string()))
+                .opt("addr", self.addr)
                 .flag("deflate-on-oom", self.deflate_on_oom)
                 .flag("free-page-reporting", self.free_page_reporting)
                 .extend(self.virtio.props()),
-        )])
+        ))
     }
 }
 

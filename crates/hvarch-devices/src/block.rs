@@ -168,7 +168,7 @@ impl BlockBackend {
         Ok(())
     }
 
-    fn protocol_props(&self) -> Result<Props> {
+    fn protocol_props(&self) -> Result<Props<'_>> {
         const WHAT: &str = "blockdev";
         let aio = self.aio.map(|aio| Value::literal(aio.as_str()));
         Ok(match &self.protocol {
@@ -188,8 +188,14 @@ impl BlockBackend {
     }
 
     /// The `-blockdev` part (validated).
-    pub fn part(&self) -> Result<Part> {
+    pub fn part(&self) -> Result<Part<'_>> {
         self.validate()?;
+        self.part_of_valid()
+    }
+
+    /// The `-blockdev` part of a backend already [`validate`](Self::validate)d (by the
+    /// device it belongs to).
+    pub(crate) fn part_of_valid(&self) -> Result<Part<'_>> {
         let cache = self.cache.map(|c| {
             Props::new()
                 .with("direct", c.direct)
@@ -323,15 +329,15 @@ impl QemuDevice for BlockDevice {
         self.virtio.validate_with_addr(what, self.addr)
     }
 
-    fn parts(&self) -> Result<Vec<Part>> {
+    fn for_each_part<'a>(&'a self, emit: &mut dyn FnMut(Part<'a>) -> Result<()>) -> Result<()> {
         self.validate()?;
         let device = Part::device(
-            &self.virtio.driver("virtio-blk"),
+            self.virtio.driver("virtio-blk"),
             Props::new()
                 .with("id", self.id.as_str())
                 .with("drive", self.backend.node_name.as_str())
                 .opt("bus", self.bus.as_deref())
-                .opt("addr", self.addr.map(|a| a.to_string()))
+                .opt("addr", self.addr)
                 .opt("serial", self.serial.as_deref())
                 .opt("num-queues", self.num_queues)
                 .opt("iothread", self.iothread.as_deref())
@@ -340,7 +346,8 @@ impl QemuDevice for BlockDevice {
                 .flag("share-rw", self.share_rw)
                 .extend(self.virtio.props()),
         );
-        Ok(vec![self.backend.part()?, device])
+        emit(self.backend.part()?)?;
+        emit(device)
     }
 }
 

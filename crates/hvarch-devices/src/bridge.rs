@@ -175,23 +175,23 @@ impl QemuDevice for PciBridge {
         check_bridge_romfile(what, self.romfile.as_deref())
     }
 
-    fn parts(&self) -> Result<Vec<Part>> {
+    fn for_each_part<'a>(&'a self, emit: &mut dyn FnMut(Part<'a>) -> Result<()>) -> Result<()> {
         self.validate()?;
-        Ok(vec![Part::device(
+        emit(Part::device(
             self.bridge_type.driver(),
             Props::new()
                 .with("bus", self.bus.as_str())
                 .with("id", self.id.as_str())
                 .opt("chassis_nr", self.chassis_nr)
                 .opt("shpc", self.shpc)
-                .opt("addr", self.addr.map(|a| a.to_string()))
+                .opt("addr", self.addr)
                 .opt("bus-reserve", self.bus_reserve)
                 .opt_size("io-reserve", self.io_reserve)
                 .opt_size("mem-reserve", self.mem_reserve)
                 .opt_size("pref32-reserve", self.pref32_reserve)
                 .opt_size("pref64-reserve", self.pref64_reserve)
                 .opt("romfile", self.romfile.as_deref()),
-        )])
+        ))
     }
 }
 
@@ -319,16 +319,16 @@ impl QemuDevice for PcieRootPort {
         check_bridge_romfile(what, self.romfile.as_deref())
     }
 
-    fn parts(&self) -> Result<Vec<Part>> {
+    fn for_each_part<'a>(&'a self, emit: &mut dyn FnMut(Part<'a>) -> Result<()>) -> Result<()> {
         self.validate()?;
-        Ok(vec![Part::device(
+        emit(Part::device(
             "pcie-root-port",
             Props::new()
                 .with("id", self.id.as_str())
                 .with("bus", self.bus.as_str())
                 .with("chassis", self.chassis)
                 .with("slot", self.slot)
-                .opt("addr", self.addr.map(|a| a.to_string()))
+                .opt("addr", self.addr)
                 .with("multifunction", self.multifunction)
                 .opt("bus-reserve", self.bus_reserve)
                 .opt_size("pref64-reserve", self.pref64_reserve)
@@ -336,7 +336,7 @@ impl QemuDevice for PcieRootPort {
                 .opt_size("mem-reserve", self.mem_reserve)
                 .opt_size("io-reserve", self.io_reserve)
                 .opt("romfile", self.romfile.as_deref()),
-        )])
+        ))
     }
 }
 

@@ -178,7 +178,7 @@ impl Chardev {
 
     /// The `-chardev` part (validated). Its props use the names [`Part::qmp_add`] maps to
     /// `chardev-add`: `path`, `fd`, `server`, `wait`.
-    pub fn part(&self) -> Result<Part> {
+    pub fn part(&self) -> Result<Part<'_>> {
         self.validate()?;
         const WHAT: &str = "chardev";
         let props = Props::new()
@@ -197,7 +197,7 @@ impl Chardev {
                 };
                 props
                     .opt("path", path)
-                    .opt("fd", fd.clone())
+                    .opt("fd", fd.as_ref())
                     .flag("server", *server)
                     .opt("wait", server.then_some(*wait))
             }
@@ -281,17 +281,17 @@ impl QemuDevice for SerialController {
         self.virtio.validate_with_addr(what, self.addr)
     }
 
-    fn parts(&self) -> Result<Vec<Part>> {
+    fn for_each_part<'a>(&'a self, emit: &mut dyn FnMut(Part<'a>) -> Result<()>) -> Result<()> {
         self.validate()?;
-        Ok(vec![Part::device(
-            &self.virtio.driver("virtio-serial"),
+        emit(Part::device(
+            self.virtio.driver("virtio-serial"),
             Props::new()
                 .with("id", self.id.as_str())
                 .opt("bus", self.bus.as_deref())
-                .opt("addr", self.addr.map(|a| a.to_string()))
+                .opt("addr", self.addr)
                 .opt("max_ports", self.max_ports)
                 .extend(self.virtio.props()),
-        )])
+        ))
     }
 }
 
@@ -396,7 +396,7 @@ impl QemuDevice for CharDevice {
         Ok(())
     }
 
-    fn parts(&self) -> Result<Vec<Part>> {
+    fn for_each_part<'a>(&'a self, emit: &mut dyn FnMut(Part<'a>) -> Result<()>) -> Result<()> {
         self.validate()?;
         let device = Part::device(
             self.driver.as_str(),
@@ -406,7 +406,8 @@ impl QemuDevice for CharDevice {
                 .with("id", self.id.as_str())
                 .opt("name", self.name.as_deref()),
         );
-        Ok(vec![self.chardev.part()?, device])
+        emit(self.chardev.part()?)?;
+        emit(device)
     }
 }
 
@@ -449,13 +450,14 @@ impl QemuDevice for LegacySerial {
         self.chardev.validate()
     }
 
-    fn parts(&self) -> Result<Vec<Part>> {
+    fn for_each_part<'a>(&'a self, emit: &mut dyn FnMut(Part<'a>) -> Result<()>) -> Result<()> {
         self.validate()?;
         let serial = Part::new(
             PartKind::Serial,
             Props::new().with("chardev", self.chardev.id.as_str()),
         );
-        Ok(vec![self.chardev.part()?, serial])
+        emit(self.chardev.part()?)?;
+        emit(serial)
     }
 }
 

@@ -126,9 +126,9 @@ impl QemuDevice for CpuDevice {
         check_topology_id(what, "thread_id", self.thread_id)
     }
 
-    fn parts(&self) -> Result<Vec<Part>> {
+    fn for_each_part<'a>(&'a self, emit: &mut dyn FnMut(Part<'a>) -> Result<()>) -> Result<()> {
         self.validate()?;
-        Ok(vec![Part::device(
+        emit(Part::device(
             &self.driver,
             Props::new()
                 .with("id", self.id.as_str())
@@ -136,7 +136,7 @@ impl QemuDevice for CpuDevice {
                 .opt("die-id", self.die_id)
                 .opt("core-id", self.core_id)
                 .opt("thread-id", self.thread_id),
-        )])
+        ))
     }
 }
 

@@ -145,7 +145,7 @@ impl FsBackend {
     }
 
     /// The `-fsdev` part (validated).
-    pub fn part(&self) -> Result<Part> {
+    pub fn part(&self) -> Result<Part<'_>> {
         self.validate()?;
         let props = Props::new()
             .with("fsdriver", self.driver.as_str())
@@ -240,19 +240,20 @@ impl QemuDevice for FsDevice {
         self.virtio.validate_with_addr(what, self.addr)
     }
 
-    fn parts(&self) -> Result<Vec<Part>> {
+    fn for_each_part<'a>(&'a self, emit: &mut dyn FnMut(Part<'a>) -> Result<()>) -> Result<()> {
         self.validate()?;
         let device = Part::device(
-            &self.virtio.driver("virtio-9p"),
+            self.virtio.driver("virtio-9p"),
             Props::new()
                 .with("id", self.id.as_str())
                 .with("fsdev", self.backend.id.as_str())
                 .with("mount_tag", self.mount_tag.as_str())
                 .opt("bus", self.bus.as_deref())
-                .opt("addr", self.addr.map(|a| a.to_string()))
+                .opt("addr", self.addr)
                 .extend(self.virtio.props()),
         );
-        Ok(vec![self.backend.part()?, device])
+        emit(self.backend.part()?)?;
+        emit(device)
     }
 }
 

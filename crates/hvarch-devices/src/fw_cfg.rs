@@ -106,14 +106,14 @@ impl QemuDevice for FwCfg {
         Ok(())
     }
 
-    fn parts(&self) -> Result<Vec<Part>> {
+    fn for_each_part<'a>(&'a self, emit: &mut dyn FnMut(Part<'a>) -> Result<()>) -> Result<()> {
         self.validate()?;
         let props = Props::new().with("name", self.name.as_str());
         let props = match &self.content {
             FwCfgContent::File(path) => props.with("file", path_str(self.kind(), "file", path)?),
             FwCfgContent::String(text) => props.with("string", text.as_str()),
         };
-        Ok(vec![Part::new(PartKind::FwCfg, props)])
+        emit(Part::new(PartKind::FwCfg, props))
     }
 }
 
@@ -173,9 +173,8 @@ mod tests {
 
     #[test]
     fn json_syntax_falls_back_and_no_hotplug() {
-        let part = &FwCfg::new("opt/x", FwCfgContent::File("/a,b".into()))
-            .parts()
-            .unwrap()[0];
+        let item = FwCfg::new("opt/x", FwCfgContent::File("/a,b".into()));
+        let part = &item.parts().unwrap()[0];
         // -fw_cfg has no JSON syntax: the option form is kept.
         assert_eq!(
             part.render(Syntax::Json, &mut NoFds).unwrap(),

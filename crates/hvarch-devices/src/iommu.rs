@@ -84,11 +84,11 @@ impl QemuDevice for IntelIommu {
         }
     }
 
-    fn parts(&self) -> Result<Vec<Part>> {
+    fn for_each_part<'a>(&'a self, emit: &mut dyn FnMut(Part<'a>) -> Result<()>) -> Result<()> {
         self.validate()?;
         // `intremap` is an OnOffAuto property: a string in JSON, not a boolean.
         let intremap = if self.intremap { "on" } else { "off" };
-        Ok(vec![Part::device(
+        emit(Part::device(
             "intel-iommu",
             Props::new()
                 .opt("id", self.id.as_deref())
@@ -96,7 +96,7 @@ impl QemuDevice for IntelIommu {
                 .with("device-iotlb", self.device_iotlb)
                 .with("caching-mode", self.caching_mode)
                 .opt("aw-bits", self.aw_bits),
-        )])
+        ))
     }
 }
 
@@ -200,18 +200,18 @@ impl QemuDevice for VirtioIommu {
         self.virtio.validate(what)
     }
 
-    fn parts(&self) -> Result<Vec<Part>> {
+    fn for_each_part<'a>(&'a self, emit: &mut dyn FnMut(Part<'a>) -> Result<()>) -> Result<()> {
         self.validate()?;
-        Ok(vec![Part::device(
-            &self.virtio.driver("virtio-iommu"),
+        emit(Part::device(
+            self.virtio.driver("virtio-iommu"),
             Props::new()
                 .opt("id", self.id.as_deref())
                 .opt("bus", self.bus.as_deref())
-                .opt("addr", self.addr.map(|a| a.to_string()))
+                .opt("addr", self.addr)
                 .opt("primary-bus", self.primary_bus.as_deref())
                 .opt("boot-bypass", self.boot_bypass)
                 .extend(self.virtio.props()),
-        )])
+        ))
     }
 }
 

@@ -73,13 +73,13 @@ impl QemuDevice for IoThread {
         Ok(())
     }
 
-    fn parts(&self) -> Result<Vec<Part>> {
+    fn for_each_part<'a>(&'a self, emit: &mut dyn FnMut(Part<'a>) -> Result<()>) -> Result<()> {
         self.validate()?;
-        Ok(vec![Part::object(
+        emit(Part::object(
             "iothread",
             &self.id,
             Props::new().opt("poll-max-ns", self.poll_max_ns),
-        )])
+        ))
     }
 }
 
@@ -95,7 +95,8 @@ mod tests {
     /// govmm (kata-go.md §2.5 step 15): `-object iothread,id=<ID>`; identical here.
     #[test]
     fn govmm_reference_case() {
-        let parts = IoThread::new("iothread1").parts().unwrap();
+        let thread = IoThread::new("iothread1");
+        let parts = thread.parts().unwrap();
         assert_eq!(parts.len(), 1);
         assert_eq!(
             parts[0].to_args(Syntax::Options, &mut NoFds).unwrap(),

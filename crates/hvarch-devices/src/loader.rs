@@ -74,9 +74,9 @@ impl QemuDevice for Loader {
         Ok(())
     }
 
-    fn parts(&self) -> Result<Vec<Part>> {
+    fn for_each_part<'a>(&'a self, emit: &mut dyn FnMut(Part<'a>) -> Result<()>) -> Result<()> {
         self.validate()?;
-        Ok(vec![Part::device(
+        emit(Part::device(
             "loader",
             Props::new()
                 .with("id", self.id.as_str())
@@ -84,7 +84,7 @@ impl QemuDevice for Loader {
                 .opt("addr", self.addr)
                 .opt("cpu-num", self.cpu_num)
                 .flag("force-raw", self.force_raw),
-        )])
+        ))
     }
 }
 

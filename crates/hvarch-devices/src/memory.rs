@@ -214,7 +214,7 @@ impl MemoryBackend {
     }
 
     /// The `-object` / `object-add` part (validated).
-    pub fn part(&self) -> Result<Part> {
+    pub fn part(&self) -> Result<Part<'_>> {
         const WHAT: &str = "memory-backend";
         self.validate()?;
         let common = Props::new().size("size", self.size);
@@ -265,8 +265,8 @@ impl QemuDevice for MemoryBackend {
         MemoryBackend::validate(self)
     }
 
-    fn parts(&self) -> Result<Vec<Part>> {
-        Ok(vec![self.part()?])
+    fn for_each_part<'a>(&'a self, emit: &mut dyn FnMut(Part<'a>) -> Result<()>) -> Result<()> {
+        emit(self.part()?)
     }
 }
 
@@ -478,7 +478,7 @@ impl QemuDevice for MemoryDevice {
         Ok(())
     }
 
-    fn parts(&self) -> Result<Vec<Part>> {
+    fn for_each_part<'a>(&'a self, emit: &mut dyn FnMut(Part<'a>) -> Result<()>) -> Result<()> {
         self.validate()?;
         let common = Props::new()
             .with("id", self.id.as_str())
@@ -508,17 +508,18 @@ impl QemuDevice for MemoryDevice {
                 addr,
                 virtio,
             } => Part::device(
-                &virtio.driver("virtio-mem"),
+                virtio.driver("virtio-mem"),
                 common
                     .size("requested-size", *requested_size)
                     .opt_size("block-size", *block_size)
                     .opt("node", *node)
                     .opt("bus", bus.as_deref())
-                    .opt("addr", addr.map(|a| a.to_string()))
+                    .opt("addr", *addr)
                     .extend(virtio.props()),
             ),
         };
-        Ok(vec![self.backend.part()?, device])
+        emit(self.backend.part()?)?;
+        emit(device)
     }
 }
 

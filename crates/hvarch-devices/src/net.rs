@@ -157,8 +157,8 @@ impl NetBackend {
     }
 
     /// The `-netdev` part with id `id` (validate first).
-    fn part(&self, what: &'static str, id: &str) -> Result<Part> {
-        let head = |kind: &str| Props::new().with("type", kind).with("id", id);
+    fn part<'a>(&'a self, what: &'static str, id: &'a str) -> Result<Part<'a>> {
+        let head = |kind: &'static str| Props::new().with("type", kind).with("id", id);
         let props = match self {
             NetBackend::Tap {
                 ifname,
@@ -195,9 +195,9 @@ impl NetBackend {
                 // vhostfds before fds: descriptors are numbered in this order (as govmm did).
                 let mut props = head("tap").flag("vhost", *vhost);
                 if !vhostfds.is_empty() {
-                    props.push("vhostfds", Value::FdList(vhostfds.clone()));
+                    props.push("vhostfds", Value::FdList(vhostfds));
                 }
-                props.push("fds", Value::FdList(fds.clone()));
+                props.push("fds", Value::FdList(fds));
                 props
             }
             NetBackend::User {} => head("user"),
@@ -284,7 +284,7 @@ impl QemuDevice for NetDevice {
         )
     }
 
-    fn parts(&self) -> Result<Vec<Part>> {
+    fn for_each_part<'a>(&'a self, emit: &mut dyn FnMut(Part<'a>) -> Result<()>) -> Result<()> {
         self.validate()?;
         let netdev = self.backend.part(self.kind(), &self.netdev_id)?;
         let device = virtio_net_device(&VirtioNet {
@@ -296,7 +296,8 @@ impl QemuDevice for NetDevice {
             queues: self.backend.queues(),
             virtio: &self.virtio,
         });
-        Ok(vec![netdev, device])
+        emit(netdev)?;
+        emit(device)
     }
 }
 
@@ -347,27 +348,23 @@ pub(crate) struct VirtioNet<'a> {
 
 /// The virtio-net `-device` part, in govmm's property order: netdev, mac, bus, addr,
 /// disable-modern, mq, vectors, romfile, iommu_platform, devno.
-pub(crate) fn virtio_net_device(net: &VirtioNet<'_>) -> Part {
+pub(crate) fn virtio_net_device<'a>(net: &VirtioNet<'a>) -> Part<'a> {
     let multi_queue = net.queues > 1;
     // MSI-X vectors: one per queue of each direction, one for config, one for control.
     let vectors =
         (multi_queue && net.virtio.transport == Transport::Pci).then(|| 2 * net.queues as u64 + 2);
-    let rest = VirtioOpts {
-        disable_modern: false,
-        ..net.virtio.clone()
-    };
     Part::device(
-        &net.virtio.driver("virtio-net"),
+        net.virtio.driver("virtio-net"),
         Props::new()
             .with("id", net.id)
             .with("netdev", net.netdev)
             .opt("mac", net.mac)
             .opt("bus", net.bus)
-            .opt("addr", net.addr.map(|a| a.to_string()))
+            .opt("addr", net.addr)
             .flag("disable-modern", net.virtio.disable_modern)
             .flag("mq", multi_queue)
             .opt("vectors", vectors)
-            .extend(rest.props()),
+            .extend(net.virtio.props_after_disable_modern()),
     )
 }
 

@@ -128,16 +128,16 @@ impl QemuDevice for PvPanic {
         Ok(())
     }
 
-    fn parts(&self) -> Result<Vec<Part>> {
+    fn for_each_part<'a>(&'a self, emit: &mut dyn FnMut(Part<'a>) -> Result<()>) -> Result<()> {
         self.validate()?;
-        Ok(vec![Part::device(
+        emit(Part::device(
             self.driver(),
             Props::new()
                 .opt("id", self.id.as_deref())
                 .opt("bus", self.bus.as_deref())
-                .opt("addr", self.addr.map(|a| a.to_string()))
+                .opt("addr", self.addr)
                 .opt("events", self.events),
-        )])
+        ))
     }
 }
 
@@ -154,7 +154,8 @@ mod tests {
     /// is identical; `-no-shutdown` is the VM configuration's business, not emitted here.
     #[test]
     fn govmm_reference_case() {
-        let parts = PvPanic::isa().parts().unwrap();
+        let pvpanic = PvPanic::isa();
+        let parts = pvpanic.parts().unwrap();
         assert_eq!(parts.len(), 1);
         assert_eq!(
             parts[0].to_args(Syntax::Options, &mut NoFds).unwrap(),

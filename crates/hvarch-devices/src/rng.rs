@@ -107,7 +107,7 @@ impl QemuDevice for RngDevice {
         self.virtio.validate_with_addr(what, self.addr)
     }
 
-    fn parts(&self) -> Result<Vec<Part>> {
+    fn for_each_part<'a>(&'a self, emit: &mut dyn FnMut(Part<'a>) -> Result<()>) -> Result<()> {
         self.validate()?;
         let filename = match &self.filename {
             Some(f) => Some(path_str(self.kind(), "filename", f)?),
@@ -119,17 +119,18 @@ impl QemuDevice for RngDevice {
             Props::new().opt("filename", filename),
         );
         let device = Part::device(
-            &self.virtio.driver("virtio-rng"),
+            self.virtio.driver("virtio-rng"),
             Props::new()
                 .with("id", self.id.as_str())
                 .with("rng", self.object_id.as_str())
                 .opt("bus", self.bus.as_deref())
-                .opt("addr", self.addr.map(|a| a.to_string()))
+                .opt("addr", self.addr)
                 .opt("max-bytes", self.max_bytes)
                 .opt("period", self.period)
                 .extend(self.virtio.props()),
         );
-        Ok(vec![object, device])
+        emit(object)?;
+        emit(device)
     }
 }
 

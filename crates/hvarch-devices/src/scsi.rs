@@ -96,25 +96,21 @@ impl QemuDevice for ScsiController {
         self.virtio.validate_with_addr(what, self.addr)
     }
 
-    fn parts(&self) -> Result<Vec<Part>> {
+    fn for_each_part<'a>(&'a self, emit: &mut dyn FnMut(Part<'a>) -> Result<()>) -> Result<()> {
         self.validate()?;
         // govmm's order: id, bus, addr, disable-modern, iothread, then the other transport
         // properties.
-        let rest = VirtioOpts {
-            disable_modern: false,
-            ..self.virtio.clone()
-        };
-        Ok(vec![Part::device(
-            &self.virtio.driver("virtio-scsi"),
+        emit(Part::device(
+            self.virtio.driver("virtio-scsi"),
             Props::new()
                 .with("id", self.id.as_str())
                 .opt("bus", self.bus.as_deref())
-                .opt("addr", self.addr.map(|a| a.to_string()))
+                .opt("addr", self.addr)
                 .flag("disable-modern", self.virtio.disable_modern)
                 .opt("iothread", self.iothread.as_deref())
                 .opt("num_queues", self.num_queues)
-                .extend(rest.props()),
-        )])
+                .extend(self.virtio.props_after_disable_modern()),
+        ))
     }
 }
 
@@ -227,7 +223,7 @@ impl QemuDevice for ScsiDisk {
         Ok(())
     }
 
-    fn parts(&self) -> Result<Vec<Part>> {
+    fn for_each_part<'a>(&'a self, emit: &mut dyn FnMut(Part<'a>) -> Result<()>) -> Result<()> {
         self.validate()?;
         let device = Part::device(
             self.driver.as_str(),
@@ -241,7 +237,8 @@ impl QemuDevice for ScsiDisk {
                 .opt("serial", self.serial.as_deref())
                 .opt("bootindex", self.bootindex),
         );
-        Ok(vec![self.backend.part()?, device])
+        emit(self.backend.part_of_valid()?)?;
+        emit(device)
     }
 }
 

@@ -458,7 +458,7 @@ pub fn check_round_trip(parts: &[Part]) -> Result<(), TestCaseError> {
             .props()
             .iter()
             .filter(|(k, _)| Some(*k) != key)
-            .map(|(k, v)| (k.to_owned(), v.clone()))
+            .map(|(k, v)| (k, v.clone()))
             .collect();
         expected.extend(flatten(&rest, &mut NoFds).unwrap());
         prop_assert_eq!(parsed, expected, "rendered as {:?}", rendered);

@@ -206,7 +206,7 @@ impl QemuDevice for VfioDevice {
         Ok(())
     }
 
-    fn parts(&self) -> Result<Vec<Part>> {
+    fn for_each_part<'a>(&'a self, emit: &mut dyn FnMut(Part<'a>) -> Result<()>) -> Result<()> {
         self.validate()?;
         let mut props = Props::new().with("id", self.id.as_str());
         match &self.source {
@@ -219,10 +219,10 @@ impl QemuDevice for VfioDevice {
             .opt("x-pci-vendor-id", self.vendor_id)
             .opt("x-pci-device-id", self.device_id)
             .opt("bus", self.bus.as_deref())
-            .opt("addr", self.addr.map(|a| a.to_string()))
+            .opt("addr", self.addr)
             .opt("romfile", self.romfile.as_deref())
             .opt("devno", self.devno.as_deref());
-        Ok(vec![Part::device(self.kind.as_str(), props)])
+        emit(Part::device(self.kind.as_str(), props))
     }
 }
 

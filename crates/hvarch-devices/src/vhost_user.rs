@@ -138,19 +138,24 @@ impl VhostUserDevice {
     }
 
     /// The frontend driver on this transport (not for net, whose frontend is virtio-net).
-    fn driver(&self, base: &str) -> Result<String> {
-        Ok(match self.virtio.transport {
-            Transport::Pci => format!("{base}-pci"),
-            // QEMU names the MMIO variants of these two without a suffix.
-            Transport::Mmio if base != "vhost-user-fs" => base.to_owned(),
-            Transport::Mmio => format!("{base}-device"),
-            Transport::Ccw if base == "vhost-user-fs" => format!("{base}-ccw"),
-            Transport::Ccw => {
+    fn driver(&self) -> Result<&'static str> {
+        // QEMU names the MMIO variants of scsi and blk without a suffix, and has no CCW
+        // variant of them.
+        Ok(match (&self.kind, self.virtio.transport) {
+            (VhostUserKind::Scsi { .. }, Transport::Pci) => "vhost-user-scsi-pci",
+            (VhostUserKind::Scsi { .. }, Transport::Mmio) => "vhost-user-scsi",
+            (VhostUserKind::Blk { .. }, Transport::Pci) => "vhost-user-blk-pci",
+            (VhostUserKind::Blk { .. }, Transport::Mmio) => "vhost-user-blk",
+            (VhostUserKind::Fs { .. }, Transport::Pci) => "vhost-user-fs-pci",
+            (VhostUserKind::Fs { .. }, Transport::Mmio) => "vhost-user-fs-device",
+            (VhostUserKind::Fs { .. }, Transport::Ccw) => "vhost-user-fs-ccw",
+            (VhostUserKind::Net { .. }, _) => "virtio-net",
+            (_, Transport::Ccw) => {
                 return Err(invalid(
                     self.kind(),
                     "virtio.transport",
                     "ccw",
-                    format!("QEMU has no {base}-ccw device"),
+                    format!("QEMU has no {}-ccw device", self.kind()),
                 ))
             }
         })
@@ -221,7 +226,7 @@ impl QemuDevice for VhostUserDevice {
             }
             VhostUserKind::Scsi { num_queues } => {
                 at_least_one(what, "num_queues", num_queues.map(u64::from))?;
-                self.driver("vhost-user-scsi")?;
+                self.driver()?;
             }
             VhostUserKind::Blk {
                 num_queues,
@@ -229,7 +234,7 @@ impl QemuDevice for VhostUserDevice {
             } => {
                 at_least_one(what, "num_queues", num_queues.map(u64::from))?;
                 check_queue_size(what, *queue_size)?;
-                self.driver("vhost-user-blk")?;
+                self.driver()?;
             }
             VhostUserKind::Fs {
                 tag,
@@ -256,14 +261,14 @@ impl QemuDevice for VhostUserDevice {
                         "vhost-user-fs is a modern-only device",
                     ));
                 }
-                self.driver("vhost-user-fs")?;
+                self.driver()?;
             }
         }
         check_opt_id(what, "bus", self.bus.as_deref())?;
         self.virtio.validate_with_addr(what, self.addr)
     }
 
-    fn parts(&self) -> Result<Vec<Part>> {
+    fn for_each_part<'a>(&'a self, emit: &mut dyn FnMut(Part<'a>) -> Result<()>) -> Result<()> {
         self.validate()?;
         let what = self.kind();
         // A client socket: the backend daemon is the server.
@@ -282,9 +287,10 @@ impl QemuDevice for VhostUserDevice {
         let placement = || {
             Props::new()
                 .opt("bus", self.bus.as_deref())
-                .opt("addr", self.addr.map(|a| a.to_string()))
+                .opt("addr", self.addr)
         };
-        let parts = match &self.kind {
+        emit(chardev)?;
+        match &self.kind {
             VhostUserKind::Net {
                 netdev_id,
                 mac,
@@ -308,31 +314,32 @@ impl QemuDevice for VhostUserDevice {
                     queues: queues.map_or(1, |q| q as usize),
                     virtio: &self.virtio,
                 });
-                vec![chardev, netdev, device]
+                emit(netdev)?;
+                emit(device)
             }
             VhostUserKind::Scsi { num_queues } => {
                 let device = Part::device(
-                    &self.driver("vhost-user-scsi")?,
+                    self.driver()?,
                     common()
                         .extend(placement())
                         .opt("num_queues", *num_queues)
                         .extend(self.virtio.props()),
                 );
-                vec![chardev, device]
+                emit(device)
             }
             VhostUserKind::Blk {
                 num_queues,
                 queue_size,
             } => {
                 let device = Part::device(
-                    &self.driver("vhost-user-blk")?,
+                    self.driver()?,
                     common()
                         .extend(placement())
                         .opt("num-queues", *num_queues)
                         .opt("queue-size", *queue_size)
                         .extend(self.virtio.props()),
                 );
-                vec![chardev, device]
+                emit(device)
             }
             VhostUserKind::Fs {
                 tag,
@@ -340,7 +347,7 @@ impl QemuDevice for VhostUserDevice {
                 num_request_queues,
             } => {
                 let device = Part::device(
-                    &self.driver("vhost-user-fs")?,
+                    self.driver()?,
                     common()
                         .with("tag", tag.as_str())
                         .extend(placement())
@@ -348,10 +355,9 @@ impl QemuDevice for VhostUserDevice {
                         .opt("num-request-queues", *num_request_queues)
                         .extend(self.virtio.props()),
                 );
-                vec![chardev, device]
+                emit(device)
             }
-        };
-        Ok(parts)
+        }
     }
 }
 
@@ -696,12 +702,19 @@ mod tests {
             })
     }
 
-    fn fs(tag: String, queue_size: Option<u16>, num_request_queues: Option<u16>) -> VhostUserKind {
-        VhostUserKind::Fs {
+    /// `device` as a (modern) vhost-user-fs device.
+    fn fs(
+        device: &mut VhostUserDevice,
+        tag: String,
+        queue_size: Option<u16>,
+        num_request_queues: Option<u16>,
+    ) {
+        device.kind = VhostUserKind::Fs {
             tag,
             queue_size,
             num_request_queues,
-        }
+        };
+        device.virtio.disable_modern = false;
     }
 
     #[test]
@@ -744,15 +757,15 @@ mod tests {
                 }
             })
             .fault("queue_size", bad_queue_size(), |d, v| {
-                d.kind = fs("fs".into(), Some(v), None)
+                fs(d, "fs".into(), Some(v), None)
             })
-            .fault("tag", "|[a-z]{37,40}", |d, v| d.kind = fs(v, None, None))
-            .fault("tag", nul_text(), |d, v| d.kind = fs(v, None, None))
+            .fault("tag", "|[a-z]{37,40}", |d, v| fs(d, v, None, None))
+            .fault("tag", nul_text(), |d, v| fs(d, v, None, None))
             .fault("num_request_queues", Just(0), |d, v| {
-                d.kind = fs("fs".into(), None, Some(v))
+                fs(d, "fs".into(), None, Some(v))
             })
             .fault("disable_modern", Just(()), |d, ()| {
-                d.kind = fs("fs".into(), None, None);
+                fs(d, "fs".into(), None, None);
                 d.virtio = VirtioOpts {
                     disable_modern: true,
                     ..VirtioOpts::default()
@@ -781,7 +794,7 @@ mod tests {
             // On a vhost-user-fs device, which every transport has.
             .virtio_faults(|d| {
                 if !matches!(d.kind, VhostUserKind::Fs { .. }) {
-                    d.kind = fs("fs".into(), None, None);
+                    fs(d, "fs".into(), None, None);
                 }
                 (&mut d.virtio, &mut d.addr)
             })

@@ -91,18 +91,18 @@ impl QemuDevice for VsockDevice {
         self.virtio.validate_with_addr(what, self.addr)
     }
 
-    fn parts(&self) -> Result<Vec<Part>> {
+    fn for_each_part<'a>(&'a self, emit: &mut dyn FnMut(Part<'a>) -> Result<()>) -> Result<()> {
         self.validate()?;
-        Ok(vec![Part::device(
-            &self.virtio.driver("vhost-vsock"),
+        emit(Part::device(
+            self.virtio.driver("vhost-vsock"),
             Props::new()
                 .with("id", self.id.as_str())
                 .with("guest-cid", self.guest_cid)
-                .opt("vhostfd", self.vhostfd.clone())
+                .opt("vhostfd", self.vhostfd.as_ref())
                 .opt("bus", self.bus.as_deref())
-                .opt("addr", self.addr.map(|a| a.to_string()))
+                .opt("addr", self.addr)
                 .extend(self.virtio.props()),
-        )])
+        ))
     }
 }
 
