@@ -346,7 +346,7 @@ impl QemuDevice for BlockDevice {
                 .flag("share-rw", self.share_rw)
                 .extend(self.virtio.props()),
         );
-        emit(self.backend.part()?)?;
+        emit(self.backend.part_of_valid()?)?;
         emit(device)
     }
 }
