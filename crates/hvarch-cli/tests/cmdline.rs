@@ -282,13 +282,23 @@ fn a_kata_configuration_in_place_of_a_spec() {
     // An unknown key is an error naming the file and the key, or with --lenient a warning.
     let typo = scratch.write(
         "typo.toml",
-        &text.replace("machine_type = \"virt\"", "machine_type = \"virt\"\ndefault_vcpu = 2"),
+        &text.replace(
+            "machine_type = \"virt\"",
+            "machine_type = \"virt\"\ndefault_vcpu = 2",
+        ),
     );
     let typo = typo.to_str().expect("utf-8");
     let err = failure(&["cmdline", "--kata-config", typo]);
     assert!(err.starts_with(&format!("hvarch: {typo}: ")), "{err}");
     assert!(err.contains("default_vcpu"), "{err}");
-    let output = hvarch(&["cmdline", "--accel", "tcg", "--lenient", "--kata-config", typo]);
+    let output = hvarch(&[
+        "cmdline",
+        "--accel",
+        "tcg",
+        "--lenient",
+        "--kata-config",
+        typo,
+    ]);
     assert!(output.status.success(), "{output:?}");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
