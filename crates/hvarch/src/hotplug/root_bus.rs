@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use hvarch_devices::config::VmConfig;
 use hvarch_devices::part::PartKind;
 use hvarch_devices::pci::PciAddr;
+use hvarch_devices::props::Value;
 use hvarch_devices::QemuDevice;
 
 /// The root bus of the PCIe machines (`virt`, `q35`).
@@ -102,11 +103,14 @@ pub(super) fn slots(config: &VmConfig) -> Option<BTreeMap<String, u32>> {
             if !on_root_bus {
                 continue;
             }
-            let devfn = match props.get_str("addr") {
-                Some(addr) => {
-                    let addr: PciAddr = addr.parse().ok()?;
-                    u32::from(addr.slot()) * FUNCTIONS + u32::from(addr.function())
-                }
+            let addr = match props.get("addr") {
+                Some(Value::PciAddr(addr)) => Some(*addr),
+                Some(Value::Str(text)) => Some(text.parse::<PciAddr>().ok()?),
+                Some(_) => return None,
+                None => None,
+            };
+            let devfn = match addr {
+                Some(addr) => u32::from(addr.slot()) * FUNCTIONS + u32::from(addr.function()),
                 None => (0..SLOTS)
                     .map(|slot| slot * FUNCTIONS)
                     .find(|devfn| !taken.contains(devfn))?,
