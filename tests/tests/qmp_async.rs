@@ -1,28 +1,41 @@
-//! hvarch-qmp's async (tokio) client against a real QEMU (qemu-system-aarch64, TCG, paused).
+//! hvarch-qmp's async (tokio) client against a real QEMU (qemu-system-aarch64, TCG, paused),
+//! with the `oob` capability negotiated (the default) and without it: events, errors, fd
+//! passing and concurrent commands must behave the same.
 
 use std::os::fd::AsFd;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hvarch_qmp::commands::{self, BlockDeviceAdd};
 use hvarch_qmp::qapi_qmp;
-use hvarch_qmp::{AsyncQmp, Config, Error};
+use hvarch_qmp::{AsyncQmp, Error};
 use hvarch_tests::paused_aarch64_with_root_port as qemu;
 use serde_json::json;
 
-fn config() -> Config {
-    Config {
-        command_timeout: Duration::from_secs(10),
-        ..Config::default()
-    }
+mod qmp_support;
+
+use qmp_support::{config, PassedFiles, CONCURRENT};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_client_drives_real_qemu_with_oob() {
+    drive_real_qemu(true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn async_client_drives_real_qemu() {
+async fn async_client_drives_real_qemu_without_oob() {
+    drive_real_qemu(false).await;
+}
+
+async fn drive_real_qemu(enable_oob: bool) {
     let mut vm = qemu();
-    let qmp = AsyncQmp::connect(vm.qmp_path(), &config())
+    let qmp = AsyncQmp::connect(vm.qmp_path(), &config(enable_oob))
         .await
         .expect("connect and negotiate");
+    let qmp = Arc::new(qmp);
     assert!(qmp.is_connected());
+    // QEMU offers `oob`: it is negotiated exactly when asked for.
+    assert!(qmp.greeting().supports_oob());
+    assert_eq!(qmp.oob(), enable_oob);
 
     // Version: greeting and query-version agree.
     let v = qmp
@@ -141,6 +154,50 @@ async fn async_client_drives_real_qemu() {
     qmp.execute_raw("closefd", json!({"fdname": "nullfd"}))
         .await
         .expect("closefd finds the passed fd");
+
+    // Descriptors passed at once each reach QEMU with their own command.
+    let files = PassedFiles::new(&vm);
+    let mut calls = tokio::task::JoinSet::new();
+    for (i, (opaque, fd)) in files.each().enumerate() {
+        let (qmp, opaque, fd) = (Arc::clone(&qmp), opaque.to_owned(), fd.try_clone_to_owned());
+        calls.spawn(async move {
+            let fd = fd.expect("dup");
+            (
+                i,
+                qmp.add_fd(None, Some(&opaque), fd.as_fd())
+                    .await
+                    .expect("add-fd"),
+            )
+        });
+    }
+    let mut infos: Vec<_> = calls.join_all().await;
+    infos.sort_by_key(|(i, _)| *i);
+    let infos: Vec<_> = infos.into_iter().map(|(_, info)| info).collect();
+    files.assert_reached_qemu(&vm, &infos);
+
+    // More commands at once than QEMU queues: all answered, errors to their own callers.
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..CONCURRENT {
+        let qmp = Arc::clone(&qmp);
+        calls.spawn(async move {
+            if i % 4 == 0 {
+                let err = qmp
+                    .execute_command(&commands::device_del("nope"))
+                    .await
+                    .expect_err("no such device");
+                assert!(
+                    matches!(err, Error::Command { ref class, .. } if class == "DeviceNotFound")
+                );
+            } else {
+                let status = qmp
+                    .execute(&qapi_qmp::query_status {})
+                    .await
+                    .expect("status");
+                assert!(!status.running);
+            }
+        });
+    }
+    calls.join_all().await;
 
     // Probing.
     let cmds = qmp

@@ -1,26 +1,37 @@
-//! hvarch-qmp's blocking client against a real QEMU (qemu-system-aarch64, TCG, paused).
+//! hvarch-qmp's blocking client against a real QEMU (qemu-system-aarch64, TCG, paused), with
+//! the `oob` capability negotiated (the default) and without it: events, errors, fd passing and
+//! concurrent commands must behave the same.
 
 use std::os::fd::AsFd;
 use std::time::Duration;
 
 use hvarch_qmp::commands::{self, BlockDeviceAdd};
 use hvarch_qmp::qapi_qmp;
-use hvarch_qmp::{Config, Error, Qmp};
+use hvarch_qmp::{Error, Qmp};
 use hvarch_tests::paused_aarch64_with_root_port as qemu;
 use serde_json::json;
 
-fn config() -> Config {
-    Config {
-        command_timeout: Duration::from_secs(10),
-        ..Config::default()
-    }
+mod qmp_support;
+
+use qmp_support::{config, PassedFiles, CONCURRENT};
+
+#[test]
+fn blocking_client_drives_real_qemu_with_oob() {
+    drive_real_qemu(true);
 }
 
 #[test]
-fn blocking_client_drives_real_qemu() {
+fn blocking_client_drives_real_qemu_without_oob() {
+    drive_real_qemu(false);
+}
+
+fn drive_real_qemu(enable_oob: bool) {
     let mut vm = qemu();
-    let qmp = Qmp::connect(vm.qmp_path(), &config()).expect("connect and negotiate");
+    let qmp = Qmp::connect(vm.qmp_path(), &config(enable_oob)).expect("connect and negotiate");
     assert!(qmp.is_connected());
+    // QEMU offers `oob`: it is negotiated exactly when asked for.
+    assert!(qmp.greeting().supports_oob());
+    assert_eq!(qmp.oob(), enable_oob);
 
     // Version: greeting and query-version agree.
     let v = qmp
@@ -121,6 +132,43 @@ fn blocking_client_drives_real_qemu() {
     qmp.getfd("nullfd", file.as_fd()).expect("getfd");
     qmp.execute_raw("closefd", json!({"fdname": "nullfd"}))
         .expect("closefd finds the passed fd");
+
+    // Descriptors passed at once each reach QEMU with their own command.
+    let files = PassedFiles::new(&vm);
+    let infos: Vec<_> = std::thread::scope(|s| {
+        let calls: Vec<_> = files
+            .each()
+            .map(|(opaque, fd)| {
+                let qmp = &qmp;
+                s.spawn(move || qmp.add_fd(None, Some(opaque), fd).expect("add-fd"))
+            })
+            .collect();
+        calls
+            .into_iter()
+            .map(|c| c.join().expect("add-fd thread"))
+            .collect()
+    });
+    files.assert_reached_qemu(&vm, &infos);
+
+    // More commands at once than QEMU queues: all answered, errors to their own callers.
+    std::thread::scope(|s| {
+        for i in 0..CONCURRENT {
+            let qmp = &qmp;
+            s.spawn(move || {
+                if i % 4 == 0 {
+                    let err = qmp
+                        .execute_command(&commands::device_del("nope"))
+                        .expect_err("no such device");
+                    assert!(
+                        matches!(err, Error::Command { ref class, .. } if class == "DeviceNotFound")
+                    );
+                } else {
+                    let status = qmp.execute(&qapi_qmp::query_status {}).expect("status");
+                    assert!(!status.running);
+                }
+            });
+        }
+    });
 
     // Probing.
     let cmds = qmp

@@ -1,163 +1,224 @@
-//! `query-status` round trips per second against a QMP socket, for `cargo xtask bench qmp`.
+//! `query-status` round trips against a QMP socket, for `cargo xtask bench qmp`.
 //!
-//! Usage: `qmp_bench <client> <socket> <count>`; prints `<client> <count> <seconds>`.
+//! Usage: `qmp_bench <client> <socket> <count>`; prints `<client> <count> <seconds> <cpu>`,
+//! where `cpu` is the CPU time (user + system, `getrusage` of this process) the client spent in
+//! the measured part, in seconds.
 //!
-//! Clients: `raw`, `blocking`, `async` (one command at a time) and `raw8`, `blocking8`,
-//! `async8` (8 commands in flight: the raw client pipelines 8 on its connection, the blocking
-//! client is shared by 8 threads, the async client by 8 tasks).
+//! Clients:
+//! - `blocking`, `async`: hvarch-qmp, one typed `execute(&query_status {})` at a time.
+//! - `blocking8`, `async8`: 8 in flight: the blocking client shared by 8 threads, the async
+//!   client by 8 tasks (current-thread runtime), each executing typed `query_status`.
+//! - `raw`, `raw8`, `rawbatch8`: a minimal client (no ids, no routing, one thread; replies are
+//!   found by scanning for `"return"`): one at a time, a sliding window of 8, and batches of 8
+//!   (write 8 in one write, read 8). They negotiate `oob`, as hvarch-qmp does by default;
+//!   `raw-nooob` and `raw8-nooob` negotiate no capability.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use hvarch_qmp::{AsyncQmp, Command, Config, Qmp};
-
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().collect();
-    let (Some(kind), Some(path), Some(count)) = (args.get(1), args.get(2), args.get(3)) else {
-        return Err("usage: qmp_bench <raw|blocking|async>[8] <socket> <count>".into());
-    };
-    let count: u32 = count.parse()?;
-    let cmd = Command::bare("query-status");
-    let elapsed = match kind.as_str() {
-        "blocking" => {
-            let qmp = Qmp::connect(path, &Config::default())?;
-            let t = Instant::now();
-            for _ in 0..count {
-                qmp.execute_command(&cmd)?;
-            }
-            t.elapsed()
-        }
-        "async" => {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(async {
-                let qmp = AsyncQmp::connect(path, &Config::default()).await?;
-                let t = Instant::now();
-                for _ in 0..count {
-                    qmp.execute_command(&cmd).await?;
-                }
-                let e = t.elapsed();
-                qmp.close().await;
-                Ok::<_, hvarch_qmp::Error>(e)
-            })?
-        }
-        "blocking8" => {
-            let qmp = Qmp::connect(path, &Config::default())?;
-            let t = Instant::now();
-            std::thread::scope(|s| {
-                let workers: Vec<_> = (0..IN_FLIGHT)
-                    .map(|i| {
-                        let (qmp, cmd) = (&qmp, &cmd);
-                        s.spawn(move || -> hvarch_qmp::Result<()> {
-                            for _ in 0..share(count, i) {
-                                qmp.execute_command(cmd)?;
-                            }
-                            Ok(())
-                        })
-                    })
-                    .collect();
-                workers.into_iter().try_for_each(|w| match w.join() {
-                    Ok(result) => result.map_err(|e| e.to_string()),
-                    Err(_) => Err("worker panicked".to_owned()),
-                })
-            })?;
-            t.elapsed()
-        }
-        "async8" => {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(async {
-                let qmp = Arc::new(AsyncQmp::connect(path, &Config::default()).await?);
-                let t = Instant::now();
-                let mut tasks = tokio::task::JoinSet::new();
-                for i in 0..IN_FLIGHT {
-                    let (qmp, cmd) = (Arc::clone(&qmp), cmd.clone());
-                    tasks.spawn(async move {
-                        for _ in 0..share(count, i) {
-                            qmp.execute_command(&cmd).await?;
-                        }
-                        Ok::<_, hvarch_qmp::Error>(())
-                    });
-                }
-                while let Some(done) = tasks.join_next().await {
-                    done.map_err(|e| hvarch_qmp::Error::Io(std::io::Error::other(e)))??;
-                }
-                let e = t.elapsed();
-                qmp.close().await;
-                Ok::<_, hvarch_qmp::Error>(e)
-            })?
-        }
-        "raw8" => {
-            // The minimal client, pipelined: keep 8 commands written ahead of the replies.
-            let stream = UnixStream::connect(path)?;
-            let mut w = stream.try_clone()?;
-            let mut r = BufReader::new(stream);
-            let mut line = String::new();
-            r.read_line(&mut line)?;
-            w.write_all(b"{\"execute\":\"qmp_capabilities\"}\n")?;
-            line.clear();
-            r.read_line(&mut line)?;
-            let t = Instant::now();
-            let mut sent = 0;
-            while sent < count.min(IN_FLIGHT) {
-                w.write_all(b"{\"execute\":\"query-status\"}\n")?;
-                sent += 1;
-            }
-            let mut received = 0;
-            while received < count {
-                line.clear();
-                if r.read_line(&mut line)? == 0 {
-                    return Err("EOF".into());
-                }
-                if line.contains("\"return\"") {
-                    received += 1;
-                    if sent < count {
-                        w.write_all(b"{\"execute\":\"query-status\"}\n")?;
-                        sent += 1;
-                    }
-                }
-            }
-            t.elapsed()
-        }
-        "raw" => {
-            // A minimal client: no ids routing, no threads, one line in, one line out.
-            let stream = UnixStream::connect(path)?;
-            let mut w = stream.try_clone()?;
-            let mut r = BufReader::new(stream);
-            let mut line = String::new();
-            r.read_line(&mut line)?;
-            w.write_all(b"{\"execute\":\"qmp_capabilities\"}\n")?;
-            line.clear();
-            r.read_line(&mut line)?;
-            let t = Instant::now();
-            for _ in 0..count {
-                w.write_all(b"{\"execute\":\"query-status\"}\n")?;
-                loop {
-                    line.clear();
-                    if r.read_line(&mut line)? == 0 {
-                        return Err("EOF".into());
-                    }
-                    if line.contains("\"return\"") {
-                        break;
-                    }
-                }
-            }
-            t.elapsed()
-        }
-        other => return Err(format!("unknown client {other}").into()),
-    };
-    println!("{kind} {count} {:.6}", elapsed.as_secs_f64());
-    Ok(())
-}
+use hvarch_qmp::qapi_qmp::query_status;
+use hvarch_qmp::{AsyncQmp, Config, Qmp};
 
 /// Commands in flight for the `…8` clients.
 const IN_FLIGHT: u32 = 8;
 
-/// Worker `i`'s share of `count` commands.
-fn share(count: u32, i: u32) -> u32 {
-    count / IN_FLIGHT + u32::from(i < count % IN_FLIGHT)
+type BoxError = Box<dyn std::error::Error>;
+
+fn main() -> Result<(), BoxError> {
+    let args: Vec<String> = std::env::args().collect();
+    let (Some(kind), Some(path), Some(count)) = (args.get(1), args.get(2), args.get(3)) else {
+        return Err("usage: qmp_bench <client> <socket> <count>".into());
+    };
+    let count: u32 = count.parse()?;
+    let (elapsed, cpu) = match kind.as_str() {
+        "blocking" => blocking(path, count, 1)?,
+        "blocking8" => blocking(path, count, IN_FLIGHT)?,
+        "async" => tokio_client(path, count, 1)?,
+        "async8" => tokio_client(path, count, IN_FLIGHT)?,
+        "raw" => Raw::connect(path, true)?.run(count, Raw::sequential)?,
+        "raw-nooob" => Raw::connect(path, false)?.run(count, Raw::sequential)?,
+        "raw8" => Raw::connect(path, true)?.run(count, Raw::window)?,
+        "raw8-nooob" => Raw::connect(path, false)?.run(count, Raw::window)?,
+        "rawbatch8" => Raw::connect(path, true)?.run(count, Raw::batches)?,
+        other => return Err(format!("unknown client {other}").into()),
+    };
+    println!(
+        "{kind} {count} {:.6} {:.6}",
+        elapsed.as_secs_f64(),
+        cpu.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// CPU time (user + system) this process has used so far.
+fn cpu_time() -> Duration {
+    // SAFETY: an all-zero `rusage` is a valid value for getrusage to fill.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is a valid, writable rusage.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let tv = |t: libc::timeval| {
+        Duration::new(
+            u64::try_from(t.tv_sec).unwrap_or(0),
+            u32::try_from(t.tv_usec).unwrap_or(0) * 1000,
+        )
+    };
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// Runs `f`, returning its wall-clock and CPU time.
+fn measure<E>(f: impl FnOnce() -> Result<(), E>) -> Result<(Duration, Duration), E> {
+    let (t, cpu) = (Instant::now(), cpu_time());
+    f()?;
+    Ok((t.elapsed(), cpu_time().saturating_sub(cpu)))
+}
+
+/// Worker `i`'s share of `count` commands among `workers`.
+fn share(count: u32, workers: u32, i: u32) -> u32 {
+    count / workers + u32::from(i < count % workers)
+}
+
+fn blocking(path: &str, count: u32, workers: u32) -> Result<(Duration, Duration), BoxError> {
+    let qmp = Qmp::connect(path, &Config::default())?;
+    let measured = measure(|| {
+        std::thread::scope(|s| {
+            let threads: Vec<_> = (0..workers)
+                .map(|i| {
+                    let qmp = &qmp;
+                    s.spawn(move || -> hvarch_qmp::Result<()> {
+                        for _ in 0..share(count, workers, i) {
+                            qmp.execute(&query_status {})?;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            threads.into_iter().try_for_each(|t| match t.join() {
+                Ok(result) => result.map_err(|e| e.to_string()),
+                Err(_) => Err("worker panicked".to_owned()),
+            })
+        })
+    })?;
+    qmp.close();
+    Ok(measured)
+}
+
+fn tokio_client(path: &str, count: u32, workers: u32) -> Result<(Duration, Duration), BoxError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let measured = rt.block_on(async {
+        let qmp = Arc::new(AsyncQmp::connect(path, &Config::default()).await?);
+        let (t, cpu) = (Instant::now(), cpu_time());
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..workers {
+            let qmp = Arc::clone(&qmp);
+            tasks.spawn(async move {
+                for _ in 0..share(count, workers, i) {
+                    qmp.execute(&query_status {}).await?;
+                }
+                Ok::<_, hvarch_qmp::Error>(())
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.map_err(|e| hvarch_qmp::Error::Io(std::io::Error::other(e)))??;
+        }
+        let measured = (t.elapsed(), cpu_time().saturating_sub(cpu));
+        qmp.close().await;
+        Ok::<_, hvarch_qmp::Error>(measured)
+    })?;
+    Ok(measured)
+}
+
+/// The minimal client.
+struct Raw {
+    writer: UnixStream,
+    reader: BufReader<UnixStream>,
+    line: String,
+}
+
+const QUERY: &[u8] = b"{\"execute\":\"query-status\"}\n";
+
+impl Raw {
+    fn connect(path: &str, oob: bool) -> Result<Raw, BoxError> {
+        let stream = UnixStream::connect(path)?;
+        let mut raw = Raw {
+            writer: stream.try_clone()?,
+            reader: BufReader::new(stream),
+            line: String::new(),
+        };
+        raw.reader.read_line(&mut raw.line)?;
+        let negotiate: &[u8] = if oob {
+            b"{\"execute\":\"qmp_capabilities\",\"arguments\":{\"enable\":[\"oob\"]}}\n"
+        } else {
+            b"{\"execute\":\"qmp_capabilities\"}\n"
+        };
+        raw.writer.write_all(negotiate)?;
+        raw.next_return()?;
+        Ok(raw)
+    }
+
+    fn run(
+        mut self,
+        count: u32,
+        how: fn(&mut Raw, u32) -> Result<(), BoxError>,
+    ) -> Result<(Duration, Duration), BoxError> {
+        measure(|| how(&mut self, count))
+    }
+
+    /// Reads lines until a reply (`"return"`); events are skipped.
+    fn next_return(&mut self) -> Result<(), BoxError> {
+        loop {
+            self.line.clear();
+            if self.reader.read_line(&mut self.line)? == 0 {
+                return Err("EOF".into());
+            }
+            if self.line.contains("\"return\"") {
+                return Ok(());
+            }
+        }
+    }
+
+    /// One command at a time.
+    fn sequential(&mut self, count: u32) -> Result<(), BoxError> {
+        for _ in 0..count {
+            self.writer.write_all(QUERY)?;
+            self.next_return()?;
+        }
+        Ok(())
+    }
+
+    /// A sliding window: 8 written ahead of the replies, one more for each reply.
+    fn window(&mut self, count: u32) -> Result<(), BoxError> {
+        let mut sent = 0;
+        while sent < count.min(IN_FLIGHT) {
+            self.writer.write_all(QUERY)?;
+            sent += 1;
+        }
+        for _ in 0..count {
+            self.next_return()?;
+            if sent < count {
+                self.writer.write_all(QUERY)?;
+                sent += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Batches: 8 commands in one write, then their 8 replies.
+    fn batches(&mut self, count: u32) -> Result<(), BoxError> {
+        let batch = QUERY.repeat(IN_FLIGHT as usize);
+        let mut done = 0;
+        while done < count {
+            let n = (count - done).min(IN_FLIGHT);
+            let bytes = batch.get(..QUERY.len() * n as usize).unwrap_or_default();
+            self.writer.write_all(bytes)?;
+            for _ in 0..n {
+                self.next_return()?;
+            }
+            done += n;
+        }
+        Ok(())
+    }
 }

@@ -1,60 +1,153 @@
-//! The blocking client: a reader thread, writers serialised through a mutex, a timeout on every
-//! wait.
+//! The blocking client: callers read for themselves (leader/follower), a background thread reads
+//! only when no caller does, writes are coalesced, a timeout bounds every wait.
+//!
+//! **Reading.** A caller waiting for its reply becomes the *leader* when nobody is reading the
+//! socket: it waits for data itself, feeds the session and delivers whatever arrived (its own
+//! reply, other callers' replies, events) in the critical section that fed it. A lone caller
+//! thus pays no thread hand-off. Callers that find a leader are *followers*: they sleep on their
+//! own slot until their reply is delivered or the leader steps down and promotes one of them.
+//! When no caller waits, a background thread (asleep on an epoll set that callers switch off
+//! while they lead) reads, so events reach subscribers while no command runs and the end of the
+//! connection is noticed.
+//!
+//! **Writing.** Commands go into the session's queue; the caller that takes the writer lock
+//! writes everything queued behind it in one `sendmsg` (descriptors in their own), and a thread
+//! that finds the lock taken leaves its command to the holder. Every write is bounded by
+//! `command_timeout` (`SO_SNDTIMEO`); a write that fails or times out ends the session.
 
-use std::io::{self, Read, Write};
-use std::net::Shutdown;
+use std::collections::VecDeque;
+use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{mpsc, Arc, Condvar, Mutex, PoisonError, TryLockError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tracing::{debug, trace, warn};
+use tracing::{debug, warn};
 
-use crate::commands::{self, MemoryHotplug};
-use crate::config::{AddFdInfo, Config};
+use crate::client::{
+    command_helpers, command_timeout, connection_accessors, event_timeout, greeting_timeout, lock,
+    write_error, Connection, EventSink, Handshake, Negotiated, Registration,
+};
+use crate::config::Config;
+use crate::deadline::{deadline, remaining};
 use crate::error::{Error, Result};
 use crate::event::{Event, EventFilter};
-use crate::message::{Command, Greeting};
-use crate::protocol::{Action, Session, State};
-use crate::version::QemuVersion;
+use crate::message::Command;
+use crate::protocol::Action;
+use crate::sys::{recv_now, wait_readable, Watch};
 
-type Waiter = mpsc::SyncSender<Result<Value>>;
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
+/// Where a caller receives its result, and learns that it may lead.
+#[derive(Debug, Default)]
+struct Slot {
+    state: Mutex<SlotState>,
+    wake: Condvar,
 }
 
-struct Subscriber {
-    id: u64,
-    filter: EventFilter,
-    tx: mpsc::Sender<Event>,
+#[derive(Debug, Default)]
+struct SlotState {
+    result: Option<Result<Value>>,
+    /// The leader stepped down: this caller may take over reading.
+    promoted: bool,
+    /// The caller sleeps on `wake` (a leader delivering its own reply wakes nobody).
+    sleeping: bool,
 }
 
-struct Shared {
-    session: Session<Waiter>,
-    subscribers: Vec<Subscriber>,
-    next_subscriber: u64,
+type Waiter = Arc<Slot>;
+
+impl crate::client::Waiter for Waiter {
+    fn deliver(self, result: Result<Value>) {
+        let mut state = lock(&self.state);
+        state.result = Some(result);
+        if state.sleeping {
+            self.wake.notify_one();
+        }
+    }
+}
+
+impl Slot {
+    fn take_result(&self) -> Option<Result<Value>> {
+        lock(&self.state).result.take()
+    }
+
+    fn has_result(&self) -> bool {
+        lock(&self.state).result.is_some()
+    }
+
+    fn promote(&self) {
+        let mut state = lock(&self.state);
+        state.promoted = true;
+        if state.sleeping {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Whether the caller was promoted since it last looked (and forgets it).
+    fn take_promotion(&self) -> bool {
+        std::mem::take(&mut lock(&self.state).promoted)
+    }
+
+    /// Sleeps until a result is delivered, the caller is promoted, or `deadline` passes.
+    fn sleep(&self, deadline: Option<Instant>) {
+        let mut state = lock(&self.state);
+        while state.result.is_none() && !state.promoted {
+            state.sleeping = true;
+            state = match remaining(deadline) {
+                None => self
+                    .wake
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner),
+                Some(left) if left.is_zero() => return,
+                Some(left) => {
+                    self.wake
+                        .wait_timeout(state, left)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+            };
+            state.sleeping = false;
+        }
+    }
+}
+
+impl EventSink for mpsc::Sender<Event> {
+    fn send(&self, event: Event) -> bool {
+        mpsc::Sender::send(self, event).is_ok()
+    }
+}
+
+/// Who reads the socket now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Leader {
+    Caller,
+    Background,
+}
+
+/// The reading role, behind its own lock (never held together with the connection's).
+#[derive(Debug)]
+struct Reading {
+    leader: Option<Leader>,
+    /// Callers waiting while someone else reads, oldest first.
+    followers: VecDeque<Arc<Slot>>,
+    /// Whether the background thread's epoll set watches the socket.
+    watching: bool,
+}
+
+/// What the leader reads with: only the leader locks it.
+struct ReadSide {
+    stream: UnixStream,
+    buf: Vec<u8>,
+    actions: Vec<Action<Waiter>>,
 }
 
 struct Inner {
-    shared: Mutex<Shared>,
+    conn: Arc<Connection<Waiter, mpsc::Sender<Event>>>,
     writer: Mutex<UnixStream>,
-    /// A dup of the socket used only to shut it down (never locked).
-    control: UnixStream,
-    connected: AtomicBool,
-    config: Config,
-}
-
-impl Inner {
-    fn shutdown(&self) {
-        self.connected.store(false, Ordering::SeqCst);
-        let _ = self.control.shutdown(Shutdown::Both);
-    }
+    read: Mutex<ReadSide>,
+    reading: Mutex<Reading>,
+    watch: Watch,
 }
 
 /// A blocking QMP client over a Unix socket. `Send + Sync`: share it between threads with `&` or
@@ -69,17 +162,12 @@ impl Inner {
 /// ```
 pub struct Qmp {
     inner: Arc<Inner>,
-    reader: Mutex<Option<JoinHandle<()>>>,
-    greeting: Greeting,
-    early_events: Mutex<Vec<Event>>,
+    background: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Qmp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Qmp")
-            .field("version", &self.greeting.version)
-            .field("connected", &self.is_connected())
-            .finish_non_exhaustive()
+        self.connection().fmt_client("Qmp", f)
     }
 }
 
@@ -97,253 +185,98 @@ impl Qmp {
 
     /// Takes an already connected stream, reads the greeting and negotiates.
     pub fn from_stream(stream: UnixStream, config: &Config) -> Result<Qmp> {
-        let mut session = Session::new(config.max_message_size, config.enable_oob);
         let mut reader = stream.try_clone()?;
-        let mut writer = stream;
-        let mut early = Vec::new();
-        let greeting = handshake(&mut session, &mut reader, &mut writer, config, &mut early)?;
+        let writer = stream;
+        let negotiated = handshake(&mut reader, &writer, config)?;
+        // Reads never block in the kernel (they wait in `ppoll`/epoll, then `recv` with
+        // MSG_DONTWAIT); writes block, bounded by `command_timeout`. A zero timeout would be
+        // refused by the socket (it means "none" to `set_*_timeout`).
         reader.set_read_timeout(None)?;
-        // A zero timeout would be refused by the socket (it means "none" to `set_*_timeout`).
         writer.set_write_timeout(Some(config.command_timeout).filter(|t| !t.is_zero()))?;
+        let watch = Watch::new(reader.as_fd())?;
+        watch.on()?;
         let inner = Arc::new(Inner {
-            shared: Mutex::new(Shared {
-                session,
-                subscribers: Vec::new(),
-                next_subscriber: 1,
-            }),
-            control: writer.try_clone()?,
+            conn: Arc::new(Connection::new(negotiated, writer.try_clone()?, config)),
             writer: Mutex::new(writer),
-            connected: AtomicBool::new(true),
-            config: config.clone(),
+            read: Mutex::new(ReadSide {
+                stream: reader,
+                buf: vec![0u8; 64 * 1024],
+                actions: Vec::new(),
+            }),
+            reading: Mutex::new(Reading {
+                leader: None,
+                followers: VecDeque::new(),
+                watching: true,
+            }),
+            watch,
         });
         let thread_inner = Arc::clone(&inner);
         let handle = std::thread::Builder::new()
-            .name("qmp-reader".into())
-            .spawn(move || reader_loop(&thread_inner, reader))?;
+            .name("qmp-events".into())
+            .spawn(move || thread_inner.background())?;
         Ok(Qmp {
             inner,
-            reader: Mutex::new(Some(handle)),
-            greeting,
-            early_events: Mutex::new(early),
+            background: Mutex::new(Some(handle)),
         })
     }
 
-    /// The server greeting.
-    pub fn greeting(&self) -> &Greeting {
-        &self.greeting
+    fn connection(&self) -> &Connection<Waiter, mpsc::Sender<Event>> {
+        &self.inner.conn
     }
 
-    /// QEMU's version, from the greeting.
-    pub fn version(&self) -> QemuVersion {
-        self.greeting.version
-    }
+    connection_accessors!();
 
-    /// The configuration in use.
-    pub fn config(&self) -> &Config {
-        &self.inner.config
-    }
-
-    /// Events that arrived before the greeting or during negotiation (taken once).
-    pub fn take_early_events(&self) -> Vec<Event> {
-        std::mem::take(&mut *lock(&self.early_events))
-    }
-
-    /// Whether the connection is open and negotiated.
-    pub fn is_connected(&self) -> bool {
-        self.inner.connected.load(Ordering::SeqCst)
-            && lock(&self.inner.shared).session.state() == State::Ready
-    }
-
-    /// Executes a typed qapi-qmp command with the default timeout and decodes its reply.
-    pub fn execute<C: qapi_spec::Command>(&self, command: &C) -> Result<C::Ok> {
-        let value = self.execute_command(&Command::from_typed(command)?)?;
-        decode_reply::<C>(value)
-    }
-
-    /// Executes `name` with raw JSON `arguments` (`Value::Null` or `{}` for none).
-    pub fn execute_raw(&self, name: &str, arguments: Value) -> Result<Value> {
-        self.execute_command(&Command::new(name, arguments))
-    }
-
-    /// Executes a [`Command`] with the default timeout.
-    pub fn execute_command(&self, command: &Command) -> Result<Value> {
-        self.execute_with_timeout(command, self.inner.config.command_timeout)
-    }
+    command_helpers!(EventSubscription, [], []);
 
     /// Executes a [`Command`] with its own timeout. On timeout the connection stays usable and a
     /// late reply is dropped.
     pub fn execute_with_timeout(&self, command: &Command, timeout: Duration) -> Result<Value> {
-        self.execute_with_fds(command, timeout, &[])
+        self.execute_with_fds(command, timeout, Vec::new())
     }
 
     fn execute_with_fds(
         &self,
         command: &Command,
         timeout: Duration,
-        fds: &[BorrowedFd<'_>],
+        fds: Vec<OwnedFd>,
     ) -> Result<Value> {
-        let (tx, rx) = mpsc::sync_channel(1);
-        let (id, bytes) = lock(&self.inner.shared)
+        let deadline = deadline(timeout);
+        let slot = Arc::new(Slot::default());
+        let id = lock(&self.inner.conn.state)
             .session
-            .start_command(command, tx)?;
-        if let Err(e) = self.write(&bytes, fds) {
-            lock(&self.inner.shared).session.cancel(id);
-            // A partial write would desynchronise the stream: end the session.
-            warn!(command = %command.name, error = %e, "QMP write failed; closing the connection");
-            self.inner.shutdown();
-            return Err(write_error(
-                e,
-                &command.name,
-                self.inner.config.command_timeout,
-            ));
+            .submit(command, fds, Arc::clone(&slot))?;
+        // Take the reading role before the command goes out, so that the reply cannot reach
+        // the background thread first.
+        let leading = self.inner.claim_reading();
+        self.inner.flush();
+        if let Some(result) = self.inner.wait(&slot, deadline, leading) {
+            return result;
         }
-        match rx.recv_timeout(timeout) {
-            Ok(result) => result,
-            Err(mpsc::RecvTimeoutError::Disconnected) => Err(Error::Disconnected),
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                lock(&self.inner.shared).session.cancel(id);
-                // The reply may have been delivered between the timeout and the cancel.
-                rx.try_recv().unwrap_or(Err(Error::Timeout {
-                    what: format!("command `{}`", command.name),
-                    after: timeout,
-                }))
-            }
-        }
-    }
-
-    fn write(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
-        let writer = lock(&self.inner.writer);
-        let mut rest = bytes;
-        let mut fds = fds;
-        // sendmsg with MSG_NOSIGNAL: a closed peer is an EPIPE error, never a SIGPIPE that
-        // would kill a host process which does not ignore it. The fds go with the first bytes.
-        while !rest.is_empty() {
-            match crate::fdpass::send_with_fds(writer.as_fd(), rest, fds) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    rest = rest.get(n..).unwrap_or_default();
-                    fds = &[];
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-
-    /// Subscribes to every event from now on.
-    pub fn subscribe(&self) -> EventSubscription {
-        self.subscribe_filtered(EventFilter::any())
+        lock(&self.inner.conn.state).session.cancel(id);
+        // The reply may have been delivered between the deadline and the cancel.
+        slot.take_result()
+            .unwrap_or_else(|| Err(command_timeout(&command.name, timeout)))
     }
 
     /// Subscribes to events matching `filter` from now on.
     pub fn subscribe_filtered(&self, filter: EventFilter) -> EventSubscription {
         let (tx, rx) = mpsc::channel();
-        let mut shared = lock(&self.inner.shared);
-        let id = shared.next_subscriber;
-        shared.next_subscriber += 1;
-        // A closed session gets no subscriber: the receiver sees the disconnection at once.
-        if shared.session.state() != State::Closed {
-            shared.subscribers.push(Subscriber {
-                id,
-                filter: filter.clone(),
-                tx,
-            });
-        }
         EventSubscription {
             rx,
-            id,
+            _registration: self.inner.conn.subscribe(filter.clone(), tx),
             filter,
-            inner: Arc::downgrade(&self.inner),
         }
-    }
-
-    /// Waits up to `timeout` for the next event matching `filter` (events from now on).
-    pub fn wait_event(&self, filter: &EventFilter, timeout: Duration) -> Result<Event> {
-        self.subscribe_filtered(filter.clone())
-            .recv_timeout(timeout)
-    }
-
-    /// Registers a listener for `filter`, then executes `command`, then waits for the event; all
-    /// within `timeout`. The event cannot race past the listener.
-    pub fn execute_and_wait_event(
-        &self,
-        command: &Command,
-        filter: &EventFilter,
-        timeout: Duration,
-    ) -> Result<(Value, Event)> {
-        let deadline = Instant::now() + timeout;
-        let sub = self.subscribe_filtered(filter.clone());
-        let value = self.execute_with_timeout(command, timeout)?;
-        let event = sub.recv_timeout(deadline.saturating_duration_since(Instant::now()))?;
-        Ok((value, event))
-    }
-
-    /// `device_del` and wait for `DEVICE_DELETED` for that id. A device the guest does not
-    /// release (e.g. cold-plugged into a paused VM) ends in [`Error::Timeout`].
-    pub fn device_del(&self, id: &str, timeout: Duration) -> Result<Event> {
-        self.execute_and_wait_event(
-            &commands::device_del(id),
-            &EventFilter::device_deleted(id),
-            timeout,
-        )
-        .map(|(_, e)| e)
-    }
-
-    /// `system_powerdown` and wait for `POWERDOWN`.
-    pub fn system_powerdown(&self, timeout: Duration) -> Result<Event> {
-        self.execute_and_wait_event(
-            &commands::system_powerdown(),
-            &EventFilter::powerdown(),
-            timeout,
-        )
-        .map(|(_, e)| e)
-    }
-
-    /// Passes `fd` to QEMU under `name` (`getfd`, fd sent with SCM_RIGHTS).
-    pub fn getfd(&self, name: &str, fd: BorrowedFd<'_>) -> Result<()> {
-        self.execute_with_fds(
-            &commands::getfd(name),
-            self.inner.config.command_timeout,
-            &[fd],
-        )
-        .map(drop)
-    }
-
-    /// Adds `fd` to an fd set (`add-fd`, fd sent with SCM_RIGHTS); a new set when `fdset_id` is
-    /// `None`.
-    pub fn add_fd(
-        &self,
-        fdset_id: Option<u64>,
-        opaque: Option<&str>,
-        fd: BorrowedFd<'_>,
-    ) -> Result<AddFdInfo> {
-        let cmd = commands::add_fd(fdset_id, opaque);
-        let value = self.execute_with_fds(&cmd, self.inner.config.command_timeout, &[fd])?;
-        decode_value("add-fd", value)
-    }
-
-    /// Runs a [`MemoryHotplug`]: `object-add`, then `device_add`; if `device_add` fails the
-    /// backend is removed again and `device_add`'s error is returned.
-    pub fn hotplug_memory(&self, plan: &MemoryHotplug) -> Result<()> {
-        self.execute_command(&plan.object_add)?;
-        if let Err(e) = self.execute_command(&plan.device_add) {
-            if let Err(undo) = self.execute_command(&plan.rollback) {
-                warn!(error = %undo, "rolling back the memory backend failed");
-            }
-            return Err(e);
-        }
-        Ok(())
     }
 
     /// Closes the connection: pending commands fail with [`Error::Disconnected`], subscriptions
-    /// end, the reader thread is joined. Idempotent.
+    /// end, the background reader is joined. Idempotent.
     pub fn close(&self) {
-        let handle = lock(&self.reader).take();
+        let handle = lock(&self.background).take();
         if let Some(handle) = handle {
-            self.inner.shutdown();
+            self.inner.conn.end(Error::Disconnected);
+            self.inner.settle(&mut lock(&self.inner.reading));
             if handle.join().is_err() {
-                warn!("QMP reader thread panicked");
+                warn!("QMP background reader panicked");
             }
             debug!("QMP connection closed");
         }
@@ -356,136 +289,238 @@ impl Drop for Qmp {
     }
 }
 
-pub(crate) fn decode_reply<C: qapi_spec::Command>(value: Value) -> Result<C::Ok> {
-    decode_value(C::NAME, value)
-}
+impl Inner {
+    /// Writes whatever the session has ready, unless another thread is writing: that one
+    /// writes what was queued behind it before it lets go. A write that fails ends the session.
+    fn flush(&self) {
+        loop {
+            let writer = match self.writer.try_lock() {
+                Ok(w) => w,
+                Err(TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(TryLockError::WouldBlock) => return,
+            };
+            loop {
+                let Some(t) = lock(&self.conn.state).session.poll_transmit() else {
+                    break;
+                };
+                let fds: Vec<BorrowedFd<'_>> = t.fds.iter().map(AsFd::as_fd).collect();
+                if let Err(e) = crate::fdpass::send_all(writer.as_fd(), &t.bytes, &fds) {
+                    drop(writer);
+                    // A partial write would desynchronise the stream: end the session.
+                    warn!(error = %e, "QMP write failed; closing the connection");
+                    let timeout = self.conn.config().command_timeout;
+                    self.conn
+                        .end(write_error(e, "writing QMP commands", timeout));
+                    self.settle(&mut lock(&self.reading));
+                    return;
+                }
+            }
+            drop(writer);
+            // A command queued while this thread held the lock has been left to it.
+            if !lock(&self.conn.state).session.has_transmit() {
+                return;
+            }
+        }
+    }
 
-pub(crate) fn decode_value<T: serde::de::DeserializeOwned>(what: &str, value: Value) -> Result<T> {
-    serde_json::from_value(value.clone()).map_err(|source| Error::Decode {
-        what: what.to_owned(),
-        raw: value,
-        source,
-    })
+    /// Takes the reading role if nobody has it; returns whether this caller now leads.
+    fn claim_reading(&self) -> bool {
+        let mut reading = lock(&self.reading);
+        if reading.leader.is_some() {
+            return false;
+        }
+        reading.leader = Some(Leader::Caller);
+        self.watch_socket(&mut reading, false);
+        true
+    }
+
+    /// Waits for `slot`'s result until `deadline`, reading the socket when nobody else does
+    /// (`leading`: this caller already has the role). `None` when the deadline passed first.
+    fn wait(
+        &self,
+        slot: &Arc<Slot>,
+        deadline: Option<Instant>,
+        mut leading: bool,
+    ) -> Option<Result<Value>> {
+        loop {
+            if leading {
+                self.lead(slot, deadline);
+                let mut reading = lock(&self.reading);
+                reading.leader = None;
+                self.settle(&mut reading);
+                leading = false;
+            }
+            if let Some(result) = slot.take_result() {
+                return Some(result);
+            }
+            if remaining(deadline).is_some_and(|r| r.is_zero()) {
+                return None;
+            }
+            let mut reading = lock(&self.reading);
+            if reading.leader.is_none() {
+                reading.leader = Some(Leader::Caller);
+                self.watch_socket(&mut reading, false);
+                leading = true;
+                continue;
+            }
+            reading.followers.push_back(Arc::clone(slot));
+            drop(reading);
+            slot.sleep(deadline);
+            let mut reading = lock(&self.reading);
+            reading.followers.retain(|f| !Arc::ptr_eq(f, slot));
+            let leaving = slot.has_result() || remaining(deadline).is_some_and(|r| r.is_zero());
+            // Promoted but leaving: pass the role on. Promoted and staying: the loop takes it.
+            if slot.take_promotion() && leaving {
+                self.settle(&mut reading);
+            }
+        }
+    }
+
+    /// Reads as the leader until `slot` has its result, `deadline` passes or the session ends.
+    fn lead(&self, slot: &Slot, deadline: Option<Instant>) {
+        let mut read = lock(&self.read);
+        while !slot.has_result() {
+            let left = remaining(deadline);
+            if left.is_some_and(|r| r.is_zero()) {
+                return;
+            }
+            match wait_readable(read.stream.as_fd(), left) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    self.read_done(&mut read, Err(e));
+                    return;
+                }
+            }
+            if self.read_once(&mut read) {
+                return;
+            }
+        }
+    }
+
+    /// One `recv` and what follows; returns whether the session is closed.
+    fn read_once(&self, read: &mut ReadSide) -> bool {
+        let n = recv_now(read.stream.as_fd(), &mut read.buf);
+        if matches!(&n, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
+            return false;
+        }
+        self.read_done(read, n)
+    }
+
+    /// Feeds `n` bytes read into the buffer (0 or an error: the end of the stream), delivers in
+    /// the same critical section, then writes what the replies let go. Returns whether the
+    /// session is closed.
+    fn read_done(&self, read: &mut ReadSide, n: io::Result<usize>) -> bool {
+        let ReadSide { buf, actions, .. } = read;
+        let bytes = n.map(|n| buf.get(..n).unwrap_or_default());
+        let (closed, ready) = {
+            let mut state = lock(&self.conn.state);
+            let closed = state.on_read(bytes, actions);
+            (closed, state.session.has_transmit())
+        };
+        if closed {
+            self.conn.shutdown();
+        } else if ready {
+            self.flush();
+        }
+        closed
+    }
+
+    /// After the reading role changed: if nobody reads, the oldest follower is asked to, or
+    /// the background thread takes over.
+    fn settle(&self, reading: &mut Reading) {
+        if reading.leader.is_some() {
+            return;
+        }
+        // A follower whose result has arrived is about to leave: ask the next one.
+        let next = reading.followers.iter().find(|f| !f.has_result()).cloned();
+        match next {
+            Some(next) if !self.conn.is_shut_down() => {
+                self.watch_socket(reading, false);
+                next.promote();
+            }
+            _ => self.watch_socket(reading, true),
+        }
+    }
+
+    fn watch_socket(&self, reading: &mut Reading, on: bool) {
+        if reading.watching == on {
+            return;
+        }
+        let result = if on {
+            self.watch.on()
+        } else {
+            self.watch.off()
+        };
+        match result {
+            Ok(()) => reading.watching = on,
+            Err(e) => warn!(error = %e, on, "QMP: epoll_ctl failed"),
+        }
+    }
+
+    /// The background reader: sleeps on the epoll set, and reads when it wakes with nobody
+    /// else reading. Ends with the connection.
+    fn background(&self) {
+        loop {
+            if let Err(e) = self.watch.wait() {
+                warn!(error = %e, "QMP: epoll_wait failed; events are read only by callers");
+                return;
+            }
+            if self.conn.is_shut_down() {
+                return;
+            }
+            {
+                let mut reading = lock(&self.reading);
+                if reading.leader.is_some() || !reading.watching {
+                    continue;
+                }
+                reading.leader = Some(Leader::Background);
+            }
+            let closed = self.read_once(&mut lock(&self.read));
+            let mut reading = lock(&self.reading);
+            reading.leader = None;
+            self.settle(&mut reading);
+            if closed {
+                return;
+            }
+        }
+    }
 }
 
 fn handshake(
-    session: &mut Session<Waiter>,
     reader: &mut UnixStream,
-    writer: &mut UnixStream,
+    writer: &UnixStream,
     config: &Config,
-    early: &mut Vec<Event>,
-) -> Result<Greeting> {
-    let deadline = Instant::now() + config.greeting_timeout;
+) -> Result<Negotiated<Waiter>> {
+    let mut handshake = Handshake::new(config);
+    let deadline = deadline(config.greeting_timeout);
     let mut buf = vec![0u8; 64 * 1024];
-    let mut actions = Vec::new();
-    let mut greeting = None;
     loop {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
-            return Err(Error::Timeout {
-                what: "QMP greeting and negotiation".into(),
-                after: config.greeting_timeout,
-            });
+        let remaining = remaining(deadline);
+        if remaining.is_some_and(|r| r.is_zero()) {
+            return Err(greeting_timeout(config.greeting_timeout));
         }
-        reader.set_read_timeout(Some(remaining))?;
-        writer.set_write_timeout(Some(remaining))?;
-        match reader.read(&mut buf) {
-            Ok(0) => session.eof(&mut actions),
-            Ok(n) => session.feed(buf.get(..n).unwrap_or_default(), &mut actions),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+        reader.set_read_timeout(remaining)?;
+        writer.set_write_timeout(remaining)?;
+        let send = match reader.read(&mut buf) {
+            Ok(n) => handshake.on_read(buf.get(..n).filter(|b| !b.is_empty()))?,
             Err(e)
                 if matches!(
                     e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    io::ErrorKind::Interrupted
+                        | io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
                 ) =>
             {
                 continue
             }
             Err(e) => return Err(Error::Io(e)),
+        };
+        if let Some(bytes) = send {
+            crate::fdpass::send_all(writer.as_fd(), &bytes, &[])?;
         }
-        let mut ready = false;
-        for action in actions.drain(..) {
-            match action {
-                Action::Greeting(g) => {
-                    greeting = Some(g);
-                    writer.write_all(&session.negotiate()?)?;
-                }
-                // Events read along with the negotiation reply are kept too.
-                Action::Ready => ready = true,
-                Action::Event(e) => early.push(e),
-                Action::Reply { .. } => {}
-                Action::Closed(err) => return Err(err),
-            }
-        }
-        if ready {
-            return greeting.ok_or_else(|| Error::Greeting("negotiated without a greeting".into()));
-        }
-    }
-}
-
-/// The error for a failed command write: a peer that went away is [`Error::Disconnected`]
-/// (whether or not the reader has seen the end of the stream yet), a write that timed out is
-/// [`Error::Timeout`], anything else [`Error::Io`].
-pub(crate) fn write_error(e: io::Error, command: &str, timeout: Duration) -> Error {
-    match e.kind() {
-        io::ErrorKind::BrokenPipe
-        | io::ErrorKind::ConnectionReset
-        | io::ErrorKind::ConnectionAborted
-        | io::ErrorKind::NotConnected => Error::Disconnected,
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Error::Timeout {
-            what: format!("writing `{command}`"),
-            after: timeout,
-        },
-        _ => Error::Io(e),
-    }
-}
-
-fn reader_loop(inner: &Inner, mut stream: UnixStream) {
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut actions = Vec::new();
-    loop {
-        let read = stream.read(&mut buf);
-        let mut closed = false;
-        {
-            let mut shared = lock(&inner.shared);
-            match read {
-                Ok(0) => shared.session.eof(&mut actions),
-                Ok(n) => shared
-                    .session
-                    .feed(buf.get(..n).unwrap_or_default(), &mut actions),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    debug!(error = %e, "QMP read failed");
-                    shared.session.eof(&mut actions);
-                }
-            }
-            for action in actions.drain(..) {
-                match action {
-                    Action::Event(event) => {
-                        trace!(event = %event.name, "QMP event");
-                        shared.subscribers.retain(|s| {
-                            !s.filter.matches(&event) || s.tx.send(event.clone()).is_ok()
-                        });
-                    }
-                    // Delivered under the lock: a caller whose timeout fires now either finds
-                    // its reply in the channel or cancels before the reader took the waiter,
-                    // never neither. `try_send` on a one-slot channel never blocks; a caller
-                    // that gave up has dropped the receiver and the reply is dropped.
-                    Action::Reply { waiter, result, .. } => {
-                        let _ = waiter.try_send(result);
-                    }
-                    Action::Closed(err) => {
-                        debug!(reason = %err, "QMP session closed");
-                        shared.subscribers.clear();
-                        closed = true;
-                    }
-                    Action::Greeting(_) | Action::Ready => {}
-                }
-            }
-        }
-        if closed {
-            inner.shutdown();
-            return;
+        if handshake.is_done() {
+            return handshake.finish();
         }
     }
 }
@@ -495,19 +530,15 @@ fn reader_loop(inner: &Inner, mut stream: UnixStream) {
 #[derive(Debug)]
 pub struct EventSubscription {
     rx: mpsc::Receiver<Event>,
-    id: u64,
     filter: EventFilter,
-    inner: Weak<Inner>,
+    _registration: Registration<Waiter, mpsc::Sender<Event>>,
 }
 
 impl EventSubscription {
     /// Waits up to `timeout` for the next event.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Event> {
         self.rx.recv_timeout(timeout).map_err(|e| match e {
-            mpsc::RecvTimeoutError::Timeout => Error::Timeout {
-                what: format!("event {}", self.filter),
-                after: timeout,
-            },
+            mpsc::RecvTimeoutError::Timeout => event_timeout(&self.filter, timeout),
             mpsc::RecvTimeoutError::Disconnected => Error::Disconnected,
         })
     }
@@ -529,19 +560,5 @@ impl Iterator for EventSubscription {
     /// Blocks for the next event; `None` once the connection is closed.
     fn next(&mut self) -> Option<Event> {
         self.recv().ok()
-    }
-}
-
-impl Drop for EventSubscription {
-    fn drop(&mut self) {
-        if let Some(inner) = self.inner.upgrade() {
-            lock(&inner.shared).subscribers.retain(|s| s.id != self.id);
-        }
-    }
-}
-
-impl std::fmt::Debug for Inner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Inner").finish_non_exhaustive()
     }
 }

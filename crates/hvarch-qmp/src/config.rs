@@ -17,7 +17,10 @@ pub struct Config {
     /// Maximum size of one inbound message in bytes (default 16 MiB). A longer line ends the
     /// session with [`Error::Protocol`](crate::Error::Protocol).
     pub max_message_size: usize,
-    /// Enable the `oob` capability during negotiation when the server offers it (default off).
+    /// Negotiate the `oob` capability when the server offers it (default on, as Python's
+    /// `qemu.qmp` does). With it QEMU reads and queues up to 8 in-band commands while it runs
+    /// one, so concurrent commands no longer wait for a main-loop wake-up each; replies,
+    /// events, errors and fd passing behave the same. `false` negotiates no capability.
     pub enable_oob: bool,
 }
 
@@ -27,7 +30,7 @@ impl Default for Config {
             command_timeout: Duration::from_secs(30),
             greeting_timeout: Duration::from_secs(10),
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
-            enable_oob: false,
+            enable_oob: true,
         }
     }
 }

@@ -67,5 +67,87 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// The same error again, for each of several receivers (a session that ends fails every
+    /// pending command with the error that ended it). `Error` is not `Clone` because of its
+    /// I/O and serde sources: those are rebuilt from their kind and message, so the copy
+    /// displays exactly as the original.
+    pub(crate) fn duplicate(&self) -> Error {
+        match self {
+            Error::Io(e) => Error::Io(std::io::Error::new(e.kind(), e.to_string())),
+            Error::Timeout { what, after } => Error::Timeout {
+                what: what.clone(),
+                after: *after,
+            },
+            Error::Disconnected => Error::Disconnected,
+            Error::Protocol(m) => Error::Protocol(m.clone()),
+            Error::Command {
+                command,
+                class,
+                desc,
+            } => Error::Command {
+                command: command.clone(),
+                class: class.clone(),
+                desc: desc.clone(),
+            },
+            Error::Greeting(m) => Error::Greeting(m.clone()),
+            Error::Negotiation(m) => Error::Negotiation(m.clone()),
+            Error::InvalidArguments { command, reason } => Error::InvalidArguments {
+                command: command.clone(),
+                reason: reason.clone(),
+            },
+            Error::Decode { what, raw, source } => Error::Decode {
+                what: what.clone(),
+                raw: raw.clone(),
+                source: serde::de::Error::custom(source),
+            },
+        }
+    }
+}
+
 /// The description used when QEMU's error reply has no `desc`.
 pub(crate) const MISSING_DESC: &str = "(QEMU sent no error description)";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duplicate_displays_as_the_original() {
+        let decode = serde_json::from_str::<u32>("\"x\"").expect_err("not a number");
+        let all = [
+            Error::Io(std::io::Error::from(std::io::ErrorKind::BrokenPipe)),
+            Error::Timeout {
+                what: "command `x`".into(),
+                after: Duration::from_millis(5),
+            },
+            Error::Disconnected,
+            Error::Protocol("inbound line is not valid JSON".into()),
+            Error::Command {
+                command: "device_del".into(),
+                class: "DeviceNotFound".into(),
+                desc: "no".into(),
+            },
+            Error::Greeting("g".into()),
+            Error::Negotiation("n".into()),
+            Error::InvalidArguments {
+                command: "c".into(),
+                reason: "r".into(),
+            },
+            Error::Decode {
+                what: "w".into(),
+                raw: serde_json::json!("x"),
+                source: decode,
+            },
+        ];
+        for e in &all {
+            let copy = e.duplicate();
+            assert_eq!(copy.to_string(), e.to_string());
+            assert_eq!(
+                std::mem::discriminant(&copy),
+                std::mem::discriminant(e),
+                "{e}"
+            );
+        }
+    }
+}

@@ -56,10 +56,16 @@ pub struct Event {
 impl Event {
     /// Builds an event from an inbound message that has an `event` member.
     pub(crate) fn from_message(name: String, msg: &mut serde_json::Map<String, Value>) -> Event {
+        let data = msg.remove("data").unwrap_or(Value::Null);
+        Event::new(name, data, msg.get("timestamp"))
+    }
+
+    /// An event called `name` with `data` and the message's `timestamp` member.
+    pub(crate) fn new(name: String, data: Value, timestamp: Option<&Value>) -> Event {
         Event {
             name,
-            data: msg.remove("data").unwrap_or(Value::Null),
-            timestamp: Timestamp::from_json(msg.get("timestamp")),
+            data,
+            timestamp: Timestamp::from_json(timestamp),
         }
     }
 

@@ -72,6 +72,29 @@ pub fn send_with_fds(
     }
 }
 
+/// Sends all of `data` (with `fds` attached to its first bytes) with `sendmsg(MSG_NOSIGNAL)`:
+/// a closed peer is an `EPIPE` error, never a `SIGPIPE` that would kill a process which does not
+/// ignore it. On a blocking socket this blocks (bounded by its `SO_SNDTIMEO`); on a
+/// non-blocking one it fails with `WouldBlock` when the socket is full.
+pub(crate) fn send_all(
+    socket: BorrowedFd<'_>,
+    data: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
+    let mut rest = data;
+    let mut fds = fds;
+    while !rest.is_empty() {
+        match send_with_fds(socket, rest, fds)? {
+            0 => return Err(io::ErrorKind::WriteZero.into()),
+            n => {
+                rest = rest.get(n..).unwrap_or_default();
+                fds = &[];
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Receives up to `buf.len()` bytes and any fds sent with them (up to 8). Used by tests and the
 /// fake server. Returns the byte count and the received fds, owned.
 pub fn recv_with_fds(socket: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {

@@ -1,9 +1,15 @@
 //! hvarch-qmp: a QMP (QEMU Machine Protocol) client that never hangs and never panics.
 //!
 //! * [`protocol`]: a sans-IO core (greeting, negotiation, ids, replies routed by id, events,
-//!   line framing with a maximum message size). No sockets, no threads.
-//! * [`Qmp`]: a blocking client over a Unix socket (a reader thread, a timeout on every wait).
+//!   line framing with a maximum message size, and flow control: at most 8 commands in flight,
+//!   the rest queued, ready commands coalesced into one write). No sockets, no threads.
+//! * [`Qmp`]: a blocking client over a Unix socket (callers read for themselves, a timeout on
+//!   every wait).
 //! * [`AsyncQmp`] (feature `tokio`): the same surface with cancel-safe futures.
+//!
+//! Both negotiate QMP's `oob` capability when QEMU offers it (as Python's `qemu.qmp` does): QEMU
+//! then reads and queues up to 8 commands while it runs one, so concurrent callers gain.
+//! [`Config::enable_oob`] `= false` turns it off.
 //! * [`commands`]: the govmm command set with exact JSON arguments; any qapi-qmp command struct
 //!   can be executed typed with `execute`.
 //!
@@ -30,14 +36,17 @@
 #![deny(missing_docs)]
 
 mod blocking;
+mod client;
 pub mod codec;
 pub mod commands;
 mod config;
+mod deadline;
 mod error;
 mod event;
 mod fdpass;
 mod message;
 pub mod protocol;
+mod sys;
 #[doc(hidden)]
 pub mod testing;
 #[cfg(feature = "tokio")]

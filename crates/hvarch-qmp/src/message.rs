@@ -113,6 +113,36 @@ impl Command {
     }
 }
 
+impl Command {
+    /// The wire line with `id`: the bytes of [`Command::to_message`] and a newline, written
+    /// directly (no intermediate JSON object).
+    pub fn encode(&self, id: u64) -> Result<Vec<u8>, Error> {
+        let arguments = match &self.arguments {
+            Value::Null => None,
+            Value::Object(o) if o.is_empty() => None,
+            Value::Object(_) => Some(&self.arguments),
+            other => {
+                return Err(Error::InvalidArguments {
+                    command: self.name.clone(),
+                    reason: format!("arguments must be a JSON object, got {other}"),
+                })
+            }
+        };
+        let mut out = Vec::with_capacity(48 + self.name.len());
+        out.extend_from_slice(b"{\"execute\":");
+        // Writing a string or a `Value` into a Vec cannot fail (no I/O, string keys).
+        let _ = serde_json::to_writer(&mut out, &self.name);
+        if let Some(arguments) = arguments {
+            out.extend_from_slice(b",\"arguments\":");
+            let _ = serde_json::to_writer(&mut out, arguments);
+        }
+        out.extend_from_slice(b",\"id\":");
+        out.extend_from_slice(id.to_string().as_bytes());
+        out.extend_from_slice(b"}\n");
+        Ok(out)
+    }
+}
+
 /// One inbound message, classified from raw JSON.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Inbound {
@@ -174,8 +204,16 @@ impl Inbound {
         Ok(Inbound::Unknown(Value::Object(obj)))
     }
 
-    /// Decodes one line of raw bytes and classifies it.
+    /// Decodes one line of raw bytes and classifies it (as [`Inbound::classify`] does).
     pub fn decode(line: &[u8]) -> Result<Inbound, Error> {
+        // Replies and events, nearly every line, decode without building a JSON object for
+        // the message itself; anything unusual takes the general path.
+        if let Some(inbound) = serde_json::from_slice::<Envelope>(line)
+            .ok()
+            .and_then(Envelope::into_inbound)
+        {
+            return Ok(inbound);
+        }
         let value: Value = serde_json::from_slice(line).map_err(|e| {
             Error::Protocol(format!(
                 "inbound line is not valid JSON ({e}): {}",
@@ -183,6 +221,56 @@ impl Inbound {
             ))
         })?;
         Inbound::classify(value)
+    }
+}
+
+/// The members of an inbound message that classify it. A member present with `null` is
+/// `Some(Value::Null)`, as [`Inbound::classify`] sees it; unknown members are ignored.
+#[derive(serde::Deserialize)]
+struct Envelope {
+    #[serde(default, deserialize_with = "present")]
+    event: Option<Value>,
+    #[serde(default)]
+    data: Option<Value>,
+    #[serde(default)]
+    timestamp: Option<Value>,
+    #[serde(rename = "QMP", default, deserialize_with = "present")]
+    greeting: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    id: Option<Value>,
+    #[serde(rename = "return", default, deserialize_with = "present")]
+    value: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    error: Option<Value>,
+}
+
+/// A member that is present, whatever its value (`null` included).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    serde::Deserialize::deserialize(d).map(Some)
+}
+
+impl Envelope {
+    /// The message, when it is an event, a reply or an error reply in the plain form;
+    /// `None` for whatever [`Inbound::classify`] should look at as a whole.
+    fn into_inbound(self) -> Option<Inbound> {
+        match (self.event, self.greeting, self.value, self.error) {
+            (Some(Value::String(name)), _, _, _) => Some(Inbound::Event(Event::new(
+                name,
+                self.data.unwrap_or(Value::Null),
+                self.timestamp.as_ref(),
+            ))),
+            (None, None, Some(value), _) => Some(Inbound::Return { id: self.id, value }),
+            (None, None, None, Some(err)) => Some(Inbound::Error {
+                id: self.id,
+                class: err
+                    .get("class")
+                    .and_then(Value::as_str)
+                    .unwrap_or("(no error class)")
+                    .to_owned(),
+                desc: err.get("desc").and_then(Value::as_str).map(str::to_owned),
+            }),
+            _ => None,
+        }
     }
 }
 
@@ -285,6 +373,23 @@ mod tests {
             json!({"execute": "device_del", "arguments": {"id": "d"}, "id": 4})
         );
         assert!(Command::new("x", json!([1])).to_message(1).is_err());
+        assert!(Command::new("x", json!([1])).encode(1).is_err());
+        // The encoded line is the message, compact, and a newline.
+        for (c, id) in [
+            (Command::bare("query-status"), 3),
+            (
+                Command::new("device_del", json!({"id": "d\"\n,"})),
+                u64::MAX,
+            ),
+            (Command::new("x", json!({})), 0),
+        ] {
+            let line = c.encode(id).expect("encode");
+            assert_eq!(line.last(), Some(&b'\n'));
+            assert_eq!(
+                line,
+                crate::codec::encode_line(&c.to_message(id).expect("message"))
+            );
+        }
         let typed = Command::from_typed(&qapi_qmp::device_del { id: "d".into() }).expect("ok");
         assert_eq!(typed, Command::new("device_del", json!({"id": "d"})));
     }

@@ -2,11 +2,22 @@
 //!
 //! [`Session`] never touches a socket or a thread. Feed it the bytes you read with
 //! [`Session::feed`]; it returns [`Action`]s (greeting seen, negotiation done, a reply for a waiter,
-//! an event, the session ended). Ask it for the bytes of a command with [`Session::start_command`];
-//! it allocates the id and remembers the caller's waiter (any type `W`, e.g. a channel sender) until
-//! the reply arrives, the caller gives up ([`Session::cancel`]), or the connection ends.
+//! an event, the session ended). Hand it commands with [`Session::submit`]; it allocates the id
+//! and remembers the caller's waiter (any type `W`, e.g. a channel sender) until the reply
+//! arrives, the caller gives up ([`Session::cancel`]), or the connection ends. Take what is ready
+//! to be written with [`Session::poll_transmit`].
+//!
+//! Flow control lives here too, as the QMP specification asks of clients: at most
+//! [`MAX_IN_FLIGHT`] commands await their reply at once (QEMU queues no more than 8 in-band
+//! commands per monitor); the rest wait in the session's queue, in order, and become ready as
+//! replies arrive. Whatever is ready is handed out as one [`Transmit`], for one `sendmsg`, except
+//! that a command carrying file descriptors goes alone, with its descriptors attached, and only
+//! once no other descriptors are on their way: QEMU keeps only the last descriptors it received
+//! on a monitor until a command takes them, so a second set sent before the first was taken
+//! would replace it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::os::fd::OwnedFd;
 
 use serde_json::{json, Value};
 use tracing::{debug, trace, warn};
@@ -15,6 +26,13 @@ use crate::codec::{encode_line, LineDecoder};
 use crate::error::Error;
 use crate::event::Event;
 use crate::message::{command_error, truncate, Command, Greeting, Inbound};
+
+/// How many commands may await their reply at once on one connection.
+pub const MAX_IN_FLIGHT: usize = 8;
+
+/// How many commands may wait in the session's queue for a slot; [`Session::submit`] refuses
+/// more (a QEMU that stops reading must not make commands and their descriptors pile up).
+pub const MAX_QUEUED: usize = 1024;
 
 /// Where the session is in its lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,7 +72,32 @@ pub enum Action<W> {
 
 struct Pending<W> {
     command: String,
-    waiter: W,
+    /// `None` once the caller gave up on a command already written: its late reply is dropped,
+    /// but it keeps its slot until then (QEMU still holds it in its queue).
+    waiter: Option<W>,
+    /// Handed out by [`Session::poll_transmit`] (or [`Session::start_command`]).
+    sent: bool,
+    carries_fds: bool,
+}
+
+/// A command waiting in the session's queue to be written.
+struct Queued {
+    id: u64,
+    bytes: Vec<u8>,
+    fds: Vec<OwnedFd>,
+}
+
+/// What to write next, in one `sendmsg`: the lines of one or more commands, and the file
+/// descriptors to attach to the first of their bytes (a command with descriptors always goes
+/// alone).
+#[derive(Debug)]
+pub struct Transmit {
+    /// The bytes, whole lines.
+    pub bytes: Vec<u8>,
+    /// The descriptors to pass with SCM_RIGHTS (empty for most commands).
+    pub fds: Vec<OwnedFd>,
+    /// The ids of the commands in `bytes`, in order.
+    pub ids: Vec<u64>,
 }
 
 /// The QMP protocol state machine. See the [module docs](self).
@@ -62,7 +105,12 @@ pub struct Session<W> {
     state: State,
     decoder: LineDecoder,
     next_id: u64,
-    pending: HashMap<u64, Pending<W>>,
+    pending: BTreeMap<u64, Pending<W>>,
+    queue: VecDeque<Queued>,
+    /// Commands written whose reply has not arrived (abandoned ones included).
+    in_flight: usize,
+    /// A command carrying descriptors is written and its reply has not arrived.
+    fds_in_flight: bool,
     greeting: Option<Greeting>,
     negotiation_id: Option<u64>,
     enable_oob: bool,
@@ -74,6 +122,8 @@ impl<W> std::fmt::Debug for Session<W> {
             .field("state", &self.state)
             .field("next_id", &self.next_id)
             .field("pending", &self.pending.len())
+            .field("queued", &self.queue.len())
+            .field("in_flight", &self.in_flight)
             .field("greeting", &self.greeting)
             .finish_non_exhaustive()
     }
@@ -87,7 +137,10 @@ impl<W> Session<W> {
             state: State::AwaitingGreeting,
             decoder: LineDecoder::new(max_message_size),
             next_id: 1,
-            pending: HashMap::new(),
+            pending: BTreeMap::new(),
+            queue: VecDeque::new(),
+            in_flight: 0,
+            fds_in_flight: false,
             greeting: None,
             negotiation_id: None,
             enable_oob,
@@ -104,9 +157,25 @@ impl<W> Session<W> {
         self.greeting.as_ref()
     }
 
-    /// How many commands await a reply.
+    /// How many commands await a reply for a caller (queued or written; not those abandoned).
     pub fn pending(&self) -> usize {
-        self.pending.len()
+        self.pending.values().filter(|p| p.waiter.is_some()).count()
+    }
+
+    /// How many commands are written and await their reply (abandoned ones included: QEMU still
+    /// holds them). Never more than [`MAX_IN_FLIGHT`] through [`Session::poll_transmit`].
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// How many commands wait in the queue to be written.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Whether `oob` was (or will be) requested: asked for and offered by the greeting.
+    pub fn oob(&self) -> bool {
+        self.enable_oob && self.greeting.as_ref().is_some_and(Greeting::supports_oob)
     }
 
     /// The bytes of `qmp_capabilities` (with `enable: ["oob"]` if asked for and offered).
@@ -119,8 +188,7 @@ impl<W> Session<W> {
         }
         let id = self.alloc_id();
         self.negotiation_id = Some(id);
-        let oob = self.enable_oob && self.greeting.as_ref().is_some_and(Greeting::supports_oob);
-        let msg = if oob {
+        let msg = if self.oob() {
             json!({"execute": "qmp_capabilities", "arguments": {"enable": ["oob"]}, "id": id})
         } else {
             json!({"execute": "qmp_capabilities", "id": id})
@@ -134,11 +202,48 @@ impl<W> Session<W> {
         id
     }
 
-    /// Registers `waiter` for `command` and returns the id and the bytes to send.
+    /// Registers `waiter` for `command` and queues it with `fds` (passed with SCM_RIGHTS when
+    /// it is written); returns its id. [`Session::poll_transmit`] hands it out when its turn
+    /// comes.
+    ///
+    /// Fails with [`Error::Disconnected`] once the session is closed, a protocol error before
+    /// negotiation has finished, [`Error::InvalidArguments`] for arguments that are not an
+    /// object, and an I/O error of kind `WouldBlock` when [`MAX_QUEUED`] commands already wait.
+    pub fn submit(
+        &mut self,
+        command: &Command,
+        fds: Vec<OwnedFd>,
+        waiter: W,
+    ) -> Result<u64, Error> {
+        if self.queue.len() >= MAX_QUEUED {
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::WouldBlock,
+                format!("{MAX_QUEUED} QMP commands already wait to be sent (QEMU is not reading)"),
+            )));
+        }
+        let (id, bytes) = self.register(command, !fds.is_empty(), waiter)?;
+        self.queue.push_back(Queued { id, bytes, fds });
+        Ok(id)
+    }
+
+    /// Registers `waiter` for `command` and returns the id and the bytes to send now, outside
+    /// the queue: the command counts as written at once. For a caller that does its own flow
+    /// control (and does not mix this with [`Session::submit`]).
     ///
     /// Fails with [`Error::Disconnected`] once the session is closed, or a protocol error before
     /// negotiation has finished.
     pub fn start_command(&mut self, command: &Command, waiter: W) -> Result<(u64, Vec<u8>), Error> {
+        let (id, bytes) = self.register(command, false, waiter)?;
+        self.mark_sent(id);
+        Ok((id, bytes))
+    }
+
+    fn register(
+        &mut self,
+        command: &Command,
+        carries_fds: bool,
+        waiter: W,
+    ) -> Result<(u64, Vec<u8>), Error> {
         match self.state {
             State::Ready => {}
             State::Closed => return Err(Error::Disconnected),
@@ -153,25 +258,86 @@ impl<W> Session<W> {
         while self.pending.contains_key(&id) {
             id = self.alloc_id();
         }
-        let bytes = encode_line(&command.to_message(id)?);
+        let bytes = command.encode(id)?;
         self.pending.insert(
             id,
             Pending {
                 command: command.name.clone(),
-                waiter,
+                waiter: Some(waiter),
+                sent: false,
+                carries_fds,
             },
         );
         trace!(id, command = %command.name, "QMP command registered");
         Ok((id, bytes))
     }
 
-    /// Forgets command `id` (timed out or abandoned); a late reply to it will be dropped.
-    /// Returns its waiter if it was still pending.
+    fn mark_sent(&mut self, id: u64) {
+        if let Some(p) = self.pending.get_mut(&id) {
+            p.sent = true;
+            self.in_flight += 1;
+            self.fds_in_flight |= p.carries_fds;
+        }
+    }
+
+    /// Whether [`Session::poll_transmit`] has something to hand out.
+    pub fn has_transmit(&self) -> bool {
+        self.in_flight < MAX_IN_FLIGHT
+            && self
+                .queue
+                .front()
+                .is_some_and(|q| q.fds.is_empty() || !self.fds_in_flight)
+    }
+
+    /// What to write next: every queued command that may go now (up to [`MAX_IN_FLIGHT`]
+    /// written), in order, as one run of bytes; or a command carrying descriptors alone, once
+    /// none are on their way. The commands count as written from here on: write all of the
+    /// bytes, or end the session.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        let mut out: Option<Transmit> = None;
+        while self.has_transmit() {
+            let carries_fds = self.queue.front().is_some_and(|q| !q.fds.is_empty());
+            if carries_fds && out.is_some() {
+                break;
+            }
+            let Some(q) = self.queue.pop_front() else {
+                break;
+            };
+            self.mark_sent(q.id);
+            match &mut out {
+                Some(t) => {
+                    t.bytes.extend_from_slice(&q.bytes);
+                    t.ids.push(q.id);
+                }
+                None => {
+                    out = Some(Transmit {
+                        bytes: q.bytes,
+                        fds: q.fds,
+                        ids: vec![q.id],
+                    })
+                }
+            }
+            if carries_fds {
+                break;
+            }
+        }
+        out
+    }
+
+    /// Gives up on command `id` (timed out or abandoned). A queued command is dropped with its
+    /// descriptors and never written; a written one's late reply will be dropped (it keeps its
+    /// slot until then). Returns its waiter if it still had one.
     pub fn cancel(&mut self, id: u64) -> Option<W> {
-        self.pending.remove(&id).map(|p| {
+        let p = self.pending.get_mut(&id)?;
+        let waiter = p.waiter.take();
+        if p.sent {
             debug!(id, command = %p.command, "QMP command abandoned; a late reply will be dropped");
-            p.waiter
-        })
+        } else {
+            debug!(id, command = %p.command, "queued QMP command abandoned before it was sent");
+            self.pending.remove(&id);
+            self.queue.retain(|q| q.id != id);
+        }
+        waiter
     }
 
     /// Processes received bytes, appending actions to `out`.
@@ -210,40 +376,41 @@ impl<W> Session<W> {
             }
             _ => Error::Disconnected,
         };
-        self.close_with(err, |_| Error::Disconnected, out);
+        self.close_with(err, out);
     }
 
     /// Ends the session locally (close requested); pending commands fail with
     /// [`Error::Disconnected`].
     pub fn close(&mut self, out: &mut Vec<Action<W>>) {
-        if self.state != State::Closed {
-            self.close_with(Error::Disconnected, |_| Error::Disconnected, out);
+        self.close_with(Error::Disconnected, out);
+    }
+
+    /// Ends the session because of `err` (e.g. a write that failed or timed out): every
+    /// pending command fails with a copy of `err`. Nothing happens if it has already ended.
+    pub fn close_with(&mut self, err: Error, out: &mut Vec<Action<W>>) {
+        if self.state == State::Closed {
+            return;
         }
+        self.state = State::Closed;
+        // Queued commands are never written; their descriptors close here.
+        self.queue.clear();
+        self.in_flight = 0;
+        self.fds_in_flight = false;
+        for (id, p) in std::mem::take(&mut self.pending) {
+            if let Some(waiter) = p.waiter {
+                out.push(Action::Reply {
+                    id,
+                    waiter,
+                    result: Err(err.duplicate()),
+                });
+            }
+        }
+        out.push(Action::Closed(err));
     }
 
     fn fail(&mut self, err: Error, out: &mut Vec<Action<W>>) {
         warn!(error = %err, "QMP session failed");
-        let msg = err.to_string();
-        self.close_with(err, |_| Error::Protocol(msg.clone()), out);
-    }
-
-    fn close_with(
-        &mut self,
-        err: Error,
-        per_waiter: impl Fn(&str) -> Error,
-        out: &mut Vec<Action<W>>,
-    ) {
-        self.state = State::Closed;
-        let mut pending: Vec<_> = self.pending.drain().collect();
-        pending.sort_by_key(|(id, _)| *id);
-        for (id, p) in pending {
-            out.push(Action::Reply {
-                id,
-                waiter: p.waiter,
-                result: Err(per_waiter(&p.command)),
-            });
-        }
-        out.push(Action::Closed(err));
+        self.close_with(err, out);
     }
 
     fn handle(&mut self, msg: Inbound, out: &mut Vec<Action<W>>) -> Result<(), Error> {
@@ -282,15 +449,8 @@ impl<W> Session<W> {
                     self.negotiation_id = None;
                     self.state = State::Ready;
                     out.push(Action::Ready);
-                } else if let Some(p) = self.pending.remove(&id) {
-                    trace!(id, command = %p.command, "QMP reply");
-                    out.push(Action::Reply {
-                        id,
-                        waiter: p.waiter,
-                        result: Ok(value),
-                    });
                 } else {
-                    trace!(id, "late or unknown QMP reply dropped");
+                    self.complete(id, |_| Ok(value), out);
                 }
             }
             Inbound::Error { id, class, desc } => {
@@ -312,20 +472,41 @@ impl<W> Session<W> {
                         desc.as_deref().unwrap_or(crate::error::MISSING_DESC)
                     )));
                 }
-                if let Some(p) = self.pending.remove(&id) {
-                    trace!(id, command = %p.command, %class, "QMP error reply");
-                    let err = command_error(&p.command, class, desc);
-                    out.push(Action::Reply {
-                        id,
-                        waiter: p.waiter,
-                        result: Err(err),
-                    });
-                } else {
-                    trace!(id, "late or unknown QMP error reply dropped");
-                }
+                self.complete(id, |command| Err(command_error(command, class, desc)), out);
             }
         }
         Ok(())
+    }
+
+    /// The reply for command `id` arrived: its slot is free again, and its waiter (if the
+    /// caller has not given up) gets `result(command name)`.
+    fn complete(
+        &mut self,
+        id: u64,
+        result: impl FnOnce(&str) -> Result<Value, Error>,
+        out: &mut Vec<Action<W>>,
+    ) {
+        if !self.pending.get(&id).is_some_and(|p| p.sent) {
+            trace!(id, "QMP reply to no command in flight dropped");
+            return;
+        }
+        let Some(p) = self.pending.remove(&id) else {
+            return;
+        };
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if p.carries_fds {
+            self.fds_in_flight = false;
+        }
+        match p.waiter {
+            Some(waiter) => {
+                trace!(id, command = %p.command, "QMP reply");
+                let result = result(&p.command);
+                out.push(Action::Reply { id, waiter, result });
+            }
+            None => {
+                trace!(id, command = %p.command, "late QMP reply to an abandoned command dropped")
+            }
+        }
     }
 
     fn expect_greeted(&self) -> Result<(), Error> {
@@ -426,15 +607,21 @@ mod tests {
             b"{\"error\": {\"class\": \"GenericError\", \"desc\": \"JSON parse error\"}}\n",
             &mut out,
         );
-        assert!(matches!(
-            &out[0],
+        // The waiter and the session get the same error, which says its prefix once.
+        const SAID: &str =
+            "QMP protocol error: server reported an input parse error: GenericError: JSON parse error";
+        match &out[0] {
             Action::Reply {
                 waiter: 1,
-                result: Err(Error::Protocol(_)),
+                result: Err(e @ Error::Protocol(_)),
                 ..
-            }
-        ));
-        assert!(matches!(&out[1], Action::Closed(Error::Protocol(_))));
+            } => assert_eq!(e.to_string(), SAID),
+            other => panic!("{other:?}"),
+        }
+        match &out[1] {
+            Action::Closed(e @ Error::Protocol(_)) => assert_eq!(e.to_string(), SAID),
+            other => panic!("{other:?}"),
+        }
         assert!(matches!(
             s.start_command(&Command::bare("b"), 2),
             Err(Error::Disconnected)
@@ -473,6 +660,122 @@ mod tests {
             out.as_slice(),
             [Action::Closed(Error::Protocol(_))]
         ));
+    }
+
+    fn reply(id: u64) -> Vec<u8> {
+        format!("{{\"return\": {{}}, \"id\": {id}}}\n").into_bytes()
+    }
+
+    fn dev_null() -> OwnedFd {
+        std::fs::File::open("/dev/null")
+            .expect("open /dev/null")
+            .into()
+    }
+
+    #[test]
+    fn ninth_command_waits_for_a_slot() {
+        let mut s = ready(true);
+        let ids: Vec<u64> = (0..9)
+            .map(|i| {
+                s.submit(&Command::bare("q"), Vec::new(), i)
+                    .expect("submit")
+            })
+            .collect();
+        // The first eight go out together, as one run of lines.
+        let t = s.poll_transmit().expect("transmit");
+        assert_eq!(t.ids, ids[..8]);
+        assert_eq!(t.bytes.iter().filter(|&&b| b == b'\n').count(), 8);
+        assert_eq!((s.in_flight(), s.queued()), (8, 1));
+        assert!(!s.has_transmit());
+        assert!(s.poll_transmit().is_none());
+        // A reply frees a slot for the ninth.
+        let mut out = Vec::new();
+        s.feed(&reply(ids[3]), &mut out);
+        assert!(matches!(out.as_slice(), [Action::Reply { waiter: 3, .. }]));
+        let t = s.poll_transmit().expect("the ninth");
+        assert_eq!(t.ids, [ids[8]]);
+        assert_eq!(s.in_flight(), 8);
+    }
+
+    #[test]
+    fn descriptors_go_alone_and_one_set_at_a_time() {
+        let mut s = ready(true);
+        let a = s.submit(&Command::bare("a"), Vec::new(), 0).expect("a");
+        let b = s
+            .submit(&Command::bare("b"), vec![dev_null()], 1)
+            .expect("b");
+        let c = s.submit(&Command::bare("c"), Vec::new(), 2).expect("c");
+        let d = s
+            .submit(&Command::bare("d"), vec![dev_null()], 3)
+            .expect("d");
+        let e = s.submit(&Command::bare("e"), Vec::new(), 4).expect("e");
+        let t = s.poll_transmit().expect("a");
+        assert_eq!((t.ids.as_slice(), t.fds.len()), ([a].as_slice(), 0));
+        let t = s.poll_transmit().expect("b");
+        assert_eq!((t.ids.as_slice(), t.fds.len()), ([b].as_slice(), 1));
+        let t = s.poll_transmit().expect("c");
+        assert_eq!((t.ids.as_slice(), t.fds.len()), ([c].as_slice(), 0));
+        // d waits until QEMU took b's descriptor (b's reply), and e waits behind d.
+        assert!(s.poll_transmit().is_none());
+        let mut out = Vec::new();
+        s.feed(&reply(a), &mut out);
+        assert!(s.poll_transmit().is_none());
+        s.feed(&reply(b), &mut out);
+        let t = s.poll_transmit().expect("d");
+        assert_eq!((t.ids.as_slice(), t.fds.len()), ([d].as_slice(), 1));
+        let t = s.poll_transmit().expect("e");
+        assert_eq!(t.ids, [e]);
+    }
+
+    #[test]
+    fn cancel_drops_a_queued_command_and_keeps_a_written_ones_slot() {
+        let mut s = ready(false);
+        let (watch, passed) = std::os::unix::net::UnixStream::pair().expect("pair");
+        let written = s.submit(&Command::bare("w"), Vec::new(), 1).expect("w");
+        assert_eq!(s.poll_transmit().expect("w").ids, [written]);
+        let queued = s
+            .submit(&Command::bare("q"), vec![OwnedFd::from(passed)], 2)
+            .expect("q");
+        // Queued: gone, never written, its descriptor closed.
+        assert_eq!(s.cancel(queued), Some(2));
+        assert_eq!(s.queued(), 0);
+        assert!(s.poll_transmit().is_none());
+        watch.set_nonblocking(true).expect("nonblocking");
+        let mut byte = [0u8; 1];
+        assert_eq!(std::io::Read::read(&mut &watch, &mut byte).expect("EOF"), 0);
+        // Written: the caller is released, the slot stays until the late reply.
+        assert_eq!(s.cancel(written), Some(1));
+        assert_eq!((s.in_flight(), s.pending()), (1, 0));
+        let mut out = Vec::new();
+        s.feed(&reply(written), &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(s.in_flight(), 0);
+        // A reply to a command never written (or unknown) changes nothing.
+        let later = s.submit(&Command::bare("l"), Vec::new(), 3).expect("l");
+        s.feed(&reply(later), &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!((s.queued(), s.pending()), (1, 1));
+    }
+
+    #[test]
+    fn the_queue_is_bounded_and_closing_drops_it() {
+        let mut s = ready(false);
+        for i in 0..MAX_QUEUED {
+            let i = u32::try_from(i).expect("small");
+            s.submit(&Command::bare("q"), Vec::new(), i).expect("room");
+        }
+        let err = s
+            .submit(&Command::bare("one-too-many"), Vec::new(), 0)
+            .expect_err("full");
+        assert!(
+            matches!(&err, Error::Io(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "{err}"
+        );
+        let mut out = Vec::new();
+        s.close(&mut out);
+        assert_eq!(out.len(), MAX_QUEUED + 1);
+        assert_eq!((s.queued(), s.in_flight()), (0, 0));
+        assert!(s.poll_transmit().is_none());
     }
 
     #[test]

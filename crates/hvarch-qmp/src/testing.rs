@@ -7,10 +7,22 @@
 use std::io::{self, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::sync::OnceLock;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+
+/// A test hook, set once per process: called by a client after its session routed a reply to a
+/// waiting caller and before the caller is given it (with the client's session lock held).
+/// A test pauses here to hold a reply in that window while the caller's timeout fires.
+pub static REPLY_ROUTED_HOOK: OnceLock<fn()> = OnceLock::new();
+
+pub(crate) fn reply_routed() {
+    if let Some(hook) = REPLY_ROUTED_HOOK.get() {
+        hook();
+    }
+}
 
 /// A scripted server thread. [`FakeServer::join`] propagates the script's panics (assertions).
 #[derive(Debug)]
@@ -114,6 +126,46 @@ impl FakeConn {
         }
     }
 
+    /// Reads once (waiting if no complete line is buffered) and returns every complete line
+    /// then buffered: the commands that arrived together. Empty on EOF or timeout (10 s).
+    pub fn recv_burst(&mut self) -> Vec<Value> {
+        if !self.buf.contains(&b'\n') {
+            let mut chunk = [0u8; 65536];
+            match crate::fdpass::recv_with_fds(self.stream.as_fd(), &mut chunk) {
+                Ok((0, _)) | Err(_) => return Vec::new(),
+                Ok((n, fds)) => {
+                    self.buf
+                        .extend_from_slice(chunk.get(..n).unwrap_or_default());
+                    self.fds.extend(fds);
+                }
+            }
+        }
+        let mut lines = Vec::new();
+        while let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.buf.drain(..=pos).collect();
+            lines.extend(serde_json::from_slice::<Value>(&line).ok());
+        }
+        lines
+    }
+
+    /// Whether more has arrived (a buffered line or unread bytes), without waiting.
+    pub fn has_pending(&self) -> bool {
+        if self.buf.contains(&b'\n') {
+            return true;
+        }
+        let mut byte = [0u8; 1];
+        // SAFETY: `byte` is valid for a one-byte write; MSG_PEEK leaves the data queued.
+        let n = unsafe {
+            libc::recv(
+                std::os::fd::AsRawFd::as_raw_fd(&self.stream),
+                byte.as_mut_ptr().cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        n > 0
+    }
+
     /// Reads a command and asserts its name.
     pub fn expect_command(&mut self, name: &str) -> Value {
         let cmd = self
@@ -137,6 +189,16 @@ impl FakeConn {
         self.send(&json!({"return": value, "id": cmd["id"]}));
     }
 
+    /// Replies `{}` to each of `cmds`, all in one write (the client reads them together).
+    pub fn reply_all(&mut self, cmds: &[Value]) {
+        let mut bytes = Vec::new();
+        for cmd in cmds {
+            let _ = serde_json::to_writer(&mut bytes, &json!({"return": {}, "id": cmd["id"]}));
+            bytes.extend_from_slice(b"\r\n");
+        }
+        self.send_raw(&bytes);
+    }
+
     /// Replies with an error; `desc: None` omits `desc`.
     pub fn reply_error(&mut self, cmd: &Value, class: &str, desc: Option<&str>) {
         let mut error = json!({"class": class});
@@ -152,6 +214,12 @@ impl FakeConn {
             let args = cmd.get("arguments").cloned().unwrap_or(Value::Null);
             self.reply(&cmd, json!({"echo": cmd["execute"], "arguments": args}));
         }
+    }
+
+    /// Stops receiving: the client's next write fails with `EPIPE` (and raises `SIGPIPE` unless
+    /// the writer asked not to), while the client still reads no EOF.
+    pub fn shutdown_read(&self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Read);
     }
 
     /// Closes the connection (EOF for the client).

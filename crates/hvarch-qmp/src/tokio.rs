@@ -1,68 +1,68 @@
 //! The async client on tokio (feature `tokio`): the same surface as [`Qmp`](crate::Qmp), with
-//! cancel-safe futures.
+//! cancel-safe futures that never block a runtime thread beyond a short critical section.
 //!
-//! A reader task owns the read half; a writer task owns the write half and writes whole messages
-//! from a queue, so dropping a command future can never leave a half-written line. A dropped
-//! command's pending entry is removed by a guard; QEMU's late reply is discarded by id.
+//! **Writing.** A caller queues its command in the session and writes whatever is ready itself,
+//! without waiting: one non-blocking `sendmsg` for all queued commands (descriptors in their
+//! own). Only when the socket is full does the rest go to a flusher task, which waits until
+//! QEMU reads, at most `command_timeout`, and ends the session if it does not. A write is never
+//! abandoned half-way, so dropping a command future can never leave a half-written line.
+//!
+//! **Reading.** A reader task reads, feeds the session and delivers replies and events in the
+//! same critical section. A dropped command's entry is removed by a guard; QEMU's late reply is
+//! discarded by id.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, TryLockError};
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::io::{AsyncReadExt, Interest};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
-use tracing::{debug, trace, warn};
+use tracing::warn;
 
-use crate::blocking::{decode_reply, decode_value, lock};
-use crate::commands::{self, MemoryHotplug};
-use crate::config::{AddFdInfo, Config};
+use crate::client::{
+    command_helpers, command_timeout, connection_accessors, event_timeout, greeting_timeout, lock,
+    write_error, Connection, EventSink, Handshake, Negotiated, Registration,
+};
+use crate::config::Config;
+use crate::deadline::deadline;
 use crate::error::{Error, Result};
 use crate::event::{Event, EventFilter};
-use crate::message::{Command, Greeting};
-use crate::protocol::{Action, Session, State};
-use crate::version::QemuVersion;
+use crate::message::Command;
 
 type Waiter = oneshot::Sender<Result<Value>>;
+type Sink = mpsc::UnboundedSender<Event>;
 
-struct Subscriber {
-    id: u64,
-    filter: EventFilter,
-    tx: mpsc::UnboundedSender<Event>,
+impl crate::client::Waiter for Waiter {
+    fn deliver(self, result: Result<Value>) {
+        // Never blocks; a caller that gave up dropped the receiver.
+        let _ = self.send(result);
+    }
 }
 
-struct Shared {
-    session: Session<Waiter>,
-    subscribers: Vec<Subscriber>,
-    next_subscriber: u64,
+impl EventSink for Sink {
+    fn send(&self, event: Event) -> bool {
+        mpsc::UnboundedSender::send(self, event).is_ok()
+    }
 }
 
-struct WriteOp {
-    id: u64,
+/// Bytes the socket did not take yet: while there are any, only the flusher task writes.
+struct Backlog {
     bytes: Vec<u8>,
+    written: usize,
+    /// Still to be attached (to the first byte written).
     fds: Vec<OwnedFd>,
 }
 
 struct Inner {
-    shared: Mutex<Shared>,
-    write_tx: mpsc::UnboundedSender<WriteOp>,
-    /// A dup of the socket used only to shut it down.
-    control: std::os::unix::net::UnixStream,
-    connected: AtomicBool,
-    config: Config,
-}
-
-impl Inner {
-    fn shutdown(&self) {
-        self.connected.store(false, Ordering::SeqCst);
-        let _ = self.control.shutdown(std::net::Shutdown::Both);
-    }
+    conn: Arc<Connection<Waiter, Sink>>,
+    write_half: OwnedWriteHalf,
+    backlog: Mutex<Option<Backlog>>,
+    flush_wanted: Notify,
 }
 
 /// An async QMP client on tokio. `Send + Sync`; share it with `Arc`. Dropping it closes the
@@ -80,29 +80,26 @@ impl Inner {
 pub struct AsyncQmp {
     inner: Arc<Inner>,
     reader: Mutex<Option<JoinHandle<()>>>,
-    writer: Mutex<Option<JoinHandle<()>>>,
-    greeting: Greeting,
-    early_events: Mutex<Vec<Event>>,
+    flusher: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for AsyncQmp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AsyncQmp")
-            .field("version", &self.greeting.version)
-            .field("connected", &self.is_connected())
-            .finish_non_exhaustive()
+        self.connection().fmt_client("AsyncQmp", f)
     }
 }
 
 /// Removes a pending command if its future is dropped before the reply.
 struct CancelGuard<'a> {
     inner: &'a Inner,
-    id: u64,
+    id: Option<u64>,
 }
 
 impl Drop for CancelGuard<'_> {
     fn drop(&mut self) {
-        lock(&self.inner.shared).session.cancel(self.id);
+        if let Some(id) = self.id {
+            lock(&self.inner.conn.state).session.cancel(id);
+        }
     }
 }
 
@@ -131,84 +128,33 @@ impl AsyncQmp {
         stream.set_nonblocking(true)?;
         let control = stream.try_clone()?;
         let stream = tokio::net::UnixStream::from_std(stream)?;
-        let (mut read_half, mut write_half) = stream.into_split();
-        let mut session = Session::new(config.max_message_size, config.enable_oob);
-        let mut early = Vec::new();
-        let handshake = handshake(&mut session, &mut read_half, &mut write_half, &mut early);
-        let greeting = match tokio::time::timeout(config.greeting_timeout, handshake).await {
-            Ok(r) => r?,
-            Err(_) => {
-                return Err(Error::Timeout {
-                    what: "QMP greeting and negotiation".into(),
-                    after: config.greeting_timeout,
-                })
-            }
-        };
-        let (write_tx, write_rx) = mpsc::unbounded_channel();
+        let (mut read_half, write_half) = stream.into_split();
+        let handshake = handshake(&mut read_half, &write_half, config);
+        let negotiated = tokio::time::timeout(config.greeting_timeout, handshake)
+            .await
+            .map_err(|_| greeting_timeout(config.greeting_timeout))??;
         let inner = Arc::new(Inner {
-            shared: Mutex::new(Shared {
-                session,
-                subscribers: Vec::new(),
-                next_subscriber: 1,
-            }),
-            write_tx,
-            control,
-            connected: AtomicBool::new(true),
-            config: config.clone(),
+            conn: Arc::new(Connection::new(negotiated, control, config)),
+            write_half,
+            backlog: Mutex::new(None),
+            flush_wanted: Notify::new(),
         });
         let reader = tokio::spawn(reader_task(Arc::clone(&inner), read_half));
-        let writer = tokio::spawn(writer_task(Arc::downgrade(&inner), write_half, write_rx));
+        let flusher = tokio::spawn(flusher_task(Arc::clone(&inner)));
         Ok(AsyncQmp {
             inner,
             reader: Mutex::new(Some(reader)),
-            writer: Mutex::new(Some(writer)),
-            greeting,
-            early_events: Mutex::new(early),
+            flusher: Mutex::new(Some(flusher)),
         })
     }
 
-    /// The server greeting.
-    pub fn greeting(&self) -> &Greeting {
-        &self.greeting
+    fn connection(&self) -> &Connection<Waiter, Sink> {
+        &self.inner.conn
     }
 
-    /// QEMU's version, from the greeting.
-    pub fn version(&self) -> QemuVersion {
-        self.greeting.version
-    }
+    connection_accessors!();
 
-    /// The configuration in use.
-    pub fn config(&self) -> &Config {
-        &self.inner.config
-    }
-
-    /// Events that arrived before the greeting or during negotiation (taken once).
-    pub fn take_early_events(&self) -> Vec<Event> {
-        std::mem::take(&mut *lock(&self.early_events))
-    }
-
-    /// Whether the connection is open and negotiated.
-    pub fn is_connected(&self) -> bool {
-        self.inner.connected.load(Ordering::SeqCst)
-            && lock(&self.inner.shared).session.state() == State::Ready
-    }
-
-    /// Executes a typed qapi-qmp command with the default timeout and decodes its reply.
-    pub async fn execute<C: qapi_spec::Command>(&self, command: &C) -> Result<C::Ok> {
-        let value = self.execute_command(&Command::from_typed(command)?).await?;
-        decode_reply::<C>(value)
-    }
-
-    /// Executes `name` with raw JSON `arguments`.
-    pub async fn execute_raw(&self, name: &str, arguments: Value) -> Result<Value> {
-        self.execute_command(&Command::new(name, arguments)).await
-    }
-
-    /// Executes a [`Command`] with the default timeout.
-    pub async fn execute_command(&self, command: &Command) -> Result<Value> {
-        self.execute_with_timeout(command, self.inner.config.command_timeout)
-            .await
-    }
+    command_helpers!(AsyncEventSubscription, [async], [.await]);
 
     /// Executes a [`Command`] with its own timeout. Cancel-safe: dropping the future (or the
     /// timeout firing) leaves the connection in sync; a late reply is discarded.
@@ -227,310 +173,226 @@ impl AsyncQmp {
         fds: Vec<OwnedFd>,
     ) -> Result<Value> {
         let (tx, mut rx) = oneshot::channel();
-        let id = {
-            let mut shared = lock(&self.inner.shared);
-            let (id, bytes) = shared.session.start_command(command, tx)?;
-            if self
-                .inner
-                .write_tx
-                .send(WriteOp { id, bytes, fds })
-                .is_err()
-            {
-                shared.session.cancel(id);
-                return Err(Error::Disconnected);
-            }
-            id
-        };
-        let _guard = CancelGuard {
+        let id = lock(&self.inner.conn.state)
+            .session
+            .submit(command, fds, tx)?;
+        let mut guard = CancelGuard {
             inner: &self.inner,
-            id,
+            id: Some(id),
         };
-        match tokio::time::timeout(timeout, &mut rx).await {
+        self.inner.flush();
+        let result = match tokio::time::timeout(timeout, &mut rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(Error::Disconnected),
             Err(_) => {
-                lock(&self.inner.shared).session.cancel(id);
-                rx.try_recv().unwrap_or(Err(Error::Timeout {
-                    what: format!("command `{}`", command.name),
-                    after: timeout,
-                }))
+                lock(&self.inner.conn.state).session.cancel(id);
+                rx.try_recv()
+                    .unwrap_or_else(|_| Err(command_timeout(&command.name, timeout)))
             }
-        }
-    }
-
-    /// Subscribes to every event from now on.
-    pub fn subscribe(&self) -> AsyncEventSubscription {
-        self.subscribe_filtered(EventFilter::any())
+        };
+        // Answered or cancelled: nothing left for the guard to do.
+        guard.id = None;
+        result
     }
 
     /// Subscribes to events matching `filter` from now on.
     pub fn subscribe_filtered(&self, filter: EventFilter) -> AsyncEventSubscription {
         let (tx, rx) = mpsc::unbounded_channel();
-        let mut shared = lock(&self.inner.shared);
-        let id = shared.next_subscriber;
-        shared.next_subscriber += 1;
-        if shared.session.state() != State::Closed {
-            shared.subscribers.push(Subscriber {
-                id,
-                filter: filter.clone(),
-                tx,
-            });
-        }
         AsyncEventSubscription {
             rx,
-            id,
+            _registration: self.inner.conn.subscribe(filter.clone(), tx),
             filter,
-            inner: Arc::downgrade(&self.inner),
         }
-    }
-
-    /// Waits up to `timeout` for the next event matching `filter` (events from now on).
-    pub async fn wait_event(&self, filter: &EventFilter, timeout: Duration) -> Result<Event> {
-        self.subscribe_filtered(filter.clone())
-            .recv_timeout(timeout)
-            .await
-    }
-
-    /// Registers a listener for `filter`, executes `command`, then waits for the event; all within
-    /// `timeout`.
-    pub async fn execute_and_wait_event(
-        &self,
-        command: &Command,
-        filter: &EventFilter,
-        timeout: Duration,
-    ) -> Result<(Value, Event)> {
-        let deadline = Instant::now() + timeout;
-        let mut sub = self.subscribe_filtered(filter.clone());
-        let value = self.execute_with_timeout(command, timeout).await?;
-        let event = sub
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .await?;
-        Ok((value, event))
-    }
-
-    /// `device_del` and wait for `DEVICE_DELETED` for that id.
-    pub async fn device_del(&self, id: &str, timeout: Duration) -> Result<Event> {
-        self.execute_and_wait_event(
-            &commands::device_del(id),
-            &EventFilter::device_deleted(id),
-            timeout,
-        )
-        .await
-        .map(|(_, e)| e)
-    }
-
-    /// `system_powerdown` and wait for `POWERDOWN`.
-    pub async fn system_powerdown(&self, timeout: Duration) -> Result<Event> {
-        self.execute_and_wait_event(
-            &commands::system_powerdown(),
-            &EventFilter::powerdown(),
-            timeout,
-        )
-        .await
-        .map(|(_, e)| e)
-    }
-
-    /// Passes `fd` to QEMU under `name` (`getfd`, SCM_RIGHTS). The fd is duplicated for sending.
-    pub async fn getfd(&self, name: &str, fd: BorrowedFd<'_>) -> Result<()> {
-        let owned = fd.try_clone_to_owned()?;
-        self.execute_with_fds(
-            &commands::getfd(name),
-            self.inner.config.command_timeout,
-            vec![owned],
-        )
-        .await
-        .map(drop)
-    }
-
-    /// Adds `fd` to an fd set (`add-fd`, SCM_RIGHTS).
-    pub async fn add_fd(
-        &self,
-        fdset_id: Option<u64>,
-        opaque: Option<&str>,
-        fd: BorrowedFd<'_>,
-    ) -> Result<AddFdInfo> {
-        let owned = fd.try_clone_to_owned()?;
-        let cmd = commands::add_fd(fdset_id, opaque);
-        let value = self
-            .execute_with_fds(&cmd, self.inner.config.command_timeout, vec![owned])
-            .await?;
-        decode_value("add-fd", value)
-    }
-
-    /// Runs a [`MemoryHotplug`], removing the backend again if `device_add` fails.
-    pub async fn hotplug_memory(&self, plan: &MemoryHotplug) -> Result<()> {
-        self.execute_command(&plan.object_add).await?;
-        if let Err(e) = self.execute_command(&plan.device_add).await {
-            if let Err(undo) = self.execute_command(&plan.rollback).await {
-                warn!(error = %undo, "rolling back the memory backend failed");
-            }
-            return Err(e);
-        }
-        Ok(())
     }
 
     /// Closes the connection: pending commands fail with [`Error::Disconnected`], subscriptions
     /// end, the tasks finish. Idempotent.
     pub async fn close(&self) {
-        self.inner.shutdown();
+        self.inner.conn.end(Error::Disconnected);
         let reader = lock(&self.reader).take();
         if let Some(reader) = reader {
             let _ = reader.await;
         }
-        let writer = lock(&self.writer).take();
-        if let Some(writer) = writer {
-            writer.abort();
-            let _ = writer.await;
+        let flusher = lock(&self.flusher).take();
+        if let Some(flusher) = flusher {
+            flusher.abort();
+            let _ = flusher.await;
         }
-        // In case the reader ended without seeing EOF (e.g. it was aborted).
-        let mut actions = Vec::new();
-        lock(&self.inner.shared).session.close(&mut actions);
-        dispatch(&self.inner, actions);
     }
 }
 
 impl Drop for AsyncQmp {
     fn drop(&mut self) {
-        self.inner.shutdown();
-        if let Some(writer) = lock(&self.writer).take() {
-            writer.abort();
+        self.inner.conn.end(Error::Disconnected);
+        if let Some(flusher) = lock(&self.flusher).take() {
+            flusher.abort();
         }
-        // The reader task sees EOF and ends by itself, failing anything still pending.
+        // The reader task sees the end of the stream and ends by itself.
+    }
+}
+
+impl Inner {
+    /// Writes whatever the session has ready, without waiting: one `sendmsg` for all of it
+    /// (descriptors in their own). Bytes the socket does not take go to the flusher task, which
+    /// then writes everything until the backlog is gone. A write that fails ends the session.
+    fn flush(&self) {
+        loop {
+            let mut backlog = match self.backlog.try_lock() {
+                Ok(b) => b,
+                Err(TryLockError::Poisoned(p)) => p.into_inner(),
+                // Whoever holds it writes what was queued behind it before letting go.
+                Err(TryLockError::WouldBlock) => return,
+            };
+            if backlog.is_some() {
+                return;
+            }
+            loop {
+                let Some(t) = lock(&self.conn.state).session.poll_transmit() else {
+                    break;
+                };
+                let mut rest = Backlog {
+                    bytes: t.bytes,
+                    written: 0,
+                    fds: t.fds,
+                };
+                match send_some(self.write_half.as_ref(), &mut rest) {
+                    Ok(true) => continue,
+                    Ok(false) => {
+                        *backlog = Some(rest);
+                        self.flush_wanted.notify_one();
+                        return;
+                    }
+                    Err(e) => {
+                        drop(backlog);
+                        self.write_failed(e);
+                        return;
+                    }
+                }
+            }
+            drop(backlog);
+            // A command queued while this caller held the lock has been left to it.
+            if !lock(&self.conn.state).session.has_transmit() {
+                return;
+            }
+        }
+    }
+
+    /// Ends the session after a write failed or timed out (a partial line would desynchronise
+    /// the stream). Queued commands and their descriptors are dropped before anyone learns it.
+    fn write_failed(&self, e: io::Error) {
+        warn!(error = %e, "QMP write failed; closing the connection");
+        lock(&self.backlog).take();
+        let timeout = self.conn.config().command_timeout;
+        self.conn
+            .end(write_error(e, "writing QMP commands", timeout));
     }
 }
 
 async fn handshake(
-    session: &mut Session<Waiter>,
     reader: &mut OwnedReadHalf,
-    writer: &mut OwnedWriteHalf,
-    early: &mut Vec<Event>,
-) -> Result<Greeting> {
+    writer: &OwnedWriteHalf,
+    config: &Config,
+) -> Result<Negotiated<Waiter>> {
+    let mut handshake = Handshake::new(config);
     let mut buf = vec![0u8; 64 * 1024];
-    let mut actions = Vec::new();
-    let mut greeting = None;
     loop {
-        match reader.read(&mut buf).await {
-            Ok(0) => session.eof(&mut actions),
-            Ok(n) => session.feed(buf.get(..n).unwrap_or_default(), &mut actions),
+        let send = match reader.read(&mut buf).await {
+            Ok(n) => handshake.on_read(buf.get(..n).filter(|b| !b.is_empty()))?,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(Error::Io(e)),
-        }
-        let mut ready = false;
-        for action in actions.drain(..) {
-            match action {
-                Action::Greeting(g) => {
-                    greeting = Some(g);
-                    writer.write_all(&session.negotiate()?).await?;
-                }
-                // Events read along with the negotiation reply are kept too.
-                Action::Ready => ready = true,
-                Action::Event(e) => early.push(e),
-                Action::Reply { .. } => {}
-                Action::Closed(err) => return Err(err),
+        };
+        if let Some(bytes) = send {
+            let mut rest = Backlog {
+                bytes,
+                written: 0,
+                fds: Vec::new(),
+            };
+            while !send_some(writer.as_ref(), &mut rest)? {
+                writer.as_ref().writable().await?;
             }
         }
-        if ready {
-            return greeting.ok_or_else(|| Error::Greeting("negotiated without a greeting".into()));
+        if handshake.is_done() {
+            return handshake.finish();
         }
     }
 }
 
-fn dispatch(inner: &Inner, actions: Vec<Action<Waiter>>) -> bool {
-    let mut closed = false;
-    {
-        let mut shared = lock(&inner.shared);
-        for action in actions {
-            match action {
-                Action::Event(event) => {
-                    trace!(event = %event.name, "QMP event");
-                    shared
-                        .subscribers
-                        .retain(|s| !s.filter.matches(&event) || s.tx.send(event.clone()).is_ok());
-                }
-                // Delivered under the lock, so a caller timing out now either finds its reply
-                // or cancels first (`oneshot::send` never blocks).
-                Action::Reply { waiter, result, .. } => {
-                    let _ = waiter.send(result);
-                }
-                Action::Closed(err) => {
-                    debug!(reason = %err, "QMP session closed");
-                    shared.subscribers.clear();
-                    closed = true;
-                }
-                Action::Greeting(_) | Action::Ready => {}
+/// Writes as much of `rest` as the socket takes now (descriptors with the first byte);
+/// returns whether all of it went.
+fn send_some(stream: &tokio::net::UnixStream, rest: &mut Backlog) -> io::Result<bool> {
+    while rest.written < rest.bytes.len() {
+        let bytes = rest.bytes.get(rest.written..).unwrap_or_default();
+        let fds: Vec<BorrowedFd<'_>> = rest.fds.iter().map(AsFd::as_fd).collect();
+        match stream.try_io(Interest::WRITABLE, || {
+            crate::fdpass::send_with_fds(stream.as_fd(), bytes, &fds)
+        }) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                rest.written += n;
+                rest.fds.clear();
             }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) => return Err(e),
         }
     }
-    closed
+    Ok(true)
 }
 
 async fn reader_task(inner: Arc<Inner>, mut read_half: OwnedReadHalf) {
     let mut buf = vec![0u8; 64 * 1024];
+    let mut actions = Vec::new();
     loop {
-        let read = read_half.read(&mut buf).await;
-        let mut actions = Vec::new();
-        {
-            let mut shared = lock(&inner.shared);
-            match read {
-                Ok(0) => shared.session.eof(&mut actions),
-                Ok(n) => shared
-                    .session
-                    .feed(buf.get(..n).unwrap_or_default(), &mut actions),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    debug!(error = %e, "QMP read failed");
-                    shared.session.eof(&mut actions);
-                }
-            }
-        }
-        if dispatch(&inner, actions) {
-            inner.shutdown();
-            return;
-        }
-    }
-}
-
-async fn writer_task(
-    inner: Weak<Inner>,
-    mut write_half: OwnedWriteHalf,
-    mut rx: mpsc::UnboundedReceiver<WriteOp>,
-) {
-    while let Some(op) = rx.recv().await {
-        if let Err(e) = write_op(&mut write_half, &op).await {
-            warn!(error = %e, "QMP write failed; closing the connection");
-            if let Some(inner) = inner.upgrade() {
-                // Shut down first, so the caller that gets this error sees a closed client.
-                inner.shutdown();
-                let waiter = lock(&inner.shared).session.cancel(op.id);
-                if let Some(waiter) = waiter {
-                    let timeout = inner.config.command_timeout;
-                    let _ = waiter.send(Err(crate::blocking::write_error(e, "command", timeout)));
-                }
-            }
-            return;
-        }
-    }
-}
-
-async fn write_op(write_half: &mut OwnedWriteHalf, op: &WriteOp) -> io::Result<()> {
-    let mut rest = op.bytes.as_slice();
-    if !op.fds.is_empty() {
-        let stream = write_half.as_ref();
-        let fds: Vec<BorrowedFd<'_>> = op.fds.iter().map(AsFd::as_fd).collect();
-        let n = loop {
-            stream.writable().await?;
-            match stream.try_io(Interest::WRITABLE, || {
-                crate::fdpass::send_with_fds(stream.as_fd(), rest, &fds)
-            }) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            }
+        let read = match read_half.read(&mut buf).await {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            read => read.map(|n| buf.get(..n).unwrap_or_default()),
         };
-        rest = rest.get(n..).unwrap_or_default();
+        let (closed, ready) = {
+            let mut state = lock(&inner.conn.state);
+            let closed = state.on_read(read, &mut actions);
+            (closed, state.session.has_transmit())
+        };
+        if closed {
+            inner.conn.shutdown();
+            return;
+        }
+        // Replies freed slots: write the commands that waited for them.
+        if ready {
+            inner.flush();
+        }
     }
-    write_half.write_all(rest).await?;
-    write_half.flush().await
+}
+
+/// Writes the backlog when the socket takes it again, each wait bounded by `command_timeout`,
+/// then whatever queued meanwhile.
+async fn flusher_task(inner: Arc<Inner>) {
+    loop {
+        inner.flush_wanted.notified().await;
+        while lock(&inner.backlog).is_some() {
+            let timeout = inner.conn.config().command_timeout;
+            let writable = inner.write_half.as_ref().writable();
+            // A zero timeout means no bound, as for the blocking client's socket.
+            let ready = match deadline(timeout).filter(|_| !timeout.is_zero()) {
+                Some(at) => tokio::time::timeout_at(at.into(), writable)
+                    .await
+                    .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into())),
+                None => writable.await,
+            };
+            let sent = ready.and_then(|()| {
+                let mut backlog = lock(&inner.backlog);
+                if let Some(rest) = backlog.as_mut() {
+                    if send_some(inner.write_half.as_ref(), rest)? {
+                        *backlog = None;
+                    }
+                }
+                Ok(())
+            });
+            if let Err(e) = sent {
+                inner.write_failed(e);
+                return;
+            }
+        }
+        inner.flush();
+    }
 }
 
 /// A stream of events from an [`AsyncQmp`]. Ends when the connection closes; dropping it
@@ -538,9 +400,8 @@ async fn write_op(write_half: &mut OwnedWriteHalf, op: &WriteOp) -> io::Result<(
 #[derive(Debug)]
 pub struct AsyncEventSubscription {
     rx: mpsc::UnboundedReceiver<Event>,
-    id: u64,
     filter: EventFilter,
-    inner: Weak<Inner>,
+    _registration: Registration<Waiter, Sink>,
 }
 
 impl AsyncEventSubscription {
@@ -554,29 +415,12 @@ impl AsyncEventSubscription {
         match tokio::time::timeout(timeout, self.rx.recv()).await {
             Ok(Some(e)) => Ok(e),
             Ok(None) => Err(Error::Disconnected),
-            Err(_) => Err(Error::Timeout {
-                what: format!("event {}", self.filter),
-                after: timeout,
-            }),
+            Err(_) => Err(event_timeout(&self.filter, timeout)),
         }
     }
 
     /// The next queued event, if any, without waiting.
     pub fn try_recv(&mut self) -> Option<Event> {
         self.rx.try_recv().ok()
-    }
-}
-
-impl Drop for AsyncEventSubscription {
-    fn drop(&mut self) {
-        if let Some(inner) = self.inner.upgrade() {
-            lock(&inner.shared).subscribers.retain(|s| s.id != self.id);
-        }
-    }
-}
-
-impl std::fmt::Debug for Inner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Inner").finish_non_exhaustive()
     }
 }

@@ -29,7 +29,48 @@ fn message() -> impl Strategy<Value = Value> {
         .prop_map(|m| Value::Object(m.into_iter().collect()))
 }
 
+/// Messages with any mix of the members that classify a QMP message, of any JSON type, among
+/// other members.
+fn qmp_like_message() -> impl Strategy<Value = Value> {
+    let member = prop_oneof![
+        Just("event"),
+        Just("data"),
+        Just("timestamp"),
+        Just("QMP"),
+        Just("id"),
+        Just("return"),
+        Just("error"),
+        Just("other"),
+    ];
+    let value = prop_oneof![
+        json_value(),
+        ".{0,12}".prop_map(Value::String),
+        Just(serde_json::json!({"class": "GenericError", "desc": "boom"})),
+        Just(serde_json::json!({"seconds": 1, "microseconds": 2})),
+    ];
+    prop::collection::vec((member, value), 0..6).prop_map(|members| {
+        Value::Object(
+            members
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect::<Map<_, _>>(),
+        )
+    })
+}
+
 proptest! {
+    #[test]
+    fn decode_classifies_as_the_general_path_does(msg in qmp_like_message()) {
+        let line = serde_json::to_vec(&msg).expect("serialise");
+        let general = Inbound::classify(msg);
+        let decoded = Inbound::decode(&line);
+        match (general, decoded) {
+            (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
+            (Err(a), Err(b)) => prop_assert_eq!(a.to_string(), b.to_string()),
+            (a, b) => prop_assert!(false, "classify: {:?}, decode: {:?}", a, b),
+        }
+    }
+
     #[test]
     fn split_anywhere_decodes_the_same(
         msgs in prop::collection::vec(message(), 1..8),
@@ -55,6 +96,18 @@ proptest! {
         }
         prop_assert_eq!(decoded, msgs);
         prop_assert_eq!(decoder.buffered(), 0);
+    }
+
+    #[test]
+    fn a_command_encodes_as_its_message_line(
+        name in ".{0,16}",
+        arguments in prop_oneof![Just(Value::Null), message()],
+        id in any::<u64>(),
+    ) {
+        let command = hvarch_qmp::Command::new(name, arguments);
+        let line = command.encode(id).expect("an object or null");
+        let message = command.to_message(id).expect("an object or null");
+        prop_assert_eq!(line, hvarch_qmp::codec::encode_line(&message));
     }
 
     #[test]

@@ -117,6 +117,12 @@ async fn garbage_and_oversize_lines() {
         .await
         .expect_err("protocol");
     assert!(matches!(err, Error::Protocol(_)), "{err}");
+    let said = err.to_string();
+    assert!(
+        said.starts_with("QMP protocol error: inbound line is not valid JSON ("),
+        "{said}"
+    );
+    assert_eq!(said.matches("QMP protocol error").count(), 1, "{said}");
     drop(qmp);
     server.join();
 
@@ -256,4 +262,227 @@ async fn commands_from_many_tasks_and_fd_passing() {
     }
     qmp.close().await;
     server.join();
+}
+
+/// A server that negotiates, then never reads again until the test ends.
+fn never_reads() -> (
+    std::os::unix::net::UnixStream,
+    FakeServer,
+    std::sync::mpsc::Sender<()>,
+) {
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (client, server) = FakeServer::spawn(move |mut c| {
+        c.handshake();
+        let _ = released.recv();
+    })
+    .expect("spawn");
+    (client, server, release)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_stops_reading_ends_the_session() {
+    let (client, server, release) = never_reads();
+    let cfg = Config {
+        command_timeout: Duration::from_millis(300),
+        ..config()
+    };
+    let qmp = AsyncQmp::from_std(client, &cfg).await.expect("connect");
+    let mut sub = qmp.subscribe();
+    // More than the socket buffer holds: the write blocks.
+    let big = json!({"data": "x".repeat(4 << 20)});
+    // A descriptor queued behind it: the only other copy is the test's, dropped below.
+    let (passed, watch) = std::os::unix::net::UnixStream::pair().expect("pair");
+    let (big, fd) = tokio::join!(
+        qmp.execute_raw("big", big),
+        qmp.getfd("fd0", passed.as_fd())
+    );
+    drop(passed);
+    assert!(matches!(big, Err(Error::Timeout { .. })), "{big:?}");
+    assert!(matches!(fd, Err(Error::Timeout { .. })), "{fd:?}");
+    // The session ends: subscriptions end, every command fails, the client says so.
+    let end = tokio::time::timeout(Duration::from_secs(30), sub.recv()).await;
+    assert!(matches!(end, Ok(Err(Error::Disconnected))), "{end:?}");
+    assert!(!qmp.is_connected());
+    assert!(matches!(
+        qmp.execute_raw("after", Value::Null).await,
+        Err(Error::Disconnected)
+    ));
+    // The queued command's descriptor was closed with it: its peer reads EOF.
+    watch.set_nonblocking(true).expect("nonblocking");
+    let mut byte = [0u8; 1];
+    assert_eq!(
+        std::io::Read::read(&mut &watch, &mut byte).expect("EOF, not WouldBlock"),
+        0
+    );
+    drop(release);
+    qmp.close().await;
+    server.join();
+}
+
+/// Lets every spawned task of the current-thread runtime run until it waits.
+async fn let_tasks_run() {
+    for _ in 0..4 {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Starts a server whose script waits at some point for the test's go-ahead (its receiver).
+async fn start_gated(
+    script: impl FnOnce(FakeConn, std::sync::mpsc::Receiver<()>) + Send + 'static,
+) -> (Arc<AsyncQmp>, FakeServer, std::sync::mpsc::Sender<()>) {
+    let (go, gone) = std::sync::mpsc::channel();
+    let (qmp, server) = start(move |c| script(c, gone)).await;
+    (Arc::new(qmp), server, go)
+}
+
+/// Lets the tasks run until they wait, gives the server its go-ahead, waits for every task and
+/// closes.
+async fn go_and_finish(
+    qmp: Arc<AsyncQmp>,
+    server: FakeServer,
+    go: std::sync::mpsc::Sender<()>,
+    mut tasks: tokio::task::JoinSet<()>,
+) {
+    let_tasks_run().await;
+    go.send(()).expect("go");
+    while let Some(done) = tasks.join_next().await {
+        done.expect("task");
+    }
+    qmp.close().await;
+    server.join();
+}
+
+#[tokio::test]
+async fn the_ninth_command_waits_for_a_reply_and_all_complete() {
+    let (qmp, server, go) = start_gated(|mut c, gone| {
+        c.handshake();
+        let first: Vec<Value> = (0..8).map(|_| c.recv().expect("command")).collect();
+        gone.recv().expect("all nine submitted");
+        assert!(!c.has_pending(), "a ninth command was written");
+        c.reply(&first[0], json!({"n": first[0]["arguments"]["n"]}));
+        let ninth = c.recv().expect("the ninth");
+        assert_eq!(ninth["arguments"]["n"], 8);
+        for cmd in first.iter().skip(1).chain([&ninth]) {
+            c.reply(cmd, json!({"n": cmd["arguments"]["n"]}));
+        }
+        c.echo_until_eof();
+    })
+    .await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..9 {
+        let qmp = Arc::clone(&qmp);
+        tasks.spawn(async move {
+            let r = qmp.execute_raw("q", json!({"n": n})).await.expect("reply");
+            assert_eq!(r["n"], n);
+        });
+    }
+    go_and_finish(qmp, server, go, tasks).await;
+}
+
+#[tokio::test]
+async fn events_arrive_while_no_command_runs() {
+    let (go, gone) = std::sync::mpsc::channel::<()>();
+    let (qmp, server) = start(move |mut c| {
+        c.handshake();
+        gone.recv().expect("go");
+        c.event("FIRST", json!({}));
+        c.echo_until_eof();
+    })
+    .await;
+    let mut sub = qmp.subscribe();
+    go.send(()).expect("go");
+    let first = sub
+        .recv_timeout(Duration::from_secs(30))
+        .await
+        .expect("FIRST");
+    assert_eq!(first.name, "FIRST");
+    qmp.close().await;
+    server.join();
+}
+
+/// Fills the eight slots with commands the server holds, then queues more behind them.
+async fn eight_held(qmp: &Arc<AsyncQmp>, tasks: &mut tokio::task::JoinSet<()>) {
+    for n in 0..8 {
+        let qmp = Arc::clone(qmp);
+        tasks.spawn(async move {
+            qmp.execute_raw("held", json!({"n": n}))
+                .await
+                .expect("held");
+        });
+    }
+    let_tasks_run().await;
+}
+
+#[tokio::test]
+async fn a_queued_command_that_times_out_is_left_out_of_the_coalesced_batch() {
+    let (qmp, server, go) = start_gated(|mut c, gone| {
+        c.handshake();
+        let held: Vec<Value> = (0..8).map(|_| c.recv().expect("held")).collect();
+        gone.recv().expect("the middle one timed out");
+        // All slots free at once: whatever waits may go together.
+        c.reply_all(&held);
+        // What waited is written together, without the command that gave up.
+        let burst = c.recv_burst();
+        let names: Vec<&Value> = burst.iter().map(|c| &c["execute"]).collect();
+        assert_eq!(names, ["x", "z"], "{burst:?}");
+        for cmd in &burst {
+            c.reply(cmd, json!({"name": cmd["execute"]}));
+        }
+        c.echo_until_eof();
+    })
+    .await;
+    let mut tasks = tokio::task::JoinSet::new();
+    eight_held(&qmp, &mut tasks).await;
+    let expect_name = |name: &'static str| {
+        let qmp = Arc::clone(&qmp);
+        async move {
+            let r = qmp.execute_raw(name, Value::Null).await.expect(name);
+            assert_eq!(r["name"], name);
+        }
+    };
+    tasks.spawn(expect_name("x"));
+    let y = qmp
+        .execute_with_timeout(&Command::bare("y"), Duration::from_millis(20))
+        .await;
+    assert!(matches!(y, Err(Error::Timeout { .. })), "{y:?}");
+    tasks.spawn(expect_name("z"));
+    go_and_finish(qmp, server, go, tasks).await;
+}
+
+#[tokio::test]
+async fn descriptors_go_alone_between_coalesced_commands() {
+    let (qmp, server, go) = start_gated(|mut c, gone| {
+        c.handshake();
+        let held: Vec<Value> = (0..8).map(|_| c.recv().expect("held")).collect();
+        gone.recv().expect("queued");
+        c.reply_all(&held);
+        let mut got = Vec::new();
+        while got.len() < 5 {
+            let cmd = c.recv().expect("command");
+            got.push((cmd["execute"].clone(), c.take_fds().len()));
+            c.reply(&cmd, json!({}));
+        }
+        let names: Vec<&Value> = got.iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["a", "b", "getfd", "c", "d"]);
+        let fds: usize = got.iter().map(|(_, n)| n).sum();
+        assert_eq!(fds, 1, "{got:?}");
+        c.echo_until_eof();
+    })
+    .await;
+    let mut tasks = tokio::task::JoinSet::new();
+    eight_held(&qmp, &mut tasks).await;
+    let file = std::fs::File::open("/dev/null").expect("open");
+    for name in ["a", "b", "getfd", "c", "d"] {
+        let qmp = Arc::clone(&qmp);
+        let fd = file.try_clone().expect("dup");
+        tasks.spawn(async move {
+            if name == "getfd" {
+                qmp.getfd("fd0", fd.as_fd()).await.expect("getfd");
+            } else {
+                qmp.execute_raw(name, Value::Null).await.expect(name);
+            }
+        });
+        let_tasks_run().await;
+    }
+    go_and_finish(qmp, server, go, tasks).await;
 }

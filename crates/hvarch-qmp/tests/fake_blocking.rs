@@ -50,20 +50,30 @@ fn events_before_greeting_are_kept() {
 }
 
 #[test]
-fn oob_enabled_when_asked() {
-    let cfg = Config {
-        enable_oob: true,
-        ..config()
-    };
-    let (qmp, server) = start_with(&cfg, |mut c| {
-        c.greet();
-        let cmd = c.expect_command("qmp_capabilities");
-        assert_eq!(cmd["arguments"], json!({"enable": ["oob"]}));
-        c.reply(&cmd, json!({}));
-        c.echo_until_eof();
-    });
-    drop(qmp);
-    server.join();
+fn oob_negotiated_by_default_and_off_when_asked() {
+    assert!(Config::default().enable_oob);
+    for (enable_oob, arguments) in [(true, json!({"enable": ["oob"]})), (false, Value::Null)] {
+        let cfg = Config {
+            enable_oob,
+            ..config()
+        };
+        let (qmp, server) = start_with(&cfg, move |mut c| {
+            c.greet();
+            let cmd = c.expect_command("qmp_capabilities");
+            assert_eq!(
+                cmd.get("arguments").cloned().unwrap_or(Value::Null),
+                arguments
+            );
+            c.reply(&cmd, json!({}));
+            c.echo_until_eof();
+        });
+        assert_eq!(
+            qmp.execute_raw("x", Value::Null).expect("usable")["echo"],
+            "x"
+        );
+        drop(qmp);
+        server.join();
+    }
 }
 
 #[test]
@@ -229,6 +239,14 @@ fn garbage_line_ends_session_with_protocol_error() {
         matches!(err, Error::Protocol(ref m) if m.contains("not valid JSON")),
         "{err}"
     );
+    // The prefix is said once.
+    let said = err.to_string();
+    assert!(
+        said.starts_with("QMP protocol error: inbound line is not valid JSON ("),
+        "{said}"
+    );
+    assert_eq!(said.matches("QMP protocol error").count(), 1, "{said}");
+    assert!(said.ends_with("): this is not json"), "{said}");
     assert!(matches!(
         qmp.execute_raw("x", Value::Null),
         Err(Error::Disconnected)
@@ -271,10 +289,14 @@ fn oversize_line_ends_session() {
     let err = qmp
         .execute_raw("query-qmp-schema", Value::Null)
         .expect_err("error");
+    let said = err.to_string();
     assert!(
-        matches!(err, Error::Protocol(ref m) if m.contains("maximum size")),
-        "{err}"
+        said.starts_with(
+            "QMP protocol error: inbound QMP message exceeds the maximum size of 4096 bytes ("
+        ),
+        "{said}"
     );
+    assert_eq!(said.matches("QMP protocol error").count(), 1, "{said}");
     assert!(!qmp.is_connected());
     drop(qmp);
     server.join();
@@ -488,6 +510,178 @@ fn hotplug_memory_rolls_back() {
     let plan = hvarch_qmp::commands::pc_dimm_add("memory-backend-ram", "mem1", "", 128, false);
     let err = qmp.hotplug_memory(&plan).expect_err("device_add fails");
     assert!(err.to_string().contains("no slot"));
+    drop(qmp);
+    server.join();
+}
+
+#[test]
+fn a_peer_that_stops_reading_ends_the_session() {
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let cfg = Config {
+        command_timeout: Duration::from_millis(300),
+        ..config()
+    };
+    let (qmp, server) = start_with(&cfg, move |mut c| {
+        c.handshake();
+        let _ = released.recv();
+    });
+    let sub = qmp.subscribe();
+    // More than the socket buffer holds: the write blocks until its timeout.
+    let err = qmp
+        .execute_raw("big", json!({"data": "x".repeat(4 << 20)}))
+        .expect_err("write times out");
+    assert!(
+        matches!(err, Error::Timeout { ref what, .. } if what.contains("writing")),
+        "{err}"
+    );
+    assert!(matches!(
+        sub.recv_timeout(Duration::from_secs(30)),
+        Err(Error::Disconnected)
+    ));
+    assert!(!qmp.is_connected());
+    assert!(matches!(
+        qmp.execute_raw("after", Value::Null),
+        Err(Error::Disconnected)
+    ));
+    drop(release);
+    drop(qmp);
+    server.join();
+}
+
+#[test]
+fn more_than_eight_commands_wait_their_turn_and_all_complete() {
+    const CALLERS: usize = 16;
+    let (qmp, server) = start(|mut c| {
+        c.handshake();
+        let mut unanswered = std::collections::VecDeque::new();
+        let mut answered = 0;
+        while answered < CALLERS {
+            if unanswered.len() == 8 {
+                // Eight written and unanswered: a ninth must wait in the client.
+                assert!(!c.has_pending(), "a ninth command was written");
+            }
+            if unanswered.len() < 8 && (unanswered.is_empty() || c.has_pending()) {
+                unanswered.push_back(c.recv().expect("command"));
+                continue;
+            }
+            let cmd: Value = unanswered.pop_front().expect("one");
+            c.reply(&cmd, json!({"n": cmd["arguments"]["n"]}));
+            answered += 1;
+        }
+        c.echo_until_eof();
+    });
+    std::thread::scope(|s| {
+        for n in 0..CALLERS {
+            let qmp = &qmp;
+            s.spawn(move || {
+                let r = qmp.execute_raw("q", json!({"n": n})).expect("reply");
+                assert_eq!(r["n"], n);
+            });
+        }
+    });
+    drop(qmp);
+    server.join();
+}
+
+#[test]
+fn events_arrive_while_no_command_runs() {
+    let (go, gone) = std::sync::mpsc::channel::<()>();
+    let (qmp, server) = start(move |mut c| {
+        c.handshake();
+        gone.recv().expect("go");
+        c.event("FIRST", json!({}));
+        let cmd = c.expect_command("x");
+        c.reply(&cmd, json!({}));
+        // After a command, when the caller that read its reply has left.
+        gone.recv().expect("go again");
+        c.event("SECOND", json!({}));
+        c.echo_until_eof();
+    });
+    let sub = qmp.subscribe();
+    go.send(()).expect("go");
+    let first = sub.recv_timeout(Duration::from_secs(30)).expect("FIRST");
+    assert_eq!(first.name, "FIRST");
+    qmp.execute_raw("x", Value::Null).expect("x");
+    go.send(()).expect("go again");
+    let second = sub.recv_timeout(Duration::from_secs(30)).expect("SECOND");
+    assert_eq!(second.name, "SECOND");
+    drop(qmp);
+    server.join();
+}
+
+#[test]
+fn a_command_timing_out_in_the_middle_of_a_written_batch() {
+    let (qmp, server) = start(|mut c| {
+        c.handshake();
+        let mut batch = Vec::new();
+        while batch.len() < 3 {
+            batch.push(c.recv().expect("command"));
+        }
+        // Answer all but the one in the middle of the batch.
+        let (late, answered): (Vec<Value>, Vec<Value>) =
+            batch.into_iter().partition(|cmd| cmd["execute"] == "late");
+        for cmd in &answered {
+            c.reply(cmd, json!({"name": cmd["execute"]}));
+        }
+        // Its caller gives up; then its reply comes, and must be dropped.
+        let next = c.expect_command("next");
+        c.reply(&late[0], json!("too late"));
+        c.reply(&next, json!({"name": "next"}));
+        c.echo_until_eof();
+    });
+    std::thread::scope(|s| {
+        let a = s.spawn(|| qmp.execute_raw("a", Value::Null));
+        let late = s
+            .spawn(|| qmp.execute_with_timeout(&Command::bare("late"), Duration::from_millis(200)));
+        let c = s.spawn(|| qmp.execute_raw("c", Value::Null));
+        assert_eq!(a.join().expect("a").expect("a")["name"], "a");
+        assert_eq!(c.join().expect("c").expect("c")["name"], "c");
+        let late = late.join().expect("late");
+        assert!(matches!(late, Err(Error::Timeout { .. })), "{late:?}");
+    });
+    assert_eq!(
+        qmp.execute_raw("next", Value::Null).expect("next")["name"],
+        "next"
+    );
+    assert!(qmp.is_connected());
+    drop(qmp);
+    server.join();
+}
+
+#[test]
+fn descriptors_between_coalesced_commands() {
+    let (qmp, server) = start(|mut c| {
+        c.handshake();
+        let mut got = Vec::new();
+        let mut fds_with = Vec::new();
+        while got.len() < 5 {
+            let cmd = c.recv().expect("command");
+            let fds = c.take_fds().len();
+            if fds > 0 {
+                fds_with.push((cmd["execute"].clone(), fds));
+            }
+            got.push(cmd);
+        }
+        // The descriptor arrived by the time its command was read, and only one.
+        assert_eq!(fds_with.len(), 1, "{fds_with:?}");
+        let getfd = got
+            .iter()
+            .position(|c| c["execute"] == "getfd")
+            .expect("getfd");
+        assert!(got[..getfd].iter().all(|c| c["execute"] != "getfd"));
+        for cmd in &got {
+            c.reply(cmd, json!({}));
+        }
+        c.echo_until_eof();
+    });
+    let file = std::fs::File::open("/dev/null").expect("open");
+    std::thread::scope(|s| {
+        for name in ["a", "b", "c", "d"] {
+            let qmp = &qmp;
+            s.spawn(move || qmp.execute_raw(name, Value::Null).expect(name));
+        }
+        qmp.getfd("fd0", file.as_fd()).expect("getfd");
+    });
     drop(qmp);
     server.join();
 }
