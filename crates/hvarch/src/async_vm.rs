@@ -2,8 +2,8 @@
 //! engines, the same method bodies (see [`crate::vm`]): each method is the blocking one,
 //! awaited, and none blocks a runtime thread.
 //!
-//! - **Launch**: the runtime directory and the QMP socket are prepared on the caller's task
-//!   (a few small file operations), QEMU is forked by hvarch's process-lifetime spawner
+//! - **Launch**: the runtime directory, the QMP socket and QEMU's command line are prepared
+//!   on tokio's blocking pool (file operations), QEMU is forked by hvarch's process-lifetime spawner
 //!   thread while the task awaits its answer, and the QMP greeting is awaited on
 //!   [`AsyncQmp`]. A launch future dropped halfway leaves nothing behind: the spawner kills and
 //!   reaps a QEMU nobody waits for, and one already started is killed and reaped in the

@@ -253,9 +253,11 @@ macro_rules! vm_methods {
             assembled: $crate::Assembled,
             options: $crate::LaunchOptions,
         ) -> $crate::VmResult<Self> {
-            let (plan, command, fds) = $crate::launch::Plan::new(assembled, &options)?;
+            let qmp = options.qmp.clone();
+            let prepare = move || $crate::launch::Plan::new(assembled, &options);
+            let (plan, command, fds) = Self::offload(prepare)$(.$await_)??;
             let (started, client) = plan.started(Self::spawn(command, fds)$(.$await_)?)?;
-            let connected = Self::connect(client, &options.qmp)$(.$await_)?;
+            let connected = Self::connect(client, &qmp)$(.$await_)?;
             Ok(Self::from(started.connected(connected)?))
         }
 
