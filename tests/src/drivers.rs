@@ -1,5 +1,5 @@
 //! One real-QEMU scenario, two drivers: [`two_drivers!`](crate::two_drivers) compiles each
-//! scenario twice, as `#[test]`s of a module `blocking` (on [`hvarch::Vm`]) and a module
+//! scenario twice, in a module `blocking` (on [`hvarch::Vm`]) and a module
 //! `tokio` (on [`hvarch::AsyncVm`]).
 //!
 //! A scenario's body names the VM type `TestVm` and passes every call that is a future on
@@ -52,39 +52,59 @@ pub mod blocking {
     pub fn finish<T>(result: T) -> T {
         result
     }
+
+    /// Waits until a dropped VM's QEMU `pid` is reaped and its `runtime` directory gone:
+    /// dropping a `Vm` does both before it returns.
+    pub fn await_drop(pid: u32, runtime: &std::path::Path) {
+        let _ = runtime;
+        crate::assert_reaped(pid);
+    }
 }
 
 /// The async driver: [`hvarch::AsyncVm`], whose calls are futures run to their results.
 pub mod tokio {
+    use std::time::{Duration, Instant};
+
     pub use hvarch::AsyncVm as TestVm;
 
     /// Runs `future` to its result on the shared runtime.
     pub fn finish<F: super::Future>(future: F) -> F::Output {
         super::runtime().block_on(future)
     }
+
+    /// Waits (a bound against a hang: 60 s) until a dropped VM's QEMU `pid` is reaped and its
+    /// `runtime` directory gone: dropping an `AsyncVm` kills QEMU and leaves the reaping and
+    /// the removal to a background thread.
+    pub fn await_drop(pid: u32, runtime: &std::path::Path) {
+        let until = Instant::now() + Duration::from_secs(60);
+        while (crate::process_exists(pid) || runtime.exists()) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        crate::assert_reaped(pid);
+    }
 }
 
-/// Compiles each scenario (a `fn name() { body }`) twice, as `#[test]`s of modules
-/// `blocking` and `tokio`, whose `TestVm` and `finish` the body uses (see the [module
+/// Compiles the items given (`#[test]` scenarios and the helpers they share) twice, in
+/// modules `blocking` and `tokio`, whose `TestVm` and `finish` they use (see the [module
 /// docs](crate::drivers)).
 #[macro_export]
 macro_rules! two_drivers {
-    ($($(#[$meta:meta])* fn $name:ident() $body:block)*) => {
+    ($($item:item)*) => {
         /// The scenarios on the blocking `Vm`.
         mod blocking {
             #[allow(unused_imports)]
             use super::*;
             #[allow(unused_imports)]
-            use $crate::drivers::blocking::{finish, TestVm};
-            $($(#[$meta])* #[test] fn $name() $body)*
+            use $crate::drivers::blocking::{await_drop, finish, TestVm};
+            $($item)*
         }
         /// The scenarios on the tokio `AsyncVm`.
         mod tokio {
             #[allow(unused_imports)]
             use super::*;
             #[allow(unused_imports)]
-            use $crate::drivers::tokio::{finish, TestVm};
-            $($(#[$meta])* #[test] fn $name() $body)*
+            use $crate::drivers::tokio::{await_drop, finish, TestVm};
+            $($item)*
         }
     };
 }

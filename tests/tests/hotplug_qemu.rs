@@ -44,6 +44,7 @@ use hvarch::hvarch_devices::net::{NetBackend, NetDevice};
 use hvarch::hvarch_devices::pci::PciAddr;
 use hvarch::hvarch_devices::rng::RngDevice;
 use hvarch::{assemble, GuestArch, LaunchOptions, Vm, VmSpec};
+use hvarch_tests::drivers::QmpVm;
 use hvarch_tests::guest::{self, Console, GuestOptions, READY_MARKER};
 use hvarch_tests::query::{vm_block_nodes, vm_parent_bus, vm_peripherals, vm_qmp};
 use hvarch_tests::spec::{runnable, AAVMF_CODE, AAVMF_VARS};
@@ -73,9 +74,20 @@ fn spec(arch: GuestArch, root_ports: u32) -> VmSpec {
 }
 
 fn launch(mut spec: VmSpec, dir: &TempDir) -> Vm {
-    runnable(&mut spec, dir);
-    let assembled = assemble(&spec).expect("assemble");
-    Vm::launch(assembled, LaunchOptions::default()).expect("launch")
+    launched(&mut spec, dir, |assembled| {
+        Vm::launch(assembled, LaunchOptions::default())
+    })
+}
+
+/// Makes `spec` runnable in `dir` and launches it with `launch` (a `finish`ed
+/// `Vm::launch` or `AsyncVm::launch`).
+fn launched<V>(
+    spec: &mut VmSpec,
+    dir: &TempDir,
+    launch: impl FnOnce(hvarch::Assembled) -> hvarch::VmResult<V>,
+) -> V {
+    runnable(spec, dir);
+    launch(assemble(spec).expect("assemble")).expect("launch")
 }
 
 fn image(dir: &TempDir, name: &str) -> PathBuf {
@@ -95,7 +107,7 @@ fn drive(file: PathBuf, id: &str) -> BlockDrive {
     }
 }
 
-fn port_slot(vm: &Vm, port: &str) -> u64 {
+fn port_slot(vm: &impl QmpVm, port: &str) -> u64 {
     let reply = vm_qmp(vm, "query-pci", json!({}));
     reply[0]["devices"]
         .as_array()
@@ -106,7 +118,7 @@ fn port_slot(vm: &Vm, port: &str) -> u64 {
         .unwrap_or_else(|| panic!("{port} not in query-pci"))
 }
 
-fn chardevs(vm: &Vm) -> Vec<String> {
+fn chardevs(vm: &impl QmpVm) -> Vec<String> {
     vm_qmp(vm, "query-chardev", json!({}))
         .as_array()
         .into_iter()
@@ -115,7 +127,7 @@ fn chardevs(vm: &Vm) -> Vec<String> {
         .collect()
 }
 
-fn network_info(vm: &Vm) -> String {
+fn network_info(vm: &impl QmpVm) -> String {
     vm_qmp(
         vm,
         "human-monitor-command",
@@ -134,174 +146,165 @@ fn user_nic(id: &str, netdev: &str) -> NetDevice {
     nic
 }
 
-#[test]
-fn arm64_block_and_network_through_root_ports() {
-    let _serial = serial();
-    let dir = TempDir::new();
-    let mut vm = launch(spec(GuestArch::Aarch64, 2), &dir);
-    let (rp0, rp1) = (port_slot(&vm, "rp0"), port_slot(&vm, "rp1"));
+hvarch_tests::two_drivers! {
+    #[test]
+    fn arm64_block_and_network_through_root_ports() {
+        let _serial = serial();
+        let dir = TempDir::new();
+        let mut vm = launched(&mut spec(GuestArch::Aarch64, 2), &dir, |a| finish(TestVm::launch(a, LaunchOptions::default())));
+        let (rp0, rp1) = (port_slot(&vm, "rp0"), port_slot(&vm, "rp1"));
 
-    let disk = vm
-        .hotplug()
-        .add_block(
-            &drive(image(&dir, "disk0.img"), "drive0"),
-            BlockDriver::VirtioBlk,
-            Placement::Auto,
-        )
-        .expect("hot-plug virtio-blk");
-    assert_eq!(
-        disk.pci_path.as_ref().map(ToString::to_string),
-        Some(format!("{rp0:02x}/00"))
-    );
-    let nic = vm
-        .hotplug()
-        .plug(user_nic("net0", "hostnet0"), Placement::Auto)
-        .expect("hot-plug virtio-net");
-    assert_eq!(
-        nic.pci_path.as_ref().map(ToString::to_string),
-        Some(format!("{rp1:02x}/00"))
-    );
-    assert!(vm.hotplug_state().free_root_ports().is_empty());
+        let disk = finish(vm.hotplug().add_block(
+                &drive(image(&dir, "disk0.img"), "drive0"),
+                BlockDriver::VirtioBlk,
+                Placement::Auto,
+            ))
+            .expect("hot-plug virtio-blk");
+        assert_eq!(
+            disk.pci_path.as_ref().map(ToString::to_string),
+            Some(format!("{rp0:02x}/00"))
+        );
+        let nic = finish(vm.hotplug().plug(user_nic("net0", "hostnet0"), Placement::Auto))
+            .expect("hot-plug virtio-net");
+        assert_eq!(
+            nic.pci_path.as_ref().map(ToString::to_string),
+            Some(format!("{rp1:02x}/00"))
+        );
+        assert!(vm.hotplug_state().free_root_ports().is_empty());
 
-    assert_eq!(
-        vm_parent_bus(&vm, "virtio-drive0"),
-        "/machine/peripheral/rp0/rp0"
-    );
-    assert_eq!(vm_parent_bus(&vm, "net0"), "/machine/peripheral/rp1/rp1");
-    let ids = vm_peripherals(&vm);
-    assert!(ids.contains(&"virtio-drive0".to_owned()), "{ids:?}");
-    assert!(ids.contains(&"net0".to_owned()), "{ids:?}");
-    assert!(vm_block_nodes(&vm).contains(&"drive0".to_owned()));
-    assert!(network_info(&vm).contains("hostnet0"));
+        assert_eq!(
+            vm_parent_bus(&vm, "virtio-drive0"),
+            "/machine/peripheral/rp0/rp0"
+        );
+        assert_eq!(vm_parent_bus(&vm, "net0"), "/machine/peripheral/rp1/rp1");
+        let ids = vm_peripherals(&vm);
+        assert!(ids.contains(&"virtio-drive0".to_owned()), "{ids:?}");
+        assert!(ids.contains(&"net0".to_owned()), "{ids:?}");
+        assert!(vm_block_nodes(&vm).contains(&"drive0".to_owned()));
+        assert!(network_info(&vm).contains("hostnet0"));
 
-    // No free root port left: the next device goes to the bridge.
-    assert!(matches!(
-        vm.hotplug()
-            .add_block(
+        // No free root port left: the next device goes to the bridge.
+        assert!(matches!(
+            finish(vm.hotplug().add_block(
                 &drive(image(&dir, "disk1.img"), "drive1"),
                 BlockDriver::VirtioBlk,
                 Placement::RootPort,
-            )
+            ))
             .unwrap_err(),
-        HotplugError::Placement { .. }
-    ));
+            HotplugError::Placement { .. }
+        ));
 
-    vm.hotplug()
-        .unplug("virtio-drive0", UNPLUG)
-        .expect("unplug disk");
-    vm.hotplug().unplug("net0", UNPLUG).expect("unplug nic");
-    let ids = vm_peripherals(&vm);
-    assert!(!ids.contains(&"virtio-drive0".to_owned()), "{ids:?}");
-    assert!(!ids.contains(&"net0".to_owned()), "{ids:?}");
-    assert!(!vm_block_nodes(&vm).contains(&"drive0".to_owned()));
-    assert!(!network_info(&vm).contains("hostnet0"));
-    assert_eq!(vm.hotplug_state().free_root_ports(), ["rp0", "rp1"]);
+        finish(vm.hotplug().unplug("virtio-drive0", UNPLUG)).expect("unplug disk");
+        finish(vm.hotplug().unplug("net0", UNPLUG)).expect("unplug nic");
+        let ids = vm_peripherals(&vm);
+        assert!(!ids.contains(&"virtio-drive0".to_owned()), "{ids:?}");
+        assert!(!ids.contains(&"net0".to_owned()), "{ids:?}");
+        assert!(!vm_block_nodes(&vm).contains(&"drive0".to_owned()));
+        assert!(!network_info(&vm).contains("hostnet0"));
+        assert_eq!(vm.hotplug_state().free_root_ports(), ["rp0", "rp1"]);
 
-    // arm64 virt has no CPU hotplug: a typed error.
-    match vm.hotplug().add_cpus(1) {
-        Err(HotplugError::CpuHotplugUnsupported { reason }) => {
-            assert!(reason.contains("hot-plugging CPUs"), "{reason}")
+        // arm64 virt has no CPU hotplug: a typed error.
+        match finish(vm.hotplug().add_cpus(1)) {
+            Err(HotplugError::CpuHotplugUnsupported { reason }) => {
+                assert!(reason.contains("hot-plugging CPUs"), "{reason}")
+            }
+            other => panic!("{other:?}"),
         }
-        other => panic!("{other:?}"),
+        // And no pc-dimm without UEFI.
+        assert!(matches!(
+            finish(vm.hotplug().add_memory(128)),
+            Err(HotplugError::MemoryHotplugUnsupported { .. })
+        ));
+        finish(vm.shutdown(Duration::from_millis(100))).expect("shutdown");
     }
-    // And no pc-dimm without UEFI.
-    assert!(matches!(
-        vm.hotplug().add_memory(128),
-        Err(HotplugError::MemoryHotplugUnsupported { .. })
-    ));
-    vm.shutdown(Duration::from_millis(100)).expect("shutdown");
-}
 
-#[test]
-fn arm64_refused_steps_leave_nothing_behind() {
-    let _serial = serial();
-    let dir = TempDir::new();
-    let mut vm = launch(spec(GuestArch::Aarch64, 1), &dir);
-    let nodes_before = vm_block_nodes(&vm);
-    let chardevs_before = chardevs(&vm);
+    #[test]
+    fn arm64_refused_steps_leave_nothing_behind() {
+        let _serial = serial();
+        let dir = TempDir::new();
+        let mut vm = launched(&mut spec(GuestArch::Aarch64, 1), &dir, |a| finish(TestVm::launch(a, LaunchOptions::default())));
+        let nodes_before = vm_block_nodes(&vm);
+        let chardevs_before = chardevs(&vm);
 
-    // blockdev-add succeeds, device_add names a bus that does not exist.
-    let err = vm
-        .hotplug()
-        .add_block(
-            &drive(image(&dir, "disk0.img"), "drive0"),
-            BlockDriver::VirtioBlk,
-            Placement::Bus {
-                bus: "nope".into(),
-                addr: None,
-            },
-        )
-        .unwrap_err();
-    assert!(
-        err.to_string().contains("device_add virtio-drive0"),
-        "{err}"
-    );
-    assert_eq!(vm_block_nodes(&vm), nodes_before);
+        // blockdev-add succeeds, device_add names a bus that does not exist.
+        let err = finish(vm.hotplug().add_block(
+                &drive(image(&dir, "disk0.img"), "drive0"),
+                BlockDriver::VirtioBlk,
+                Placement::Bus {
+                    bus: "nope".into(),
+                    addr: None,
+                },
+            ))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("device_add virtio-drive0"),
+            "{err}"
+        );
+        assert_eq!(vm_block_nodes(&vm), nodes_before);
 
-    // netdev_add succeeds on the root port, device_add wants a ROM that does not exist.
-    let mut nic = user_nic("net0", "hostnet0");
-    nic.virtio.romfile = Some("/nonexistent/hvarch.rom".into());
-    let err = vm.hotplug().plug(nic, Placement::Auto).unwrap_err();
-    assert!(err.to_string().contains("device_add net0"), "{err}");
-    assert!(!network_info(&vm).contains("hostnet0"));
-    assert_eq!(vm.hotplug_state().free_root_ports(), ["rp0"]);
+        // netdev_add succeeds on the root port, device_add wants a ROM that does not exist.
+        let mut nic = user_nic("net0", "hostnet0");
+        nic.virtio.romfile = Some("/nonexistent/hvarch.rom".into());
+        let err = finish(vm.hotplug().plug(nic, Placement::Auto)).unwrap_err();
+        assert!(err.to_string().contains("device_add net0"), "{err}");
+        assert!(!network_info(&vm).contains("hostnet0"));
+        assert_eq!(vm.hotplug_state().free_root_ports(), ["rp0"]);
 
-    // chardev-add succeeds, device_add names a virtio-serial bus that does not exist.
-    let chardev = Chardev::new("charport0", CharBackend::Null);
-    let mut port = CharDevice::new("port0", chardev);
-    port.bus = Some("nope.0".into());
-    let err = vm.hotplug().plug(port, Placement::AsIs).unwrap_err();
-    assert!(err.to_string().contains("device_add port0"), "{err}");
-    assert_eq!(chardevs(&vm), chardevs_before);
+        // chardev-add succeeds, device_add names a virtio-serial bus that does not exist.
+        let chardev = Chardev::new("charport0", CharBackend::Null);
+        let mut port = CharDevice::new("port0", chardev);
+        port.bus = Some("nope.0".into());
+        let err = finish(vm.hotplug().plug(port, Placement::AsIs)).unwrap_err();
+        assert!(err.to_string().contains("device_add port0"), "{err}");
+        assert_eq!(chardevs(&vm), chardevs_before);
 
-    assert!(vm.hotplug_state().plugged_ids().is_empty());
-    assert!(!vm_peripherals(&vm)
-        .iter()
-        .any(|id| ["virtio-drive0", "net0", "port0"].contains(&id.as_str())));
-    // The root port is free: the same drive now plugs there.
-    let slot = port_slot(&vm, "rp0");
-    let disk = vm
-        .hotplug()
-        .add_block(
-            &drive(image(&dir, "disk0.img"), "drive0"),
-            BlockDriver::VirtioBlk,
-            Placement::Auto,
-        )
-        .expect("hot-plug after rollback");
-    assert_eq!(
-        disk.pci_path.map(|p| p.to_string()),
-        Some(format!("{slot:02x}/00"))
-    );
-}
+        assert!(vm.hotplug_state().plugged_ids().is_empty());
+        assert!(!vm_peripherals(&vm)
+            .iter()
+            .any(|id| ["virtio-drive0", "net0", "port0"].contains(&id.as_str())));
+        // The root port is free: the same drive now plugs there.
+        let slot = port_slot(&vm, "rp0");
+        let disk = finish(vm.hotplug().add_block(
+                &drive(image(&dir, "disk0.img"), "drive0"),
+                BlockDriver::VirtioBlk,
+                Placement::Auto,
+            ))
+            .expect("hot-plug after rollback");
+        assert_eq!(
+            disk.pci_path.map(|p| p.to_string()),
+            Some(format!("{slot:02x}/00"))
+        );
+    }
 
-#[test]
-fn q35_cpu_and_memory_hotplug() {
-    let _serial = serial();
-    let dir = TempDir::new();
-    let mut vm = launch(spec(GuestArch::X86_64, 0), &dir);
-    let cpus = |vm: &Vm| {
-        vm_qmp(vm, "query-cpus-fast", json!({}))
-            .as_array()
-            .map(Vec::len)
-    };
-    assert_eq!(cpus(&vm), Some(1));
-    assert_eq!(vm.hotplug().add_cpus(2).expect("add vCPUs"), 2);
-    assert_eq!(cpus(&vm), Some(3));
-    assert_eq!(vm.hotplug_state().hotplugged_cpus(), ["cpu-0", "cpu-1"]);
-    let ids = vm_peripherals(&vm);
-    assert!(ids.contains(&"cpu-0".to_owned()) && ids.contains(&"cpu-1".to_owned()));
-    // q35 refuses to unplug a vCPU of a guest that never ran: the vCPU stays registered.
-    assert!(vm.hotplug().remove_cpus(1, UNPLUG).is_err());
-    assert_eq!(vm.hotplug_state().hotplugged_cpus(), ["cpu-0", "cpu-1"]);
+    #[test]
+    fn q35_cpu_and_memory_hotplug() {
+        let _serial = serial();
+        let dir = TempDir::new();
+        let mut vm = launched(&mut spec(GuestArch::X86_64, 0), &dir, |a| finish(TestVm::launch(a, LaunchOptions::default())));
+        let cpus = |vm: &TestVm| {
+            vm_qmp(vm, "query-cpus-fast", json!({}))
+                .as_array()
+                .map(Vec::len)
+        };
+        assert_eq!(cpus(&vm), Some(1));
+        assert_eq!(finish(vm.hotplug().add_cpus(2)).expect("add vCPUs"), 2);
+        assert_eq!(cpus(&vm), Some(3));
+        assert_eq!(vm.hotplug_state().hotplugged_cpus(), ["cpu-0", "cpu-1"]);
+        let ids = vm_peripherals(&vm);
+        assert!(ids.contains(&"cpu-0".to_owned()) && ids.contains(&"cpu-1".to_owned()));
+        // q35 refuses to unplug a vCPU of a guest that never ran: the vCPU stays registered.
+        assert!(finish(vm.hotplug().remove_cpus(1, UNPLUG)).is_err());
+        assert_eq!(vm.hotplug_state().hotplugged_cpus(), ["cpu-0", "cpu-1"]);
 
-    let dimm = vm.hotplug().add_memory(128).expect("hot-plug memory");
-    assert_eq!(dimm.id, "dimm0");
-    let devices = vm_qmp(&vm, "query-memory-devices", json!({}));
-    assert_eq!(devices[0]["type"], "dimm", "{devices}");
-    assert_eq!(devices[0]["data"]["id"], "dimm0");
-    assert_eq!(devices[0]["data"]["size"], 128 << 20);
-    let second = vm.hotplug().add_memory(128).expect("second DIMM");
-    assert_eq!(second.id, "dimm1");
+        let dimm = finish(vm.hotplug().add_memory(128)).expect("hot-plug memory");
+        assert_eq!(dimm.id, "dimm0");
+        let devices = vm_qmp(&vm, "query-memory-devices", json!({}));
+        assert_eq!(devices[0]["type"], "dimm", "{devices}");
+        assert_eq!(devices[0]["data"]["id"], "dimm0");
+        assert_eq!(devices[0]["data"]["size"], 128 << 20);
+        let second = finish(vm.hotplug().add_memory(128)).expect("second DIMM");
+        assert_eq!(second.id, "dimm1");
+    }
 }
 
 #[test]
