@@ -4,11 +4,13 @@
 //!   on a Debian bookworm machine (a tested plan; idempotent).
 //! * `cargo xtask ci` runs every CI stage in order and stops at the first failure.
 //! * `cargo xtask demo` boots a real arm64 guest, hot-plugs a disk and memory, prints timings.
+//! * `cargo xtask examples` runs the minimal VMM examples against the arm64 test guest.
 //! * `cargo xtask cross` builds for aarch64 with Debian's toolchain and runs the tests under qemu-user.
 
 mod bench;
 mod cross;
 mod demo;
+mod examples;
 mod run;
 mod setup;
 
@@ -39,13 +41,15 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Run every CI stage: setup, fmt, clippy, tests, docs, aarch64 cross tests.
+    /// Run every CI stage: setup, fmt, clippy, tests, examples, docs, aarch64 cross tests.
     Ci,
     /// Boot a real arm64 guest (TCG, UEFI), hot-plug a disk and memory, watch the guest see
     /// them, unplug, power off, and print the timings. Runs `setup` first if QEMU is missing.
     Demo,
     /// Build for aarch64-unknown-linux-gnu and run the test suite under qemu-aarch64.
     Cross,
+    /// Run the minimal VMM examples (blocking and tokio) against the arm64 test guest.
+    Examples,
     /// Benchmarks against peers, measured in one run and reported as ratios
     /// (`target/bench/report.md`, `report.svg`).
     Bench {
@@ -60,6 +64,7 @@ fn main() -> ExitCode {
         Command::Setup { profile, dry_run } => setup::run(profile, dry_run),
         Command::Ci => ci(),
         Command::Cross => cross::run(),
+        Command::Examples => examples::run(),
         Command::Demo => demo::run(),
         Command::Bench { what } => bench::run(what.as_deref()),
     };
@@ -92,6 +97,10 @@ fn ci() -> Result<(), String> {
     stage("test", || {
         cargo(&["test", "--workspace", "--all-features", "--no-fail-fast"]).run()
     })?;
+    stage(
+        "examples (minimal VMMs against the arm64 guest)",
+        examples::run,
+    )?;
     stage("doc", || {
         cargo(&["doc", "--workspace", "--all-features", "--no-deps"])
             .env("RUSTDOCFLAGS", "-D warnings")
