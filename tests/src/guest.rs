@@ -22,11 +22,16 @@
 //! | `HVARCH-STATE disks=<vda,…> mem_kb=<MemTotal>` | at start, on `state`, and whenever either changes |
 //! | `HVARCH-BYE` | `poweroff` received; the guest powers off |
 //! | `HVARCH-BYE power-button` | the power button was pressed (QMP `system_powerdown`); the guest powers off |
+//! | `HVARCH-VIRTIOFS tag=<tag> mount=<rc> read=<word> write=<rc>` | the answer to `virtiofs <tag>` |
 //!
 //! | host → guest | effect |
 //! |---|---|
 //! | `state` | prints a `HVARCH-STATE` line |
 //! | `poweroff` | `HVARCH-BYE`, then `poweroff -f` |
+//! | `virtiofs <tag>` | mounts the virtio-fs share `<tag>` on `/mnt/<tag>`, reads the first word of its `from-host`, writes `guest <release>` to its `from-guest`, then answers `HVARCH-VIRTIOFS` ([`VirtiofsReport`]) |
+//!
+//! virtio-fs needs no module: Debian's 6.12 cloud kernel has FUSE and virtio-fs built in
+//! (`CONFIG_FUSE_FS=y`, `CONFIG_VIRTIO_FS=y`; [`kernel_config`] reads them).
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -113,6 +118,15 @@ while :; do
         case "$cmd" in
             state) look; echo "HVARCH-STATE $state"; last=$state ;;
             poweroff) echo "HVARCH-BYE"; sync; poweroff -f ;;
+            virtiofs\ *)
+                tag=${cmd#virtiofs }
+                mkdir -p "/mnt/$tag"
+                mount -t virtiofs "$tag" "/mnt/$tag"; m=$?
+                got=
+                [ -e "/mnt/$tag/from-host" ] && read -r got _ <"/mnt/$tag/from-host"
+                echo "guest $release" >"/mnt/$tag/from-guest"; w=$?
+                sync
+                echo "HVARCH-VIRTIOFS tag=$tag mount=$m read=$got write=$w" ;;
             "") ;;
             *) echo "HVARCH-UNKNOWN $cmd" ;;
         esac
@@ -150,14 +164,7 @@ pub struct GuestFiles {
 
 /// The guest directory: `$HVARCH_GUEST_DIR`, else `<workspace>/target/guest`.
 pub fn guest_dir() -> PathBuf {
-    match std::env::var_os(GUEST_DIR_ENV) {
-        Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .unwrap_or(Path::new("."))
-            .join("target")
-            .join("guest"),
-    }
+    crate::target_dir_or_env(GUEST_DIR_ENV, "guest")
 }
 
 /// The guest files already under `dir` (see [`fetch`]); the error says what is missing and
@@ -547,6 +554,52 @@ pub fn guest_spec(
     Ok(spec)
 }
 
+/// The prefix of the guest's answer to `virtiofs <tag>`.
+pub const VIRTIOFS_PREFIX: &str = "HVARCH-VIRTIOFS";
+
+/// The guest's answer to `virtiofs <tag>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VirtiofsReport {
+    /// The share's tag.
+    pub tag: String,
+    /// `mount -t virtiofs`'s exit status (0: mounted).
+    pub mount: i32,
+    /// The first word of the share's `from-host` (empty if it could not be read).
+    pub read: String,
+    /// The exit status of writing `from-guest` (0: written).
+    pub write: i32,
+}
+
+impl VirtiofsReport {
+    /// Parses `HVARCH-VIRTIOFS tag=<tag> mount=<rc> read=<word> write=<rc>`.
+    pub fn parse(line: &str) -> Option<VirtiofsReport> {
+        let rest = line.trim().strip_prefix(VIRTIOFS_PREFIX)?;
+        let field = |name: &str| {
+            rest.split_whitespace()
+                .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+        };
+        Some(VirtiofsReport {
+            tag: field("tag")?.to_owned(),
+            mount: field("mount")?.parse().ok()?,
+            read: field("read").unwrap_or_default().to_owned(),
+            write: field("write")?.parse().ok()?,
+        })
+    }
+}
+
+/// The value of `option` (e.g. `CONFIG_VIRTIO_FS`: `y`, `m`) in the guest kernel's
+/// `boot/config-<release>`; `None` when unset or unreadable.
+pub fn kernel_config(files: &GuestFiles, option: &str) -> Option<String> {
+    let config = files
+        .dir
+        .join("root/boot")
+        .join(format!("config-{}", files.release));
+    let text = std::fs::read_to_string(config).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(option)?.strip_prefix('='))
+        .map(str::to_owned)
+}
+
 /// One line the guest printed, and when it arrived.
 #[derive(Clone, Debug)]
 pub struct ConsoleLine {
@@ -755,5 +808,29 @@ mod tests {
             })
         );
         assert_eq!(GuestState::parse("hello"), None);
+    }
+
+    #[test]
+    fn virtiofs_reports() {
+        assert_eq!(
+            VirtiofsReport::parse("HVARCH-VIRTIOFS tag=kataShared mount=0 read=hello write=0"),
+            Some(VirtiofsReport {
+                tag: "kataShared".into(),
+                mount: 0,
+                read: "hello".into(),
+                write: 0,
+            })
+        );
+        assert_eq!(
+            VirtiofsReport::parse("HVARCH-VIRTIOFS tag=t mount=255 read= write=1"),
+            Some(VirtiofsReport {
+                tag: "t".into(),
+                mount: 255,
+                read: String::new(),
+                write: 1,
+            })
+        );
+        assert_eq!(VirtiofsReport::parse("HVARCH-VIRTIOFS tag=t"), None);
+        assert_eq!(VirtiofsReport::parse("HVARCH-STATE disks= mem_kb=1"), None);
     }
 }

@@ -13,6 +13,7 @@ pub mod drivers;
 pub mod guest;
 pub mod query;
 pub mod spec;
+pub mod tools;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -27,6 +28,10 @@ use serde_json::{json, Value};
 pub const QEMU_AARCH64: &str = "qemu-system-aarch64";
 /// The QEMU system emulator for x86_64 guests.
 pub const QEMU_X86_64: &str = "qemu-system-x86_64";
+/// The QEMU system emulator for ppc64le guests (`pseries`).
+pub const QEMU_PPC64: &str = "qemu-system-ppc64";
+/// The QEMU system emulator for s390x guests (`s390-ccw-virtio`).
+pub const QEMU_S390X: &str = "qemu-system-s390x";
 
 /// Base arguments for a paused, headless arm64 `virt` machine under TCG.
 pub const AARCH64_VIRT_TCG: &[&str] = &[
@@ -55,6 +60,58 @@ pub const X86_64_Q35_TCG: &[&str] = &[
     "-nographic",
     "-S",
 ];
+
+/// A directory of the workspace's `target/` (`target/<sub>`), or the one the environment
+/// variable `env` names instead (a git worktree may point it at the main checkout's).
+pub fn target_dir_or_env(env: &str, sub: &str) -> PathBuf {
+    match std::env::var_os(env) {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("target")
+            .join(sub),
+    }
+}
+
+/// A `-device` of a command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArgDevice {
+    /// The driver, e.g. `virtio-blk-pci`.
+    pub driver: String,
+    /// Its `id=`.
+    pub id: String,
+    /// `devno=` of a CCW device.
+    pub devno: Option<String>,
+}
+
+/// Every `-device` of a QEMU command line that has an `id=`, in order (values here hold no
+/// escaped commas).
+pub fn argv_devices(argv: &[String]) -> Vec<ArgDevice> {
+    argv.windows(2)
+        .filter(|w| w[0] == "-device")
+        .filter_map(|w| {
+            let mut props = w[1].split(',');
+            let driver = props.next()?.to_owned();
+            let props: Vec<&str> = props.collect();
+            let value = |key: &str| {
+                props
+                    .iter()
+                    .find_map(|p| p.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+            };
+            Some(ArgDevice {
+                driver,
+                id: value("id")?.to_owned(),
+                devno: value("devno").map(str::to_owned),
+            })
+        })
+        .collect()
+}
+
+/// Whether a `-device` driver sits on a PCI bus.
+pub fn is_pci_driver(driver: &str) -> bool {
+    driver.ends_with("-pci") || matches!(driver, "pci-bridge" | "pcie-root-port")
+}
 
 /// A private temporary directory, removed on drop.
 #[derive(Debug)]

@@ -8,6 +8,11 @@
 //!   no blockdev, netdev, chardev or root port behind;
 //! - x86_64 `q35`: vCPU hotplug, DIMM hotplug;
 //! - arm64 with UEFI (AAVMF pflash): DIMM hotplug;
+//! - ppc64le `pseries`: virtio-blk and virtio-net on the PCI bridge's slots (path `02/01`,
+//!   `02/02`) and back, a vCPU core hot-added;
+//! - s390x `s390-ccw-virtio`: virtio-blk and virtio-net on the CCW transport, each numbered
+//!   from the CCW bridge (QEMU reports `devno` `fe.0.0004`, `fe.0.0005`) and back, the freed
+//!   number reused, a vCPU hot-added, memory hotplug refused;
 //! - 200 hotplug/unplug cycles of a virtio-blk with this process's open descriptors unchanged;
 //! - the root ports' slots hvarch computes from the configuration (so a hot-plug on a root
 //!   port asks no `query-pci`) are QEMU's, on arm64 `virt` and x86_64 `q35`, for several
@@ -36,13 +41,14 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use hvarch::engine::{Blocking, Outcome, Step, SyncDriver};
-use hvarch::hotplug::{HotplugError, Placement};
+use hvarch::hotplug::{HotplugError, Placement, Plugged};
 use hvarch::hvarch_arch::resources::BlockDrive;
 use hvarch::hvarch_arch::settings::BlockDriver;
 use hvarch::hvarch_devices::chardev::{CharBackend, CharDevice, Chardev};
 use hvarch::hvarch_devices::net::{NetBackend, NetDevice};
 use hvarch::hvarch_devices::pci::PciAddr;
 use hvarch::hvarch_devices::rng::RngDevice;
+use hvarch::hvarch_devices::transport::{Transport, VirtioOpts};
 use hvarch::{assemble, GuestArch, LaunchOptions, Vm, VmSpec};
 use hvarch_tests::drivers::QmpVm;
 use hvarch_tests::guest::{self, Console, GuestOptions, READY_MARKER};
@@ -136,6 +142,32 @@ fn network_info(vm: &impl QmpVm) -> String {
     .as_str()
     .unwrap_or_default()
     .to_owned()
+}
+
+/// Hot-plugs `drive0` (a fresh 1 MiB image in `dir`) as the backend's virtio-blk
+/// (`virtio-drive0`), wherever [`Placement::Auto`] puts it.
+fn plug_drive0(vm: &mut Vm, dir: &TempDir) -> Plugged {
+    vm.hotplug()
+        .add_block(
+            &drive(image(dir, "disk0.img"), "drive0"),
+            BlockDriver::VirtioBlk,
+            Placement::Auto,
+        )
+        .expect("hot-plug virtio-blk")
+}
+
+/// Unplugs the disk `virtio-drive0` (node `drive0`) and the NIC `net0` (netdev `hostnet0`),
+/// and checks that QEMU has neither any more.
+fn unplug_disk_and_nic(vm: &mut Vm) {
+    vm.hotplug()
+        .unplug("virtio-drive0", UNPLUG)
+        .expect("unplug disk");
+    vm.hotplug().unplug("net0", UNPLUG).expect("unplug nic");
+    let ids = vm_peripherals(vm);
+    assert!(!ids.contains(&"virtio-drive0".to_owned()), "{ids:?}");
+    assert!(!ids.contains(&"net0".to_owned()), "{ids:?}");
+    assert!(!vm_block_nodes(vm).contains(&"drive0".to_owned()));
+    assert!(!network_info(vm).contains("hostnet0"));
 }
 
 /// A virtio-net NIC on QEMU's user-mode stack (no host setup), without option ROM.
@@ -524,5 +556,119 @@ fn arm64_an_unconfirmed_rollback_is_pending_until_the_guest_releases_the_device(
         wait_disks(&console, "the disk again", |d| !d.is_empty()),
         ["vda"]
     );
+}
+
+/// The `devno` QEMU reports for device `id`.
+fn devno(vm: &Vm, id: &str) -> String {
+    vm_qmp(
+        vm,
+        "qom-get",
+        json!({"path": format!("/machine/peripheral/{id}"), "property": "devno"}),
+    )
+    .as_str()
+    .unwrap_or_default()
+    .to_owned()
+}
+
+fn cpu_count(vm: &Vm) -> Option<usize> {
+    vm_qmp(vm, "query-cpus-fast", json!({}))
+        .as_array()
+        .map(Vec::len)
+}
+
+#[test]
+fn pseries_block_network_and_cpus_through_its_bridge() {
+    let _serial = serial();
+    let dir = TempDir::new();
+    let mut vm = launch(spec(GuestArch::Ppc64le, 0), &dir);
+
+    let disk = plug_drive0(&mut vm, &dir);
+    assert_eq!(
+        disk.pci_path.as_ref().map(ToString::to_string),
+        Some("02/01".into())
+    );
+    assert_eq!(
+        vm_parent_bus(&vm, "virtio-drive0"),
+        "/machine/peripheral/pci-bridge-0/pci-bridge-0"
+    );
+    let addr = vm_qmp(
+        &vm,
+        "qom-get",
+        json!({"path": "/machine/peripheral/virtio-drive0", "property": "addr"}),
+    );
+    assert_eq!(addr, json!(8), "slot 1, function 0 (devfn 8)");
+    assert!(vm_block_nodes(&vm).contains(&"drive0".to_owned()));
+    let nic = vm
+        .hotplug()
+        .plug(user_nic("net0", "hostnet0"), Placement::Auto)
+        .expect("hot-plug virtio-net");
+    assert_eq!(
+        nic.pci_path.map(|p| p.to_string()),
+        Some("02/02".to_owned())
+    );
+    assert!(network_info(&vm).contains("hostnet0"));
+
+    unplug_disk_and_nic(&mut vm);
+    assert!(vm.hotplug_state().plugged_ids().is_empty());
+
+    // pseries hot-plugs vCPU cores.
+    assert_eq!(cpu_count(&vm), Some(1));
+    assert_eq!(vm.hotplug().add_cpus(1).expect("add a vCPU"), 1);
+    assert_eq!(cpu_count(&vm), Some(2));
+    assert_eq!(vm.hotplug_state().hotplugged_cpus(), ["cpu-0"]);
+    vm.shutdown(Duration::from_millis(100)).expect("shutdown");
+}
+
+#[test]
+fn s390x_block_network_and_cpus_on_ccw() {
+    let _serial = serial();
+    let dir = TempDir::new();
+    let mut vm = launch(spec(GuestArch::S390x, 0), &dir);
+    // serial0, scsi0 and rng0-dev hold fe.0.0001 to fe.0.0003.
+    assert_eq!(devno(&vm, "rng0-dev"), "fe.0.0003");
+
+    let disk = plug_drive0(&mut vm, &dir);
+    assert_eq!(disk.pci_path, None);
+    assert_eq!(disk.ccw_address().as_deref(), Some("0.0.0004"));
+    assert_eq!(devno(&vm, "virtio-drive0"), "fe.0.0004");
+    assert_eq!(
+        vm_parent_bus(&vm, "virtio-drive0"),
+        "/machine/virtual-css-bridge/virtual-css"
+    );
+    assert!(vm_block_nodes(&vm).contains(&"drive0".to_owned()));
+
+    // A NIC on the CCW transport takes the next number (Kata 1.x's was fe.0.30303035).
+    let mut nic = user_nic("net0", "hostnet0");
+    nic.virtio = VirtioOpts::on(Transport::Ccw);
+    let nic = vm
+        .hotplug()
+        .plug(nic, Placement::Auto)
+        .expect("hot-plug virtio-net-ccw");
+    assert_eq!(nic.ccw_address().as_deref(), Some("0.0.0005"));
+    assert_eq!(devno(&vm, "net0"), "fe.0.0005");
+    assert!(network_info(&vm).contains("hostnet0"));
+
+    unplug_disk_and_nic(&mut vm);
+
+    // The freed number is the next one given, through BlockDriver::VirtioBlkCcw too.
+    let again = vm
+        .hotplug()
+        .add_block(
+            &drive(image(&dir, "disk1.img"), "drive1"),
+            BlockDriver::VirtioBlkCcw,
+            Placement::Auto,
+        )
+        .expect("hot-plug virtio-blk-ccw again");
+    assert_eq!(again.ccw_address().as_deref(), Some("0.0.0004"));
+    assert_eq!(devno(&vm, "virtio-drive1"), "fe.0.0004");
+
+    // s390x hot-plugs vCPUs, but has no memory hotplug.
+    assert_eq!(cpu_count(&vm), Some(1));
+    assert_eq!(vm.hotplug().add_cpus(1).expect("add a vCPU"), 1);
+    assert_eq!(cpu_count(&vm), Some(2));
+    assert!(matches!(
+        vm.hotplug().add_memory(128),
+        Err(HotplugError::MemoryHotplugUnsupported { .. })
+    ));
     vm.shutdown(Duration::from_millis(100)).expect("shutdown");
 }

@@ -5,7 +5,8 @@
 //! * `cargo xtask ci` runs every CI stage in order and stops at the first failure.
 //! * `cargo xtask demo` boots a real arm64 guest, hot-plugs a disk and memory, prints timings.
 //! * `cargo xtask examples` runs the minimal VMM examples against the arm64 test guest.
-//! * `cargo xtask cross` builds for aarch64 with Debian's toolchain and runs the tests under qemu-user.
+//! * `cargo xtask cross [TARGET]` builds for aarch64, ppc64le and s390x (or one of them) with
+//!   Debian's toolchain and runs the tests under qemu-user.
 
 mod bench;
 mod cross;
@@ -41,13 +42,18 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Run every CI stage: setup, fmt, clippy, tests, examples, docs, aarch64 cross tests.
+    /// Run every CI stage: setup, fmt, clippy, tests, examples, package, docs, cross tests
+    /// (aarch64, ppc64le, s390x).
     Ci,
     /// Boot a real arm64 guest (TCG, UEFI), hot-plug a disk and memory, watch the guest see
     /// them, unplug, power off, and print the timings. Runs `setup` first if QEMU is missing.
     Demo,
-    /// Build for aarch64-unknown-linux-gnu and run the test suite under qemu-aarch64.
-    Cross,
+    /// Build for another architecture with Debian's toolchain and run its tests under
+    /// qemu-user: aarch64 (the whole suite), ppc64le and s390x (the libraries' unit tests).
+    Cross {
+        /// aarch64, ppc64le or s390x (or a target triple); all three when omitted.
+        target: Option<String>,
+    },
     /// Run the minimal VMM examples (blocking and tokio) against the arm64 test guest.
     Examples,
     /// Benchmarks against peers, measured in one run and reported as ratios
@@ -63,7 +69,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Setup { profile, dry_run } => setup::run(profile, dry_run),
         Command::Ci => ci(),
-        Command::Cross => cross::run(),
+        Command::Cross { target } => cross::run(target.as_deref()),
         Command::Examples => examples::run(),
         Command::Demo => demo::run(),
         Command::Bench { what } => bench::run(what.as_deref()),
@@ -101,12 +107,27 @@ fn ci() -> Result<(), String> {
         "examples (minimal VMMs against the arm64 guest)",
         examples::run,
     )?;
+    stage("package", || {
+        // Every published crate packages on its own and builds from its package (hvarch-tests
+        // and xtask are not published).
+        cargo(&[
+            "package",
+            "--workspace",
+            "--exclude",
+            "hvarch-tests",
+            "--exclude",
+            "xtask",
+        ])
+        .run()
+    })?;
     stage("doc", || {
         cargo(&["doc", "--workspace", "--all-features", "--no-deps"])
             .env("RUSTDOCFLAGS", "-D warnings")
             .run()
     })?;
-    stage("cross (aarch64 under qemu-user)", cross::run)?;
+    for target in cross::TARGETS {
+        stage(&target.stage_name(), || target.run())?;
+    }
     eprintln!("xtask ci: all stages passed in {:.0?}", started.elapsed());
     Ok(())
 }

@@ -35,7 +35,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use hvarch_arch::arch::{mib, ArchBase, ArchSpec, Capabilities, QemuArch};
+use hvarch_arch::arch::{ArchBase, ArchSpec, Capabilities, QemuArch, RootfsImage};
 use hvarch_arch::guest_arch::GuestArch;
 use hvarch_arch::machine::{MachineSpec, MICROVM, PC, PC_LITE, Q35, VIRT};
 use hvarch_arch::settings::{HypervisorConfig, TemplateRole};
@@ -59,7 +59,7 @@ pub const MAX_VCPUS: u32 = 240;
 /// How long to wait for a migration.
 pub const MIGRATION_WAIT: Duration = Duration::from_secs(5);
 /// MiB reserved above host memory in `maxmem` for the NVDIMM image (clearcontainers#380).
-pub const NVDIMM_RESERVE_MB: u64 = 1024;
+pub use hvarch_arch::arch::NVDIMM_RESERVE_MB;
 
 /// The x86_64 backend.
 #[derive(Clone, Debug)]
@@ -101,7 +101,7 @@ impl Amd64 {
             kernel_params,
             max_vcpus: MAX_VCPUS,
             migration_wait: MIGRATION_WAIT,
-            dax: true,
+            rootfs: RootfsImage::Nvdimm { dax: true },
         };
         let mut arch = Amd64 {
             base: ArchBase::new(spec, config)?,
@@ -156,12 +156,8 @@ impl QemuArch for Amd64 {
     }
 
     fn memory_topology(&self, memory_mb: u64, host_memory_mb: u64, slots: u32) -> Memory {
-        let mut memory = Memory::size(mib(memory_mb));
-        memory.slots = Some(slots);
-        memory.maxmem = Some(mib(host_memory_mb
-            .saturating_add(self.base.memory_offset_mb)
-            .saturating_add(NVDIMM_RESERVE_MB)));
-        memory
+        self.base
+            .generic_memory_topology(memory_mb, host_memory_mb, slots)
     }
 
     fn append_image(&self, devices: &mut Vec<Device>, path: &Path) -> Result<()> {
@@ -243,16 +239,60 @@ mod tests {
 
     #[test]
     fn limits_and_paths() {
-        let arch = on("q35");
-        assert_eq!(arch.max_vcpus(), 240);
-        assert_eq!(arch.migration_wait_timeout(), Duration::from_secs(5));
-        assert_eq!(arch.qemu_path().unwrap(), PathBuf::from(QEMU_PATH));
+        // Every machine: Kata's binary (pc-lite: QEMU-lite), 240 vCPUs, a 5 s migration wait,
+        // and x-ignore-shared for templates.
+        for (machine, path) in [
+            ("q35", Some(QEMU_PATH)),
+            ("pc", Some(QEMU_PATH)),
+            ("microvm", Some(QEMU_PATH)),
+            ("pc-lite", Some(QEMU_LITE_PATH)),
+            ("virt", None),
+        ] {
+            let arch = on(machine);
+            assert_eq!(arch.guest_arch(), GuestArch::X86_64, "{machine}");
+            assert_eq!(arch.max_vcpus(), 240, "{machine}");
+            assert_eq!(
+                arch.migration_wait_timeout(),
+                Duration::from_secs(5),
+                "{machine}"
+            );
+            assert_eq!(
+                arch.migration_capabilities(),
+                [hvarch_arch::arch::MigrationCapability {
+                    capability: "x-ignore-shared".into(),
+                    state: true,
+                }],
+                "{machine}"
+            );
+            match path {
+                Some(path) => assert_eq!(arch.qemu_path().unwrap(), PathBuf::from(path)),
+                // Kata lists `virt` without a binary: an error naming the machine.
+                None => assert_eq!(
+                    arch.qemu_path().unwrap_err().to_string(),
+                    "Unknown machine type: virt: no QEMU path known for it; set hypervisor_path"
+                ),
+            }
+        }
+        // A configured binary wins on every machine.
+        let configured = amd64(HypervisorConfig {
+            machine_type: Some("virt".into()),
+            hypervisor_path: Some("/opt/qemu/bin/qemu-system-x86_64".into()),
+            ..HypervisorConfig::default()
+        });
         assert_eq!(
-            on("pc-lite").qemu_path().unwrap(),
-            PathBuf::from(QEMU_LITE_PATH)
+            configured.qemu_path().unwrap(),
+            PathBuf::from("/opt/qemu/bin/qemu-system-x86_64")
         );
-        assert!(on("virt").qemu_path().is_err());
-        assert!(!arch.migration_capabilities().is_empty());
+        // Kata's machines, and no other.
+        assert_eq!(
+            Amd64::new(&HypervisorConfig {
+                machine_type: Some("pseries".into()),
+                ..HypervisorConfig::default()
+            })
+            .unwrap_err()
+            .to_string(),
+            "unrecognised machine type: pseries (supported: pc-lite, pc, q35, virt, microvm)"
+        );
     }
 
     #[test]
@@ -362,3 +402,8 @@ mod tests {
         assert_eq!(args[3], "nvdimm,id=nv0,memdev=mem0,unarmed=on");
     }
 }
+
+/// The README's example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -45,6 +45,10 @@ use crate::settings::HypervisorConfig;
 /// Kata's limit on generated device ids (`maxDevIDSize`).
 pub const MAX_DEV_ID_LEN: usize = 31;
 
+/// MiB Kata's `genericMemoryTopology` reserves above host memory in `maxmem` for the NVDIMM
+/// image (clearcontainers#380).
+pub const NVDIMM_RESERVE_MB: u64 = 1024;
+
 /// What the guest can do with this VM (Kata's `types.Capabilities`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Capabilities {
@@ -82,8 +86,20 @@ pub struct ArchSpec {
     pub max_vcpus: u32,
     /// How long to wait for a migration to finish.
     pub migration_wait: Duration,
-    /// Whether the rootfs NVDIMM is mounted with DAX.
-    pub dax: bool,
+    /// Where the rootfs image goes.
+    pub rootfs: RootfsImage,
+}
+
+/// Where a backend puts the rootfs image (Kata's `handleImagePath` and `appendImage`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RootfsImage {
+    /// On an NVDIMM unless `disable_nvdimm` (arm64, x86_64), mounted with DAX if `dax`.
+    Nvdimm {
+        /// Mount the root with `dax`.
+        dax: bool,
+    },
+    /// Always a virtio-blk disk, whatever `disable_nvdimm` says (ppc64le, s390x).
+    VirtioBlk,
 }
 
 /// The generic state and behaviour of every backend (Kata's `qemuArchBase`).
@@ -142,6 +158,7 @@ impl ArchBase {
                 }
             }
         }
+        let disable_nvdimm = config.disable_nvdimm || spec.rootfs == RootfsImage::VirtioBlk;
         let base = ArchBase {
             kernel_params: spec.kernel_params.clone(),
             kernel_params_debug: kparams::debug(),
@@ -154,7 +171,7 @@ impl ArchBase {
             memory_offset_mb: config.memory_offset_mb,
             nested_run: false,
             vhost: !config.disable_vhost_net,
-            disable_nvdimm: config.disable_nvdimm,
+            disable_nvdimm,
             network_index: 0,
             machines,
             bridges: Bridges::new(),
@@ -182,16 +199,71 @@ impl ArchBase {
     }
 
     /// Transport settings for the devices this base builds: virtio-mmio on `microvm`,
-    /// virtio-pci elsewhere, with `disable-modern` when running nested (PCI only).
+    /// virtio-ccw on `s390-ccw-virtio` (the device number is given later, by
+    /// [`QemuArch::place_devices`]), virtio-pci elsewhere, with `disable-modern` when running
+    /// nested (PCI only).
     pub fn virtio(&self) -> VirtioOpts {
-        if self.machine_type == machine::MICROVM {
-            VirtioOpts::on(Transport::Mmio)
-        } else {
-            VirtioOpts {
+        match self.machine_type.as_str() {
+            machine::MICROVM => VirtioOpts::on(Transport::Mmio),
+            machine::S390_CCW_VIRTIO => VirtioOpts::on(Transport::Ccw),
+            _ => VirtioOpts {
                 disable_modern: self.nested_run,
                 ..VirtioOpts::default()
+            },
+        }
+    }
+
+    /// Gives every CCW device of `devices` a device number from the CCW bridges (what each
+    /// of Kata's s390x `append*` does with `addDeviceToBridge`): a device whose `devno` is
+    /// set reserves that slot; then every device without one takes the first free slot,
+    /// keyed by its id, and gets `fe.<bridge addr>.<slot %04x>`. Devices on other
+    /// transports are left alone.
+    pub fn place_ccw_devices(&mut self, devices: &mut [Device]) -> Result<()> {
+        let ccw = |device: &Device| {
+            device
+                .virtio()
+                .is_some_and(|v| v.transport == Transport::Ccw)
+        };
+        // Given numbers first, so that the free slots handed out below skip them.
+        for device in devices.iter().filter(|d| ccw(d)) {
+            if let Some(devno) = device.virtio().and_then(|v| v.devno.as_deref()) {
+                let id = device_id(device)?;
+                self.bridges.reserve_ccw_devno(devno, id)?;
             }
         }
+        for device in devices.iter_mut().filter(|d| ccw(d)) {
+            if device.virtio().is_some_and(|v| v.devno.is_some()) {
+                continue;
+            }
+            let id = device_id(device)?.to_owned();
+            let slot = self.bridges.add_device(&id, BridgeType::Ccw)?;
+            if let Some(virtio) = device.virtio_mut() {
+                virtio.devno = Some(slot.ccw_devno()?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Kata's `genericMemoryTopology` (x86_64, ppc64le): `memory_mb` at boot, `slots` hotplug
+    /// slots, and a ceiling of host memory + offset + [`NVDIMM_RESERVE_MB`].
+    pub fn generic_memory_topology(
+        &self,
+        memory_mb: u64,
+        host_memory_mb: u64,
+        slots: u32,
+    ) -> Memory {
+        let mut memory = Memory::size(mib(memory_mb));
+        memory.slots = Some(slots);
+        memory.maxmem = Some(mib(host_memory_mb
+            .saturating_add(self.memory_offset_mb)
+            .saturating_add(NVDIMM_RESERVE_MB)));
+        memory
+    }
+
+    /// Kata's `genericNetwork`: a virtio-net device `network-<n>` for a tap or macvtap
+    /// endpoint (per the interworking model), with vhost-net if `vhost`.
+    pub fn network_device(&self, endpoint: &NetEndpoint, vhost: bool) -> Result<NetDevice> {
+        generic_network(self, endpoint, vhost)
     }
 
     /// `number` PCI bridges `pci-bridge-<i>`, whatever the machine (Kata's base behaviour).
@@ -258,6 +330,18 @@ impl ArchBase {
         }
         Ok(vec![nvdimm.into()])
     }
+}
+
+/// The id a device is placed under (every device the arch layer builds has one).
+fn device_id(device: &Device) -> Result<&str> {
+    use hvarch_devices::QemuDevice;
+    device.id().ok_or_else(|| {
+        hvarch_devices::Error::MissingField {
+            what: device.kind(),
+            field: "id",
+        }
+        .into()
+    })
 }
 
 /// The size of an image file, for NVDIMM sizing.
@@ -538,7 +622,8 @@ pub trait QemuArch: fmt::Debug + Send + Sync {
     /// A virtio-net device `network-<n>` for `endpoint` (tap, or macvtap per the interworking
     /// model), with vhost-net when enabled.
     fn append_network(&mut self, devices: &mut Vec<Device>, endpoint: &NetEndpoint) -> Result<()> {
-        let device = generic_network(self.base(), endpoint)?;
+        let base = self.base();
+        let device = base.network_device(endpoint, base.vhost)?;
         self.base_mut().network_index += 1;
         devices.push(device.into());
         Ok(())
@@ -576,6 +661,14 @@ pub trait QemuArch: fmt::Debug + Send + Sync {
         device.filename = Some(rng.filename.clone());
         device.virtio = self.base().virtio();
         devices.push(device.into());
+        Ok(())
+    }
+
+    /// Gives the cold-plugged `devices` (all of them, once built) the addresses the
+    /// architecture assigns itself rather than QEMU. Default: none (QEMU numbers PCI slots).
+    /// s390x overrides it: every CCW device gets its device number from a CCW bridge.
+    fn place_devices(&mut self, devices: &mut [Device]) -> Result<()> {
+        let _ = devices;
         Ok(())
     }
 
@@ -630,10 +723,9 @@ pub trait QemuArch: fmt::Debug + Send + Sync {
             for machine in &mut base.machines {
                 let _ = machine.options.set("nvdimm", "on");
             }
-            if base.spec.dax {
-                RootDevice::NvdimmDax
-            } else {
-                RootDevice::Nvdimm
+            match base.spec.rootfs {
+                RootfsImage::Nvdimm { dax: true } => RootDevice::NvdimmDax,
+                _ => RootDevice::Nvdimm,
             }
         };
         base.kernel_params.extend(&kparams::root(root));
@@ -725,7 +817,7 @@ fn pci_addr(slot: u32) -> Result<hvarch_devices::pci::PciAddr> {
 }
 
 /// Kata's `genericNetwork`: a virtio-net device for a tap or macvtap endpoint.
-fn generic_network(base: &ArchBase, endpoint: &NetEndpoint) -> Result<NetDevice> {
+fn generic_network(base: &ArchBase, endpoint: &NetEndpoint, vhost: bool) -> Result<NetDevice> {
     let macvtap = match endpoint.kind {
         EndpointKind::Veth | EndpointKind::BridgedMacvlan | EndpointKind::Ipvlan => {
             endpoint.interworking == InterworkingModel::Macvtap
@@ -752,13 +844,13 @@ fn generic_network(base: &ArchBase, endpoint: &NetEndpoint) -> Result<NetDevice>
     let backend = if macvtap {
         NetBackend::Macvtap {
             fds: vm_fds,
-            vhost: base.vhost,
+            vhost,
             vhostfds: vhost_fds,
         }
     } else if vm_fds.is_empty() {
         NetBackend::Tap {
             ifname: endpoint.ifname.clone(),
-            vhost: base.vhost,
+            vhost,
             script: None,
             downscript: None,
             queues: None,
@@ -766,7 +858,7 @@ fn generic_network(base: &ArchBase, endpoint: &NetEndpoint) -> Result<NetDevice>
     } else {
         NetBackend::TapFds {
             fds: vm_fds,
-            vhost: base.vhost,
+            vhost,
             vhostfds: vhost_fds,
         }
     };
@@ -890,7 +982,7 @@ mod tests {
             kernel_params: KernelParams::parse("console=hvc0").unwrap(),
             max_vcpus: 42,
             migration_wait: Duration::from_secs(5),
-            dax: true,
+            rootfs: RootfsImage::Nvdimm { dax: true },
         }
     }
 
@@ -930,6 +1022,84 @@ mod tests {
         assert!(!arch.base().vhost);
         arch.enable_vhost_net();
         assert!(arch.base().vhost);
+    }
+
+    /// A generic backend whose machine is `s390-ccw-virtio`, with one CCW bridge.
+    fn ccw() -> Generic {
+        let mut spec = spec();
+        spec.default_machine = machine::S390_CCW_VIRTIO;
+        spec.machines = vec![MachineSpec::new(machine::S390_CCW_VIRTIO, "")];
+        let mut arch = Generic(ArchBase::new(spec, &HypervisorConfig::default()).unwrap());
+        arch.base_mut().generic_bridges(1);
+        arch
+    }
+
+    #[test]
+    fn ccw_devices_are_numbered_from_the_ccw_bridge() {
+        let mut arch = ccw();
+        // Nesting never reaches CCW devices: disable-modern is a virtio-pci setting.
+        arch.enable_nesting_checks();
+        let mut devices = Vec::new();
+        arch.append_console(&mut devices, Path::new("/run/vm/console.sock"))
+            .unwrap();
+        let rng = RngDev {
+            id: "rng0".into(),
+            filename: "/dev/urandom".into(),
+        };
+        arch.append_rng_device(&mut devices, &rng).unwrap();
+        // Built, not yet placed: a CCW device without its number does not render.
+        assert_eq!(devices[0].virtio().unwrap().transport, Transport::Ccw);
+        assert!(devices[0].virtio().unwrap().devno.is_none());
+        assert!(hvarch_devices::QemuDevice::parts(&devices[0])
+            .unwrap_err()
+            .to_string()
+            .contains("devno"));
+        // A device that brings its own number keeps it, and its slot is not handed out.
+        let mut balloon = hvarch_devices::balloon::BalloonDevice::new("balloon0");
+        balloon.virtio = VirtioOpts {
+            devno: Some("fe.0.0002".into()),
+            ..VirtioOpts::on(Transport::Ccw)
+        };
+        devices.push(balloon.into());
+        // The trait's default places nothing; the base's CCW placement is what s390x calls.
+        arch.place_devices(&mut devices).unwrap();
+        assert!(devices[0].virtio().unwrap().devno.is_none());
+        arch.base_mut().place_ccw_devices(&mut devices).unwrap();
+        assert_eq!(
+            argv(&devices),
+            [
+                "-device",
+                "virtio-serial-ccw,id=serial0,max_ports=2,devno=fe.0.0001",
+                "-chardev",
+                "socket,id=charconsole0,path=/run/vm/console.sock,server=on,wait=off",
+                "-device",
+                "virtconsole,chardev=charconsole0,id=console0",
+                "-object",
+                "rng-random,id=rng0,filename=/dev/urandom",
+                "-device",
+                "virtio-rng-ccw,id=rng0-dev,rng=rng0,devno=fe.0.0003",
+                "-device",
+                "virtio-balloon-ccw,id=balloon0,devno=fe.0.0002",
+            ]
+        );
+        let bridge = arch.get_bridges().iter().next().unwrap();
+        assert_eq!(
+            bridge.devices.values().collect::<Vec<_>>(),
+            ["serial0", "balloon0", "rng0-dev"]
+        );
+        // Placing again changes nothing (every device has its number and its slot).
+        let before = devices.clone();
+        arch.base_mut().place_ccw_devices(&mut devices).unwrap();
+        assert_eq!(devices, before);
+        // Without a CCW bridge there is nowhere to put a CCW device.
+        let mut bare = ccw();
+        bare.set_bridges(Bridges::new());
+        let mut devices = Vec::new();
+        bare.append_rng_device(&mut devices, &rng).unwrap();
+        assert_eq!(
+            bare.base_mut().place_ccw_devices(&mut devices).unwrap_err(),
+            ArchError::NoBridges
+        );
     }
 
     #[test]
@@ -1469,6 +1639,15 @@ mod tests {
         let memory = on("q35").memory_topology(u64::MAX, u64::MAX, 1);
         assert_eq!(memory.size, u64::MAX);
         assert_eq!(memory.maxmem, Some(u64::MAX));
+        let generic = on("q35")
+            .base()
+            .generic_memory_topology(2048, u64::MAX - 1, 1);
+        assert_eq!(generic.maxmem, Some(u64::MAX));
+        let generic = on("q35").base().generic_memory_topology(2048, 4096, 3);
+        assert_eq!(
+            (generic.size, generic.slots, generic.maxmem),
+            (2048 << 20, Some(3), Some((4096 + NVDIMM_RESERVE_MB) << 20))
+        );
         assert_eq!(mib(2), 2 << 20);
     }
 

@@ -118,27 +118,90 @@ impl Bridge {
         Ok(slot)
     }
 
-    /// The CCW device number QEMU takes for slot `addr`: `fe.<bridge addr hex>.<addr %04x>`.
+    /// Plugs device `id` into slot `slot` (a device whose address was chosen elsewhere, e.g.
+    /// a CCW device given its `devno`). Refused when the slot is outside 1..=capacity or
+    /// holds another device; plugging the same device into its own slot again is a no-op.
+    pub fn add_device_at(&mut self, slot: u32, id: &str) -> Result<()> {
+        if !(1..=self.capacity()).contains(&slot) {
+            return Err(ArchError::SlotTaken {
+                bridge: self.id.clone(),
+                slot,
+                device: id.to_owned(),
+                holder: format!("nothing: the bridge's slots are 1 to {}", self.capacity()),
+            });
+        }
+        match self.devices.get(&slot) {
+            Some(holder) if holder != id => Err(ArchError::SlotTaken {
+                bridge: self.id.clone(),
+                slot,
+                device: id.to_owned(),
+                holder: holder.clone(),
+            }),
+            _ => {
+                self.devices.insert(slot, id.to_owned());
+                Ok(())
+            }
+        }
+    }
+
+    /// The CCW device number QEMU takes for slot `addr`: `fe.<bridge addr hex>.<addr %04x>`
+    /// (the bridge's address is the subchannel set).
     pub fn ccw_devno(&self, addr: u32) -> Result<String> {
         self.require_ccw()?;
-        Ok(format!("fe.{:x}.{addr:04x}", self.addr))
+        Ok(ccw_devno(self.addr, addr))
     }
 
     /// The CCW address a guest agent sees for slot `addr`: `0.<bridge addr hex>.<addr %04x>`.
     pub fn ccw_guest_address(&self, addr: u32) -> Result<String> {
         self.require_ccw()?;
-        Ok(format!("0.{:x}.{addr:04x}", self.addr))
+        Ok(ccw_guest_address(self.addr, addr))
     }
 
     fn require_ccw(&self) -> Result<()> {
-        if self.bridge_type == BridgeType::Ccw {
-            Ok(())
-        } else {
-            Err(ArchError::NotCcw {
-                bridge: self.id.clone(),
-            })
-        }
+        require_ccw(self.bridge_type, &self.id)
     }
+}
+
+/// The channel subsystem id QEMU gives virtual CCW devices (`fe` in `fe.0.0001`).
+pub const VIRTUAL_CSSID: u32 = 0xfe;
+
+/// `fe.<ssid>.<devno>`: what QEMU's `devno=` takes. (Kata 1.x's network hotplug formatted the
+/// slot *text* with `%x`, turning slot `"0001"` into `3030303031`; hvarch formats numbers.)
+fn ccw_devno(ssid: u32, slot: u32) -> String {
+    format!("{VIRTUAL_CSSID:x}.{ssid:x}.{slot:04x}")
+}
+
+/// `0.<ssid>.<devno>`: the bus id the guest sees (`/sys/bus/ccw/devices/0.0.0001`).
+fn ccw_guest_address(ssid: u32, slot: u32) -> String {
+    format!("0.{ssid:x}.{slot:04x}")
+}
+
+fn require_ccw(bridge_type: BridgeType, bridge: &str) -> Result<()> {
+    if bridge_type == BridgeType::Ccw {
+        Ok(())
+    } else {
+        Err(ArchError::NotCcw {
+            bridge: bridge.to_owned(),
+        })
+    }
+}
+
+/// Whether `text` is 1 to `max` hex digits (no sign, unlike `from_str_radix`).
+fn is_hex(text: &str, max: usize) -> bool {
+    (1..=max).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Splits a CCW device number `<cssid>.<ssid>.<devno>` (hex) into its three numbers.
+fn parse_ccw_devno(devno: &str) -> Option<(u32, u32, u32)> {
+    let mut fields = devno.split('.');
+    let mut next = || {
+        fields
+            .next()
+            .filter(|f| is_hex(f, 4))
+            .and_then(|f| u32::from_str_radix(f, 16).ok())
+    };
+    let parsed = (next()?, next()?, next()?);
+    fields.next().is_none().then_some(parsed)
 }
 
 /// Where a hot-plugged device went: the bridge, the slot, and the text forms QEMU and the
@@ -162,6 +225,19 @@ impl BridgeSlot {
             BridgeType::Ccw => format!("{:04x}", self.slot),
             _ => format!("{:02x}", self.slot),
         }
+    }
+
+    /// The CCW device number of this slot, `fe.<bridge addr>.<slot %04x>` (CCW bridges only).
+    pub fn ccw_devno(&self) -> Result<String> {
+        require_ccw(self.bridge_type, &self.bridge_id)?;
+        Ok(ccw_devno(self.bridge_addr, self.slot))
+    }
+
+    /// The CCW bus id a guest agent finds the device under, `0.<bridge addr>.<slot %04x>`
+    /// (CCW bridges only).
+    pub fn ccw_guest_address(&self) -> Result<String> {
+        require_ccw(self.bridge_type, &self.bridge_id)?;
+        Ok(ccw_guest_address(self.bridge_addr, self.slot))
     }
 
     /// The guest PCI path `<bridge slot>/<device slot>` (PCI/PCIe bridges only).
@@ -233,6 +309,36 @@ impl Bridges {
         Err(ArchError::NoBridgeSlot { bridge_type })
     }
 
+    /// Records that device `id` was given CCW device number `devno` elsewhere, so its slot is
+    /// not handed out again: the slot on the CCW bridge whose address is `devno`'s subchannel
+    /// set. Returns that slot, or `None` when `devno` is not in the virtual channel subsystem
+    /// (`fe`) or no CCW bridge serves its subchannel set. A slot held by another device is an
+    /// error ([`ArchError::SlotTaken`]); a malformed `devno` is [`ArchError::InvalidDevno`].
+    pub fn reserve_ccw_devno(&mut self, devno: &str, id: &str) -> Result<Option<BridgeSlot>> {
+        let (cssid, ssid, slot) =
+            parse_ccw_devno(devno).ok_or_else(|| ArchError::InvalidDevno {
+                devno: devno.to_owned(),
+            })?;
+        // Slot 0 is never handed out, so a device there cannot collide with one.
+        if cssid != VIRTUAL_CSSID || slot == 0 {
+            return Ok(None);
+        }
+        let Some(bridge) = self
+            .0
+            .iter_mut()
+            .find(|b| b.bridge_type == BridgeType::Ccw && b.addr == ssid)
+        else {
+            return Ok(None);
+        };
+        bridge.add_device_at(slot, id)?;
+        Ok(Some(BridgeSlot {
+            bridge_id: bridge.id.clone(),
+            bridge_type: BridgeType::Ccw,
+            bridge_addr: bridge.addr,
+            slot,
+        }))
+    }
+
     /// Unplugs `id` from whichever bridge holds it. Succeeds when there are no bridges at all
     /// (as Kata does); fails when bridges exist and none holds `id`.
     pub fn remove_device(&mut self, id: &str) -> Result<()> {
@@ -255,6 +361,14 @@ impl From<Vec<Bridge>> for Bridges {
 
 /// A guest PCI path: the slot of each bridge from the root bus down, then the device's slot,
 /// written `"02/01"` (two hex digits each, as Kata's agent reads it).
+///
+/// ```
+/// use hvarch_arch::bridge::PciPath;
+/// let path: PciPath = "02/1f".parse().unwrap();
+/// assert_eq!(path.slots(), [2, 0x1f]);
+/// assert_eq!(path.to_string(), "02/1f");
+/// assert!("02/20".parse::<PciPath>().is_err());
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PciPath(Vec<u32>);
 
@@ -277,6 +391,28 @@ impl PciPath {
     /// The slots, root first.
     pub fn slots(&self) -> &[u32] {
         &self.0
+    }
+}
+
+impl std::str::FromStr for PciPath {
+    type Err = ArchError;
+
+    /// Parses `"02/01"` (Kata's `PciPathFromString`): slots of one or two hex digits
+    /// separated by `/`, each at most 0x1f.
+    fn from_str(text: &str) -> Result<Self> {
+        let invalid = || ArchError::InvalidPciPath {
+            path: format!("{text:?} is not <slot>/<slot>/… in hex"),
+        };
+        let slots = text
+            .split('/')
+            .map(|slot| {
+                if !is_hex(slot, 2) {
+                    return Err(invalid());
+                }
+                u32::from_str_radix(slot, 16).map_err(|_| invalid())
+            })
+            .collect::<Result<Vec<u32>>>()?;
+        PciPath::new(&slots)
     }
 }
 
@@ -378,6 +514,87 @@ mod tests {
         assert!(PciPath::new(&[]).is_err());
     }
 
+    #[test]
+    fn ccw_slots_devnos_and_reservations() {
+        let mut bridges: Bridges = vec![
+            Bridge::new(BridgeType::Ccw, "ccw-bridge-0", 0),
+            Bridge::new(BridgeType::Ccw, "ccw-bridge-1", 1),
+        ]
+        .into();
+        // A devno set elsewhere reserves its slot on the bridge of its subchannel set.
+        let reserved = bridges
+            .reserve_ccw_devno("fe.1.0002", "user-disk")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (reserved.bridge_id.as_str(), reserved.slot),
+            ("ccw-bridge-1", 2)
+        );
+        assert_eq!(reserved.ccw_devno().unwrap(), "fe.1.0002");
+        // Same device again: fine; another device: refused, naming both.
+        assert!(bridges.reserve_ccw_devno("fe.1.0002", "user-disk").is_ok());
+        assert_eq!(
+            bridges
+                .reserve_ccw_devno("fe.1.0002", "other")
+                .unwrap_err()
+                .to_string(),
+            "Unable to plug device other into slot 2 of bridge ccw-bridge-1: taken by user-disk"
+        );
+        // Not ours: another channel subsystem, a subchannel set without a bridge, slot 0.
+        for devno in ["0.0.0001", "fe.3.0001", "fe.0.0000"] {
+            assert_eq!(
+                bridges.reserve_ccw_devno(devno, "x").unwrap(),
+                None,
+                "{devno}"
+            );
+        }
+        for bad in [
+            "fe.0",
+            "fe.0.1.2",
+            "fe..0001",
+            "fe.0.zzzz",
+            "fe.0.00001",
+            "fe.+0.0001",
+        ] {
+            assert!(matches!(
+                bridges.reserve_ccw_devno(bad, "x"),
+                Err(ArchError::InvalidDevno { .. })
+            ));
+        }
+        // Allocation on the first bridge starts at slot 1; the guest sees 0.<ssid>.<slot>.
+        let slot = bridges.add_device("blk0", BridgeType::Ccw).unwrap();
+        assert_eq!(slot.ccw_devno().unwrap(), "fe.0.0001");
+        assert_eq!(slot.ccw_guest_address().unwrap(), "0.0.0001");
+        assert_eq!(slot.addr_text(), "0001");
+        assert!(slot.pci_path().is_err());
+        let pci = BridgeSlot {
+            bridge_id: "pci-bridge-0".into(),
+            bridge_type: BridgeType::Pci,
+            bridge_addr: 2,
+            slot: 1,
+        };
+        assert!(pci.ccw_devno().is_err());
+        assert!(pci.ccw_guest_address().is_err());
+        // Slot numbers outside the bridge are refused.
+        let mut bridge = Bridge::new(BridgeType::Pci, "pci-bridge-0", 2);
+        assert!(bridge.add_device_at(0, "a").is_err());
+        assert!(bridge.add_device_at(31, "a").is_err());
+        bridge.add_device_at(30, "a").unwrap();
+        assert_eq!(bridge.add_device("b").unwrap(), 1);
+    }
+
+    #[test]
+    fn pci_paths_parse_kata_text() {
+        assert_eq!("02/01".parse::<PciPath>().unwrap().slots(), [2, 1]);
+        assert_eq!("1f".parse::<PciPath>().unwrap().slots(), [0x1f]);
+        assert_eq!("2/a".parse::<PciPath>().unwrap().to_string(), "02/0a");
+        for bad in [
+            "", "/", "02/", "/01", "020", "20", "0g", "02//01", "+1", "-1",
+        ] {
+            assert!(bad.parse::<PciPath>().is_err(), "{bad:?}");
+        }
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
         Add,
@@ -387,6 +604,30 @@ mod tests {
     }
 
     proptest! {
+        /// Any list of 1 to 8 slots of at most 0x1f is a path whose text is two hex digits
+        /// per slot joined by `/`, and parses back to the same slots; any slot above 0x1f
+        /// is refused.
+        #[test]
+        fn pci_paths_round_trip(
+            slots in proptest::collection::vec(0u32..0x40, 1..8),
+        ) {
+            let valid = slots.iter().all(|s| *s <= 0x1f);
+            match PciPath::new(&slots) {
+                Ok(path) => {
+                    prop_assert!(valid);
+                    let text = path.to_string();
+                    let expected: Vec<String> = slots.iter().map(|s| format!("{s:02x}")).collect();
+                    prop_assert_eq!(&text, &expected.join("/"));
+                    let parsed: PciPath = text.parse().unwrap();
+                    prop_assert_eq!(parsed.slots(), slots.as_slice());
+                }
+                Err(e) => {
+                    prop_assert!(!valid);
+                    prop_assert!(e.to_string().contains("exceeds 0x1f"), "{}", e);
+                }
+            }
+        }
+
         #[test]
         fn slots_are_unique_nonzero_and_bounded(
             nbridges in 1usize..4,

@@ -54,6 +54,32 @@ pub enum ArchError {
         /// Its slot there.
         slot: u32,
     },
+    /// A bridge slot asked for by number is outside the bridge or holds another device.
+    #[error(
+        "Unable to plug device {device} into slot {slot} of bridge {bridge}: taken by {holder}"
+    )]
+    SlotTaken {
+        /// The bridge.
+        bridge: String,
+        /// The slot.
+        slot: u32,
+        /// The device that wanted it.
+        device: String,
+        /// The device holding it (or why the slot does not exist).
+        holder: String,
+    },
+    /// A CCW device number is not `<cssid>.<ssid>.<devno>` in hex.
+    #[error("invalid CCW device number {devno:?}: expected <cssid>.<ssid>.<devno> in hex, e.g. fe.0.0001")]
+    InvalidDevno {
+        /// The device number as given.
+        devno: String,
+    },
+    /// The architecture cannot do what was asked (s390x: vhost-user devices).
+    #[error("{reason}")]
+    Unsupported {
+        /// Kata's message, e.g. "No vhost-user devices supported on s390x".
+        reason: String,
+    },
     /// A CCW address was asked of a non-CCW bridge.
     #[error("bridge {bridge} is not a CCW bridge")]
     NotCcw {

@@ -35,3 +35,8 @@ pub mod settings;
 pub mod testing;
 
 pub use error::{ArchError, Result};
+
+/// The README's example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

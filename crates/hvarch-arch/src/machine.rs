@@ -12,7 +12,7 @@ pub const Q35: &str = "q35";
 pub const MICROVM: &str = "microvm";
 /// `virt` (arm64; PCIe).
 pub const VIRT: &str = "virt";
-/// `pseries` (ppc64le).
+/// `pseries` (ppc64le; root bus `pci.0`).
 pub const PSERIES: &str = "pseries";
 /// `s390-ccw-virtio` (s390x).
 pub const S390_CCW_VIRTIO: &str = "s390-ccw-virtio";
@@ -63,11 +63,39 @@ pub fn is_pcie_machine(machine_type: &str) -> bool {
     matches!(machine_type, Q35 | VIRT)
 }
 
+/// Whether `machine_type` has NUMA nodes to put guest RAM on (`-numa node,memdev=`); the
+/// others take it as `-machine memory-backend=` (govmm's `isDimmSupported`: not `microvm`,
+/// not s390x).
+pub fn has_numa(machine_type: &str) -> bool {
+    !matches!(machine_type, MICROVM | S390_CCW_VIRTIO)
+}
+
 /// The root bus of `machine_type`: `pcie.0` on `q35` and `virt`, `pci.0` elsewhere.
 pub fn root_bus(machine_type: &str) -> &'static str {
     if is_pcie_machine(machine_type) {
         PCIE_ROOT_BUS
     } else {
         PCI_ROOT_BUS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buses_and_numa_per_machine() {
+        for (machine, pcie, bus, numa) in [
+            (Q35, true, PCIE_ROOT_BUS, true),
+            (VIRT, true, PCIE_ROOT_BUS, true),
+            (PC, false, PCI_ROOT_BUS, true),
+            (PSERIES, false, PCI_ROOT_BUS, true),
+            (MICROVM, false, PCI_ROOT_BUS, false),
+            (S390_CCW_VIRTIO, false, PCI_ROOT_BUS, false),
+        ] {
+            assert_eq!(is_pcie_machine(machine), pcie, "{machine}");
+            assert_eq!(root_bus(machine), bus, "{machine}");
+            assert_eq!(has_numa(machine), numa, "{machine}");
+        }
     }
 }

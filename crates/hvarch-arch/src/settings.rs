@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use hvarch_devices::config::Accelerator;
+use hvarch_devices::config::{Accelerator, Sandbox};
 use hvarch_devices::kernel_params::KernelParams;
 use serde::{Deserialize, Serialize};
 
@@ -28,10 +28,63 @@ pub enum SharedFs {
     /// virtio-9p.
     #[default]
     VirtioFs9p,
-    /// virtio-fs through vhost-user-fs (needs shared guest memory).
+    /// virtio-fs: a `vhost-user-fs` device per volume, served by a daemon
+    /// (`virtio_fs_daemon`) the launcher starts, with guest RAM shared with it.
     VirtioFs,
     /// No sharing.
     None,
+}
+
+/// The virtio-fs daemon's caching policy (Kata's `virtio_fs_cache`, virtiofsd's `--cache`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VirtioFsCache {
+    /// Metadata and lookups expire after a timeout; data is cached while a file is open
+    /// (close-to-open consistency). Kata's default.
+    #[default]
+    Auto,
+    /// Metadata, data and lookups are cached and never expire.
+    Always,
+    /// Nothing is cached in the guest.
+    Never,
+    /// Metadata and lookups are cached and never expire; data is not cached.
+    Metadata,
+}
+
+impl VirtioFsCache {
+    /// The name virtiofsd's `--cache` takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VirtioFsCache::Auto => "auto",
+            VirtioFsCache::Always => "always",
+            VirtioFsCache::Never => "never",
+            VirtioFsCache::Metadata => "metadata",
+        }
+    }
+}
+
+/// When the virtio-fs daemon references inodes by file handle instead of an `O_PATH`
+/// descriptor (Kata's `virtio_fs_inode_file_handles`, virtiofsd's `--inode-file-handles`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InodeFileHandles {
+    /// Always `O_PATH` descriptors.
+    Never,
+    /// File handles where the filesystem supports them.
+    Prefer,
+    /// File handles only.
+    Mandatory,
+}
+
+impl InodeFileHandles {
+    /// The name virtiofsd's `--inode-file-handles` takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InodeFileHandles::Never => "never",
+            InodeFileHandles::Prefer => "prefer",
+            InodeFileHandles::Mandatory => "mandatory",
+        }
+    }
 }
 
 /// The VM-template role of this VM (Kata's VM factory).
@@ -117,6 +170,22 @@ pub struct HypervisorConfig {
     pub enable_iothreads: bool,
     /// Shared filesystem mechanism.
     pub shared_fs: SharedFs,
+    /// The virtio-fs daemon binary (Kata's `virtio_fs_daemon`, e.g. virtiofsd), one started
+    /// per volume when `shared_fs` is virtio-fs.
+    pub virtio_fs_daemon: Option<PathBuf>,
+    /// The daemon's caching policy.
+    pub virtio_fs_cache: VirtioFsCache,
+    /// When the daemon uses file handles for inodes; the daemon's default when unset.
+    pub virtio_fs_inode_file_handles: Option<InodeFileHandles>,
+    /// Arguments appended to the daemon's command line (Kata's `virtio_fs_extra_args`).
+    pub virtio_fs_extra_args: Vec<String>,
+    /// The virtqueue size of each `vhost-user-fs` device; QEMU's default when unset.
+    pub virtio_fs_queue_size: Option<u16>,
+    /// Share guest RAM with vhost-user storage daemons (Kata's `enable_vhost_user_store`;
+    /// needs `hugepages`).
+    pub enable_vhost_user_store: bool,
+    /// QEMU's seccomp filter (`-sandbox`, Kata's `seccompsandbox`); none when unset.
+    pub seccomp_sandbox: Option<Sandbox>,
     /// Back guest RAM with hugepages.
     pub hugepages: bool,
     /// Back guest RAM with files under this directory.
@@ -159,6 +228,13 @@ impl Default for HypervisorConfig {
             block_device_driver: BlockDriver::VirtioScsi,
             enable_iothreads: false,
             shared_fs: SharedFs::VirtioFs9p,
+            virtio_fs_daemon: None,
+            virtio_fs_cache: VirtioFsCache::Auto,
+            virtio_fs_inode_file_handles: None,
+            virtio_fs_extra_args: Vec::new(),
+            virtio_fs_queue_size: None,
+            enable_vhost_user_store: false,
+            seccomp_sandbox: None,
             hugepages: false,
             file_backed_mem_root: None,
             mem_prealloc: false,

@@ -56,3 +56,35 @@ pub fn argv(devices: &[hvarch_devices::Device]) -> Vec<String> {
         })
         .collect()
 }
+
+/// A tap endpoint `ifname` opened by name (no descriptors), MAC `02:00:ca:fe:00:01`.
+pub fn tap(ifname: &str) -> crate::resources::NetEndpoint {
+    crate::resources::NetEndpoint {
+        kind: crate::resources::EndpointKind::Tuntap,
+        interworking: crate::resources::InterworkingModel::TcFilter,
+        ifname: ifname.into(),
+        mac: "02:00:ca:fe:00:01".into(),
+        vm_fds: Vec::new(),
+        vhost_fds: Vec::new(),
+    }
+}
+
+/// A raw, writable, shared block drive `id` on `/var/lib/disk.img`.
+pub fn drive(id: &str) -> crate::resources::BlockDrive {
+    crate::resources::BlockDrive {
+        file: "/var/lib/disk.img".into(),
+        format: "raw".into(),
+        id: id.into(),
+        read_only: false,
+        share_rw: true,
+        index: 0,
+    }
+}
+
+/// A 9p volume `mount_tag` sharing `/srv`.
+pub fn volume(mount_tag: &str) -> crate::resources::Volume {
+    crate::resources::Volume {
+        mount_tag: mount_tag.into(),
+        host_path: "/srv".into(),
+    }
+}

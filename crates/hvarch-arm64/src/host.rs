@@ -26,6 +26,17 @@ impl GicVersion {
         }
     }
 
+    /// The version a `gic-version=` machine option asks for: `2`, `3` or `4`; `None` for
+    /// `host` and `max` (QEMU decides) and anything else.
+    pub fn from_machine_option(value: &str) -> Option<GicVersion> {
+        match value {
+            "2" => Some(GicVersion::V2),
+            "3" => Some(GicVersion::V3),
+            "4" => Some(GicVersion::V4),
+            _ => None,
+        }
+    }
+
     /// Finds the GIC version in a line of `/proc/interrupts` (the irqchip column reads
     /// `GICv2`, `GICv3` or `GICv4`).
     pub fn from_interrupts_line(line: &str) -> Option<GicVersion> {
@@ -41,19 +52,28 @@ impl GicVersion {
     }
 }
 
+/// How many lines of `/proc/interrupts` are read at most: the per-CPU timer and IPI lines,
+/// which name the GIC, come first.
+pub const INTERRUPTS_LINES_READ: usize = 64;
+
+/// The GIC version named in `/proc/interrupts` text read from `reader`. Reading stops at the
+/// first line that names a GIC, or after [`INTERRUPTS_LINES_READ`] lines, so the cost does
+/// not grow with the host's size (Kata stopped parsing the whole file because it is ~1 MB on
+/// 224-CPU hosts).
+pub fn gic_version_in(reader: impl std::io::BufRead) -> Option<GicVersion> {
+    reader
+        .lines()
+        .map_while(std::result::Result::ok)
+        .take(INTERRUPTS_LINES_READ)
+        .find_map(|line| GicVersion::from_interrupts_line(&line))
+}
+
 cfg_if::cfg_if! {
     if #[cfg(target_arch = "aarch64")] {
-        /// The host's GIC version, read from `/proc/interrupts`. Reading stops at the first
-        /// line that names a GIC, so the cost does not grow with the host's size (Kata
-        /// stopped parsing the whole file because it is ~1 MB on 224-CPU hosts).
+        /// The host's GIC version, read from `/proc/interrupts` ([`gic_version_in`]).
         pub fn host_gic_version() -> Option<GicVersion> {
-            use std::io::{BufRead, BufReader};
             let file = std::fs::File::open("/proc/interrupts").ok()?;
-            BufReader::new(file)
-                .lines()
-                .map_while(std::result::Result::ok)
-                .take(64)
-                .find_map(|line| GicVersion::from_interrupts_line(&line))
+            gic_version_in(std::io::BufReader::new(file))
         }
     } else {
         /// The host's GIC version: not knowable on a non-Arm host, so `None`.
@@ -92,10 +112,54 @@ mod tests {
     }
 
     #[test]
-    fn host_probe_matches_the_host() {
-        let probed = host_gic_version();
-        if cfg!(not(target_arch = "aarch64")) {
-            assert_eq!(probed, None);
+    fn machine_option_values() {
+        assert_eq!(GicVersion::from_machine_option("2"), Some(GicVersion::V2));
+        assert_eq!(GicVersion::from_machine_option("3"), Some(GicVersion::V3));
+        assert_eq!(GicVersion::from_machine_option("4"), Some(GicVersion::V4));
+        for qemu_decides in ["host", "max", "", "5"] {
+            assert_eq!(GicVersion::from_machine_option(qemu_decides), None);
         }
+    }
+
+    #[test]
+    fn reads_at_most_the_first_lines() {
+        let cpus = "           CPU0       CPU1\n";
+        let timer = " 11:   1  2  GICv3  27 Level     arch_timer\n";
+        let filler = " 99:   0  0  ITS-MSI 1 Edge      virtio0\n".repeat(INTERRUPTS_LINES_READ);
+        let first = format!("{cpus}{timer}{filler}");
+        assert_eq!(gic_version_in(first.as_bytes()), Some(GicVersion::V3));
+        let too_late = format!("{cpus}{filler}{timer}");
+        assert_eq!(gic_version_in(too_late.as_bytes()), None);
+        assert_eq!(gic_version_in(&b""[..]), None);
+    }
+
+    /// What `/proc/interrupts` says, read here independently of the probe: the first GIC
+    /// version named in its first lines. On aarch64 under qemu-user the file is the x86
+    /// host's, which names no GIC: the probe must then find none either.
+    fn named_in_proc_interrupts() -> Option<GicVersion> {
+        let text = std::fs::read_to_string("/proc/interrupts").unwrap_or_default();
+        let names = [
+            ("GICv4", GicVersion::V4),
+            ("GICv3", GicVersion::V3),
+            ("GICv2", GicVersion::V2),
+            ("GIC-0", GicVersion::V2),
+        ];
+        text.lines().take(INTERRUPTS_LINES_READ).find_map(|line| {
+            names
+                .iter()
+                .find(|(name, _)| line.contains(name))
+                .map(|(_, version)| *version)
+        })
+    }
+
+    #[test]
+    fn host_probe_matches_the_host() {
+        let expected = if cfg!(target_arch = "aarch64") {
+            named_in_proc_interrupts()
+        } else {
+            // Not an Arm host: nothing to probe.
+            None
+        };
+        assert_eq!(host_gic_version(), expected);
     }
 }

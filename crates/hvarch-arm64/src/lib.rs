@@ -8,7 +8,8 @@
 //! | method | arm64 behaviour |
 //! |---|---|
 //! | [`QemuArch::bridges`] | bridges of the machine's kind (`virt` → PCI), not the base's unconditional PCI |
-//! | [`QemuArch::append_image`] | the rootfs image on an NVDIMM unless disabled, mapped without `readonly` (arm64 QEMU lacked the property; Kata 2.2+) |
+//! | [`QemuArch::append_image`] | the rootfs image on an NVDIMM unless disabled |
+//! | [`QemuArch::append_nvdimm_image`] | the NVDIMM mapped without `readonly`/`unarmed` (arm64 QEMU lacked the property; Kata 2.2+, `TestQemuArm64AppendNvdimmImage`) |
 //! | [`QemuArch::append_iommu`] | an error: "Arm64 architecture does not support vIOMMU" |
 //! | [`QemuArch::append_9p_volume`] | 9p without `multidevs=` (old arm64 QEMUs refuse it) |
 //! | [`QemuArch::pflash`] | none, or exactly two images (UEFI code and vars) |
@@ -18,6 +19,11 @@
 //! `gic-version=host` (`gic-version=3` under TCG, which cannot use the host's GIC), kernel
 //! parameters `console=hvc0 console=hvc1 iommu.passthrough=0`, a vCPU cap taken from the GIC
 //! version (GICv2: 8, GICv3/v4: 123), and a 10 s migration wait.
+//!
+//! The GIC version is the one `machine_accelerators` names (`gic-version=2`, Kata's advice
+//! to GICv2 users), else the host's under KVM (`gic-version=host`), else GICv3 (TCG). Kata
+//! always assumed GICv3 for the cap, so a `gic-version=2` VM got 123 vCPUs QEMU refuses;
+//! hvarch caps it at 8.
 //!
 //! Two gaps of Kata 1.x are fixed on purpose: the memory offset is honoured in `maxmem`
 //! (the base does it), and PCIe root ports work on `virt` (later Kata hotplugs through them).
@@ -42,7 +48,7 @@ mod host;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hvarch_arch::arch::{ArchBase, ArchSpec, MigrationCapability, QemuArch};
+use hvarch_arch::arch::{ArchBase, ArchSpec, MigrationCapability, QemuArch, RootfsImage};
 use hvarch_arch::guest_arch::GuestArch;
 use hvarch_arch::machine::{MachineSpec, VIRT};
 use hvarch_arch::resources::Volume;
@@ -52,7 +58,7 @@ use hvarch_devices::config::Accelerator;
 use hvarch_devices::kernel_params::KernelParams;
 use hvarch_devices::Device;
 
-pub use host::{host_gic_version, GicVersion};
+pub use host::{gic_version_in, host_gic_version, GicVersion, INTERRUPTS_LINES_READ};
 
 /// The default QEMU binary.
 pub const QEMU_PATH: &str = "/usr/bin/qemu-system-aarch64";
@@ -81,10 +87,18 @@ impl Arm64 {
             Accelerator::Kvm => MACHINE_OPTIONS_KVM,
             Accelerator::Tcg => MACHINE_OPTIONS_TCG,
         };
-        let gic = match config.accelerator {
+        let asked = hvarch_devices::config::MachineOptions::parse(&config.machine_accelerators)
+            .ok()
+            .and_then(|options| {
+                options
+                    .get("gic-version")
+                    .and_then(GicVersion::from_machine_option)
+            });
+        let gic = match (asked, config.accelerator) {
+            (Some(gic), _) => gic,
             // gic-version=host: QEMU takes the host's GIC; cap vCPUs by what the host has.
-            Accelerator::Kvm => host_gic_version().unwrap_or(GicVersion::DEFAULT),
-            Accelerator::Tcg => GicVersion::V3,
+            (None, Accelerator::Kvm) => host_gic_version().unwrap_or(GicVersion::DEFAULT),
+            (None, Accelerator::Tcg) => GicVersion::V3,
         };
         let spec = ArchSpec {
             guest_arch: GuestArch::Aarch64,
@@ -94,7 +108,7 @@ impl Arm64 {
             kernel_params: KernelParams::parse(KERNEL_PARAMS).unwrap_or_default(),
             max_vcpus: gic.max_vcpus(),
             migration_wait: MIGRATION_WAIT,
-            dax: true,
+            rootfs: RootfsImage::Nvdimm { dax: true },
         };
         let mut arch = Arm64 {
             base: ArchBase::new(spec, config)?,
@@ -119,8 +133,13 @@ impl QemuArch for Arm64 {
 
     fn append_image(&self, devices: &mut Vec<Device>, path: &Path) -> Result<()> {
         if self.base.disable_nvdimm {
-            return self.append_block_image(devices, path);
+            self.append_block_image(devices, path)
+        } else {
+            self.append_nvdimm_image(devices, path)
         }
+    }
+
+    fn append_nvdimm_image(&self, devices: &mut Vec<Device>, path: &Path) -> Result<()> {
         devices.extend(self.base.nvdimm_image(path, false)?);
         Ok(())
     }
@@ -211,6 +230,39 @@ mod tests {
     }
 
     #[test]
+    fn gic_version_from_machine_accelerators_caps_vcpus() {
+        for (accelerator, option, gic, max) in [
+            (Accelerator::Kvm, "gic-version=2", "2", 8),
+            (Accelerator::Tcg, "gic-version=2", "2", 8),
+            (Accelerator::Tcg, "gic-version=4", "4", 123),
+            (Accelerator::Kvm, "gic-version=3,its=off", "3", 123),
+            // `max` and `host` leave the choice to QEMU: hvarch assumes GICv3 (Kata).
+            (Accelerator::Tcg, "gic-version=max", "max", 123),
+        ] {
+            let arch = arm64(HypervisorConfig {
+                accelerator,
+                machine_accelerators: option.into(),
+                ..HypervisorConfig::default()
+            });
+            assert_eq!(arch.max_vcpus(), max, "{accelerator:?} {option}");
+            let machine = arch.machine().unwrap();
+            assert_eq!(machine.options.get("gic-version"), Some(gic), "{option}");
+        }
+        // Without a gic-version option: GICv3 under TCG, the host's (else GICv3) under KVM.
+        let tcg = arm64(HypervisorConfig {
+            accelerator: Accelerator::Tcg,
+            ..HypervisorConfig::default()
+        });
+        assert_eq!(tcg.max_vcpus(), 123);
+        assert_eq!(
+            kvm().max_vcpus(),
+            host_gic_version()
+                .unwrap_or(GicVersion::DEFAULT)
+                .max_vcpus()
+        );
+    }
+
+    #[test]
     fn pflash_needs_none_or_two_images() {
         let with = |n: usize| {
             arm64(HypervisorConfig {
@@ -276,20 +328,22 @@ mod tests {
             .kernel_parameters(false)
             .to_string()
             .contains("root=/dev/pmem0p1 rootflags=dax,data=ordered,errors=remount-ro ro"));
+        let expected = [
+            "-object".to_owned(),
+            format!(
+                "memory-backend-file,id=mem0,size=4M,mem-path={}",
+                path.display()
+            ),
+            "-device".to_owned(),
+            "nvdimm,id=nv0,memdev=mem0".to_owned(),
+        ];
         let mut devices = Vec::new();
         arch.append_image(&mut devices, &path).unwrap();
-        assert_eq!(
-            argv(&devices),
-            [
-                "-object",
-                &format!(
-                    "memory-backend-file,id=mem0,size=4M,mem-path={}",
-                    path.display()
-                ),
-                "-device",
-                "nvdimm,id=nv0,memdev=mem0",
-            ]
-        );
+        assert_eq!(argv(&devices), expected);
+        // Kata 2.x's TestQemuArm64AppendNvdimmImage: the NVDIMM itself has no ReadOnly.
+        let mut devices = Vec::new();
+        arch.append_nvdimm_image(&mut devices, &path).unwrap();
+        assert_eq!(argv(&devices), expected);
 
         let disabled = arm64(HypervisorConfig {
             image_path: Some(path.clone()),
@@ -366,3 +420,8 @@ mod tests {
         assert_eq!(arch.cpu_topology(1, 4).maxcpus, Some(4));
     }
 }
+
+/// The README's example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -118,6 +118,16 @@ fn every_example_in_every_format() {
             "qemu-system-x86_64",
             "q35,accel=kvm,kernel_irqchip=on",
         ),
+        (
+            "ppc64le-pseries-image.toml",
+            "qemu-system-ppc64",
+            "pseries,accel=kvm,usb=off",
+        ),
+        (
+            "s390x-ccw.toml",
+            "qemu-system-s390x",
+            "s390-ccw-virtio,accel=kvm,memory-backend=dimm1",
+        ),
     ];
     for (name, binary, machine) in cases {
         let path = example_path(name, &scratch);
@@ -152,6 +162,17 @@ fn default_vm_without_a_spec() {
             "virt,accel=tcg,usb=off,gic-version=3",
         ),
         ("x86_64", "qemu-system-x86_64", "q35,accel=tcg"),
+        (
+            "ppc64le",
+            "qemu-system-ppc64",
+            "pseries,accel=tcg,usb=off,cap-cfpc=broken,cap-sbbc=broken,cap-ibs=broken,\
+             cap-ccf-assist=off",
+        ),
+        (
+            "s390x",
+            "qemu-system-s390x",
+            "s390-ccw-virtio,accel=tcg,memory-backend=dimm1",
+        ),
     ] {
         let argv = argv_in_every_format(&["--arch", arch, "--accel", "tcg"]);
         assert!(argv[0].ends_with(binary));
@@ -234,5 +255,64 @@ fn bad_arguments_are_usage_errors() {
         let output = hvarch(args);
         assert_eq!(output.status.code(), Some(2), "{args:?}");
         assert!(!output.stderr.is_empty());
+    }
+}
+
+#[test]
+fn a_kata_configuration_in_place_of_a_spec() {
+    let scratch = Scratch::new("kata");
+    let text = std::fs::read_to_string(examples_dir().join("kata/configuration-qemu-arm64.toml"))
+        .expect("read the Kata example");
+    // The rootfs image is an NVDIMM sized from the file: point it at a scratch image.
+    let image = scratch.write("rootfs.img", &"\0".repeat(1 << 20));
+    let text = text.replace(
+        "/usr/share/kata-containers/kata-containers.img",
+        image.to_str().expect("utf-8 temp path"),
+    );
+    let path = scratch.write("configuration.toml", &text);
+    let path = path.to_str().expect("utf-8");
+    let argv = argv_in_every_format(&["--kata-config", path, "--accel", "tcg"]);
+    assert!(argv[0].ends_with("qemu-system-aarch64"), "{argv:?}");
+    assert!(
+        value_after(&argv, "-machine").starts_with("virt,accel=tcg,"),
+        "{argv:?}"
+    );
+    assert!(value_after(&argv, "-kernel").ends_with("vmlinux.container"));
+
+    // An unknown key is an error naming the file and the key, or with --lenient a warning.
+    let typo = scratch.write(
+        "typo.toml",
+        &text.replace(
+            "machine_type = \"virt\"",
+            "machine_type = \"virt\"\ndefault_vcpu = 2",
+        ),
+    );
+    let typo = typo.to_str().expect("utf-8");
+    let err = failure(&["cmdline", "--kata-config", typo]);
+    assert!(err.starts_with(&format!("hvarch: {typo}: ")), "{err}");
+    assert!(err.contains("default_vcpu"), "{err}");
+    let output = hvarch(&[
+        "cmdline",
+        "--accel",
+        "tcg",
+        "--lenient",
+        "--kata-config",
+        typo,
+    ]);
+    assert!(output.status.success(), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("hvarch: warning: ") && stderr.contains("default_vcpu"),
+        "{stderr}"
+    );
+
+    // Not both a spec and a Kata file; --lenient only with a Kata file.
+    for args in [
+        &["cmdline", "--kata-config", path, path][..],
+        &["cmdline", "--lenient"],
+        &["run", "--lenient"],
+    ] {
+        let output = hvarch(args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {output:?}");
     }
 }

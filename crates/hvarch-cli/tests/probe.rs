@@ -1,11 +1,14 @@
 //! `hvarch probe` against the installed QEMU, and the refusal of specs the binary cannot run
-//! (by `probe`, `cmdline` and `run`), with clear non-zero exits for missing and bad files.
+//! (by `probe`, `cmdline` and `run`), with clear non-zero exits for missing and bad files;
+//! the JSON report's documented shape; what `-v`/`-vv` and `RUST_LOG` show on stderr.
 
 mod common;
 
 use common::{examples_dir, hvarch, text};
 
 use std::path::PathBuf;
+
+use serde_json::Value;
 
 /// An arm64 spec that also asks for `intel-iommu`, a device qemu-system-aarch64 lacks.
 const LACKING_DEVICE: &str = r#"
@@ -151,4 +154,126 @@ fn missing_and_bad_spec_files() {
             "{command}: {err}"
         );
     }
+}
+
+/// `probe --format json`, parsed; its exit code too.
+fn probe_json(args: &[&str]) -> (Value, Option<i32>, String) {
+    let mut all = vec!["probe", "--format", "json"];
+    all.extend_from_slice(args);
+    let out = hvarch(&all);
+    let stdout = text(&out.stdout);
+    let report: Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}):\n{stdout}\n{}", text(&out.stderr)));
+    (report, out.status.code(), text(&out.stderr))
+}
+
+#[test]
+fn probe_json_has_the_documented_shape() {
+    let (report, code, stderr) = probe_json(&["--arch", "aarch64"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(report["schema"], 1);
+    let host = &report["host"];
+    assert_eq!(host["arch"], std::env::consts::ARCH);
+    assert!(host["cpus"].as_u64().expect("cpus") >= 1);
+    assert!(host["memory_mb"].as_u64().expect("memory_mb") > 0);
+    let kvm = &host["kvm"];
+    match kvm["usable"].as_bool().expect("kvm.usable") {
+        true => assert!(
+            kvm["api_version"].is_i64() && kvm["reason"].is_null(),
+            "{kvm}"
+        ),
+        false => assert!(
+            kvm["api_version"].is_null() && kvm["reason"].is_string(),
+            "{kvm}"
+        ),
+    }
+    let qemu = &report["qemu"];
+    assert_eq!(qemu["guest_arch"], "aarch64");
+    assert_eq!(qemu["binary"], "/usr/bin/qemu-system-aarch64");
+    assert!(qemu["version"]
+        .as_str()
+        .expect("version")
+        .starts_with("10."));
+    assert!(qemu["package"].is_string());
+    let accels: Vec<&str> = qemu["accelerators"]
+        .as_array()
+        .expect("accelerators")
+        .iter()
+        .map(|a| a.as_str().expect("a name"))
+        .collect();
+    assert!(accels.contains(&"tcg"), "{accels:?}");
+    let machines = qemu["machines"].as_array().expect("machines");
+    let virt = machines
+        .iter()
+        .find(|m| m["alias"] == "virt")
+        .expect("a machine aliased virt");
+    assert!(virt["name"].as_str().expect("name").starts_with("virt-"));
+    assert!(virt["default"].is_boolean());
+    assert!(qemu["default_machine"].is_null() || qemu["default_machine"].is_string());
+    assert!(qemu["qom_types"].as_u64().expect("qom_types") > 100);
+    assert!(report["spec"].is_null());
+}
+
+#[test]
+fn probe_json_checks_a_spec_and_says_what_is_missing() {
+    let spec = examples_dir().join("x86_64-q35-root-ports.toml");
+    let (report, code, stderr) = probe_json(&["--accel", "tcg", spec.to_str().expect("utf-8")]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(report["qemu"]["guest_arch"], "x86_64");
+    let checked = &report["spec"];
+    assert_eq!(checked["can_run"], true);
+    let needs = checked["needs"].as_array().expect("needs");
+    assert_eq!(needs[0]["kind"], "machine");
+    assert_eq!(needs[0]["name"], "q35");
+    assert_eq!(needs.last().expect("needs")["kind"], "accelerator");
+    assert!(needs
+        .iter()
+        .any(|n| n["kind"] == "device" && n["name"] == "pcie-root-port"));
+    assert!(needs.iter().all(|n| n["available"] == true), "{needs:?}");
+
+    let dir = hvarch_tests::TempDir::new();
+    let (lacking, _) = lacking_spec(&dir);
+    let (report, code, stderr) = probe_json(&[lacking.to_str().expect("utf-8")]);
+    assert_eq!(code, Some(1), "the JSON is printed, and the exit says no");
+    assert!(stderr.contains("no device `intel-iommu`"), "{stderr}");
+    assert_eq!(report["spec"]["can_run"], false);
+    let missing: Vec<&Value> = report["spec"]["needs"]
+        .as_array()
+        .expect("needs")
+        .iter()
+        .filter(|n| n["available"] == false)
+        .collect();
+    assert_eq!(missing.len(), 1, "{missing:?}");
+    assert_eq!(missing[0]["kind"], "device");
+    assert_eq!(missing[0]["name"], "intel-iommu");
+}
+
+#[test]
+fn nothing_is_logged_by_default_and_vv_shows_the_probe() {
+    let quiet = hvarch(&["probe", "--arch", "aarch64"]);
+    assert!(quiet.status.success());
+    assert_eq!(text(&quiet.stderr), "", "logged without -v");
+
+    let out = hvarch(&["-vv", "probe", "--arch", "aarch64"]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("DEBUG") && stderr.contains("probed QEMU") && stderr.contains("10."),
+        "{stderr}"
+    );
+    // -v is progress only: the probe's details are debug.
+    let out = hvarch(&["probe", "-v", "--arch", "aarch64"]);
+    assert_eq!(text(&out.stderr), "", "-v shows no debug lines");
+
+    // RUST_LOG decides when set.
+    let out = common::command()
+        .args(["probe", "--arch", "aarch64"])
+        .env("RUST_LOG", "hvarch::probe=debug")
+        .output()
+        .expect("run hvarch");
+    assert!(
+        text(&out.stderr).contains("probed QEMU"),
+        "{}",
+        text(&out.stderr)
+    );
 }

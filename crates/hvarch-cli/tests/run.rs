@@ -36,6 +36,11 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(120);
 /// A spec file booting the test guest; `uefi` gives it ACPI (and so a power button it obeys).
 /// Returns the spec file and the runtime dir.
 fn guest_spec_file(dir: &TempDir, id: &str, uefi: bool, runtime: &str) -> (PathBuf, PathBuf) {
+    write_spec(dir, &guest_spec(dir, id, uefi, runtime))
+}
+
+/// The test guest's spec (512 MiB, `enable_swap = true`), its vCPUs running.
+fn guest_spec(dir: &TempDir, id: &str, uefi: bool, runtime: &str) -> hvarch::VmSpec {
     let files = guest::find(&guest::guest_dir()).unwrap_or_else(|e| panic!("{e}"));
     let initramfs = guest::initramfs(&files).unwrap_or_else(|e| panic!("{e}"));
     let mut options = GuestOptions::new(id, dir.path());
@@ -44,9 +49,33 @@ fn guest_spec_file(dir: &TempDir, id: &str, uefi: bool, runtime: &str) -> (PathB
         guest::guest_spec(&files, &initramfs, &options).unwrap_or_else(|e| panic!("{e}"));
     spec.stopped = false;
     spec.runtime_dir = Some(dir.join(runtime));
+    spec
+}
+
+/// Writes `spec` into `dir`; returns the file and the spec's runtime dir.
+fn write_spec(dir: &TempDir, spec: &hvarch::VmSpec) -> (PathBuf, PathBuf) {
     let path = dir.join("guest.toml");
-    std::fs::write(&path, toml::to_string(&spec).expect("spec to TOML")).expect("write spec");
-    (path, dir.join(runtime))
+    std::fs::write(&path, toml::to_string(spec).expect("spec to TOML")).expect("write spec");
+    let runtime = spec.runtime_dir.clone().expect("a runtime dir");
+    (path, runtime)
+}
+
+/// What `hvarch run` says while QEMU locks the guest's memory.
+const MEM_LOCK_NOTE: &str = "QEMU is locking all 512 MiB of guest memory";
+/// Makes `hvarch run` say why QEMU is slow at once rather than after a second (QEMU is not
+/// always slow enough for the note to be due).
+const NOTE_AT_ONCE: (&str, &str) = ("HVARCH_SLOW_LAUNCH_NOTE_MS", "0");
+
+/// Log lines (tracing's levels, as the CLI's subscriber prints them).
+fn log_lines(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .filter(|l| {
+            [" INFO ", " WARN ", " DEBUG ", " ERROR ", " TRACE "]
+                .iter()
+                .any(|level| l.contains(level))
+        })
+        .collect()
 }
 
 /// A running `hvarch run`, leading a process group of its own, as a shell's foreground job
@@ -59,10 +88,16 @@ struct Run {
 
 impl Run {
     fn spawn(spec: &Path, extra: &[&str]) -> Run {
+        Run::spawn_env(spec, extra, &[NOTE_AT_ONCE])
+    }
+
+    /// `hvarch run [extra…] SPEC` with `env` set.
+    fn spawn_env(spec: &Path, extra: &[&str], env: &[(&str, &str)]) -> Run {
         let mut child = command()
             .arg("run")
             .args(extra)
             .arg(spec)
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -124,6 +159,21 @@ impl Run {
         // SAFETY: kill(2) of the process group our child leads.
         let rc = unsafe { libc::kill(-pgid, signal) };
         assert_eq!(rc, 0, "kill(-{pgid}): {}", std::io::Error::last_os_error());
+    }
+
+    /// Waits for the guest's ready marker, signals the group, waits for `hvarch run` to
+    /// exit and checks that QEMU (from the pid file in `runtime`) is gone.
+    fn stop_once_booted(&mut self, runtime: &Path, signal: libc::c_int) -> (ExitStatus, String) {
+        self.wait_line(READY_MARKER);
+        let qemu = Qemu::of(runtime);
+        self.signal_group(signal);
+        let exit = self.wait_exit();
+        assert!(
+            qemu.wait_dead(Duration::from_secs(30)),
+            "QEMU {} left",
+            qemu.0
+        );
+        exit
     }
 
     fn wait_exit(&mut self) -> (ExitStatus, String) {
@@ -273,6 +323,10 @@ fn the_guest_powers_itself_off_and_run_exits_zero() {
     );
     assert!(stderr.contains("QMP ready in "), "{stderr}");
     assert!(stderr.contains("the guest powered off"), "{stderr}");
+    // Memory not locked (`enable_swap = true`): no note, even when due at once; and
+    // nothing logged without -v.
+    assert!(!stderr.contains("locking"), "{stderr}");
+    assert_eq!(log_lines(&stderr), Vec::<&str>::new(), "{stderr}");
     assert!(
         !runtime.exists(),
         "runtime dir {} left behind",
@@ -375,15 +429,7 @@ fn a_runtime_dir_holding_the_users_disk_survives_ctrl_c() {
     std::fs::create_dir(&runtime).expect("the user's directory");
     std::fs::write(runtime.join("disk.img"), b"precious").expect("disk.img");
     let mut run = Run::spawn(&spec, &["--grace", "1"]);
-    run.wait_line(READY_MARKER);
-    let qemu = Qemu::of(&runtime);
-    run.signal_group(libc::SIGINT);
-    let (status, stderr) = run.wait_exit();
-    assert!(
-        qemu.wait_dead(Duration::from_secs(30)),
-        "QEMU {} left",
-        qemu.0
-    );
+    let (status, stderr) = run.stop_once_booted(&runtime, libc::SIGINT);
     // The guest ignored the button (no UEFI): quit, and the exit status says so.
     assert_eq!(status.code(), Some(1), "{status}: {stderr}");
     let mut left: Vec<String> = std::fs::read_dir(&runtime)
@@ -417,5 +463,60 @@ fn a_killed_hvarch_run_leaves_no_qemu() {
         qemu.wait_dead(Duration::from_secs(30)),
         "QEMU {} outlived its parent",
         qemu.0
+    );
+}
+
+#[test]
+fn locking_guest_memory_is_explained_while_it_happens_and_v_shows_progress() {
+    let dir = TempDir::new();
+    let mut spec = guest_spec(&dir, "run-mem-lock", false, "run");
+    // Kata's default: QEMU locks all guest memory (-overcommit mem-lock=on).
+    spec.hypervisor.enable_swap = false;
+    let (spec, runtime) = write_spec(&dir, &spec);
+    let mut run = Run::spawn(&spec, &["-v", "--grace", "1"]);
+    let (_, stderr) = run.stop_once_booted(&runtime, libc::SIGTERM);
+    let note = stderr
+        .find(MEM_LOCK_NOTE)
+        .unwrap_or_else(|| panic!("no note:\n{stderr}"));
+    let ready = stderr.find("QMP ready in").expect("QMP ready");
+    assert!(note < ready, "the note comes while QEMU starts:\n{stderr}");
+    assert!(
+        stderr.contains("mem-lock=on") && stderr.contains("`enable_swap = true`"),
+        "{stderr}"
+    );
+    // -v: hvarch's progress (info), not its details (debug).
+    let logged = log_lines(&stderr);
+    assert!(
+        logged
+            .iter()
+            .any(|l| l.contains(" INFO ") && l.contains("QEMU ready")),
+        "{stderr}"
+    );
+    assert!(!logged.iter().any(|l| l.contains(" DEBUG ")), "{stderr}");
+}
+
+#[test]
+fn a_closed_stdout_powers_the_guest_off_and_exits_quietly() {
+    let dir = TempDir::new();
+    let (spec, runtime) = guest_spec_file(&dir, "run-closed-stdout", false, "run");
+    let out = command()
+        .args(["run", "--grace", "1"])
+        .arg(&spec)
+        .stdin(Stdio::null())
+        .stdout(common::closed_pipe())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run hvarch run");
+    let stderr = common::text(&out.stderr);
+    assert_eq!(out.status.code(), Some(common::OUTPUT_CLOSED), "{stderr}");
+    assert!(
+        stderr.contains("standard output closed: asking the guest to power off"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        !runtime.exists(),
+        "runtime dir {} left behind",
+        runtime.display()
     );
 }

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::part::Part;
+use crate::transport::VirtioOpts;
 
 /// A device or backend that QEMU creates from one or more [`Part`]s.
 ///
@@ -119,4 +120,63 @@ device_enum! {
     Cpu(crate::cpu::CpuDevice) = "cpu",
     /// A fw_cfg item (`-fw_cfg name=…,file=…|string=…`); cold plug only.
     FwCfg(crate::fw_cfg::FwCfg) = "fw-cfg",
+}
+
+impl Device {
+    /// The virtio transport settings of a virtio device (`None` for devices that are not
+    /// virtio: bridges, root ports, memory, vCPUs, …).
+    pub fn virtio(&self) -> Option<&VirtioOpts> {
+        match self {
+            Device::Block(d) => Some(&d.virtio),
+            Device::Fs9p(d) => Some(&d.virtio),
+            Device::SerialController(d) => Some(&d.virtio),
+            Device::Vsock(d) => Some(&d.virtio),
+            Device::Rng(d) => Some(&d.virtio),
+            Device::Balloon(d) => Some(&d.virtio),
+            Device::ScsiController(d) => Some(&d.virtio),
+            Device::Net(d) => Some(&d.virtio),
+            Device::VhostUser(d) => Some(&d.virtio),
+            Device::VirtioIommu(d) => Some(&d.virtio),
+            _ => None,
+        }
+    }
+
+    /// The virtio transport settings, mutable (to give a CCW device its `devno`).
+    pub fn virtio_mut(&mut self) -> Option<&mut VirtioOpts> {
+        match self {
+            Device::Block(d) => Some(&mut d.virtio),
+            Device::Fs9p(d) => Some(&mut d.virtio),
+            Device::SerialController(d) => Some(&mut d.virtio),
+            Device::Vsock(d) => Some(&mut d.virtio),
+            Device::Rng(d) => Some(&mut d.virtio),
+            Device::Balloon(d) => Some(&mut d.virtio),
+            Device::ScsiController(d) => Some(&mut d.virtio),
+            Device::Net(d) => Some(&mut d.virtio),
+            Device::VhostUser(d) => Some(&mut d.virtio),
+            Device::VirtioIommu(d) => Some(&mut d.virtio),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::Transport;
+
+    #[test]
+    fn virtio_settings_of_virtio_devices_only() {
+        let mut rng: Device = crate::rng::RngDevice::new("rng0", "rng0-obj").into();
+        assert_eq!(rng.virtio().map(|v| v.transport), Some(Transport::Pci));
+        let opts = rng.virtio_mut().expect("rng is virtio");
+        opts.transport = Transport::Ccw;
+        opts.devno = Some("fe.0.0007".into());
+        assert_eq!(
+            rng.virtio().and_then(|v| v.devno.as_deref()),
+            Some("fe.0.0007")
+        );
+        let mut port: Device = crate::bridge::PcieRootPort::new("rp0").into();
+        assert!(port.virtio().is_none());
+        assert!(port.virtio_mut().is_none());
+    }
 }

@@ -66,3 +66,8 @@ pub mod vsock;
 
 pub use device::{Device, QemuDevice};
 pub use error::{Error, Result};
+
+/// The README's example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

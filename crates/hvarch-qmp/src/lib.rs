@@ -66,3 +66,8 @@ pub use crate::tokio::{AsyncEventSubscription, AsyncQmp};
 
 pub use qapi_qmp;
 pub use qapi_spec;
+
+/// The README's example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -1,27 +1,40 @@
 //! Turning a [`VmSpec`] into a QEMU configuration the way Kata's `createSandbox` does
 //! (kata-go.md §2.8 and §4.2), with the arch backend doing every arch-specific step.
 //!
+//! # Nesting
+//!
+//! Kata's `setup()` rule: when the host is itself a VM (`host_nested`, else Kata's
+//! `RunningOnVMM`: the `hypervisor` flag of `/proc/cpuinfo` on x86_64 hosts, never elsewhere)
+//! and `hypervisor.disable_nesting_checks` is not set, virtio-pci devices get
+//! `disable-modern=on`. hvarch applies it under KVM only: under TCG QEMU emulates the
+//! devices itself and nothing runs nested.
+//!
 //! # What is assembled, in order
 //!
 //! - `-name sandbox-<id>`, `-uuid`, `-machine` (the backend's machine, options and
 //!   `machine_accelerators`), `-cpu` (the backend's model and `cpu_features`);
 //! - the QMP monitor on `<runtime_dir>/qmp.sock`;
 //! - `-m` from the backend's memory topology (ceiling: host memory + offset, plus 1 GiB on
-//!   x86_64), with guest RAM on a backend `dimm1` (RAM, hugepages, or file-backed and shared
-//!   for virtio-fs and templates);
+//!   x86_64 and ppc64le; none on s390x), with guest RAM on a backend `dimm1` (RAM, hugepages,
+//!   or file-backed and shared for virtio-fs and templates) on a NUMA node, or as the
+//!   machine's `memory-backend` where the machine has no NUMA (`microvm`, `s390-ccw-virtio`);
 //! - devices: bridges, console (`<runtime_dir>/console.sock`), the rootfs image (NVDIMM or
 //!   virtio-blk), the vIOMMU, the virtio-scsi controller (its I/O thread just before it),
-//!   `rng0` on the entropy source, PCIe root ports; then the cold-plugged resources: 9p
-//!   volumes, the agent channel (`channel0` / `charch0` / `agent.channel.0` on
+//!   `rng0` on the entropy source, PCIe root ports; then the cold-plugged resources:
+//!   volumes (9p, or with virtio-fs a `vhost-user-fs` device `vhost-user-fs<n>` on
+//!   `<runtime_dir>/vhost-fs-<n>.sock`, whose daemon [`Assembled::virtiofs`] describes), the
+//!   agent channel (`channel0` / `charch0` / `agent.channel.0` on
 //!   `<runtime_dir>/kata.sock`) *or* vsock, network endpoints, block drives, VFIO devices;
-//!   then `extra_devices`;
-//! - `-rtc base=utc,driftfix=slew,clock=host`; `-global kvm-pit.lost_tick_policy=discard`
-//!   on x86_64 only (Kata emitted it on every arch; qemu-system-aarch64 warns
-//!   "global kvm-pit.lost_tick_policy has invalid class name" and ignores it); pflash (the
-//!   UEFI code image read-only when there are two), `-vga none`;
+//!   then `extra_devices`; then the backend places what it numbers itself (s390x: the CCW
+//!   device numbers, in this order);
+//! - `-rtc base=utc,clock=host`, with `driftfix=slew` on x86_64 only, and
+//!   `-global kvm-pit.lost_tick_policy=discard` on x86_64 only (Kata emitted both on every
+//!   arch; both are x86 features: qemu-system-aarch64 warns "driftfix 'slew' is not
+//!   available with this machine" and "global kvm-pit.lost_tick_policy has invalid class
+//!   name"); pflash (the UEFI code image read-only when there are two), `-vga none`;
 //! - knobs: `-no-user-config -nodefaults -nographic -no-reboot`, `-no-shutdown` and
 //!   `-daemonize` when asked, `-overcommit mem-lock=on` unless `enable_swap`, `-S` when
-//!   `stopped`;
+//!   `stopped`, `-sandbox` when `seccomp_sandbox` is set;
 //! - `-kernel`, `-initrd`, `-append` (the backend's parameters, then `panic=1`,
 //!   `nr_cpus=<max vCPUs>`, `agent.use_vsock=<bool>`, then the user's `kernel_params`, which
 //!   win in the guest), `-bios`;
@@ -32,25 +45,30 @@ use std::path::{Path, PathBuf};
 use hvarch_amd64::Amd64;
 use hvarch_arch::arch::QemuArch;
 use hvarch_arch::guest_arch::GuestArch;
-use hvarch_arch::machine::MICROVM;
-use hvarch_arch::resources::{RngDev, Socket, VSock};
+use hvarch_arch::machine;
+use hvarch_arch::resources::{RngDev, Socket, VSock, VhostUserDevice, VhostUserKind};
 use hvarch_arch::settings::{
     BlockDriver, HypervisorConfig, SharedFs, TemplateRole, MAX_PCI_BRIDGES,
 };
 use hvarch_arch::ArchError;
 use hvarch_arm64::Arm64;
 use hvarch_devices::config::{
-    Global, Incoming, Kernel, Knobs, Monitor, MonitorEndpoint, Pflash, RamAttach, Rtc, VmConfig,
+    Accelerator, Global, Incoming, Kernel, Knobs, Monitor, MonitorEndpoint, Pflash, RamAttach, Rtc,
+    VmConfig,
 };
 use hvarch_devices::fd::FdTable;
 use hvarch_devices::kernel_params::KernelParams;
 use hvarch_devices::memory::MemoryBackend;
 use hvarch_devices::part::Syntax;
+use hvarch_devices::vhost_user::VhostUserKind as DeviceVhostUserKind;
 use hvarch_devices::Device;
+use hvarch_ppc64le::Ppc64le;
+use hvarch_s390x::S390x;
 
 use crate::error::{Error, Result};
 use crate::host;
 use crate::spec::{check_id, VmSpec};
+use crate::virtiofs::VirtiofsShare;
 
 /// The most PCIe root ports a spec may ask for (Kata 2.x's `maxPCIeRootPort`).
 pub const MAX_PCIE_ROOT_PORTS: u32 = 16;
@@ -115,15 +133,26 @@ impl RuntimePaths {
         .into_iter()
         .map(PathBuf::as_path)
     }
+
+    /// The vhost-user socket of the `index`th virtio-fs share (`vhost-fs-<index>.sock`).
+    pub fn virtiofs_socket(&self, index: usize) -> PathBuf {
+        self.dir.join(format!("vhost-fs-{index}.sock"))
+    }
+
+    /// Where the `index`th virtio-fs daemon's stderr goes (`virtiofsd-<index>.stderr`).
+    pub fn virtiofs_stderr(&self, index: usize) -> PathBuf {
+        self.dir.join(format!("virtiofsd-{index}.stderr"))
+    }
 }
 
-/// The arch backend for `arch`, configured by `config` (ppc64le and s390x: no backend yet).
+/// The arch backend for `arch`, configured by `config`.
 ///
 /// ```
 /// use hvarch::{backend, GuestArch};
 /// let arch = backend(GuestArch::Aarch64, &Default::default()).unwrap();
 /// assert_eq!(arch.machine().unwrap().machine_type, "virt");
-/// assert!(backend(GuestArch::S390x, &Default::default()).is_err());
+/// let arch = backend(GuestArch::S390x, &Default::default()).unwrap();
+/// assert_eq!(arch.machine().unwrap().machine_type, "s390-ccw-virtio");
 /// ```
 pub fn backend(arch: GuestArch, config: &HypervisorConfig) -> Result<Box<dyn QemuArch>> {
     let wrap = |e: ArchError| {
@@ -137,6 +166,9 @@ pub fn backend(arch: GuestArch, config: &HypervisorConfig) -> Result<Box<dyn Qem
     match arch {
         GuestArch::Aarch64 => Ok(Box::new(Arm64::new(config).map_err(wrap)?)),
         GuestArch::X86_64 => Ok(Box::new(Amd64::new(config).map_err(wrap)?)),
+        GuestArch::Ppc64le => Ok(Box::new(Ppc64le::new(config).map_err(wrap)?)),
+        GuestArch::S390x => Ok(Box::new(S390x::new(config).map_err(wrap)?)),
+        // GuestArch is non-exhaustive: an architecture added later has no backend yet.
         other => Err(Error::NoBackend { arch: other }),
     }
 }
@@ -155,6 +187,9 @@ pub struct Assembled {
     pub paths: RuntimePaths,
     /// The vCPU ceiling (`maxcpus`, `nr_cpus`).
     pub max_vcpus: u32,
+    /// The virtio-fs shares, whose daemons the launcher starts (empty unless `shared_fs`
+    /// is virtio-fs and there are volumes).
+    pub virtiofs: Vec<VirtiofsShare>,
     /// The backend, after assembly (bridges placed).
     pub arch: Box<dyn QemuArch>,
 }
@@ -213,16 +248,16 @@ pub fn assemble(spec: &VmSpec) -> Result<Assembled> {
         }
         _ => {}
     }
-    if !spec.volumes.is_empty() && config.shared_fs != SharedFs::VirtioFs9p {
-        return Err(Error::Conflict {
-            field: "volumes",
-            other: "hypervisor.shared_fs",
-        });
-    }
+    check_sharing(spec)?;
     let paths = RuntimePaths::new(&spec.runtime_dir());
 
-    // setup(): the backend, its bridges.
+    // setup(): the backend, nesting, vhost-net, its bridges.
     let mut arch = backend(guest_arch, config)?;
+    if nested(spec)? {
+        arch.enable_nesting_checks();
+    } else {
+        arch.disable_nesting_checks();
+    }
     if config.disable_vhost_net {
         arch.disable_vhost_net();
     } else {
@@ -262,7 +297,7 @@ pub fn assemble(spec: &VmSpec) -> Result<Assembled> {
     }
     let mut memory = arch.memory_topology(config.memory_mb, host_memory_mb, config.memory_slots);
     memory.backend = Some(ram_backend(config, memory.size));
-    if machine.machine_type == MICROVM {
+    if !machine::has_numa(&machine.machine_type) {
         memory.attach = RamAttach::MachineProperty;
     }
     let cpu = arch.cpu_model();
@@ -272,6 +307,7 @@ pub fn assemble(spec: &VmSpec) -> Result<Assembled> {
 
     // Devices, in Kata's order.
     let devices = devices(arch.as_mut(), spec, &paths)?;
+    let virtiofs = virtiofs_shares(spec, &paths);
 
     let pflash = arch.pflash().map_err(Error::arch("hypervisor.pflashes"))?;
     let pflash_count = pflash.len();
@@ -298,7 +334,12 @@ pub fn assemble(spec: &VmSpec) -> Result<Assembled> {
         MonitorEndpoint::Path(paths.qmp.clone()),
     )];
     vm.devices = devices;
-    vm.rtc = Some(Rtc::kata());
+    let mut rtc = Rtc::kata();
+    if guest_arch != GuestArch::X86_64 {
+        // driftfix re-injects lost PIT/RTC ticks: an x86 feature (other machines warn).
+        rtc.driftfix = None;
+    }
+    vm.rtc = Some(rtc);
     if guest_arch == GuestArch::X86_64 {
         vm.globals.push(Global {
             driver: "kvm-pit".into(),
@@ -327,6 +368,7 @@ pub fn assemble(spec: &VmSpec) -> Result<Assembled> {
     if config.template == TemplateRole::BootFromTemplate {
         vm.incoming = Some(Incoming::Defer);
     }
+    vm.sandbox = config.seccomp_sandbox;
     vm.pidfile = Some(paths.pidfile.clone());
     if config.debug {
         vm.log_file = Some(paths.log.clone());
@@ -339,8 +381,77 @@ pub fn assemble(spec: &VmSpec) -> Result<Assembled> {
         config: vm,
         paths,
         max_vcpus,
+        virtiofs,
         arch,
     })
+}
+
+/// Kata's nesting rule (see the [module docs](self)): under KVM, a nested host and no
+/// `disable_nesting_checks`.
+fn nested(spec: &VmSpec) -> Result<bool> {
+    let config = &spec.hypervisor;
+    if config.accelerator != Accelerator::Kvm || config.disable_nesting_checks {
+        return Ok(false);
+    }
+    match spec.host_nested {
+        Some(nested) => Ok(nested),
+        None => host::running_on_vmm(),
+    }
+}
+
+/// Volumes need a sharing mechanism, virtio-fs a daemon, vhost-user storage hugepages
+/// (Kata: "Vhost-user-blk/scsi is enabled without HugePages. This configuration will not
+/// work").
+fn check_sharing(spec: &VmSpec) -> Result<()> {
+    let config = &spec.hypervisor;
+    if !spec.volumes.is_empty() && config.shared_fs == SharedFs::None {
+        return Err(Error::Conflict {
+            field: "volumes",
+            other: "hypervisor.shared_fs",
+        });
+    }
+    if !spec.volumes.is_empty()
+        && config.shared_fs == SharedFs::VirtioFs
+        && config.virtio_fs_daemon.is_none()
+    {
+        return Err(Error::Missing {
+            field: "hypervisor.virtio_fs_daemon",
+            reason: "virtio-fs volumes are served by a daemon (e.g. virtiofsd)",
+        });
+    }
+    if config.enable_vhost_user_store && !config.hugepages {
+        return Err(Error::Missing {
+            field: "hypervisor.hugepages",
+            reason: "vhost-user storage (enable_vhost_user_store) needs hugepages",
+        });
+    }
+    Ok(())
+}
+
+/// The virtio-fs share of each volume, in order (see [`crate::virtiofs`]).
+fn virtiofs_shares(spec: &VmSpec, paths: &RuntimePaths) -> Vec<VirtiofsShare> {
+    let config = &spec.hypervisor;
+    let Some(daemon) = config
+        .virtio_fs_daemon
+        .as_ref()
+        .filter(|_| config.shared_fs == SharedFs::VirtioFs)
+    else {
+        return Vec::new();
+    };
+    spec.volumes
+        .iter()
+        .enumerate()
+        .map(|(index, volume)| VirtiofsShare {
+            tag: volume.mount_tag.clone(),
+            shared_dir: volume.host_path.clone(),
+            socket: paths.virtiofs_socket(index),
+            stderr: paths.virtiofs_stderr(index),
+            daemon: daemon.clone(),
+            cache: config.virtio_fs_cache,
+            inode_file_handles: config.virtio_fs_inode_file_handles,
+            extra_args: config.virtio_fs_extra_args.clone(),
+        })
+        .collect()
 }
 
 /// Refuses numbers no VM can have, before any backend arithmetic sees them.
@@ -438,6 +549,7 @@ fn ram_backend(config: &HypervisorConfig, size: u64) -> MemoryBackend {
     };
     let shared = file_root.is_some()
         || config.shared_fs == SharedFs::VirtioFs
+        || config.enable_vhost_user_store
         || config.template == TemplateRole::BootToBeTemplate;
     if shared {
         backend.share = Some(true);
@@ -465,6 +577,37 @@ fn kernel_params(
     }
     params.extend(&config.kernel_params);
     Ok(params)
+}
+
+/// A virtio-fs volume: a `vhost-user-fs` device `vhost-user-fs<index>` on the share's socket
+/// (Kata's `appendVhostUserDevice` for a `types.Volume` under virtio-fs), with the
+/// configured queue size.
+fn append_virtiofs_volume(
+    arch: &mut dyn QemuArch,
+    devices: &mut Vec<Device>,
+    config: &HypervisorConfig,
+    paths: &RuntimePaths,
+    index: usize,
+    volume: &hvarch_arch::resources::Volume,
+) -> Result<()> {
+    let attrs = VhostUserDevice {
+        kind: VhostUserKind::Fs,
+        socket_path: paths.virtiofs_socket(index),
+        dev_id: format!("fs{index}"),
+        mac: None,
+        tag: Some(volume.mount_tag.clone()),
+    };
+    let first_new = devices.len();
+    arch.append_vhost_user_device(devices, &attrs)
+        .map_err(Error::arch("volumes"))?;
+    for device in &mut devices[first_new..] {
+        if let Device::VhostUser(dev) = device {
+            if let DeviceVhostUserKind::Fs { queue_size, .. } = &mut dev.kind {
+                *queue_size = config.virtio_fs_queue_size;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Kata's `buildDevices`, the config-level devices, then the cold-plugged resources.
@@ -504,9 +647,13 @@ fn devices(arch: &mut dyn QemuArch, spec: &VmSpec, paths: &RuntimePaths) -> Resu
         .map_err(Error::arch("hypervisor.pcie_root_ports"))?;
 
     // Cold plug (Kata's addDevice, in the order the sandbox adds them).
-    for volume in &spec.volumes {
-        arch.append_9p_volume(&mut devices, volume)
-            .map_err(Error::arch("volumes"))?;
+    for (index, volume) in spec.volumes.iter().enumerate() {
+        if config.shared_fs == SharedFs::VirtioFs {
+            append_virtiofs_volume(arch, &mut devices, config, paths, index, volume)?;
+        } else {
+            arch.append_9p_volume(&mut devices, volume)
+                .map_err(Error::arch("volumes"))?;
+        }
     }
     if spec.use_vsock {
         let context_id = spec.vsock_cid.ok_or(Error::Missing {
@@ -543,6 +690,8 @@ fn devices(arch: &mut dyn QemuArch, spec: &VmSpec, paths: &RuntimePaths) -> Resu
             .map_err(Error::arch("vfio"))?;
     }
     devices.extend(spec.extra_devices.iter().cloned());
+    arch.place_devices(&mut devices)
+        .map_err(Error::arch("extra_devices"))?;
     Ok(devices)
 }
 
@@ -560,6 +709,7 @@ mod tests {
         spec.hypervisor.accelerator = accel;
         spec.host_memory_mb = Some(16384);
         spec.host_cpus = Some(4);
+        spec.host_nested = Some(false);
         spec.runtime_dir = Some("/run/t".into());
         spec
     }
@@ -633,7 +783,11 @@ mod tests {
                 "channel0"
             ]
         );
-        assert_eq!(after(&argv, "-rtc"), "base=utc,driftfix=slew,clock=host");
+        assert_eq!(
+            after(&argv, "-rtc"),
+            "base=utc,clock=host",
+            "driftfix is x86-only"
+        );
         assert!(
             all(&argv, "-global").is_empty(),
             "no kvm-pit global on arm64"
@@ -702,6 +856,7 @@ mod tests {
             all(&argv, "-global"),
             ["driver=kvm-pit,property=lost_tick_policy,value=discard"]
         );
+        assert_eq!(after(&argv, "-rtc"), "base=utc,driftfix=slew,clock=host");
         let append = after(&argv, "-append");
         assert!(
             append.starts_with("tsc=reliable no_timer_check"),
@@ -711,6 +866,123 @@ mod tests {
         let tcg = argv_of(GuestArch::X86_64, Accelerator::Tcg);
         assert_eq!(after(&tcg, "-machine"), "q35,accel=tcg");
         assert_eq!(after(&tcg, "-cpu"), "max");
+    }
+
+    #[test]
+    fn default_ppc64le_pseries() {
+        let argv = argv_of(GuestArch::Ppc64le, Accelerator::Kvm);
+        assert_eq!(argv[0], "/usr/bin/qemu-system-ppc64");
+        assert_eq!(after(&argv, "-machine"), "pseries,accel=kvm,usb=off");
+        assert_eq!(after(&argv, "-cpu"), "host");
+        // 16384 MiB host memory is 256 MiB-aligned already; + 1024 for the NVDIMM image.
+        assert_eq!(after(&argv, "-m"), "2G,slots=10,maxmem=17G");
+        assert_eq!(after(&argv, "-numa"), "node,memdev=dimm1");
+        assert_eq!(after(&argv, "-rtc"), "base=utc,clock=host");
+        assert!(all(&argv, "-global").is_empty());
+        assert_eq!(
+            after(&argv, "-append"),
+            "tsc=reliable no_timer_check rcupdate.rcu_expedited=1 noreplace-smp reboot=k \
+             console=hvc0 console=hvc1 cryptomgr.notests net.ifnames=0 quiet panic=1 nr_cpus=4 \
+             agent.use_vsock=false"
+        );
+        assert_eq!(
+            all(&argv, "-device")[..2],
+            [
+                "pci-bridge,bus=pci.0,id=pci-bridge-0,chassis_nr=1,shpc=on,addr=02",
+                "virtio-serial-pci,id=serial0,max_ports=2",
+            ]
+        );
+        let tcg = argv_of(GuestArch::Ppc64le, Accelerator::Tcg);
+        assert_eq!(
+            after(&tcg, "-machine"),
+            "pseries,accel=tcg,usb=off,cap-cfpc=broken,cap-sbbc=broken,cap-ibs=broken,\
+             cap-ccf-assist=off"
+        );
+        assert_eq!(after(&tcg, "-cpu"), "max");
+    }
+
+    #[test]
+    fn default_s390x_on_ccw() {
+        let argv = argv_of(GuestArch::S390x, Accelerator::Tcg);
+        assert_eq!(argv[0], "/usr/bin/qemu-system-s390x");
+        // No NUMA on s390x: guest RAM is the machine's memory backend; no hotplug room.
+        assert_eq!(
+            after(&argv, "-machine"),
+            "s390-ccw-virtio,accel=tcg,memory-backend=dimm1"
+        );
+        assert!(!argv.iter().any(|a| a == "-numa"));
+        assert_eq!(after(&argv, "-m"), "2G");
+        assert_eq!(after(&argv, "-rtc"), "base=utc,clock=host");
+        assert_eq!(
+            after(&argv, "-append"),
+            "console=ttysclp0 quiet panic=1 nr_cpus=4 agent.use_vsock=false"
+        );
+        // Every virtio device on CCW, numbered in order; the CCW bridge is no device.
+        assert_eq!(
+            all(&argv, "-device"),
+            [
+                "virtio-serial-ccw,id=serial0,devno=fe.0.0001",
+                "virtconsole,chardev=charconsole0,id=console0",
+                "virtio-scsi-ccw,id=scsi0,devno=fe.0.0002",
+                "virtio-rng-ccw,id=rng0-dev,rng=rng0,devno=fe.0.0003",
+                "virtserialport,chardev=charch0,id=channel0,name=agent.channel.0",
+            ]
+        );
+        let vm = assemble(&spec(GuestArch::S390x, Accelerator::Tcg)).unwrap();
+        let bridge = vm.arch.get_bridges().iter().next().unwrap();
+        assert_eq!(bridge.id, "ccw-bridge-0");
+        assert_eq!(bridge.devices.len(), 3);
+    }
+
+    #[test]
+    fn nesting_rule() {
+        let serial = |spec: &VmSpec| {
+            all(&argv_for(spec), "-device")
+                .into_iter()
+                .find(|d| d.starts_with("virtio-serial"))
+                .unwrap()
+        };
+        let mut nested = spec(GuestArch::X86_64, Accelerator::Kvm);
+        nested.host_nested = Some(true);
+        assert_eq!(
+            serial(&nested),
+            "virtio-serial-pci,id=serial0,max_ports=2,disable-modern=on"
+        );
+        // Every virtio-pci device, not only the console's.
+        assert!(all(&argv_for(&nested), "-device")
+            .iter()
+            .filter(|d| d.starts_with("virtio-") && d.contains("-pci,"))
+            .all(|d| d.contains("disable-modern=on")));
+        let mut disabled = nested.clone();
+        disabled.hypervisor.disable_nesting_checks = true;
+        assert_eq!(
+            serial(&disabled),
+            "virtio-serial-pci,id=serial0,max_ports=2"
+        );
+        let mut tcg = nested.clone();
+        tcg.hypervisor.accelerator = Accelerator::Tcg;
+        assert_eq!(serial(&tcg), "virtio-serial-pci,id=serial0,max_ports=2");
+        let not_nested = spec(GuestArch::X86_64, Accelerator::Kvm);
+        assert_eq!(
+            serial(&not_nested),
+            "virtio-serial-pci,id=serial0,max_ports=2"
+        );
+        // CCW devices have no disable-modern: s390x is unaffected.
+        let mut s390x = nested.clone();
+        s390x.arch = Some(GuestArch::S390x);
+        assert_eq!(
+            serial(&s390x),
+            "virtio-serial-ccw,id=serial0,devno=fe.0.0001"
+        );
+        // Unset: the host decides (Kata's RunningOnVMM).
+        let mut host = nested;
+        host.host_nested = None;
+        let expected = if crate::host::running_on_vmm().unwrap() {
+            "virtio-serial-pci,id=serial0,max_ports=2,disable-modern=on"
+        } else {
+            "virtio-serial-pci,id=serial0,max_ports=2"
+        };
+        assert_eq!(serial(&host), expected);
     }
 
     fn argv_of(arch: GuestArch, accel: Accelerator) -> Vec<String> {
@@ -851,6 +1123,126 @@ mod tests {
     }
 
     #[test]
+    fn virtio_fs_volumes_are_vhost_user_fs_devices_with_daemons() {
+        use hvarch_arch::settings::{InodeFileHandles, VirtioFsCache};
+        let mut spec = spec(GuestArch::Aarch64, Accelerator::Tcg);
+        let h = &mut spec.hypervisor;
+        h.shared_fs = SharedFs::VirtioFs;
+        h.virtio_fs_daemon = Some("/usr/libexec/virtiofsd".into());
+        h.virtio_fs_queue_size = Some(1024);
+        h.virtio_fs_cache = VirtioFsCache::Never;
+        h.virtio_fs_inode_file_handles = Some(InodeFileHandles::Never);
+        h.virtio_fs_extra_args = vec!["--thread-pool-size=1".into()];
+        for (tag, dir) in [("kataShared", "/srv/a"), ("data", "/srv/b")] {
+            spec.volumes.push(Volume {
+                mount_tag: tag.into(),
+                host_path: dir.into(),
+            });
+        }
+        let vm = assemble(&spec).unwrap();
+        let argv = vm.argv(Syntax::Options).unwrap();
+        let ids = device_ids(&argv);
+        let channel = ids.iter().position(|id| id == "channel0").unwrap();
+        assert_eq!(
+            ids[channel - 2..channel],
+            ["vhost-user-fs0", "vhost-user-fs1"]
+        );
+        let devices = all(&argv, "-device");
+        assert!(devices.contains(
+            &"vhost-user-fs-pci,id=vhost-user-fs0,chardev=char-fs0,tag=kataShared,queue-size=1024"
+                .to_owned()
+        ));
+        assert!(all(&argv, "-chardev")
+            .contains(&"socket,id=char-fs1,path=/run/t/vhost-fs-1.sock".to_owned()));
+        // The daemons map guest RAM: a shared file backend.
+        assert_eq!(
+            all(&argv, "-object")[1],
+            "memory-backend-file,id=dimm1,size=2G,mem-path=/dev/shm,share=on"
+        );
+        assert_eq!(vm.virtiofs.len(), 2);
+        assert_eq!(
+            vm.virtiofs[1],
+            VirtiofsShare {
+                tag: "data".into(),
+                shared_dir: "/srv/b".into(),
+                socket: "/run/t/vhost-fs-1.sock".into(),
+                stderr: "/run/t/virtiofsd-1.stderr".into(),
+                daemon: "/usr/libexec/virtiofsd".into(),
+                cache: VirtioFsCache::Never,
+                inode_file_handles: Some(InodeFileHandles::Never),
+                extra_args: vec!["--thread-pool-size=1".into()],
+            }
+        );
+        // With 9p, the same volumes are 9p devices and there is no daemon.
+        spec.hypervisor.shared_fs = SharedFs::VirtioFs9p;
+        let vm = assemble(&spec).unwrap();
+        assert!(vm.virtiofs.is_empty());
+        assert!(device_ids(&vm.argv(Syntax::Options).unwrap())
+            .contains(&"extra-9p-data-dev".to_owned()));
+    }
+
+    #[test]
+    fn sharing_and_storage_rules() {
+        let volume = Volume {
+            mount_tag: "t".into(),
+            host_path: "/srv".into(),
+        };
+        let mut none = spec(GuestArch::Aarch64, Accelerator::Tcg);
+        none.hypervisor.shared_fs = SharedFs::None;
+        none.volumes.push(volume.clone());
+        assert_eq!(
+            assemble(&none).map(|_| ()).unwrap_err(),
+            Error::Conflict {
+                field: "volumes",
+                other: "hypervisor.shared_fs"
+            }
+        );
+        let mut no_daemon = none.clone();
+        no_daemon.hypervisor.shared_fs = SharedFs::VirtioFs;
+        let err = assemble(&no_daemon).map(|_| ()).unwrap_err().to_string();
+        assert!(
+            err.starts_with("`hypervisor.virtio_fs_daemon` is required"),
+            "{err}"
+        );
+        // Without volumes virtio-fs needs no daemon (only the shared RAM).
+        no_daemon.volumes.clear();
+        assert!(assemble(&no_daemon).unwrap().virtiofs.is_empty());
+
+        let mut store = spec(GuestArch::X86_64, Accelerator::Tcg);
+        store.hypervisor.enable_vhost_user_store = true;
+        let err = assemble(&store).map(|_| ()).unwrap_err().to_string();
+        assert!(
+            err.starts_with("`hypervisor.hugepages` is required"),
+            "{err}"
+        );
+        store.hypervisor.hugepages = true;
+        let argv = argv_for(&store);
+        let ram = all(&argv, "-object")
+            .into_iter()
+            .find(|o| o.contains("id=dimm1"))
+            .unwrap();
+        assert!(
+            ram.contains("share=on") && ram.contains("hugepages"),
+            "{ram}"
+        );
+    }
+
+    #[test]
+    fn seccomp_sandbox() {
+        let mut spec = spec(GuestArch::Aarch64, Accelerator::Tcg);
+        assert!(!argv_for(&spec).iter().any(|a| a == "-sandbox"));
+        spec.hypervisor.seccomp_sandbox = Some(hvarch_devices::config::Sandbox {
+            deny_obsolete: true,
+            deny_spawn: true,
+            ..Default::default()
+        });
+        assert_eq!(
+            after(&argv_for(&spec), "-sandbox"),
+            "on,obsolete=deny,spawn=deny"
+        );
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let base = || spec(GuestArch::Aarch64, Accelerator::Tcg);
         type Change = Box<dyn Fn(&mut VmSpec)>;
@@ -913,8 +1305,34 @@ mod tests {
                 "`vsock_cid`: invalid value \"2\"",
             ),
             (
-                Box::new(|s| s.arch = Some(GuestArch::S390x)),
-                "`arch`: no backend",
+                Box::new(|s| {
+                    s.arch = Some(GuestArch::S390x);
+                    s.hypervisor.iommu = true;
+                }),
+                "`hypervisor.iommu`: S390x does not support appending a vIOMMU",
+            ),
+            (
+                Box::new(|s| {
+                    s.arch = Some(GuestArch::Ppc64le);
+                    s.hypervisor.pcie_root_ports = 1;
+                }),
+                "`hypervisor.pcie_root_ports`",
+            ),
+            (
+                Box::new(|s| {
+                    s.arch = Some(GuestArch::S390x);
+                    let mut clash = hvarch_devices::balloon::BalloonDevice::new("balloon0");
+                    clash.virtio = hvarch_devices::transport::VirtioOpts {
+                        devno: Some("fe.0.0001".into()),
+                        ..hvarch_devices::transport::VirtioOpts::on(
+                            hvarch_devices::transport::Transport::Ccw,
+                        )
+                    };
+                    let mut other = clash.clone();
+                    other.id = "balloon1".into();
+                    s.extra_devices = vec![clash.into(), other.into()];
+                }),
+                "`extra_devices`: Unable to plug device balloon1 into slot 1",
             ),
             (
                 Box::new(|s| s.hypervisor.image_path = Some("/nonexistent.img".into())),
@@ -934,13 +1352,10 @@ mod tests {
                 "case {i}: {err:?} lacks {expected:?}"
             );
         }
-        let err = backend(GuestArch::Ppc64le, &HypervisorConfig::default()).unwrap_err();
-        assert_eq!(
-            err,
-            Error::NoBackend {
-                arch: GuestArch::Ppc64le
-            }
-        );
+        for arch in GuestArch::ALL {
+            let backend = backend(arch, &HypervisorConfig::default()).expect("every arch");
+            assert_eq!(backend.guest_arch(), arch);
+        }
     }
 
     proptest! {
@@ -948,7 +1363,7 @@ mod tests {
 
         #[test]
         fn arbitrary_numbers_never_panic(
-            arch in prop_oneof![Just(GuestArch::Aarch64), Just(GuestArch::X86_64)],
+            arch in proptest::sample::select(GuestArch::ALL.to_vec()),
             tcg in any::<bool>(),
             num_vcpus in any::<u32>(),
             default_max_vcpus in any::<u32>(),
@@ -959,8 +1374,8 @@ mod tests {
             pcie_root_ports in prop_oneof![0u32..40, any::<u32>()],
             host_memory_mb in proptest::option::of(any::<u64>()),
             host_cpus in proptest::option::of(any::<u32>()),
-            flags in proptest::collection::vec(any::<bool>(), 12),
-            machine in prop_oneof![Just(None), Just(Some("q35")), Just(Some("pc")), Just(Some("microvm")), Just(Some("virt"))],
+            flags in proptest::collection::vec(any::<bool>(), 13),
+            machine in prop_oneof![Just(None), Just(Some("q35")), Just(Some("pc")), Just(Some("microvm")), Just(Some("virt")), Just(Some("pseries")), Just(Some("s390-ccw-virtio"))],
         ) {
             let mut spec = spec(arch, if tcg { Accelerator::Tcg } else { Accelerator::Kvm });
             let h = &mut spec.hypervisor;
@@ -986,6 +1401,7 @@ mod tests {
             }
             spec.use_vsock = flags[10];
             spec.vsock_cid = flags[11].then_some(num_vcpus);
+            spec.host_nested = Some(flags[12]);
             spec.host_memory_mb = host_memory_mb;
             spec.host_cpus = host_cpus;
             match assemble(&spec) {

@@ -13,7 +13,10 @@ use hvarch_arch::ArchError;
 #[non_exhaustive]
 pub enum Error {
     /// hvarch has no backend for this guest architecture yet.
-    #[error("`arch`: no backend for guest architecture {arch} yet (available: aarch64, x86_64)")]
+    #[error(
+        "`arch`: no backend for guest architecture {arch} yet (available: aarch64, x86_64, \
+         ppc64le, s390x)"
+    )]
     NoBackend {
         /// The architecture asked for.
         arch: GuestArch,
@@ -67,6 +70,14 @@ pub enum Error {
         /// The device model's error (naming its own field).
         #[source]
         source: hvarch_devices::Error,
+    },
+    /// Whether the host is itself a VM could not be read (x86_64 hosts, KVM guests).
+    #[error("cannot read {path} to tell whether this host is a VM: {reason}; set `host_nested`")]
+    HostCpuInfo {
+        /// The file read.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
     },
     /// The host's memory size could not be read.
     #[error("cannot read the host memory size from {path}: {reason}; set `host_memory_mb`")]

@@ -1,7 +1,8 @@
 //! The launch plan both VM types follow (see [`crate::vm`]'s docs): what happens before QEMU
-//! starts, and what happens once its QMP client is negotiated, written once. The drivers only
-//! spawn (blocking, or awaiting the spawner thread's answer) and connect (a blocking or an
-//! async client).
+//! starts (the runtime directory, the QMP socket, the virtio-fs daemons, QEMU's command line),
+//! and what happens once its QMP client is negotiated, written once. The drivers only spawn
+//! (blocking, or awaiting the spawner thread's answer) and connect (a blocking or an async
+//! client).
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -16,18 +17,22 @@ use hvarch_devices::fd::{FdArg, FdTable};
 use hvarch_qmp::{Event, EventFilter};
 
 use crate::assemble::{Assembled, RuntimePaths};
-use crate::engine::Process;
+use crate::engine::{Held, Process};
 use crate::runtime_dir::{read_from_start, RuntimeDir};
+use crate::virtiofs::{DaemonEvents, Virtiofsd};
 use crate::vm::{io, LaunchOptions, VmError, VmResult};
 
 /// A VM ready to start: the runtime directory opened (and locked), the QMP socket bound with
-/// the client connected to it, QEMU's command line rendered with the listener as a
-/// descriptor, and its stderr file created.
+/// the client connected to it, the virtio-fs daemons serving their sockets, QEMU's command
+/// line rendered with the listener as a descriptor, and its stderr file created.
 pub(crate) struct Plan {
     assembled: Assembled,
-    runtime: RuntimeDir,
     client: UnixStream,
     stderr: File,
+    daemon_events: DaemonEvents,
+    /// Stopped before `runtime` is released if the launch fails.
+    virtiofs: Vec<Virtiofsd>,
+    runtime: RuntimeDir,
 }
 
 impl Plan {
@@ -55,6 +60,9 @@ impl Plan {
             .map_err(io(format!("connect to {}", paths.qmp.display())))?;
         let listener_fd = FdArg::from(OwnedFd::from(listener));
         let monitor = attach_qmp_fd(&mut assembled, listener_fd);
+        // The daemons serve their sockets before QEMU connects to them.
+        let daemon_events = DaemonEvents::new();
+        let virtiofs = start_virtiofs(&assembled, &runtime, &daemon_events)?;
         assembled
             .config
             .monitors
@@ -82,9 +90,11 @@ impl Plan {
         }
         let plan = Plan {
             assembled,
-            runtime,
             client,
             stderr: stderr_reader,
+            daemon_events,
+            virtiofs,
+            runtime,
         };
         Ok((plan, command, fds))
     }
@@ -98,20 +108,25 @@ impl Plan {
     ) -> VmResult<(Started<P>, UnixStream)> {
         let Plan {
             assembled,
-            runtime,
             client,
             stderr,
+            daemon_events,
+            virtiofs,
+            runtime,
         } = self;
+        // Dropped (the daemons stopped, then what hvarch created removed) if QEMU did not start.
+        let held = Held { virtiofs, runtime };
         let child = spawned.map_err(|e| VmError::Launch {
             reason: format!("cannot execute {}: {e}", assembled.qemu_path.display()),
             stderr: read_from_start(&stderr),
         })?;
         let mut process = Process::new(child);
-        process.keep_until_gone(runtime);
+        process.keep_until_gone(held);
         let started = Started {
             process: P::from(process),
             assembled,
             stderr,
+            daemon_events,
             at: Instant::now(),
         };
         Ok((started, client))
@@ -120,31 +135,31 @@ impl Plan {
 
 /// QEMU's process as a VM holds it: [`Process`] or, for an async VM, `AsyncProcess`.
 pub(crate) trait Qemu: From<Process> {
-    /// Its pid.
-    fn id(&self) -> u32;
+    /// The process.
+    fn process(&self) -> &Process;
 
-    /// Its exit status if it has exited, without waiting.
-    fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>>;
+    /// The process, mutable.
+    fn process_mut(&mut self) -> &mut Process;
 }
 
 impl Qemu for Process {
-    fn id(&self) -> u32 {
-        Process::id(self)
+    fn process(&self) -> &Process {
+        self
     }
 
-    fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
-        Process::try_wait(self)
+    fn process_mut(&mut self) -> &mut Process {
+        self
     }
 }
 
 #[cfg(feature = "tokio")]
 impl Qemu for crate::engine::AsyncProcess {
-    fn id(&self) -> u32 {
-        crate::engine::AsyncProcess::id(self)
+    fn process(&self) -> &Process {
+        crate::engine::AsyncProcess::process(self)
     }
 
-    fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
-        crate::engine::AsyncProcess::try_wait(self)
+    fn process_mut(&mut self) -> &mut Process {
+        crate::engine::AsyncProcess::process_mut(self)
     }
 }
 
@@ -153,6 +168,7 @@ pub(crate) struct Started<P> {
     process: P,
     assembled: Assembled,
     stderr: File,
+    daemon_events: DaemonEvents,
     at: Instant,
 }
 
@@ -177,10 +193,22 @@ impl<P: Qemu> Started<P> {
         let qmp = match connected {
             Ok(qmp) => qmp,
             Err(e) => {
-                let reason = match self.process.try_wait().ok().flatten() {
+                let process = self.process.process_mut();
+                let mut reason = match process.try_wait().ok().flatten() {
                     Some(status) => format!("QEMU exited ({status}) before QMP was ready"),
                     None => format!("QMP not ready: {e}"),
                 };
+                // A daemon that could not serve its share is a likely cause: say what it said.
+                for daemon in process.virtiofs() {
+                    let said = daemon.stderr();
+                    if !said.trim().is_empty() {
+                        reason.push_str(&format!(
+                            "; the virtio-fs daemon of share `{}` said: {}",
+                            daemon.tag(),
+                            said.trim()
+                        ));
+                    }
+                }
                 let stderr = read_from_start(&self.stderr);
                 return Err(VmError::Launch { reason, stderr });
             }
@@ -192,13 +220,20 @@ impl<P: Qemu> Started<P> {
             .find(|e| e.name == "SHUTDOWN")
             .map(crate::shutdown::shutdown_reason);
         let deleted = qmp.subscribe(EventFilter::name("DEVICE_DELETED"));
-        tracing::info!(pid = self.process.id(), elapsed = ?self.at.elapsed(), "QEMU ready");
+        let pid = self.process.process().id();
+        tracing::info!(pid, elapsed = ?self.at.elapsed(), "QEMU ready");
+        let core = crate::vm::Core::new(
+            self.assembled,
+            self.stderr,
+            early_shutdown,
+            self.daemon_events,
+        );
         Ok(Launched {
             process: self.process,
             qmp,
             shutdowns,
             deleted,
-            core: crate::vm::Core::new(self.assembled, self.stderr, early_shutdown),
+            core,
         })
     }
 }
@@ -259,8 +294,8 @@ fn name_in(paths: &RuntimePaths, path: &Path, field: &str) -> VmResult<OsString>
     }
 }
 
-/// The names hvarch and QEMU create in the runtime directory: the [`RuntimePaths`] files and
-/// the monitor sockets directly inside it.
+/// The names hvarch and QEMU create in the runtime directory: the [`RuntimePaths`] files, the
+/// monitor sockets and the virtio-fs daemons' sockets and stderr files directly inside it.
 pub(crate) fn runtime_names(assembled: &Assembled, options: &LaunchOptions) -> Vec<OsString> {
     let dir = assembled.paths.dir.as_path();
     let monitors = assembled
@@ -272,8 +307,12 @@ pub(crate) fn runtime_names(assembled: &Assembled, options: &LaunchOptions) -> V
             MonitorEndpoint::Path(path) => Some(path.as_path()),
             MonitorEndpoint::Fd(_) => None,
         });
+    let virtiofs = assembled
+        .virtiofs
+        .iter()
+        .flat_map(|share| [share.socket.as_path(), share.stderr.as_path()]);
     let mut names: Vec<OsString> = Vec::new();
-    for path in assembled.paths.files().chain(monitors) {
+    for path in assembled.paths.files().chain(monitors).chain(virtiofs) {
         if let (Some(parent), Some(name)) = (path.parent(), path.file_name()) {
             if parent == dir && !names.iter().any(|n| n == name) {
                 names.push(name.to_os_string());
@@ -297,4 +336,34 @@ fn attach_qmp_fd(assembled: &mut Assembled, fd: FdArg) -> usize {
             monitors.len() - 1
         }
     }
+}
+
+/// Starts the daemon of each virtio-fs share on a socket bound in the runtime directory
+/// (before QEMU, which connects to it), its stderr in a file beside QEMU's.
+fn start_virtiofs(
+    assembled: &Assembled,
+    runtime: &RuntimeDir,
+    events: &DaemonEvents,
+) -> VmResult<Vec<Virtiofsd>> {
+    let paths = &assembled.paths;
+    let mut daemons = Vec::with_capacity(assembled.virtiofs.len());
+    for share in &assembled.virtiofs {
+        let what = format!("start the virtio-fs daemon of share `{}`", share.tag);
+        if !share.shared_dir.is_dir() {
+            return Err(VmError::Io {
+                what: format!("{what}: shared directory {}", share.shared_dir.display()),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            });
+        }
+        let socket = name_in(paths, &share.socket, "virtiofs[].socket")?;
+        let stderr = name_in(paths, &share.stderr, "virtiofs[].stderr")?;
+        let listener = runtime
+            .bind(&socket)
+            .map_err(io(format!("bind {}", share.socket.display())))?;
+        let stderr = runtime
+            .create_file(&stderr)
+            .map_err(io(format!("create {}", share.stderr.display())))?;
+        daemons.push(Virtiofsd::spawn(share, listener, stderr, events).map_err(io(what))?);
+    }
+    Ok(daemons)
 }

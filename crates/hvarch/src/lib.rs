@@ -6,8 +6,9 @@
 //!
 //! - [`native`]: the host's backend, picked with `cfg_if!` on `target_arch` (the only
 //!   compile-time arch choice; every backend builds and is tested on every host).
-//! - [`backend`]: an arch backend ([`hvarch_arm64::Arm64`], [`hvarch_amd64::Amd64`]) as a
-//!   `Box<dyn QemuArch>`, chosen at run time.
+//! - [`backend`]: an arch backend ([`hvarch_arm64::Arm64`], [`hvarch_amd64::Amd64`],
+//!   [`hvarch_ppc64le::Ppc64le`], [`hvarch_s390x::S390x`]) as a `Box<dyn QemuArch>`, chosen
+//!   at run time.
 //! - [`VmSpec`]: what a user writes (TOML spec files deserialize into it).
 //! - [`assemble()`]: Kata's `createSandbox` — machine, CPU, topology, memory, kernel command
 //!   line and devices in Kata's order — producing an [`Assembled`] VM: a
@@ -19,6 +20,13 @@
 //!   never block a runtime thread.
 //! - [`engine`]: the flows above are sans-IO engines; [`Vm`] and `AsyncVm` are thin drivers
 //!   of the same engines (a blocking one and a tokio one).
+//! - [`probe`]: what a QEMU binary can do (machine types, devices, objects, accelerators),
+//!   asked over QMP; [`probe::check`] refuses a VM the binary cannot run, naming what it
+//!   lacks.
+//! - [`kata_config`]: Kata's own `configuration.toml` (`[hypervisor.qemu]`) read into a
+//!   [`VmSpec`] with Kata's defaults and clamps, and warnings for what hvarch does not honour.
+//! - [`virtiofs`]: the virtio-fs daemon (virtiofsd) of each shared directory, started and
+//!   supervised with the VM.
 //!
 //! ```
 //! use hvarch::{assemble, GuestArch, Syntax, VmSpec};
@@ -47,13 +55,16 @@ pub mod engine;
 pub mod error;
 pub mod host;
 pub mod hotplug;
+pub mod kata_config;
 mod launch;
 pub mod lifecycle;
 pub mod native;
+pub mod probe;
 pub mod runtime_dir;
 pub mod shutdown;
 mod spawn;
 pub mod spec;
+pub mod virtiofs;
 pub mod vm;
 
 pub use assemble::{assemble, backend, Assembled, RuntimePaths};
@@ -74,4 +85,9 @@ pub use hvarch_devices::config::Accelerator;
 pub use hvarch_devices::part::Syntax;
 
 /// The crates hvarch is built from, for types the facade does not re-export.
-pub use {hvarch_amd64, hvarch_arch, hvarch_arm64, hvarch_devices};
+pub use {hvarch_amd64, hvarch_arch, hvarch_arm64, hvarch_devices, hvarch_ppc64le, hvarch_s390x};
+
+/// The README's example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

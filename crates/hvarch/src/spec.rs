@@ -66,6 +66,12 @@ pub struct VmSpec {
     /// Host CPUs, which cap the vCPU ceiling as in Kata; this process's CPU count when unset.
     #[serde(default)]
     pub host_cpus: Option<u32>,
+    /// Whether the host is itself a VM (Kata's `RunningOnVMM`; read from `/proc/cpuinfo` on
+    /// x86_64 when unset, `false` elsewhere). Under KVM, unless
+    /// `hypervisor.disable_nesting_checks`, a nested host gets virtio-pci devices with
+    /// `disable-modern=on`.
+    #[serde(default)]
+    pub host_nested: Option<bool>,
     /// The agent talks over vhost-vsock (`agent.use_vsock=true`) instead of the virtio-serial
     /// channel `agent.channel.0` on `<runtime_dir>/kata.sock`.
     #[serde(default)]
@@ -115,6 +121,7 @@ impl VmSpec {
             runtime_dir: None,
             host_memory_mb: None,
             host_cpus: None,
+            host_nested: None,
             use_vsock: false,
             vsock_cid: None,
             vsock_fd: None,

@@ -17,6 +17,15 @@
 //! process (`PR_SET_PDEATHSIG`, from a spawner thread that lives as long as the process, since
 //! the kernel sends that signal when the thread that forked exits).
 //!
+//! # virtio-fs daemons
+//!
+//! Before QEMU, the launch starts the daemon of each virtio-fs share ([`crate::virtiofs`]) on
+//! a socket it binds in the runtime directory, under the same rules as QEMU (descriptors,
+//! process group, parent death). The daemons stop with the VM (after QEMU, before the runtime
+//! directory's files go); one that dies while the VM runs is published
+//! ([`Vm::subscribe_virtiofs_exits`]) and reported by [`Vm::check`] as
+//! [`VmError::VirtiofsDaemon`].
+//!
 //! # Lifetime
 //!
 //! The child is QEMU itself (no shell, no `-daemonize`). [`Vm::shutdown`] asks the guest to
@@ -52,6 +61,7 @@ use crate::engine::{Blocking, Process};
 use crate::launch::Launched;
 use crate::runtime_dir::RuntimeDirError;
 use crate::shutdown::ShutdownLadder;
+use crate::virtiofs::{DaemonEvents, Virtiofsd};
 
 pub use crate::shutdown::{EndedBy, ShutdownOutcome};
 
@@ -109,9 +119,14 @@ pub enum VmError {
         /// What went wrong (QEMU's `error-desc` when it gave one).
         reason: String,
     },
+    /// A virtio-fs daemon exited while the VM was running (see [`crate::virtiofs`]): its
+    /// share is gone from the guest. Kata stops the sandbox then; the caller decides.
+    #[error("{0}")]
+    VirtiofsDaemon(crate::virtiofs::DaemonExit),
 }
 
-fn stderr_suffix(stderr: &str) -> String {
+/// `; QEMU said: <stderr>`, or nothing when QEMU said nothing.
+pub(crate) fn stderr_suffix(stderr: &str) -> String {
     let trimmed = stderr.trim();
     if trimmed.is_empty() {
         String::new()
@@ -175,16 +190,24 @@ pub(crate) struct Core {
     early_shutdown: Option<String>,
     /// The first shutdown's outcome (later calls return it).
     outcome: Option<ShutdownOutcome>,
+    /// Where the virtio-fs daemons' unexpected exits are published.
+    pub(crate) daemon_events: DaemonEvents,
 }
 
 impl Core {
-    pub(crate) fn new(assembled: Assembled, stderr: File, early_shutdown: Option<String>) -> Core {
+    pub(crate) fn new(
+        assembled: Assembled,
+        stderr: File,
+        early_shutdown: Option<String>,
+        daemon_events: DaemonEvents,
+    ) -> Core {
         Core {
             hotplug: crate::hotplug::HotplugState::new(&assembled),
             assembled,
             stderr,
             early_shutdown,
             outcome: None,
+            daemon_events,
         }
     }
 
@@ -209,6 +232,17 @@ impl Core {
         tracing::info!(pid, %outcome, "VM ended");
         self.outcome = Some(outcome.clone());
         outcome
+    }
+}
+
+/// A virtio-fs daemon that died while the VM ran is an error.
+pub(crate) fn daemons_alive(daemons: &[Virtiofsd]) -> VmResult<()> {
+    match daemons
+        .iter()
+        .find_map(|d| d.exit().filter(|e| !e.expected))
+    {
+        Some(exit) => Err(VmError::VirtiofsDaemon(exit)),
+        None => Ok(()),
     }
 }
 
@@ -280,9 +314,22 @@ macro_rules! vm_methods {
         /// ends (otherwise it removes only the files it created there; see
         /// [`crate::runtime_dir`]).
         pub fn owns_runtime_dir(&self) -> bool {
-            self.process
+            $crate::launch::Qemu::process(&self.process)
                 .runtime()
                 .is_some_and($crate::runtime_dir::RuntimeDir::created)
+        }
+
+        /// The virtio-fs daemons, one per share, in the order of
+        /// [`Assembled::virtiofs`](crate::Assembled::virtiofs).
+        pub fn virtiofs_daemons(&self) -> &[$crate::virtiofs::Virtiofsd] {
+            $crate::launch::Qemu::process(&self.process).virtiofs()
+        }
+
+        /// A receiver of every virtio-fs daemon exit hvarch did not cause, from now on.
+        pub fn subscribe_virtiofs_exits(
+            &self,
+        ) -> std::sync::mpsc::Receiver<$crate::virtiofs::DaemonExit> {
+            self.core.daemon_events.subscribe()
         }
 
         /// The assembled VM this was launched from (its configuration and backend).
@@ -359,9 +406,11 @@ macro_rules! vm_methods {
             Ok($crate::vm::run_state(&self.qmp.execute_command(&query)$(.$await_)??))
         }
 
-        /// Checks the guest is healthy (Kata's `check`): an error if QEMU reports
+        /// Checks the VM is healthy (Kata's `check`): an error if a virtio-fs daemon has died
+        /// ([`VmError::VirtiofsDaemon`](crate::VmError::VirtiofsDaemon)) or QEMU reports
         /// `guest-panicked` or `internal-error`.
         pub $($async_)? fn check(&self) -> $crate::VmResult<()> {
+            $crate::vm::daemons_alive(self.virtiofs_daemons())?;
             $crate::vm::healthy(self.status()$(.$await_)??)
         }
 
@@ -390,9 +439,21 @@ macro_rules! vm_methods {
                 Ok(ladder) => ladder,
                 Err(outcome) => return Ok(outcome),
             };
+            // The daemons end with QEMU (it closes their sockets): expected from here.
+            for daemon in self.virtiofs_daemons() {
+                daemon.expect_exit();
+            }
             let (mut driver, _) = self.driver();
             let outcome = $crate::engine::Driver::run(&mut driver, ladder.engine())$(.$await_)??;
             self.qmp.close()$(.$await_)?;
+            let process = $crate::launch::Qemu::process_mut(&mut self.process);
+            let mut daemons = process.take_virtiofs();
+            let stop = move || {
+                $crate::engine::stop_virtiofs(&mut daemons);
+                Ok(daemons)
+            };
+            let daemons = Self::offload(stop)$(.$await_)??;
+            $crate::launch::Qemu::process_mut(&mut self.process).put_virtiofs(daemons);
             let pid = self.process.id();
             Ok(self.core.ended(pid, outcome))
         }
@@ -524,7 +585,10 @@ mod tests {
             .expect("spawn sleep");
         let pid = child.id();
         let mut process = Process::new(child);
-        process.keep_until_gone(runtime);
+        process.keep_until_gone(crate::engine::Held {
+            virtiofs: Vec::new(),
+            runtime,
+        });
         let (client, server) = FakeServer::spawn(move |mut conn| {
             conn.handshake();
             script(conn, pid);
@@ -536,7 +600,7 @@ mod tests {
             deleted: qmp.subscribe_filtered(EventFilter::name("DEVICE_DELETED")),
             qmp,
             process,
-            core: Core::new(assembled, stderr, None),
+            core: Core::new(assembled, stderr, None, DaemonEvents::new()),
         };
         (vm, server)
     }

@@ -225,6 +225,14 @@ fn hotpluggable_cpus() -> Value {
     ])
 }
 
+/// A tap endpoint with two queues and no vhost descriptors (s390x never uses vhost-net).
+fn endpoint_without_vhost() -> NetEndpoint {
+    NetEndpoint {
+        vhost_fds: Vec::new(),
+        ..endpoint()
+    }
+}
+
 scenarios! {
     fn virtio_blk_on_a_root_port_and_back() {
         let (mut fake, log) = Fake::logged(qemu_like(None));
@@ -1088,5 +1096,167 @@ scenarios! {
                 Ok(())
             })
             .unwrap();
+    }
+
+    fn s390x_block_and_network_are_numbered_from_the_ccw_bridge() {
+        let (mut fake, log) = Fake::logged(qemu_like(None));
+        let (mut vm, mut state) = new_vm(GuestArch::S390x, 0);
+        // serial0, scsi0 and rng0-dev took fe.0.0001 to fe.0.0003 at assembly.
+        assert_eq!(
+            vm.arch.get_bridges().iter().next().unwrap().devices.len(),
+            3
+        );
+        let mut hp = fake.hotplugger(vm.arch.as_mut(), &mut state);
+        let disk = finish(hp.add_block(&drive("drive0"), BlockDriver::VirtioBlk, Placement::Auto))
+            .unwrap();
+        assert_eq!(disk.pci_path, None);
+        assert_eq!(disk.ccw_address().as_deref(), Some("0.0.0004"));
+        let Location::Bridge(slot) = &disk.location else {
+            panic!("{:?}", disk.location);
+        };
+        assert_eq!((slot.bridge_id.as_str(), slot.slot), ("ccw-bridge-0", 4));
+        assert_eq!(
+            log.take(),
+            [
+                ("blockdev-add".into(), blockdev_add("drive0")),
+                (
+                    "device_add".into(),
+                    json!({"driver": "virtio-blk-ccw", "id": "virtio-drive0", "drive": "drive0",
+                           "share-rw": true, "devno": "fe.0.0004"})
+                ),
+            ]
+        );
+        // Kata 1.x numbered a hot-plugged NIC `fe.0.30303035` from a PCI slot's text: here the
+        // CCW bridge's next slot gives fe.0.0005, and there is no vhost-net on s390x.
+        let nic = finish(hp.add_network(&endpoint_without_vhost(), Placement::Auto))
+            .unwrap();
+        assert_eq!(nic.ccw_address().as_deref(), Some("0.0.0005"));
+        let mut expected: Vec<(String, Value)> = getfds().into_iter().take(2).collect();
+        expected.push((
+            "netdev_add".into(),
+            json!({"type": "tap", "id": "tap0", "fds": "virtio-tap0-fd0:virtio-tap0-fd1"}),
+        ));
+        expected.push((
+            "device_add".into(),
+            json!({"driver": "virtio-net-ccw", "id": "virtio-tap0", "netdev": "tap0",
+                   "mac": "52:54:00:12:34:56", "mq": true, "devno": "fe.0.0005"}),
+        ));
+        assert_eq!(log.take(), expected);
+        // Unplugged, the disk's number is the next one given.
+        finish(hp.unplug("virtio-drive0", T)).unwrap();
+        assert_eq!(log.names(), ["device_del", "blockdev-del"]);
+        let again = finish(hp.add_block(&drive("drive1"), BlockDriver::VirtioBlkCcw, Placement::Auto))
+            .unwrap();
+        assert_eq!(again.ccw_address().as_deref(), Some("0.0.0004"));
+        assert_eq!(log.take()[1].1["devno"], "fe.0.0004");
+        // No PCIe root ports on s390x.
+        assert!(matches!(
+            finish(hp.add_block(
+                &drive("drive2"),
+                BlockDriver::VirtioBlk,
+                Placement::RootPort
+            )),
+            Err(HotplugError::Placement { .. })
+        ));
+        assert!(log.take().is_empty());
+    }
+
+    fn a_refused_ccw_device_frees_its_number() {
+        let (mut fake, log) = Fake::logged(qemu_like(Some(("device_add", 1))));
+        let (mut vm, mut state) = new_vm(GuestArch::S390x, 0);
+        let mut hp = fake.hotplugger(vm.arch.as_mut(), &mut state);
+        finish(hp.add_block(&drive("drive0"), BlockDriver::VirtioBlkCcw, Placement::Auto))
+            .unwrap_err();
+        assert_eq!(log.names(), ["blockdev-add", "device_add", "blockdev-del"]);
+        let plugged = finish(hp.add_block(&drive("drive1"), BlockDriver::VirtioBlkCcw, Placement::Auto))
+            .unwrap();
+        assert_eq!(plugged.ccw_address().as_deref(), Some("0.0.0004"));
+    }
+
+    fn virtio_blk_ccw_needs_a_ccw_bridge() {
+        let (mut fake, log) = Fake::logged(qemu_like(None));
+        let (mut vm, mut state) = new_vm(GuestArch::Aarch64, 0);
+        let mut hp = fake.hotplugger(vm.arch.as_mut(), &mut state);
+        let err = finish(hp.add_block(&drive("drive0"), BlockDriver::VirtioBlkCcw, Placement::Auto))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("no more bridge slots available"),
+            "{err}"
+        );
+        assert!(log.take().is_empty());
+    }
+
+    fn pseries_hotplugs_on_its_pci_bridge() {
+        let (mut fake, log) = Fake::logged(qemu_like(None));
+        let (mut vm, mut state) = new_vm(GuestArch::Ppc64le, 0);
+        let mut hp = fake.hotplugger(vm.arch.as_mut(), &mut state);
+        let disk = finish(hp.add_block(&drive("drive0"), BlockDriver::VirtioBlk, Placement::Auto))
+            .unwrap();
+        assert_eq!(disk.ccw_address(), None);
+        assert_eq!(disk.pci_path.unwrap().to_string(), "02/01");
+        assert_eq!(
+            log.take()[1],
+            (
+                "device_add".into(),
+                json!({"driver": "virtio-blk-pci", "id": "virtio-drive0", "drive": "drive0",
+                       "bus": "pci-bridge-0", "addr": "01", "share-rw": true})
+            )
+        );
+    }
+
+    fn nvdimm_block_hotplug() {
+        let dir = std::env::temp_dir().join(format!(
+            "hvarch-nvdimm-{}-{}",
+            std::process::id(),
+            module_path!().replace("::", "-")
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("pmem.img");
+        std::fs::File::create(&file)
+            .and_then(|f| f.set_len(2 << 20))
+            .expect("image");
+        let (mut fake, log) = Fake::logged(qemu_like(None));
+        let (mut vm, mut state) = new_vm(GuestArch::X86_64, 0);
+        let mut hp = fake.hotplugger(vm.arch.as_mut(), &mut state);
+        let mut pmem = drive("pmem0");
+        pmem.file = file.clone();
+        let plugged = finish(hp.add_block(&pmem, BlockDriver::Nvdimm, Placement::Auto))
+            .unwrap();
+        assert_eq!(plugged.id, "nvdimmpmem0");
+        assert_eq!(plugged.location, Location::AsGiven);
+        let path = file.to_str().expect("utf-8 temp path");
+        assert_eq!(
+            log.take(),
+            [
+                (
+                    "object-add".into(),
+                    json!({"qom-type": "memory-backend-file", "id": "nvdimmbackmempmem0",
+                           "size": 2 << 20, "mem-path": path, "share": true})
+                ),
+                (
+                    "device_add".into(),
+                    json!({"driver": "nvdimm", "id": "nvdimmpmem0",
+                           "memdev": "nvdimmbackmempmem0"})
+                ),
+            ]
+        );
+        // A read-only drive is mapped read-only, and the NVDIMM disarmed.
+        let mut ro = pmem.clone();
+        ro.id = "pmem1".into();
+        ro.read_only = true;
+        finish(hp.add_block(&ro, BlockDriver::Nvdimm, Placement::Auto))
+            .unwrap();
+        let sent = log.take();
+        assert_eq!(sent[0].1["readonly"], true);
+        assert_eq!(sent[1].1["unarmed"], true);
+        // A missing file: nothing is sent.
+        let mut missing = pmem;
+        missing.id = "pmem2".into();
+        missing.file = dir.join("missing.img");
+        let err = finish(hp.add_block(&missing, BlockDriver::Nvdimm, Placement::Auto))
+            .unwrap_err();
+        assert!(err.to_string().contains("missing.img"), "{err}");
+        assert!(log.take().is_empty());
+        std::fs::remove_dir_all(&dir).expect("remove temp dir");
     }
 }

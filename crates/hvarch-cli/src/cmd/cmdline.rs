@@ -3,20 +3,17 @@
 use std::path::PathBuf;
 
 use clap::ValueEnum;
-use hvarch::{assemble, Accelerator, GuestArch, Syntax, VmSpec};
+use hvarch::probe::{self, ProbeError};
+use hvarch::{assemble, Syntax};
 
-use crate::cmd::probe;
-use crate::spec_file;
+use crate::output::{CliResult, Output};
+use crate::spec_file::{self, SpecOptions};
 
 /// Arguments of `hvarch cmdline`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Guest architecture (overrides the spec's `arch`; default: the spec's, else the host's).
-    #[arg(long, value_parser = parse_arch)]
-    pub arch: Option<GuestArch>,
-    /// Accelerator (overrides the spec's `hypervisor.accelerator`).
-    #[arg(long, value_enum)]
-    pub accel: Option<Accel>,
+    #[command(flatten)]
+    pub options: SpecOptions,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Shell)]
     pub format: Format,
@@ -25,15 +22,6 @@ pub struct Args {
     pub no_check: bool,
     /// The VM spec (TOML). Without it, Kata's default VM.
     pub spec: Option<PathBuf>,
-}
-
-/// `--accel`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Accel {
-    /// Linux KVM.
-    Kvm,
-    /// QEMU's TCG emulation.
-    Tcg,
 }
 
 /// `--format`.
@@ -47,53 +35,25 @@ pub enum Format {
     Json,
 }
 
-pub fn parse_arch(text: &str) -> Result<GuestArch, String> {
-    text.parse()
-        .map_err(|e: hvarch::hvarch_arch::guest_arch::UnknownArch| e.to_string())
-}
-
 /// Runs the subcommand.
-pub fn run(args: &Args) -> Result<(), String> {
-    let mut spec = match &args.spec {
-        Some(path) => spec_file::load(path)?,
-        None => VmSpec::kata_default(),
-    };
-    apply_overrides(&mut spec, args.arch, args.accel);
-    let context = |e: hvarch::Error| match &args.spec {
-        Some(path) => format!("{}: {e}", path.display()),
-        None => format!("default VM: {e}"),
-    };
-    let vm = assemble(&spec).map_err(context)?;
-    let argv = vm.argv(Syntax::Options).map_err(context)?;
+pub fn run(args: &Args) -> CliResult {
+    let loaded = spec_file::load(args.spec.as_deref(), &args.options)?;
+    loaded.print_warnings();
+    let vm = assemble(&loaded.spec).map_err(|e| loaded.context(e))?;
+    let argv = vm.argv(Syntax::Options).map_err(|e| loaded.context(e))?;
     if !args.no_check {
         // The binary is asked for the machine and devices, not the accelerator: a KVM
         // command line may be printed on a host (or for a guest arch) without KVM.
-        let checked = probe::check_assembled(&vm, false).map_err(|e| match &args.spec {
-            Some(path) => format!("{}: {e}", path.display()),
-            None => format!("default VM: {e}"),
-        })?;
-        if checked.is_none() {
-            eprintln!(
+        match probe::check_without_accelerator(&vm) {
+            Ok(_) => {}
+            Err(ProbeError::NotFound { binary }) => eprintln!(
                 "hvarch: note: {} not found; machine and devices not checked",
-                vm.qemu_path.display()
-            );
+                binary.display()
+            ),
+            Err(e) => return Err(loaded.context(e).into()),
         }
     }
-    println!("{}", render(&argv, args.format));
-    Ok(())
-}
-
-/// Applies `--arch` and `--accel` to `spec`.
-pub fn apply_overrides(spec: &mut VmSpec, arch: Option<GuestArch>, accel: Option<Accel>) {
-    if let Some(arch) = arch {
-        spec.arch = Some(arch);
-    }
-    if let Some(accel) = accel {
-        spec.hypervisor.accelerator = match accel {
-            Accel::Kvm => Accelerator::Kvm,
-            Accel::Tcg => Accelerator::Tcg,
-        };
-    }
+    Output::stdout().line(render(&argv, args.format))
 }
 
 /// The argv in `format` (without a trailing newline).

@@ -10,20 +10,19 @@
 //! prints events as they arrive, and leaves on `quit`, `exit` or end of input. A `quit` is
 //! therefore never sent to QEMU from the shell: use `system_powerdown`, or the one-shot form
 //! (`hvarch qmp SOCKET quit`).
-//! When standard input is not a terminal the shell reads plain lines, without a prompt.
+//! When standard input or output is not a terminal the shell reads plain lines, without a
+//! prompt, and prints replies and events in the order they arrive.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::mpsc;
 use std::time::Duration;
 
-use hvarch_qmp::{Config, Qmp};
-use rustyline::completion::Completer;
-use rustyline::highlight::Highlighter;
-use rustyline::hint::Hinter;
-use rustyline::validate::Validator;
-use rustyline::{Context, Editor, ExternalPrinter, Helper};
+use hvarch_qmp::{Config, Event, EventSubscription, Qmp};
 use serde_json::{json, Value};
+
+use crate::line_editor::{Editor, Read};
+use crate::output::{CliError, CliResult, Output};
 
 /// Arguments of `hvarch qmp`.
 #[derive(Debug, clap::Args)]
@@ -40,7 +39,7 @@ pub struct Args {
 }
 
 /// Runs the subcommand.
-pub fn run(args: &Args) -> Result<(), String> {
+pub fn run(args: &Args) -> CliResult {
     let timeout = Duration::from_secs(args.timeout.max(1));
     let config = Config {
         greeting_timeout: timeout,
@@ -56,11 +55,15 @@ pub fn run(args: &Args) -> Result<(), String> {
     let result = match &args.command {
         Some(command) => {
             let arguments = parse_arguments(args.arguments.as_deref())?;
-            qmp.execute_raw(command, arguments)
-                .map(|reply| println!("{}", pretty(&reply)))
-                .map_err(|e| e.to_string())
+            match qmp.execute_raw(command, arguments) {
+                Ok(reply) => Output::stdout().line(pretty(&reply)),
+                Err(e) => Err(e.to_string().into()),
+            }
         }
-        None => shell(&qmp),
+        None if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() => {
+            interactive(&qmp)
+        }
+        None => plain(&qmp),
     };
     qmp.close();
     result
@@ -102,74 +105,115 @@ fn pretty(value: &Value) -> String {
     serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
 }
 
-fn event_text(event: &hvarch_qmp::Event) -> String {
+fn event_text(event: &Event) -> String {
     format!(
         "event {}",
         serde_json::to_string(&event.to_json()).unwrap_or_default()
     )
 }
 
-/// Executes one shell line; `false` to leave.
-fn execute_line(qmp: &Qmp, line: &str) -> bool {
+/// What a shell line asks for.
+enum Outcome {
+    /// Leave the shell.
+    Leave,
+    /// Print this (a reply, an error, the help).
+    Print(String),
+    /// Nothing (an empty line).
+    Nothing,
+}
+
+/// Executes one shell line.
+fn execute_line(qmp: &Qmp, line: &str) -> Outcome {
     let line = line.trim();
     match line {
-        "" => return true,
-        "quit" | "exit" | "q" => return false,
+        "" => return Outcome::Nothing,
+        "quit" | "exit" | "q" => return Outcome::Leave,
         "help" => {
-            println!(
-                "`command {{\"json\": \"args\"}}` or a QMP JSON message; Tab completes \
-                 command names; `quit` leaves (to stop QEMU: system_powerdown)"
-            );
-            return true;
+            return Outcome::Print(
+                "`command {\"json\": \"args\"}` or a QMP JSON message; Tab completes command \
+                 names; `quit` leaves (to stop QEMU: system_powerdown)"
+                    .into(),
+            )
         }
         _ => {}
     }
-    match parse_line(line) {
+    Outcome::Print(match parse_line(line) {
         Ok((name, arguments)) => match qmp.execute_raw(&name, arguments) {
-            Ok(reply) => println!("{}", pretty(&reply)),
-            Err(e) => println!("error: {e}"),
+            Ok(reply) => pretty(&reply),
+            Err(e) => format!("error: {e}"),
         },
-        Err(e) => println!("error: {e}"),
-    }
-    let _ = std::io::stdout().flush();
-    true
+        Err(e) => format!("error: {e}"),
+    })
 }
 
-fn shell(qmp: &Qmp) -> Result<(), String> {
+/// What the plain shell waits for.
+enum Input {
+    Line(String),
+    Event(Event),
+    End,
+}
+
+/// The shell without a terminal: lines from stdin, replies and events on stdout, in the
+/// order they arrive, printed by this thread alone.
+fn plain(qmp: &Qmp) -> CliResult {
+    let (tx, rx) = mpsc::channel();
     let events = qmp.subscribe();
+    let mut out = Output::stdout();
     for event in qmp.take_early_events() {
-        println!("{}", event_text(&event));
+        out.line(event_text(&event))?;
     }
-    if !std::io::stdin().is_terminal() {
-        std::thread::spawn(move || {
-            for event in events {
-                let mut out = std::io::stdout().lock();
-                let _ = writeln!(out, "{}", event_text(&event));
-                let _ = out.flush();
-            }
-        });
+    forward_events(events, tx.clone());
+    std::thread::spawn(move || {
         for line in std::io::stdin().lock().lines() {
-            let line = line.map_err(|e| format!("read stdin: {e}"))?;
-            if !execute_line(qmp, &line) {
+            let Ok(line) = line else { break };
+            if tx.send(Input::Line(line)).is_err() {
+                return;
+            }
+        }
+        let _ = tx.send(Input::End);
+    });
+    while let Ok(input) = rx.recv() {
+        match input {
+            Input::Line(line) => match execute_line(qmp, &line) {
+                Outcome::Leave => break,
+                Outcome::Print(text) => out.line(text)?,
+                Outcome::Nothing => {}
+            },
+            Input::Event(event) => out.line(event_text(&event))?,
+            Input::End => break,
+        }
+    }
+    // The events the last commands caused may still be on their way.
+    while let Ok(input) = rx.recv_timeout(Duration::from_millis(100)) {
+        if let Input::Event(event) = input {
+            out.line(event_text(&event))?;
+        }
+    }
+    Ok(())
+}
+
+fn forward_events(events: EventSubscription, tx: mpsc::Sender<Input>) {
+    std::thread::spawn(move || {
+        for event in events {
+            if tx.send(Input::Event(event)).is_err() {
                 break;
             }
         }
-        // Let the event printer show what the last commands caused.
-        std::thread::sleep(Duration::from_millis(100));
-        return Ok(());
-    }
+    });
+}
 
+/// The shell on a terminal: a line editor; events are printed above the prompt as they
+/// arrive, and the prompt and the line being typed are drawn again below them.
+fn interactive(qmp: &Qmp) -> CliResult {
+    let events = qmp.subscribe();
     let commands = qmp
         .execute_raw("query-commands", json!({}))
         .map(|list| {
-            let mut names: Vec<String> = list
-                .as_array()
+            list.as_array()
                 .into_iter()
                 .flatten()
                 .filter_map(|c| c.get("name").and_then(Value::as_str).map(str::to_owned))
-                .collect();
-            names.sort();
-            names
+                .collect::<Vec<_>>()
         })
         .unwrap_or_default();
     eprintln!(
@@ -177,86 +221,32 @@ fn shell(qmp: &Qmp) -> Result<(), String> {
         qmp.version(),
         commands.len()
     );
-    // Tab completes the longest common prefix, a second Tab lists the candidates.
-    let config = rustyline::Config::builder()
-        .completion_type(rustyline::CompletionType::List)
-        .auto_add_history(false)
-        .build();
-    let mut editor: Editor<CommandNames, rustyline::history::DefaultHistory> =
-        Editor::with_config(config).map_err(|e| format!("line editor: {e}"))?;
-    editor.set_helper(Some(CommandNames(Arc::new(commands))));
-    match editor.create_external_printer() {
-        Ok(mut printer) => {
-            std::thread::spawn(move || {
-                for event in events {
-                    if printer.print(format!("{}\n", event_text(&event))).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-        Err(_) => {
-            std::thread::spawn(move || {
-                for event in events {
-                    println!("{}", event_text(&event));
-                }
-            });
-        }
+    let mut editor = Editor::new(commands);
+    let terminal = |e: std::io::Error| CliError::from_write(&e);
+    for event in qmp.take_early_events() {
+        editor.print(&event_text(&event)).map_err(terminal)?;
     }
-    loop {
-        match editor.readline("qmp> ") {
-            Ok(line) => {
-                if !line.trim().is_empty() {
-                    let _ = editor.add_history_entry(line.as_str());
-                }
-                if !execute_line(qmp, &line) {
-                    break;
-                }
-                if !qmp.is_connected() {
-                    eprintln!("QMP connection closed");
-                    break;
-                }
+    let printer = editor.printer();
+    std::thread::spawn(move || {
+        for event in events {
+            if printer.print(&event_text(&event)).is_err() {
+                break;
             }
-            Err(rustyline::error::ReadlineError::Interrupted) => continue,
-            Err(rustyline::error::ReadlineError::Eof) => break,
-            Err(e) => return Err(format!("line editor: {e}")),
+        }
+    });
+    while let Read::Line(line) = editor.read_line("qmp> ").map_err(terminal)? {
+        match execute_line(qmp, &line) {
+            Outcome::Leave => break,
+            Outcome::Print(text) => editor.print(&text).map_err(terminal)?,
+            Outcome::Nothing => {}
+        }
+        if !qmp.is_connected() {
+            eprintln!("QMP connection closed");
+            break;
         }
     }
     Ok(())
 }
-
-/// Tab completion of the first word from the server's command names.
-struct CommandNames(Arc<Vec<String>>);
-
-impl Completer for CommandNames {
-    type Candidate = String;
-
-    fn complete(
-        &self,
-        line: &str,
-        pos: usize,
-        _ctx: &Context<'_>,
-    ) -> rustyline::Result<(usize, Vec<String>)> {
-        let head = &line[..pos];
-        if head.contains(char::is_whitespace) {
-            return Ok((pos, Vec::new()));
-        }
-        let matches = self
-            .0
-            .iter()
-            .filter(|name| name.starts_with(head))
-            .cloned()
-            .collect();
-        Ok((0, matches))
-    }
-}
-
-impl Hinter for CommandNames {
-    type Hint = String;
-}
-impl Highlighter for CommandNames {}
-impl Validator for CommandNames {}
-impl Helper for CommandNames {}
 
 #[cfg(test)]
 mod tests {

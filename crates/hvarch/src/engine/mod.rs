@@ -77,6 +77,7 @@ mod tokio;
 pub use self::tokio::{AsyncDriver, AsyncProcess, Awaited, Tokio};
 pub use blocking::Blocking;
 pub use process::Process;
+pub(crate) use process::{stop_virtiofs, Held};
 
 /// One QMP exchange an engine asks its driver to carry out.
 ///

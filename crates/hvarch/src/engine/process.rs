@@ -9,7 +9,8 @@
 //! user-mode emulators) a wait checks the child every few milliseconds instead.
 //!
 //! Dropping a [`Process`] whose child has not been reaped kills (SIGKILL) and reaps it, then
-//! releases what was to outlive it (a VM's runtime directory, see [`crate::runtime_dir`]).
+//! releases what was to outlive it: a VM's virtio-fs daemons ([`crate::virtiofs`]), then its
+//! runtime directory ([`crate::runtime_dir`]).
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 use crate::engine::deadline;
 use crate::runtime_dir::RuntimeDir;
+use crate::virtiofs::Virtiofsd;
 
 /// How often a wait checks the child when there is no pidfd to wait on.
 pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(5);
@@ -42,8 +44,8 @@ pub struct Process {
     exit: Option<ExitStatus>,
     /// Readable once the child exits (`pidfd_open`), when the kernel has it.
     pidfd: Option<OwnedFd>,
-    /// What is released once the child is gone: a VM's runtime directory.
-    runtime: Option<RuntimeDir>,
+    /// What is released once the child is gone.
+    held: Option<Held>,
     /// Reaped by a background thread (see [`Process::reap_in_background`]).
     detached: bool,
 }
@@ -56,19 +58,39 @@ impl Process {
             child,
             exit: None,
             pidfd,
-            runtime: None,
+            held: None,
             detached: false,
         }
     }
 
-    /// Releases `runtime` only once the child is gone (reaped).
-    pub(crate) fn keep_until_gone(&mut self, runtime: RuntimeDir) {
-        self.runtime = Some(runtime);
+    /// Releases `held` only once the child is gone (reaped).
+    pub(crate) fn keep_until_gone(&mut self, held: Held) {
+        self.held = Some(held);
     }
 
     /// The runtime directory released with the child, if any.
     pub(crate) fn runtime(&self) -> Option<&RuntimeDir> {
-        self.runtime.as_ref()
+        self.held.as_ref().map(|held| &held.runtime)
+    }
+
+    /// The virtio-fs daemons stopped once the child is gone.
+    pub(crate) fn virtiofs(&self) -> &[Virtiofsd] {
+        self.held.as_ref().map_or(&[], |held| &held.virtiofs)
+    }
+
+    /// Takes the virtio-fs daemons (to stop them; [`Process::put_virtiofs`] gives them back).
+    pub(crate) fn take_virtiofs(&mut self) -> Vec<Virtiofsd> {
+        self.held
+            .as_mut()
+            .map(|held| std::mem::take(&mut held.virtiofs))
+            .unwrap_or_default()
+    }
+
+    /// Gives back the daemons of [`Process::take_virtiofs`].
+    pub(crate) fn put_virtiofs(&mut self, daemons: Vec<Virtiofsd>) {
+        if let Some(held) = self.held.as_mut() {
+            held.virtiofs = daemons;
+        }
     }
 
     /// The child's pid.
@@ -142,17 +164,24 @@ impl Process {
             return;
         }
         self.detached = true;
-        let runtime = self.runtime.take();
-        if self.exit.is_some() {
-            drop(runtime);
+        let held = self.held.take();
+        let exited = self.exit.is_some();
+        if exited && held.as_ref().is_none_or(|held| held.virtiofs.is_empty()) {
+            // Nothing to wait for: the runtime directory's files go at once.
+            drop(held);
             return;
         }
-        let _ = self.child.kill();
+        if !exited {
+            let _ = self.child.kill();
+        }
         let pid = self.child.id();
         let reap = move || {
-            let status = waitpid(pid);
-            tracing::debug!(pid, ?status, "QEMU reaped in the background");
-            drop(runtime);
+            if !exited {
+                let status = waitpid(pid);
+                tracing::debug!(pid, ?status, "QEMU reaped in the background");
+            }
+            // Stops the daemons (a wait for each), then removes the runtime directory's files.
+            drop(held);
         };
         if let Err(e) = std::thread::Builder::new()
             .name("hvarch-reaper".into())
@@ -160,7 +189,9 @@ impl Process {
         {
             // No thread to hand it to: the reap is not lost, it happens here.
             tracing::warn!(pid, error = %e, "cannot start a reaper thread; reaping inline");
-            let _ = waitpid(pid);
+            if !exited {
+                let _ = waitpid(pid);
+            }
         }
     }
 }
@@ -171,7 +202,34 @@ impl Drop for Process {
             let _ = self.child.kill();
             let _ = self.wait();
         }
-        // `runtime` is dropped next, with the child gone.
+        // `held` is dropped next, with the child gone.
+    }
+}
+
+/// What outlives QEMU until it is gone (see [`Process::keep_until_gone`]): its virtio-fs
+/// daemons, stopped first (they end when QEMU closes their sockets), then the VM's runtime
+/// directory, which removes what hvarch created.
+#[derive(Debug)]
+pub(crate) struct Held {
+    /// The daemons, one per share.
+    pub(crate) virtiofs: Vec<Virtiofsd>,
+    /// The runtime directory (dropped after the daemons).
+    pub(crate) runtime: RuntimeDir,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        stop_virtiofs(&mut self.virtiofs);
+    }
+}
+
+/// Stops `daemons` (their exit expected), each waited for.
+pub(crate) fn stop_virtiofs(daemons: &mut [Virtiofsd]) {
+    for daemon in daemons.iter() {
+        daemon.expect_exit();
+    }
+    for daemon in daemons {
+        daemon.stop();
     }
 }
 

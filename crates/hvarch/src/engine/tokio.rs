@@ -252,9 +252,14 @@ impl AsyncProcess {
             .ok_or_else(|| io::Error::other("QEMU did not exit after SIGKILL"))
     }
 
-    /// The runtime directory released with the child, if any.
-    pub(crate) fn runtime(&self) -> Option<&crate::runtime_dir::RuntimeDir> {
-        self.process.runtime()
+    /// The process it drives.
+    pub(crate) fn process(&self) -> &Process {
+        &self.process
+    }
+
+    /// The process it drives, mutable.
+    pub(crate) fn process_mut(&mut self) -> &mut Process {
+        &mut self.process
     }
 }
 

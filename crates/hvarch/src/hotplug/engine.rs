@@ -10,6 +10,7 @@ use hvarch_devices::fd::QmpFdNames;
 use hvarch_devices::memory::{MemoryDevice, MemoryDeviceKind};
 use hvarch_devices::part::{Part, QmpCall};
 use hvarch_devices::pci::PciAddr;
+use hvarch_devices::transport::Transport;
 use hvarch_devices::{Device, QemuDevice};
 use hvarch_qmp::{commands, Command, EventFilter};
 use serde_json::{json, Value};
@@ -133,6 +134,8 @@ struct Placed {
     addr: Option<PciAddr>,
     path: Option<PciPath>,
     set: bool,
+    /// A CCW device's number (a CCW bridge slot): set instead of a bus and address.
+    devno: Option<String>,
 }
 
 /// A failed plug after its rollback: the error, and the removals QEMU did not confirm (the
@@ -183,7 +186,10 @@ impl Flows<'_> {
         if self.state.pending_removals.contains_key(&id) {
             return Err(HotplugError::RemovalPending { id });
         }
-        let placed = self.place(&id, &name, placement).await?;
+        let ccw = device
+            .virtio()
+            .is_some_and(|v| v.transport == Transport::Ccw);
+        let placed = self.place(&id, &name, placement, ccw).await?;
         match self.plug_placed(&mut device, &id, &name, &placed).await {
             Ok(plugged) => {
                 self.state.insert(plugged.clone());
@@ -217,8 +223,16 @@ impl Flows<'_> {
     }
 
     /// Takes a place for device `id` (a root port or a bridge slot) and computes its path.
-    async fn place(&mut self, id: &str, name: &str, placement: Placement) -> HotplugResult<Placed> {
+    /// A CCW device (`ccw`) goes to a CCW bridge slot, which gives its device number.
+    async fn place(
+        &mut self,
+        id: &str,
+        name: &str,
+        placement: Placement,
+        ccw: bool,
+    ) -> HotplugResult<Placed> {
         let placement = match placement {
+            Placement::Auto if ccw => Placement::Bridge,
             Placement::Auto if !self.state.free_root_ports().is_empty() => Placement::RootPort,
             Placement::Auto => Placement::Bridge,
             other => other,
@@ -229,6 +243,7 @@ impl Flows<'_> {
             addr,
             path: None,
             set: true,
+            devno: None,
         };
         match placement {
             Placement::AsIs => Ok(Placed {
@@ -240,7 +255,7 @@ impl Flows<'_> {
                 location: Location::RootBus,
                 ..given(None, None)
             }),
-            Placement::Bridge => self.place_on_bridge(id, name),
+            Placement::Bridge => self.place_on_bridge(id, name, ccw),
             Placement::RootPort => {
                 let port = self.free_root_port(name)?;
                 let slot = self.root_port_slot(&port, name).await?;
@@ -255,26 +270,52 @@ impl Flows<'_> {
                     addr: None,
                     path: Some(path),
                     set: true,
+                    devno: None,
                 })
             }
             Placement::Auto => unreachable!("resolved above"),
         }
     }
 
-    fn place_on_bridge(&mut self, id: &str, name: &str) -> HotplugResult<Placed> {
-        let bridge_type = self
-            .arch
-            .get_bridges()
-            .iter()
-            .next()
-            .map_or(BridgeType::Pci, |b| b.bridge_type);
+    /// A slot on a bridge: a CCW bridge for a CCW device (the slot is its device number),
+    /// else the first PCI(e) bridge.
+    fn place_on_bridge(&mut self, id: &str, name: &str, ccw: bool) -> HotplugResult<Placed> {
+        let bridge_type = if ccw {
+            BridgeType::Ccw
+        } else {
+            self.arch
+                .get_bridges()
+                .iter()
+                .map(|b| b.bridge_type)
+                .find(|t| *t != BridgeType::Ccw)
+                .unwrap_or(BridgeType::Pci)
+        };
+        let arch_error = |source| HotplugError::Arch {
+            device: name.to_owned(),
+            source,
+        };
         let slot = self
             .arch
             .add_device_to_bridge(id, bridge_type)
-            .map_err(|source| HotplugError::Arch {
-                device: name.to_owned(),
-                source,
-            })?;
+            .map_err(arch_error)?;
+        if bridge_type == BridgeType::Ccw {
+            // The slot is the device number (Kata 1.x's network hotplug took a PCI slot
+            // here and hex-encoded its text: see hvarch-s390x).
+            return match slot.ccw_devno() {
+                Ok(devno) => Ok(Placed {
+                    location: Location::Bridge(slot),
+                    bus: None,
+                    addr: None,
+                    path: None,
+                    set: false,
+                    devno: Some(devno),
+                }),
+                Err(source) => {
+                    let _ = self.arch.remove_device_from_bridge(id);
+                    Err(arch_error(source))
+                }
+            };
+        }
         let placed = slot
             .pci_path()
             .map(|path| (path, slot_addr(slot.slot)))
@@ -289,6 +330,7 @@ impl Flows<'_> {
                     addr: Some(addr),
                     path: Some(path),
                     set: true,
+                    devno: None,
                 }),
                 (_, None) => Err(HotplugError::Placement {
                     device: name.to_owned(),
@@ -375,6 +417,15 @@ impl Flows<'_> {
                     reason,
                 })
             })?;
+        }
+        if let Some(devno) = &placed.devno {
+            let virtio = device.virtio_mut().ok_or_else(|| {
+                refused(HotplugError::Placement {
+                    device: name.to_owned(),
+                    reason: "a CCW bridge slot needs a virtio device".into(),
+                })
+            })?;
+            virtio.devno = Some(devno.clone());
         }
         let device_error = |source| {
             refused(HotplugError::Device {

@@ -8,8 +8,9 @@ use hvarch_arch::guest_arch::GuestArch;
 use hvarch_arch::resources::{BlockDrive, NetEndpoint, VfioDev, VhostUserDevice, VhostUserKind};
 use hvarch_arch::settings::BlockDriver;
 use hvarch_devices::cpu::CpuDevice;
-use hvarch_devices::memory::{MemoryBackend, MemoryDevice};
+use hvarch_devices::memory::{MemoryBackend, MemoryBackendKind, MemoryDevice, MemoryDeviceKind};
 use hvarch_devices::scsi::ScsiDisk;
+use hvarch_devices::transport::Transport;
 use hvarch_devices::{Device, QemuDevice};
 use hvarch_qmp::commands;
 use serde_json::Value;
@@ -62,6 +63,13 @@ pub(super) fn block(
     placement: Placement,
 ) -> Built {
     let name = format!("block drive {}", drive.id);
+    if driver == BlockDriver::Nvdimm {
+        let nvdimm = nvdimm_drive(drive).map_err(|reason| HotplugError::Invalid {
+            what: "add_block",
+            reason,
+        })?;
+        return Ok((nvdimm.into(), Placement::AsIs));
+    }
     let mut disk = build_as!(Block, "add_block", arch, &name, |arch, built| arch
         .append_block_device(built, drive));
     disk.id = format!("virtio-{}", drive.id);
@@ -69,6 +77,11 @@ pub(super) fn block(
     disk.share_rw = true;
     match driver {
         BlockDriver::VirtioBlk => Ok((disk.into(), placement)),
+        BlockDriver::VirtioBlkCcw => {
+            disk.virtio.transport = Transport::Ccw;
+            disk.virtio.disable_modern = false;
+            Ok((disk.into(), placement))
+        }
         BlockDriver::VirtioScsi => {
             let bus = state
                 .scsi_bus
@@ -91,6 +104,27 @@ pub(super) fn block(
             ),
         }),
     }
+}
+
+/// Kata's hot-plugged NVDIMM for `drive` (govmm's `ExecuteNVDIMMDeviceAdd`): a shared
+/// `memory-backend-file` `nvdimmbackmem<id>` the size of the file (or block device) and an
+/// `nvdimm` `nvdimm<id>` on it.
+fn nvdimm_drive(drive: &BlockDrive) -> Result<MemoryDevice, String> {
+    use std::io::{Seek, SeekFrom};
+    // Seeking to the end gives a block device's size too (its metadata says 0).
+    let size = std::fs::File::open(&drive.file)
+        .and_then(|mut file| file.seek(SeekFrom::End(0)))
+        .map_err(|e| format!("cannot size {}: {e}", drive.file.display()))?;
+    let mut backend = MemoryBackend::file(format!("nvdimmbackmem{}", drive.id), size, &drive.file);
+    backend.share = Some(true);
+    if let MemoryBackendKind::File { readonly, .. } = &mut backend.kind {
+        *readonly = drive.read_only;
+    }
+    let mut nvdimm = MemoryDevice::nvdimm(format!("nvdimm{}", drive.id), backend);
+    if let MemoryDeviceKind::Nvdimm { unarmed, .. } = &mut nvdimm.kind {
+        *unarmed = drive.read_only;
+    }
+    Ok(nvdimm)
 }
 
 /// [`Hotplugger::add_vhost_user`](super::Hotplugger::add_vhost_user)'s device.

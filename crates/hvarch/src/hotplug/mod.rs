@@ -12,7 +12,9 @@
 //!    with `query-pci` once when the configuration does not determine it), a bridge slot
 //!    (`bus` = the bridge, `addr` = the slot, path `<bridge slot>/<slot>`), the root bus
 //!    (path from `query-pci` after the `device_add`), or the device as given
-//!    ([`Placement`]);
+//!    ([`Placement`]). A virtio-ccw device (s390x) always takes a CCW bridge slot, which
+//!    gives its device number (`devno=fe.<ssid>.<slot %04x>`; the guest sees
+//!    [`Plugged::ccw_address`]);
 //! 2. `getfd` for every descriptor the parts own (named `<device id>-fd<n>`);
 //! 3. each part's `qmp_add` in order (`blockdev-add`, `chardev-add`, `netdev_add`,
 //!    `object-add`, then `device_add`).
@@ -36,8 +38,8 @@
 //! # The flows
 //!
 //! Kata's flows are thin layers over the engine, building each device with the arch backend
-//! (the same builder as cold plug): [`Hotplugger::add_block`] (virtio-blk or virtio-scsi
-//! `scsi-hd`), [`Hotplugger::add_vhost_user`] (vhost-user-blk), [`Hotplugger::add_vfio`],
+//! (the same builder as cold plug): [`Hotplugger::add_block`] (virtio-blk on PCI or CCW,
+//! virtio-scsi `scsi-hd`, or an NVDIMM), [`Hotplugger::add_vhost_user`] (vhost-user-blk), [`Hotplugger::add_vfio`],
 //! [`Hotplugger::add_network`], [`Hotplugger::add_cpus`] / [`Hotplugger::remove_cpus`],
 //! [`Hotplugger::add_memory`] (pc-dimm), [`Hotplugger::resize_virtio_mem`] and
 //! [`Hotplugger::balloon`].
@@ -362,11 +364,21 @@ impl<'a, D: Driver> Hotplugger<'a, D> {
     /// Hot-plugs a block drive (Kata's `hotplugAddBlockDevice`): the arch backend's disk
     /// with node name `<drive id>` and `share-rw=on`, then
     ///
-    /// - [`BlockDriver::VirtioBlk`]: `blockdev-add`, `device_add virtio-blk-pci` with id
+    /// - [`BlockDriver::VirtioBlk`]: `blockdev-add`, `device_add` of the backend's
+    ///   virtio-blk (`virtio-blk-pci`; `virtio-blk-ccw` on s390x) with id
     ///   `virtio-<drive id>` at `placement`;
+    /// - [`BlockDriver::VirtioBlkCcw`]: the same on the CCW transport: a CCW bridge slot
+    ///   gives the device number (`devno=fe.<ssid>.<slot>`; the guest finds the disk at
+    ///   [`Plugged::ccw_address`]);
     /// - [`BlockDriver::VirtioScsi`]: `blockdev-add`, `device_add scsi-hd` on the VM's
     ///   virtio-scsi bus (`scsi0.0`) with `scsi-id` = index / 256, `lun` = index % 256
-    ///   (`placement` is not used).
+    ///   (`placement` is not used);
+    /// - [`BlockDriver::Nvdimm`]: `object-add memory-backend-file`
+    ///   `nvdimmbackmem<drive id>` on the file (shared, sized from the file or block
+    ///   device; read-only and the NVDIMM unarmed for a read-only drive), then
+    ///   `device_add nvdimm` `nvdimm<drive id>` (`placement` is not used). The machine must
+    ///   allow it (`nvdimm=on`, memory slots; arm64 also UEFI firmware): QEMU's refusal is
+    ///   the error.
     pub fn add_block(
         &mut self,
         drive: &BlockDrive,

@@ -53,6 +53,15 @@ pub struct Plugged {
 }
 
 impl Plugged {
+    /// The CCW bus id a guest agent finds a CCW device under (`0.<ssid>.<devno>`, Kata's
+    /// `AddressFormatCCWForVirtServer`), for devices placed on a CCW bridge.
+    pub fn ccw_address(&self) -> Option<String> {
+        match &self.location {
+            Location::Bridge(slot) => slot.ccw_guest_address().ok(),
+            _ => None,
+        }
+    }
+
     /// The removals left once QEMU has deleted the device itself: its backends', in the
     /// order they run (the reverse of creation).
     pub fn backend_removals(&self) -> impl Iterator<Item = &QmpCall> + '_ {
