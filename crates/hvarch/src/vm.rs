@@ -559,13 +559,60 @@ mod tests {
     use crate::runtime_dir::RuntimeDir;
     use crate::{GuestArch, VmSpec};
 
-    /// A `Vm` whose "QEMU" is a stand-in process (`sleep`) and whose QMP peer is `script`,
+    /// A VM type the fake can build: its client, its process type, and how each is made.
+    trait FakeVm: Sized {
+        type Client: crate::launch::Client;
+        type Process: crate::launch::Qemu;
+        fn connect(stream: std::os::unix::net::UnixStream) -> Self::Client;
+        fn from_launched(launched: Launched<Self::Client, Self::Process>) -> Self;
+    }
+
+    impl FakeVm for Vm {
+        type Client = Qmp;
+        type Process = Process;
+        fn connect(stream: std::os::unix::net::UnixStream) -> Qmp {
+            Vm::connect(stream, &hvarch_qmp::Config::default()).expect("negotiate")
+        }
+        fn from_launched(launched: Launched<Qmp, Process>) -> Self {
+            Vm::from(launched)
+        }
+    }
+
+    #[cfg(feature = "tokio")]
+    impl FakeVm for crate::AsyncVm {
+        type Client = hvarch_qmp::AsyncQmp;
+        type Process = crate::engine::AsyncProcess;
+        fn connect(stream: std::os::unix::net::UnixStream) -> hvarch_qmp::AsyncQmp {
+            let config = hvarch_qmp::Config::default();
+            let connected =
+                tokio_runtime().block_on(hvarch_qmp::AsyncQmp::from_std(stream, &config));
+            connected.expect("negotiate")
+        }
+        fn from_launched(launched: Launched<Self::Client, Self::Process>) -> Self {
+            crate::AsyncVm::from(launched)
+        }
+    }
+
+    /// The runtime the `AsyncVm` tests run on.
+    #[cfg(feature = "tokio")]
+    fn tokio_runtime() -> &'static ::tokio::runtime::Runtime {
+        static RUNTIME: std::sync::OnceLock<::tokio::runtime::Runtime> = std::sync::OnceLock::new();
+        RUNTIME.get_or_init(|| {
+            ::tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("a tokio runtime")
+        })
+    }
+
+    /// A VM whose "QEMU" is a stand-in process (`sleep`) and whose QMP peer is `script`,
     /// which gets the stand-in's pid (to end it the way QEMU would exit).
-    fn fake_vm(
+    fn fake_vm<V: FakeVm>(
         tmp: &Tmp,
         no_shutdown: bool,
         script: impl FnOnce(FakeConn, u32) + Send + 'static,
-    ) -> (Vm, FakeServer) {
+    ) -> (V, FakeServer) {
         let mut spec = VmSpec::kata_default();
         spec.arch = Some(GuestArch::Aarch64);
         spec.host_memory_mb = Some(4096);
@@ -594,15 +641,17 @@ mod tests {
             script(conn, pid);
         })
         .expect("fake QMP server");
-        let qmp = Qmp::from_stream(client, &hvarch_qmp::Config::default()).expect("negotiate");
-        let vm = Vm {
-            shutdowns: qmp.subscribe_filtered(EventFilter::name("SHUTDOWN")),
-            deleted: qmp.subscribe_filtered(EventFilter::name("DEVICE_DELETED")),
+        let qmp = V::connect(client);
+        #[cfg(feature = "tokio")]
+        let _context = tokio_runtime().enter();
+        let launched = Launched {
+            shutdowns: crate::launch::Client::subscribe(&qmp, EventFilter::name("SHUTDOWN")),
+            deleted: crate::launch::Client::subscribe(&qmp, EventFilter::name("DEVICE_DELETED")),
             qmp,
-            process,
+            process: V::Process::from(process),
             core: Core::new(assembled, stderr, None, DaemonEvents::new()),
         };
-        (vm, server)
+        (V::from_launched(launched), server)
     }
 
     /// Ends the stand-in QEMU the way QEMU exits after a `SHUTDOWN`, and hangs up.
@@ -646,96 +695,6 @@ mod tests {
         outcome.status.signal()
     }
 
-    #[test]
-    fn a_guest_that_powers_off_is_reported_as_powered_off() {
-        let tmp = Tmp::new();
-        let (mut vm, server) = fake_vm(&tmp, false, cooperating);
-        let outcome = vm.shutdown(Duration::from_secs(30)).expect("shutdown");
-        server.join();
-        assert_eq!(outcome.ended_by, EndedBy::PoweredOff, "{outcome}");
-        assert_eq!(outcome.reason.as_deref(), Some("guest-shutdown"));
-        assert!(outcome.powered_off());
-        assert!(
-            outcome.to_string().starts_with("the guest powered off"),
-            "{outcome}"
-        );
-        // Idempotent.
-        assert_eq!(vm.shutdown(Duration::ZERO).expect("again"), outcome);
-    }
-
-    #[test]
-    fn a_guest_that_ignores_powerdown_is_quit_and_says_so() {
-        let tmp = Tmp::new();
-        let (mut vm, server) = fake_vm(&tmp, false, ignoring);
-        let outcome = vm.shutdown(Duration::from_millis(50)).expect("shutdown");
-        server.join();
-        assert_eq!(outcome.ended_by, EndedBy::Quit, "{outcome}");
-        assert!(!outcome.powered_off());
-        assert!(outcome.to_string().contains("told to quit"), "{outcome}");
-    }
-
-    #[test]
-    fn a_guest_that_powered_off_under_no_shutdown_is_quit_but_reported_powered_off() {
-        let tmp = Tmp::new();
-        let (mut vm, server) = fake_vm(&tmp, true, |mut conn, pid| {
-            // The guest powers off on its own; QEMU stays (-no-shutdown) until quit. No
-            // `system_powerdown` is expected: the guest is off already.
-            running(&mut conn);
-            shutdown_event(&mut conn, true, "guest-shutdown");
-            running(&mut conn);
-            let cmd = conn.expect_command("quit");
-            conn.reply(&cmd, json!({}));
-            exit_qemu(conn, pid);
-        });
-        assert_eq!(vm.status().expect("status"), "running");
-        // Answered after the event, on the same stream: the event is queued now.
-        assert_eq!(vm.status().expect("status"), "running");
-        let outcome = vm.shutdown(Duration::from_secs(30)).expect("shutdown");
-        server.join();
-        assert_eq!(outcome.ended_by, EndedBy::PoweredOff, "{outcome}");
-    }
-
-    #[test]
-    fn qemu_stopped_by_a_signal_hvarch_did_not_send_is_not_a_clean_end() {
-        let tmp = Tmp::new();
-        let (mut vm, server) = fake_vm(&tmp, false, |mut conn, pid| {
-            running(&mut conn);
-            // QEMU caught SIGTERM (systemd's, say): it reports it and exits 0.
-            shutdown_event(&mut conn, false, "host-signal");
-            exit_qemu(conn, pid);
-        });
-        assert_eq!(vm.status().expect("status"), "running");
-        let outcome = vm.shutdown(Duration::from_secs(30)).expect("shutdown");
-        server.join();
-        assert_eq!(outcome.ended_by, EndedBy::Other, "{outcome}");
-        assert_eq!(outcome.reason.as_deref(), Some("host-signal"));
-        assert!(
-            outcome.to_string().contains("signal hvarch did not send"),
-            "{outcome}"
-        );
-    }
-
-    #[test]
-    fn qemu_killed_by_someone_else_is_not_a_clean_end() {
-        let tmp = Tmp::new();
-        let (mut vm, server) = fake_vm(&tmp, false, |conn, pid| {
-            let pid = libc::pid_t::try_from(pid).expect("pid fits");
-            // SAFETY: kill(2) of the stand-in child this test started.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            conn.hang_up();
-        });
-        let outcome = vm.shutdown(Duration::from_secs(30)).expect("shutdown");
-        server.join();
-        assert_eq!(outcome.ended_by, EndedBy::Other, "{outcome}");
-        assert_eq!(signal_of(&outcome), Some(libc::SIGKILL));
-        assert!(
-            outcome
-                .to_string()
-                .contains("killed by a signal hvarch did not send"),
-            "{outcome}"
-        );
-    }
-
     /// Durations at and around the edges of what an `Instant` can hold.
     fn durations() -> impl Strategy<Value = Duration> {
         prop_oneof![
@@ -750,56 +709,173 @@ mod tests {
         ]
     }
 
-    proptest! {
-        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
-
-        /// Any grace, `Duration::MAX` included: no panic, and a guest that powers off is
-        /// reported as powered off.
-        #[test]
-        fn shutdown_takes_any_grace(grace in durations()) {
-            let tmp = Tmp::new();
-            let (mut vm, server) = fake_vm(&tmp, false, cooperating);
-            let outcome = vm.shutdown(grace).expect("shutdown");
-            server.join();
-            prop_assert_eq!(outcome.ended_by, EndedBy::PoweredOff, "{}", outcome);
-        }
-
-        /// Any timeout: an exited QEMU is reported at once.
-        #[test]
-        fn wait_timeout_takes_any_timeout(timeout in durations()) {
-            let tmp = Tmp::new();
-            let (mut vm, server) = fake_vm(&tmp, false, exit_qemu);
-            let status = vm.wait_timeout(timeout).expect("wait");
-            if timeout >= Duration::from_secs(30) {
-                prop_assert_eq!(status.and_then(|s| s.signal()), Some(libc::SIGTERM));
-            }
-            drop(vm);
-            server.join();
-        }
-
-        /// Any timeout: an event that keeps coming is seen, or the wait times out.
-        #[test]
-        fn wait_event_takes_any_timeout(timeout in durations()) {
-            let tmp = Tmp::new();
-            let stop = Arc::new(AtomicBool::new(false));
-            let ticking = Arc::clone(&stop);
-            let (vm, server) = fake_vm(&tmp, false, move |mut conn, _| {
-                while !ticking.load(Ordering::SeqCst) {
-                    conn.event("TICK", json!({}));
-                    std::thread::sleep(Duration::from_millis(2));
+    /// The shutdown ladder's exact exchanges (the fake QEMU expects each command in turn) and
+    /// the waits, on `Vm` and on `AsyncVm`: the items given, compiled in modules `blocking`
+    /// and `tokio`, whose `TestVm` and `finish` they use.
+    macro_rules! on_both_drivers {
+        ($($item:item)*) => {
+            mod blocking {
+                use super::*;
+                type TestVm = Vm;
+                fn finish<T>(result: T) -> T {
+                    result
                 }
+                $($item)*
+            }
+            #[cfg(feature = "tokio")]
+            mod tokio {
+                use super::*;
+                type TestVm = crate::AsyncVm;
+                fn finish<F: std::future::Future>(future: F) -> F::Output {
+                    tokio_runtime().block_on(future)
+                }
+                $($item)*
+            }
+        };
+    }
+
+    on_both_drivers! {
+        #[test]
+        fn a_guest_that_powers_off_is_reported_as_powered_off() {
+            let tmp = Tmp::new();
+            let (mut vm, server) = fake_vm::<TestVm>(&tmp, false, cooperating);
+            let outcome = finish(vm.shutdown(Duration::from_secs(30))).expect("shutdown");
+            server.join();
+            assert_eq!(outcome.ended_by, EndedBy::PoweredOff, "{outcome}");
+            assert_eq!(outcome.reason.as_deref(), Some("guest-shutdown"));
+            assert!(outcome.powered_off());
+            assert!(
+                outcome.to_string().starts_with("the guest powered off"),
+                "{outcome}"
+            );
+            // Idempotent.
+            assert_eq!(finish(vm.shutdown(Duration::ZERO)).expect("again"), outcome);
+        }
+
+        #[test]
+        fn a_guest_that_ignores_powerdown_is_quit_and_says_so() {
+            let tmp = Tmp::new();
+            let (mut vm, server) = fake_vm::<TestVm>(&tmp, false, ignoring);
+            let outcome = finish(vm.shutdown(Duration::from_millis(50))).expect("shutdown");
+            server.join();
+            assert_eq!(outcome.ended_by, EndedBy::Quit, "{outcome}");
+            assert!(!outcome.powered_off());
+            assert!(outcome.to_string().contains("told to quit"), "{outcome}");
+        }
+
+        #[test]
+        fn a_guest_that_powered_off_under_no_shutdown_is_quit_but_reported_powered_off() {
+            let tmp = Tmp::new();
+            let (mut vm, server) = fake_vm::<TestVm>(&tmp, true, |mut conn, pid| {
+                // The guest powers off on its own; QEMU stays (-no-shutdown) until quit. No
+                // `system_powerdown` is expected: the guest is off already.
+                running(&mut conn);
+                shutdown_event(&mut conn, true, "guest-shutdown");
+                running(&mut conn);
+                let cmd = conn.expect_command("quit");
+                conn.reply(&cmd, json!({}));
+                exit_qemu(conn, pid);
             });
-            let result = vm.wait_event(&EventFilter::name("TICK"), timeout);
-            stop.store(true, Ordering::SeqCst);
-            match result {
-                Ok(event) => prop_assert_eq!(event.name, "TICK"),
-                Err(VmError::Qmp(hvarch_qmp::Error::Timeout { .. })) => {
-                    prop_assert!(timeout < Duration::from_secs(30), "{:?}", timeout)
-                }
-                Err(e) => prop_assert!(false, "{}", e),
-            }
-            drop(vm);
+            assert_eq!(finish(vm.status()).expect("status"), "running");
+            // Answered after the event, on the same stream: the event is queued now.
+            assert_eq!(finish(vm.status()).expect("status"), "running");
+            let outcome = finish(vm.shutdown(Duration::from_secs(30))).expect("shutdown");
             server.join();
+            assert_eq!(outcome.ended_by, EndedBy::PoweredOff, "{outcome}");
+        }
+
+        #[test]
+        fn qemu_stopped_by_a_signal_hvarch_did_not_send_is_not_a_clean_end() {
+            let tmp = Tmp::new();
+            let (mut vm, server) = fake_vm::<TestVm>(&tmp, false, |mut conn, pid| {
+                running(&mut conn);
+                // QEMU caught SIGTERM (systemd's, say): it reports it and exits 0.
+                shutdown_event(&mut conn, false, "host-signal");
+                exit_qemu(conn, pid);
+            });
+            assert_eq!(finish(vm.status()).expect("status"), "running");
+            let outcome = finish(vm.shutdown(Duration::from_secs(30))).expect("shutdown");
+            server.join();
+            assert_eq!(outcome.ended_by, EndedBy::Other, "{outcome}");
+            assert_eq!(outcome.reason.as_deref(), Some("host-signal"));
+            assert!(
+                outcome.to_string().contains("signal hvarch did not send"),
+                "{outcome}"
+            );
+        }
+
+        #[test]
+        fn qemu_killed_by_someone_else_is_not_a_clean_end() {
+            let tmp = Tmp::new();
+            let (mut vm, server) = fake_vm::<TestVm>(&tmp, false, |conn, pid| {
+                let pid = libc::pid_t::try_from(pid).expect("pid fits");
+                // SAFETY: kill(2) of the stand-in child this test started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                conn.hang_up();
+            });
+            let outcome = finish(vm.shutdown(Duration::from_secs(30))).expect("shutdown");
+            server.join();
+            assert_eq!(outcome.ended_by, EndedBy::Other, "{outcome}");
+            assert_eq!(signal_of(&outcome), Some(libc::SIGKILL));
+            assert!(
+                outcome
+                    .to_string()
+                    .contains("killed by a signal hvarch did not send"),
+                "{outcome}"
+            );
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+            /// Any grace, `Duration::MAX` included: no panic, and a guest that powers off is
+            /// reported as powered off.
+            #[test]
+            fn shutdown_takes_any_grace(grace in durations()) {
+                let tmp = Tmp::new();
+                let (mut vm, server) = fake_vm::<TestVm>(&tmp, false, cooperating);
+                let outcome = finish(vm.shutdown(grace)).expect("shutdown");
+                server.join();
+                prop_assert_eq!(outcome.ended_by, EndedBy::PoweredOff, "{}", outcome);
+            }
+
+            /// Any timeout: an exited QEMU is reported at once.
+            #[test]
+            fn wait_timeout_takes_any_timeout(timeout in durations()) {
+                let tmp = Tmp::new();
+                let (mut vm, server) = fake_vm::<TestVm>(&tmp, false, exit_qemu);
+                let status = finish(vm.wait_timeout(timeout)).expect("wait");
+                if timeout >= Duration::from_secs(30) {
+                    prop_assert_eq!(status.and_then(|s| s.signal()), Some(libc::SIGTERM));
+                }
+                drop(vm);
+                server.join();
+            }
+
+            /// Any timeout: an event that keeps coming is seen, or the wait times out.
+            #[test]
+            fn wait_event_takes_any_timeout(timeout in durations()) {
+                let tmp = Tmp::new();
+                let stop = Arc::new(AtomicBool::new(false));
+                let ticking = Arc::clone(&stop);
+                let (vm, server) = fake_vm::<TestVm>(&tmp, false, move |mut conn, _| {
+                    while !ticking.load(Ordering::SeqCst) {
+                        conn.event("TICK", json!({}));
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                });
+                let result = finish(vm.wait_event(&EventFilter::name("TICK"), timeout));
+                stop.store(true, Ordering::SeqCst);
+                match result {
+                    Ok(event) => prop_assert_eq!(event.name, "TICK"),
+                    Err(VmError::Qmp(hvarch_qmp::Error::Timeout { .. })) => {
+                        prop_assert!(timeout < Duration::from_secs(30), "{:?}", timeout)
+                    }
+                    Err(e) => prop_assert!(false, "{}", e),
+                }
+                drop(vm);
+                server.join();
+            }
         }
     }
 
