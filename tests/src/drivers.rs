@@ -31,17 +31,11 @@ impl QmpVm for hvarch::AsyncVm {
     }
 }
 
-/// The runtime the async scenarios run on (two workers: the VMs' QMP tasks keep running
+/// The runtime the async scenarios run on (multi-thread: the VMs' QMP tasks keep running
 /// between two `finish` calls).
 pub fn runtime() -> &'static ::tokio::runtime::Runtime {
     static RUNTIME: OnceLock<::tokio::runtime::Runtime> = OnceLock::new();
-    RUNTIME.get_or_init(|| {
-        ::tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("a tokio runtime")
-    })
+    RUNTIME.get_or_init(|| ::tokio::runtime::Runtime::new().expect("a tokio runtime"))
 }
 
 /// The blocking driver: [`hvarch::Vm`], whose calls return their results.

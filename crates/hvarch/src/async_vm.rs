@@ -38,9 +38,8 @@ use hvarch_devices::fd::FdTable;
 use hvarch_qmp::{AsyncEventSubscription, AsyncQmp};
 
 use crate::engine::{AsyncProcess, Tokio};
-use crate::launch::Launched;
 use crate::lifecycle::lifecycle_methods;
-use crate::vm::{vm_methods, Core, VmError, VmResult};
+use crate::vm::{from_launched, vm_methods, Core, VmError, VmResult};
 
 /// A running QEMU and its async QMP connection: [`crate::Vm`] for tokio (see the [module
 /// docs](self)). `Send` and `Sync`; its futures are `Send`.
@@ -99,17 +98,7 @@ impl AsyncVm {
     }
 }
 
-impl From<Launched<AsyncQmp, AsyncProcess>> for AsyncVm {
-    fn from(launched: Launched<AsyncQmp, AsyncProcess>) -> Self {
-        AsyncVm {
-            qmp: launched.qmp,
-            shutdowns: launched.shutdowns,
-            deleted: launched.deleted,
-            process: launched.process,
-            core: launched.core,
-        }
-    }
-}
+from_launched!(AsyncVm, AsyncQmp, AsyncProcess);
 
 #[cfg(test)]
 mod tests {

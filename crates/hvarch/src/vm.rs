@@ -58,7 +58,6 @@ use hvarch_qmp::{EventSubscription, Qmp};
 
 use crate::assemble::Assembled;
 use crate::engine::{Blocking, Process};
-use crate::launch::Launched;
 use crate::runtime_dir::RuntimeDirError;
 use crate::shutdown::ShutdownLadder;
 use crate::virtiofs::{DaemonEvents, Virtiofsd};
@@ -529,17 +528,27 @@ impl Vm {
     }
 }
 
-impl From<Launched<Qmp, Process>> for Vm {
-    fn from(launched: Launched<Qmp, Process>) -> Self {
-        Vm {
-            qmp: launched.qmp,
-            shutdowns: launched.shutdowns,
-            deleted: launched.deleted,
-            process: launched.process,
-            core: launched.core,
+/// `From<Launched<$qmp, $process>>` for a VM type (`Vm`, `AsyncVm`) whose fields are
+/// those of [`Launched`].
+macro_rules! from_launched {
+    ($vm:ident, $qmp:ty, $process:ty) => {
+        impl From<$crate::launch::Launched<$qmp, $process>> for $vm {
+            fn from(launched: $crate::launch::Launched<$qmp, $process>) -> Self {
+                $vm {
+                    qmp: launched.qmp,
+                    shutdowns: launched.shutdowns,
+                    deleted: launched.deleted,
+                    process: launched.process,
+                    core: launched.core,
+                }
+            }
         }
-    }
+    };
 }
+#[cfg(feature = "tokio")]
+pub(crate) use from_launched;
+
+from_launched!(Vm, Qmp, Process);
 
 #[cfg(test)]
 mod tests {
@@ -554,7 +563,7 @@ mod tests {
     use proptest::prelude::*;
     use serde_json::json;
 
-    use crate::launch::runtime_names;
+    use crate::launch::{runtime_names, Launched};
     use crate::runtime_dir::tests::Tmp;
     use crate::runtime_dir::RuntimeDir;
     use crate::{GuestArch, VmSpec};
@@ -597,13 +606,7 @@ mod tests {
     #[cfg(feature = "tokio")]
     fn tokio_runtime() -> &'static ::tokio::runtime::Runtime {
         static RUNTIME: std::sync::OnceLock<::tokio::runtime::Runtime> = std::sync::OnceLock::new();
-        RUNTIME.get_or_init(|| {
-            ::tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("a tokio runtime")
-        })
+        RUNTIME.get_or_init(|| ::tokio::runtime::Runtime::new().expect("a tokio runtime"))
     }
 
     /// A VM whose "QEMU" is a stand-in process (`sleep`) and whose QMP peer is `script`,
