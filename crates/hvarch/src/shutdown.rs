@@ -379,6 +379,185 @@ pub(crate) fn shutdown_reason(event: &Event) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::VecDeque;
+
+    use hvarch_qmp::Timestamp;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use crate::engine::{Driver, Outcome, Step, SyncDriver};
+
+    /// A QEMU modelled step by step (no socket, no process, no clock): the ladder's engine
+    /// alone. The same guests run on `Vm` and `AsyncVm` against a fake QMP server in
+    /// [`crate::vm`]'s tests.
+    #[derive(Default)]
+    struct Model {
+        /// The guest powers off on `system_powerdown`.
+        powers_off: bool,
+        /// QEMU obeys `quit`.
+        quits: bool,
+        /// `SHUTDOWN` events not yet handed over.
+        events: VecDeque<Event>,
+        exited: Option<ExitStatus>,
+        /// The commands received.
+        commands: Vec<String>,
+    }
+
+    fn shutdown(reason: &str) -> Event {
+        Event {
+            name: "SHUTDOWN".into(),
+            data: json!({"guest": reason.starts_with("guest"), "reason": reason}),
+            timestamp: Timestamp::default(),
+        }
+    }
+
+    impl Model {
+        fn exit(&mut self, reason: &str) {
+            self.events.push_back(shutdown(reason));
+            self.exited = Some(ExitStatus::from_raw(0));
+        }
+    }
+
+    impl SyncDriver for Model {
+        fn step(&mut self, step: Step) -> Outcome {
+            match step {
+                Step::Execute { .. } if self.exited.is_some() => {
+                    Outcome::Reply(Err(hvarch_qmp::Error::Disconnected))
+                }
+                Step::Execute { command, timeout } => {
+                    self.commands.push(command.name.clone());
+                    match command.name.as_str() {
+                        "system_powerdown" if self.powers_off => self.exit("guest-shutdown"),
+                        "quit" if self.quits => self.exit("host-qmp-quit"),
+                        "system_powerdown" => {}
+                        _ => {
+                            let what = command.name.clone();
+                            let after = timeout.unwrap_or_default();
+                            return Outcome::Reply(Err(hvarch_qmp::Error::Timeout { what, after }));
+                        }
+                    }
+                    Outcome::Reply(Ok(json!({})))
+                }
+                Step::NextShutdown(after) => Outcome::Event(match self.events.pop_front() {
+                    Some(event) => Ok(event),
+                    None if self.exited.is_some() => Err(hvarch_qmp::Error::Disconnected),
+                    None => Err(hvarch_qmp::Error::Timeout {
+                        what: "SHUTDOWN".into(),
+                        after,
+                    }),
+                }),
+                Step::Process(ProcessStep::Wait(_)) => Outcome::Exit(Ok(self.exited)),
+                Step::Process(ProcessStep::Kill) => {
+                    let killed = *self
+                        .exited
+                        .get_or_insert(ExitStatus::from_raw(libc::SIGKILL));
+                    Outcome::Exit(Ok(Some(killed)))
+                }
+                other => panic!("the ladder asked for {other:?}"),
+            }
+        }
+    }
+
+    /// Runs the ladder (grace `grace`, `-no-shutdown` when `no_shutdown`) on `model`: the
+    /// commands QEMU received and what ended it.
+    fn climb(mut model: Model, grace: Duration, no_shutdown: bool) -> (Vec<String>, EndedBy) {
+        let ladder = ShutdownLadder::new(grace, no_shutdown);
+        let outcome = model.run(ladder.engine()).expect("the ladder ends");
+        (model.commands, outcome.ended_by)
+    }
+
+    #[test]
+    fn each_guest_gets_its_exact_exchanges() {
+        let off_already = || {
+            let mut model = Model {
+                quits: true,
+                ..Model::default()
+            };
+            model.events.push_back(shutdown("guest-shutdown"));
+            model
+        };
+        let killed = || Model {
+            exited: Some(ExitStatus::from_raw(libc::SIGKILL)),
+            ..Model::default()
+        };
+        let caught_sigterm = || {
+            let mut model = Model::default();
+            model.exit("host-signal");
+            model
+        };
+        let cases: Vec<(&str, Model, bool, &[&str], EndedBy)> = vec![
+            (
+                "cooperating",
+                Model {
+                    powers_off: true,
+                    ..Model::default()
+                },
+                false,
+                &["system_powerdown"],
+                EndedBy::PoweredOff,
+            ),
+            (
+                "ignoring, QEMU quits",
+                Model {
+                    quits: true,
+                    ..Model::default()
+                },
+                false,
+                &["system_powerdown", "quit"],
+                EndedBy::Quit,
+            ),
+            (
+                "hung",
+                Model::default(),
+                false,
+                &["system_powerdown", "quit"],
+                EndedBy::Killed,
+            ),
+            (
+                "off already, -no-shutdown",
+                off_already(),
+                true,
+                &["quit"],
+                EndedBy::PoweredOff,
+            ),
+            (
+                "killed by someone else",
+                killed(),
+                false,
+                &[],
+                EndedBy::Other,
+            ),
+            (
+                "caught a SIGTERM",
+                caught_sigterm(),
+                false,
+                &[],
+                EndedBy::Other,
+            ),
+        ];
+        for (name, model, no_shutdown, commands, ended_by) in cases {
+            let climbed = climb(model, Duration::from_millis(50), no_shutdown);
+            assert_eq!(
+                climbed,
+                (commands.iter().map(|c| c.to_string()).collect(), ended_by),
+                "{name}"
+            );
+        }
+    }
+
+    proptest! {
+        /// Any grace, `Duration::MAX` included: the same exchanges and the same end.
+        #[test]
+        fn the_ladder_takes_any_grace(secs in any::<u64>(), nanos in 0u32..1_000_000_000) {
+            let grace = Duration::new(secs, nanos);
+            let cooperating = Model { powers_off: true, ..Model::default() };
+            let climbed = climb(cooperating, grace, false);
+            prop_assert_eq!(climbed, (vec!["system_powerdown".to_string()], EndedBy::PoweredOff));
+            let hung = climb(Model::default(), grace, false);
+            let commands = vec!["system_powerdown".to_string(), "quit".to_string()];
+            prop_assert_eq!(hung, (commands, EndedBy::Killed));
+        }
+    }
 
     #[test]
     fn classification_table() {
