@@ -32,7 +32,7 @@ pub struct Timings {
     pub boot_to_marker: Duration,
     /// The disk's `device_add` until the guest listed it.
     pub disk_seen: Duration,
-    /// The memory's `device_add` until the guest's `MemTotal` grew.
+    /// The memory's `device_add` until the guest's `MemTotal` grew by all of it.
     pub memory_seen: Duration,
     /// `device_del` until the guest no longer listed the disk.
     pub unplug_seen: Duration,
@@ -204,8 +204,11 @@ fn drive(
     let t = Instant::now();
     hotplug::add_memory(vm)?;
     let base = with_disk.mem_kb;
-    let (with_memory, at) =
-        console.wait_state("more memory", HOTPLUG_TIMEOUT, |s| s.mem_kb > base)?;
+    // The guest brings the DIMM online one memory block (128 MiB on arm64) at a time and
+    // reports each step: wait for all of it.
+    let (with_memory, at) = console.wait_state("all the memory", HOTPLUG_TIMEOUT, |s| {
+        s.mem_kb >= base + HOTPLUG_MEMORY_MB * 1024
+    })?;
     timings.memory_seen = at - t;
     observer.guest(&state_line(&with_memory));
     observer.step(&format!(

@@ -17,17 +17,28 @@ use serde_json::Value;
 pub trait QmpVm {
     /// Executes `command` with `arguments` on the VM's QMP client (blocking).
     fn execute_raw(&self, command: &str, arguments: Value) -> hvarch_qmp::Result<Value>;
+
+    /// Whether QEMU offered QMP's `oob` capability, and whether it was negotiated.
+    fn oob(&self) -> (bool, bool);
 }
 
 impl QmpVm for hvarch::Vm {
     fn execute_raw(&self, command: &str, arguments: Value) -> hvarch_qmp::Result<Value> {
         self.qmp().execute_raw(command, arguments)
     }
+
+    fn oob(&self) -> (bool, bool) {
+        (self.qmp().greeting().supports_oob(), self.qmp().oob())
+    }
 }
 
 impl QmpVm for hvarch::AsyncVm {
     fn execute_raw(&self, command: &str, arguments: Value) -> hvarch_qmp::Result<Value> {
         runtime().block_on(self.qmp().execute_raw(command, arguments))
+    }
+
+    fn oob(&self) -> (bool, bool) {
+        (self.qmp().greeting().supports_oob(), self.qmp().oob())
     }
 }
 

@@ -1,5 +1,6 @@
 //! Kata's hotplug flows against real QEMU under TCG, on paused (`-S`) VMs launched with
-//! `hvarch::Vm::launch` from assembled specs:
+//! `hvarch::Vm::launch` from assembled specs (the arm64 and q35 flows also with
+//! `hvarch::AsyncVm`, each with and without QMP `oob`):
 //!
 //! - arm64 `virt` with PCIe root ports: virtio-blk and virtio-net hot-plugged and unplugged,
 //!   seen in `/machine/peripheral` on their root port's bus (whose slot `query-pci` gives the
@@ -33,6 +34,9 @@
 //! guest finds the device present and keeps it.
 //!
 //! The guest test needs the test guest (`cargo xtask setup`; `HVARCH_GUEST_DIR`).
+//!
+//! The arm64 and `q35` flows above run twice, with QMP's `oob` capability negotiated (the
+//! default) and without it (`Config::enable_oob = false`): they must behave the same.
 //!
 //! The tests of this file run one at a time (a lock): the descriptor count is process-wide.
 
@@ -79,21 +83,28 @@ fn spec(arch: GuestArch, root_ports: u32) -> VmSpec {
     spec
 }
 
-fn launch(mut spec: VmSpec, dir: &TempDir) -> Vm {
-    launched(&mut spec, dir, |assembled| {
-        Vm::launch(assembled, LaunchOptions::default())
-    })
+fn launch(spec: VmSpec, dir: &TempDir) -> Vm {
+    launch_oob(spec, dir, true, Vm::launch)
 }
 
-/// Makes `spec` runnable in `dir` and launches it with `launch` (a `finish`ed
-/// `Vm::launch` or `AsyncVm::launch`).
-fn launched<V>(
-    spec: &mut VmSpec,
+/// Launches with `launch` (`Vm::launch`, or a `finish`ed `AsyncVm::launch`) with QMP's `oob`
+/// capability negotiated (the default) or not: the hotplug flows must behave the same either
+/// way.
+fn launch_oob<V: QmpVm>(
+    mut spec: VmSpec,
     dir: &TempDir,
-    launch: impl FnOnce(hvarch::Assembled) -> hvarch::VmResult<V>,
+    oob: bool,
+    launch: impl FnOnce(hvarch::Assembled, LaunchOptions) -> hvarch::VmResult<V>,
 ) -> V {
-    runnable(spec, dir);
-    launch(assemble(spec).expect("assemble")).expect("launch")
+    runnable(&mut spec, dir);
+    let assembled = assemble(&spec).expect("assemble");
+    let mut options = LaunchOptions::default();
+    options.qmp.enable_oob = oob;
+    let vm = launch(assembled, options).expect("launch");
+    let (offered, negotiated) = vm.oob();
+    assert!(offered, "QEMU offers oob");
+    assert_eq!(negotiated, oob, "oob negotiated exactly when asked for");
+    vm
 }
 
 fn image(dir: &TempDir, name: &str) -> PathBuf {
@@ -144,32 +155,6 @@ fn network_info(vm: &impl QmpVm) -> String {
     .to_owned()
 }
 
-/// Hot-plugs `drive0` (a fresh 1 MiB image in `dir`) as the backend's virtio-blk
-/// (`virtio-drive0`), wherever [`Placement::Auto`] puts it.
-fn plug_drive0(vm: &mut Vm, dir: &TempDir) -> Plugged {
-    vm.hotplug()
-        .add_block(
-            &drive(image(dir, "disk0.img"), "drive0"),
-            BlockDriver::VirtioBlk,
-            Placement::Auto,
-        )
-        .expect("hot-plug virtio-blk")
-}
-
-/// Unplugs the disk `virtio-drive0` (node `drive0`) and the NIC `net0` (netdev `hostnet0`),
-/// and checks that QEMU has neither any more.
-fn unplug_disk_and_nic(vm: &mut Vm) {
-    vm.hotplug()
-        .unplug("virtio-drive0", UNPLUG)
-        .expect("unplug disk");
-    vm.hotplug().unplug("net0", UNPLUG).expect("unplug nic");
-    let ids = vm_peripherals(vm);
-    assert!(!ids.contains(&"virtio-drive0".to_owned()), "{ids:?}");
-    assert!(!ids.contains(&"net0".to_owned()), "{ids:?}");
-    assert!(!vm_block_nodes(vm).contains(&"drive0".to_owned()));
-    assert!(!network_info(vm).contains("hostnet0"));
-}
-
 /// A virtio-net NIC on QEMU's user-mode stack (no host setup), without option ROM.
 fn user_nic(id: &str, netdev: &str) -> NetDevice {
     let mut nic = NetDevice::new(id, netdev, NetBackend::User {});
@@ -179,19 +164,47 @@ fn user_nic(id: &str, netdev: &str) -> NetDevice {
 }
 
 hvarch_tests::two_drivers! {
-    #[test]
-    fn arm64_block_and_network_through_root_ports() {
-        let _serial = serial();
-        let dir = TempDir::new();
-        let mut vm = launched(&mut spec(GuestArch::Aarch64, 2), &dir, |a| finish(TestVm::launch(a, LaunchOptions::default())));
-        let (rp0, rp1) = (port_slot(&vm, "rp0"), port_slot(&vm, "rp1"));
-
-        let disk = finish(vm.hotplug().add_block(
-                &drive(image(&dir, "disk0.img"), "drive0"),
+    /// Hot-plugs `drive0` (a fresh 1 MiB image in `dir`) as the backend's virtio-blk
+    /// (`virtio-drive0`), wherever [`Placement::Auto`] puts it.
+    pub(crate) fn plug_drive0(vm: &mut TestVm, dir: &TempDir) -> Plugged {
+        finish(vm.hotplug().add_block(
+                &drive(image(dir, "disk0.img"), "drive0"),
                 BlockDriver::VirtioBlk,
                 Placement::Auto,
             ))
-            .expect("hot-plug virtio-blk");
+            .expect("hot-plug virtio-blk")
+    }
+
+    /// Unplugs the disk `virtio-drive0` (node `drive0`) and the NIC `net0` (netdev `hostnet0`),
+    /// and checks that QEMU has neither any more.
+    pub(crate) fn unplug_disk_and_nic(vm: &mut TestVm) {
+        finish(vm.hotplug().unplug("virtio-drive0", UNPLUG))
+            .expect("unplug disk");
+        finish(vm.hotplug().unplug("net0", UNPLUG)).expect("unplug nic");
+        let ids = vm_peripherals(vm);
+        assert!(!ids.contains(&"virtio-drive0".to_owned()), "{ids:?}");
+        assert!(!ids.contains(&"net0".to_owned()), "{ids:?}");
+        assert!(!vm_block_nodes(vm).contains(&"drive0".to_owned()));
+        assert!(!network_info(vm).contains("hostnet0"));
+    }
+
+    #[test]
+    fn arm64_block_and_network_through_root_ports_with_oob() {
+        arm64_block_and_network_through_root_ports(true);
+    }
+
+    #[test]
+    fn arm64_block_and_network_through_root_ports_without_oob() {
+        arm64_block_and_network_through_root_ports(false);
+    }
+
+    fn arm64_block_and_network_through_root_ports(oob: bool) {
+        let _serial = serial();
+        let dir = TempDir::new();
+        let mut vm = launch_oob(spec(GuestArch::Aarch64, 2), &dir, oob, |a, o| finish(TestVm::launch(a, o)));
+        let (rp0, rp1) = (port_slot(&vm, "rp0"), port_slot(&vm, "rp1"));
+
+        let disk = plug_drive0(&mut vm, &dir);
         assert_eq!(
             disk.pci_path.as_ref().map(ToString::to_string),
             Some(format!("{rp0:02x}/00"))
@@ -218,21 +231,15 @@ hvarch_tests::two_drivers! {
         // No free root port left: the next device goes to the bridge.
         assert!(matches!(
             finish(vm.hotplug().add_block(
-                &drive(image(&dir, "disk1.img"), "drive1"),
-                BlockDriver::VirtioBlk,
-                Placement::RootPort,
-            ))
-            .unwrap_err(),
+                    &drive(image(&dir, "disk1.img"), "drive1"),
+                    BlockDriver::VirtioBlk,
+                    Placement::RootPort,
+                ))
+                .expect_err("no free root port left"),
             HotplugError::Placement { .. }
         ));
 
-        finish(vm.hotplug().unplug("virtio-drive0", UNPLUG)).expect("unplug disk");
-        finish(vm.hotplug().unplug("net0", UNPLUG)).expect("unplug nic");
-        let ids = vm_peripherals(&vm);
-        assert!(!ids.contains(&"virtio-drive0".to_owned()), "{ids:?}");
-        assert!(!ids.contains(&"net0".to_owned()), "{ids:?}");
-        assert!(!vm_block_nodes(&vm).contains(&"drive0".to_owned()));
-        assert!(!network_info(&vm).contains("hostnet0"));
+        unplug_disk_and_nic(&mut vm);
         assert_eq!(vm.hotplug_state().free_root_ports(), ["rp0", "rp1"]);
 
         // arm64 virt has no CPU hotplug: a typed error.
@@ -251,10 +258,19 @@ hvarch_tests::two_drivers! {
     }
 
     #[test]
-    fn arm64_refused_steps_leave_nothing_behind() {
+    fn arm64_refused_steps_leave_nothing_behind_with_oob() {
+        arm64_refused_steps_leave_nothing_behind(true);
+    }
+
+    #[test]
+    fn arm64_refused_steps_leave_nothing_behind_without_oob() {
+        arm64_refused_steps_leave_nothing_behind(false);
+    }
+
+    fn arm64_refused_steps_leave_nothing_behind(oob: bool) {
         let _serial = serial();
         let dir = TempDir::new();
-        let mut vm = launched(&mut spec(GuestArch::Aarch64, 1), &dir, |a| finish(TestVm::launch(a, LaunchOptions::default())));
+        let mut vm = launch_oob(spec(GuestArch::Aarch64, 1), &dir, oob, |a, o| finish(TestVm::launch(a, o)));
         let nodes_before = vm_block_nodes(&vm);
         let chardevs_before = chardevs(&vm);
 
@@ -267,7 +283,7 @@ hvarch_tests::two_drivers! {
                     addr: None,
                 },
             ))
-            .unwrap_err();
+            .expect_err("device_add on a missing bus");
         assert!(
             err.to_string().contains("device_add virtio-drive0"),
             "{err}"
@@ -277,7 +293,8 @@ hvarch_tests::two_drivers! {
         // netdev_add succeeds on the root port, device_add wants a ROM that does not exist.
         let mut nic = user_nic("net0", "hostnet0");
         nic.virtio.romfile = Some("/nonexistent/hvarch.rom".into());
-        let err = finish(vm.hotplug().plug(nic, Placement::Auto)).unwrap_err();
+        let err = finish(vm.hotplug().plug(nic, Placement::Auto))
+            .expect_err("device_add with a missing ROM");
         assert!(err.to_string().contains("device_add net0"), "{err}");
         assert!(!network_info(&vm).contains("hostnet0"));
         assert_eq!(vm.hotplug_state().free_root_ports(), ["rp0"]);
@@ -286,7 +303,8 @@ hvarch_tests::two_drivers! {
         let chardev = Chardev::new("charport0", CharBackend::Null);
         let mut port = CharDevice::new("port0", chardev);
         port.bus = Some("nope.0".into());
-        let err = finish(vm.hotplug().plug(port, Placement::AsIs)).unwrap_err();
+        let err = finish(vm.hotplug().plug(port, Placement::AsIs))
+            .expect_err("device_add on a missing virtio-serial bus");
         assert!(err.to_string().contains("device_add port0"), "{err}");
         assert_eq!(chardevs(&vm), chardevs_before);
 
@@ -309,10 +327,19 @@ hvarch_tests::two_drivers! {
     }
 
     #[test]
-    fn q35_cpu_and_memory_hotplug() {
+    fn q35_cpu_and_memory_hotplug_with_oob() {
+        q35_cpu_and_memory_hotplug(true);
+    }
+
+    #[test]
+    fn q35_cpu_and_memory_hotplug_without_oob() {
+        q35_cpu_and_memory_hotplug(false);
+    }
+
+    fn q35_cpu_and_memory_hotplug(oob: bool) {
         let _serial = serial();
         let dir = TempDir::new();
-        let mut vm = launched(&mut spec(GuestArch::X86_64, 0), &dir, |a| finish(TestVm::launch(a, LaunchOptions::default())));
+        let mut vm = launch_oob(spec(GuestArch::X86_64, 0), &dir, oob, |a, o| finish(TestVm::launch(a, o)));
         let cpus = |vm: &TestVm| {
             vm_qmp(vm, "query-cpus-fast", json!({}))
                 .as_array()
@@ -337,21 +364,30 @@ hvarch_tests::two_drivers! {
         let second = finish(vm.hotplug().add_memory(128)).expect("second DIMM");
         assert_eq!(second.id, "dimm1");
     }
-}
 
-#[test]
-fn arm64_memory_hotplug_with_uefi() {
-    let _serial = serial();
-    let dir = TempDir::new();
-    let mut spec = spec(GuestArch::Aarch64, 0);
-    spec.hypervisor.pflashes = vec![AAVMF_CODE.into(), AAVMF_VARS.into()];
-    let mut vm = launch(spec, &dir);
-    let dimm = vm.hotplug().add_memory(128).expect("hot-plug memory");
-    assert_eq!(dimm.id, "dimm0");
-    let devices = vm_qmp(&vm, "query-memory-devices", json!({}));
-    assert_eq!(devices[0]["type"], "dimm", "{devices}");
-    assert_eq!(devices[0]["data"]["size"], 128 << 20);
-    assert!(vm_peripherals(&vm).contains(&"dimm0".to_owned()));
+    #[test]
+    fn arm64_memory_hotplug_with_uefi_with_oob() {
+        arm64_memory_hotplug_with_uefi(true);
+    }
+
+    #[test]
+    fn arm64_memory_hotplug_with_uefi_without_oob() {
+        arm64_memory_hotplug_with_uefi(false);
+    }
+
+    fn arm64_memory_hotplug_with_uefi(oob: bool) {
+        let _serial = serial();
+        let dir = TempDir::new();
+        let mut spec = spec(GuestArch::Aarch64, 0);
+        spec.hypervisor.pflashes = vec![AAVMF_CODE.into(), AAVMF_VARS.into()];
+        let mut vm = launch_oob(spec, &dir, oob, |a, o| finish(TestVm::launch(a, o)));
+        let dimm = finish(vm.hotplug().add_memory(128)).expect("hot-plug memory");
+        assert_eq!(dimm.id, "dimm0");
+        let devices = vm_qmp(&vm, "query-memory-devices", json!({}));
+        assert_eq!(devices[0]["type"], "dimm", "{devices}");
+        assert_eq!(devices[0]["data"]["size"], 128 << 20);
+        assert!(vm_peripherals(&vm).contains(&"dimm0".to_owned()));
+    }
 }
 
 fn open_fds() -> usize {
@@ -582,7 +618,7 @@ fn pseries_block_network_and_cpus_through_its_bridge() {
     let dir = TempDir::new();
     let mut vm = launch(spec(GuestArch::Ppc64le, 0), &dir);
 
-    let disk = plug_drive0(&mut vm, &dir);
+    let disk = blocking::plug_drive0(&mut vm, &dir);
     assert_eq!(
         disk.pci_path.as_ref().map(ToString::to_string),
         Some("02/01".into())
@@ -608,7 +644,7 @@ fn pseries_block_network_and_cpus_through_its_bridge() {
     );
     assert!(network_info(&vm).contains("hostnet0"));
 
-    unplug_disk_and_nic(&mut vm);
+    blocking::unplug_disk_and_nic(&mut vm);
     assert!(vm.hotplug_state().plugged_ids().is_empty());
 
     // pseries hot-plugs vCPU cores.
@@ -627,7 +663,7 @@ fn s390x_block_network_and_cpus_on_ccw() {
     // serial0, scsi0 and rng0-dev hold fe.0.0001 to fe.0.0003.
     assert_eq!(devno(&vm, "rng0-dev"), "fe.0.0003");
 
-    let disk = plug_drive0(&mut vm, &dir);
+    let disk = blocking::plug_drive0(&mut vm, &dir);
     assert_eq!(disk.pci_path, None);
     assert_eq!(disk.ccw_address().as_deref(), Some("0.0.0004"));
     assert_eq!(devno(&vm, "virtio-drive0"), "fe.0.0004");
@@ -648,7 +684,7 @@ fn s390x_block_network_and_cpus_on_ccw() {
     assert_eq!(devno(&vm, "net0"), "fe.0.0005");
     assert!(network_info(&vm).contains("hostnet0"));
 
-    unplug_disk_and_nic(&mut vm);
+    blocking::unplug_disk_and_nic(&mut vm);
 
     // The freed number is the next one given, through BlockDriver::VirtioBlkCcw too.
     let again = vm

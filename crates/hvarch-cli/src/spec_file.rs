@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 use clap::ValueEnum;
 use hvarch::kata_config::{self, KataOptions, KataWarning};
-use hvarch::{Accelerator, GuestArch, Monitor, VmSpec};
+use hvarch::hvarch_devices::config::Monitor;
+use hvarch::{Accelerator, GuestArch, VmSpec};
 
 /// The options every spec-taking subcommand shares.
 #[derive(Debug, Default, clap::Args)]
@@ -171,7 +172,7 @@ mod tests {
     fn a_kata_configuration_in_place_of_a_spec() {
         let path = kata_file(
             "configuration.toml",
-            "[hypervisor.qemu]\nmachine_type = \"virt\"\ndefault_vcpus = 2\n\
+            "[hypervisor.qemu]\nmachine_type = \"virt\"\ninitrd = \"/i\"\nshared_fs = \"none\"\ndefault_vcpus = 2\n\
              default_memory = 1024\nenable_debug = true\nextra_monitor_socket = \"qmp\"\n\
              [runtime]\nenable_debug = true\n",
         );
@@ -194,7 +195,7 @@ mod tests {
     fn an_unknown_kata_key_is_an_error_unless_lenient() {
         let path = kata_file(
             "typo.toml",
-            "[hypervisor.qemu]\nmachine_type = \"q35\"\ndefault_vcpu = 2\n",
+            "[hypervisor.qemu]\nmachine_type = \"q35\"\ninitrd = \"/i\"\nshared_fs = \"none\"\ndefault_vcpu = 2\n",
         );
         let mut options = SpecOptions {
             kata_config: Some(path.clone()),

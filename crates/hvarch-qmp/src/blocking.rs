@@ -29,14 +29,14 @@ use tracing::{debug, warn};
 
 use crate::client::{
     command_helpers, command_timeout, connection_accessors, event_timeout, greeting_timeout, lock,
-    write_error, Connection, EventSink, Handshake, Negotiated, Registration,
+    reply_value, write_error, Connection, EventSink, Handshake, Negotiated, Registration,
 };
 use crate::config::Config;
 use crate::deadline::{deadline, remaining};
 use crate::error::{Error, Result};
 use crate::event::{Event, EventFilter};
 use crate::message::Command;
-use crate::protocol::Action;
+use crate::protocol::{Action, RawReply};
 use crate::sys::{recv_now, wait_readable, Watch};
 
 /// Where a caller receives its result, and learns that it may lead.
@@ -48,7 +48,7 @@ struct Slot {
 
 #[derive(Debug, Default)]
 struct SlotState {
-    result: Option<Result<Value>>,
+    result: Option<Result<RawReply>>,
     /// The leader stepped down: this caller may take over reading.
     promoted: bool,
     /// The caller sleeps on `wake` (a leader delivering its own reply wakes nobody).
@@ -58,7 +58,7 @@ struct SlotState {
 type Waiter = Arc<Slot>;
 
 impl crate::client::Waiter for Waiter {
-    fn deliver(self, result: Result<Value>) {
+    fn deliver(self, result: Result<RawReply>) {
         let mut state = lock(&self.state);
         state.result = Some(result);
         if state.sleeping {
@@ -68,7 +68,7 @@ impl crate::client::Waiter for Waiter {
 }
 
 impl Slot {
-    fn take_result(&self) -> Option<Result<Value>> {
+    fn take_result(&self) -> Option<Result<RawReply>> {
         lock(&self.state).result.take()
     }
 
@@ -139,7 +139,7 @@ struct Reading {
 struct ReadSide {
     stream: UnixStream,
     buf: Vec<u8>,
-    actions: Vec<Action<Waiter>>,
+    actions: Vec<Action<Waiter, RawReply>>,
 }
 
 struct Inner {
@@ -231,7 +231,7 @@ impl Qmp {
     /// Executes a [`Command`] with its own timeout. On timeout the connection stays usable and a
     /// late reply is dropped.
     pub fn execute_with_timeout(&self, command: &Command, timeout: Duration) -> Result<Value> {
-        self.execute_with_fds(command, timeout, Vec::new())
+        reply_value(&self.execute_with_fds(command, timeout, Vec::new())?)
     }
 
     fn execute_with_fds(
@@ -239,7 +239,7 @@ impl Qmp {
         command: &Command,
         timeout: Duration,
         fds: Vec<OwnedFd>,
-    ) -> Result<Value> {
+    ) -> Result<RawReply> {
         let deadline = deadline(timeout);
         let slot = Arc::new(Slot::default());
         let id = lock(&self.inner.conn.state)
@@ -341,7 +341,7 @@ impl Inner {
         slot: &Arc<Slot>,
         deadline: Option<Instant>,
         mut leading: bool,
-    ) -> Option<Result<Value>> {
+    ) -> Option<Result<RawReply>> {
         loop {
             if leading {
                 self.lead(slot, deadline);

@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::event::{Event, EventFilter};
 use crate::message::Greeting;
-use crate::protocol::{Action, Session, State};
+use crate::protocol::{Action, RawReply, Session, State};
 
 /// Locks `m`, recovering from poisoning: the state behind every lock of this crate stays
 /// consistent across a panic (no invariant is broken half-way by code that can panic).
@@ -24,10 +24,11 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Where a command's result goes: a one-shot channel of the client's flavour.
+/// Where a command's result goes: a one-shot channel of the client's flavour. The reply's value
+/// stays raw JSON until the caller decodes it, outside the connection's lock.
 pub(crate) trait Waiter {
     /// Hands over the result; never blocks (a caller that gave up simply does not receive it).
-    fn deliver(self, result: Result<Value>);
+    fn deliver(self, result: Result<RawReply>);
 }
 
 /// Where a subscriber's events go.
@@ -55,7 +56,7 @@ impl<W: Waiter, S: EventSink> Link<W, S> {
     /// subscribers whose filter they pass. Runs in the critical section that fed the session, so
     /// a caller that times out meanwhile either finds its reply delivered or cancelled before it
     /// was routed, never neither. Returns whether the session closed.
-    pub(crate) fn dispatch(&mut self, actions: &mut Vec<Action<W>>) -> bool {
+    pub(crate) fn dispatch(&mut self, actions: &mut Vec<Action<W, RawReply>>) -> bool {
         let mut closed = false;
         for action in actions.drain(..) {
             match action {
@@ -86,14 +87,14 @@ impl<W: Waiter, S: EventSink> Link<W, S> {
     pub(crate) fn on_read(
         &mut self,
         read: std::io::Result<&[u8]>,
-        actions: &mut Vec<Action<W>>,
+        actions: &mut Vec<Action<W, RawReply>>,
     ) -> bool {
         match read {
-            Ok([]) => self.session.eof(actions),
-            Ok(bytes) => self.session.feed(bytes, actions),
+            Ok([]) => self.session.eof_into(actions),
+            Ok(bytes) => self.session.feed_raw(bytes, actions),
             Err(e) => {
                 debug!(error = %e, "QMP read failed");
-                self.session.eof(actions);
+                self.session.eof_into(actions);
             }
         }
         self.dispatch(actions) || self.session.state() == State::Closed
@@ -118,7 +119,7 @@ impl<W: Waiter, S: EventSink> Link<W, S> {
     /// Ends the session with `err`: every pending command fails with it, subscriptions end.
     pub(crate) fn end(&mut self, err: Error) {
         let mut actions = Vec::new();
-        self.session.close_with(err, &mut actions);
+        self.session.close_into(err, &mut actions);
         self.dispatch(&mut actions);
     }
 }
@@ -250,7 +251,7 @@ pub(crate) struct Negotiated<W> {
 /// until it is [`done`](Handshake::done).
 pub(crate) struct Handshake<W> {
     session: Session<W>,
-    actions: Vec<Action<W>>,
+    actions: Vec<Action<W, RawReply>>,
     greeting: Option<Greeting>,
     early_events: Vec<Event>,
     ready: bool,
@@ -271,8 +272,8 @@ impl<W> Handshake<W> {
     /// to send once the greeting has arrived.
     pub(crate) fn on_read(&mut self, read: Option<&[u8]>) -> Result<Option<Vec<u8>>> {
         match read {
-            Some(bytes) => self.session.feed(bytes, &mut self.actions),
-            None => self.session.eof(&mut self.actions),
+            Some(bytes) => self.session.feed_raw(bytes, &mut self.actions),
+            None => self.session.eof_into(&mut self.actions),
         }
         let mut send = None;
         for action in self.actions.drain(..) {
@@ -359,8 +360,9 @@ macro_rules! command_helpers {
             command: &C,
         ) -> $crate::Result<C::Ok> {
             let command = $crate::Command::from_typed(command)?;
-            let value = self.execute_command(&command)$(.$await_)??;
-            $crate::client::decode_reply::<C>(value)
+            let timeout = self.config().command_timeout;
+            let reply = self.execute_with_fds(&command, timeout, Vec::new())$(.$await_)??;
+            $crate::client::decode_reply(C::NAME, &reply)
         }
 
         /// Executes `name` with raw JSON `arguments` (`Value::Null` or `{}` for none).
@@ -378,7 +380,7 @@ macro_rules! command_helpers {
             command: &$crate::Command,
         ) -> $crate::Result<serde_json::Value> {
             let timeout = self.config().command_timeout;
-            self.execute_with_fds(command, timeout, Vec::new())$(.$await_)?
+            self.execute_with_timeout(command, timeout)$(.$await_)?
         }
 
         /// Subscribes to every event from now on.
@@ -463,8 +465,8 @@ macro_rules! command_helpers {
             let fds = vec![fd.try_clone_to_owned()?];
             let command = $crate::commands::add_fd(fdset_id, opaque);
             let timeout = self.config().command_timeout;
-            let value = self.execute_with_fds(&command, timeout, fds)$(.$await_)??;
-            $crate::client::decode_value("add-fd", value)
+            let reply = self.execute_with_fds(&command, timeout, fds)$(.$await_)??;
+            $crate::client::decode_reply("add-fd", &reply)
         }
 
         /// Runs a [`MemoryHotplug`](crate::commands::MemoryHotplug): `object-add`, then
@@ -487,18 +489,22 @@ macro_rules! command_helpers {
 }
 pub(crate) use command_helpers;
 
-/// Decodes a typed command's reply.
-pub(crate) fn decode_reply<C: qapi_spec::Command>(value: Value) -> Result<C::Ok> {
-    decode_value(C::NAME, value)
-}
-
-/// Decodes `value` (the reply of `what`) into `T`, keeping the raw JSON on failure.
-pub(crate) fn decode_value<T: serde::de::DeserializeOwned>(what: &str, value: Value) -> Result<T> {
-    T::deserialize(&value).map_err(|source| Error::Decode {
+/// Decodes the reply to `what` into `T`, keeping the raw JSON on failure.
+pub(crate) fn decode_reply<T: serde::de::DeserializeOwned>(
+    what: &str,
+    reply: &RawReply,
+) -> Result<T> {
+    serde_json::from_str(reply.get()).map_err(|source| Error::Decode {
         what: what.to_owned(),
-        raw: value,
+        raw: serde_json::from_str(reply.get())
+            .unwrap_or_else(|_| Value::String(reply.get().into())),
         source,
     })
+}
+
+/// A reply's value as JSON.
+pub(crate) fn reply_value(reply: &RawReply) -> Result<Value> {
+    crate::message::value_of(reply)
 }
 
 /// The error for a failed write: a peer that went away is [`Error::Disconnected`] (whether or

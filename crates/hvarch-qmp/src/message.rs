@@ -1,5 +1,6 @@
 //! QMP messages: classification of raw inbound JSON, and outbound commands.
 
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::error::{Error, MISSING_DESC};
@@ -206,14 +207,16 @@ impl Inbound {
 
     /// Decodes one line of raw bytes and classifies it (as [`Inbound::classify`] does).
     pub fn decode(line: &[u8]) -> Result<Inbound, Error> {
-        // Replies and events, nearly every line, decode without building a JSON object for
-        // the message itself; anything unusual takes the general path.
-        if let Some(inbound) = serde_json::from_slice::<Envelope>(line)
-            .ok()
-            .and_then(Envelope::into_inbound)
-        {
-            return Ok(inbound);
+        match Parsed::parse(line)? {
+            Parsed::Inbound(inbound) => Ok(inbound),
+            Parsed::Return { id, value } => Ok(Inbound::Return {
+                id,
+                value: value_of(value)?,
+            }),
         }
+    }
+
+    fn decode_general(line: &[u8]) -> Result<Inbound, Error> {
         let value: Value = serde_json::from_slice(line).map_err(|e| {
             Error::Protocol(format!(
                 "inbound line is not valid JSON ({e}): {}",
@@ -224,10 +227,43 @@ impl Inbound {
     }
 }
 
+/// A decoded line as the session routes it: a reply's `return` member stays raw JSON, borrowed
+/// from the line, so that the caller decodes it (into the type it asked for) rather than the
+/// routing.
+pub(crate) enum Parsed<'a> {
+    /// A successful reply.
+    Return {
+        id: Option<Value>,
+        value: &'a RawValue,
+    },
+    /// Anything else (or a reply the general path classified).
+    Inbound(Inbound),
+}
+
+impl<'a> Parsed<'a> {
+    /// Decodes `line`: replies and events, nearly every line, without building a JSON object
+    /// for the message itself; anything unusual through [`Inbound::classify`].
+    pub(crate) fn parse(line: &'a [u8]) -> Result<Parsed<'a>, Error> {
+        if let Some(parsed) = serde_json::from_slice::<Envelope<'a>>(line)
+            .ok()
+            .and_then(Envelope::into_parsed)
+        {
+            return Ok(parsed);
+        }
+        Inbound::decode_general(line).map(Parsed::Inbound)
+    }
+}
+
+/// Decodes raw JSON (from a line already decoded once) as a `Value`.
+pub(crate) fn value_of(raw: &RawValue) -> Result<Value, Error> {
+    serde_json::from_str(raw.get())
+        .map_err(|e| Error::Protocol(format!("inbound reply is not valid JSON ({e})")))
+}
+
 /// The members of an inbound message that classify it. A member present with `null` is
 /// `Some(Value::Null)`, as [`Inbound::classify`] sees it; unknown members are ignored.
 #[derive(serde::Deserialize)]
-struct Envelope {
+struct Envelope<'a> {
     #[serde(default, deserialize_with = "present")]
     event: Option<Value>,
     #[serde(default)]
@@ -238,8 +274,8 @@ struct Envelope {
     greeting: Option<Value>,
     #[serde(default, deserialize_with = "present")]
     id: Option<Value>,
-    #[serde(rename = "return", default, deserialize_with = "present")]
-    value: Option<Value>,
+    #[serde(rename = "return", borrow, default, deserialize_with = "present_raw")]
+    value: Option<&'a RawValue>,
     #[serde(default, deserialize_with = "present")]
     error: Option<Value>,
 }
@@ -249,18 +285,27 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::E
     serde::Deserialize::deserialize(d).map(Some)
 }
 
-impl Envelope {
+/// A member that is present, kept as raw JSON (`null` included).
+fn present_raw<'de: 'a, 'a, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<&'a RawValue>, D::Error> {
+    <&'a RawValue as serde::Deserialize>::deserialize(d).map(Some)
+}
+
+impl<'a> Envelope<'a> {
     /// The message, when it is an event, a reply or an error reply in the plain form;
     /// `None` for whatever [`Inbound::classify`] should look at as a whole.
-    fn into_inbound(self) -> Option<Inbound> {
+    fn into_parsed(self) -> Option<Parsed<'a>> {
         match (self.event, self.greeting, self.value, self.error) {
-            (Some(Value::String(name)), _, _, _) => Some(Inbound::Event(Event::new(
-                name,
-                self.data.unwrap_or(Value::Null),
-                self.timestamp.as_ref(),
-            ))),
-            (None, None, Some(value), _) => Some(Inbound::Return { id: self.id, value }),
-            (None, None, None, Some(err)) => Some(Inbound::Error {
+            (Some(Value::String(name)), _, _, _) => {
+                Some(Parsed::Inbound(Inbound::Event(Event::new(
+                    name,
+                    self.data.unwrap_or(Value::Null),
+                    self.timestamp.as_ref(),
+                ))))
+            }
+            (None, None, Some(value), _) => Some(Parsed::Return { id: self.id, value }),
+            (None, None, None, Some(err)) => Some(Parsed::Inbound(Inbound::Error {
                 id: self.id,
                 class: err
                     .get("class")
@@ -268,7 +313,7 @@ impl Envelope {
                     .unwrap_or("(no error class)")
                     .to_owned(),
                 desc: err.get("desc").and_then(Value::as_str).map(str::to_owned),
-            }),
+            })),
             _ => None,
         }
     }

@@ -19,13 +19,14 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::os::fd::OwnedFd;
 
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use tracing::{debug, trace, warn};
 
 use crate::codec::{encode_line, LineDecoder};
 use crate::error::Error;
 use crate::event::Event;
-use crate::message::{command_error, truncate, Command, Greeting, Inbound};
+use crate::message::{command_error, truncate, value_of, Command, Greeting, Inbound, Parsed};
 
 /// How many commands may await their reply at once on one connection.
 pub const MAX_IN_FLIGHT: usize = 8;
@@ -47,9 +48,10 @@ pub enum State {
     Closed,
 }
 
-/// Something the I/O layer must act on.
+/// Something the I/O layer must act on. A reply's value is a `Value` for [`Session::feed`];
+/// the clients of this crate take it as raw JSON (`R`), which the caller decodes.
 #[derive(Debug)]
-pub enum Action<W> {
+pub enum Action<W, R = Value> {
     /// The greeting arrived; call [`Session::negotiate`] and send the bytes.
     Greeting(Greeting),
     /// `qmp_capabilities` succeeded; the session is ready.
@@ -61,13 +63,44 @@ pub enum Action<W> {
         /// The waiter registered with [`Session::start_command`].
         waiter: W,
         /// The `return` value, or the error.
-        result: Result<Value, Error>,
+        result: Result<R, Error>,
     },
     /// An asynchronous event (including events that arrived before the greeting).
     Event(Event),
     /// The session ended with this error; every pending waiter has already been given a
     /// [`Action::Reply`] with an error. Close the socket.
     Closed(Error),
+}
+
+/// A reply's `return` value as the clients of this crate route it: raw JSON, decoded by the
+/// caller into the type it asked for (outside any lock).
+pub(crate) type RawReply = Box<RawValue>;
+
+/// How an action carries a reply's value.
+pub(crate) trait ReplyBody: Sized {
+    fn from_raw(raw: &RawValue) -> Result<Self, Error>;
+    fn from_value(value: Value) -> Result<Self, Error>;
+}
+
+impl ReplyBody for Value {
+    fn from_raw(raw: &RawValue) -> Result<Self, Error> {
+        value_of(raw)
+    }
+
+    fn from_value(value: Value) -> Result<Self, Error> {
+        Ok(value)
+    }
+}
+
+impl ReplyBody for RawReply {
+    fn from_raw(raw: &RawValue) -> Result<Self, Error> {
+        Ok(raw.to_owned())
+    }
+
+    fn from_value(value: Value) -> Result<Self, Error> {
+        serde_json::value::to_raw_value(&value)
+            .map_err(|e| Error::Protocol(format!("cannot keep a reply as JSON ({e})")))
+    }
 }
 
 struct Pending<W> {
@@ -85,6 +118,16 @@ struct Queued {
     id: u64,
     bytes: Vec<u8>,
     fds: Vec<OwnedFd>,
+}
+
+/// An inbound message as the session routes it: a reply's value already in the form the
+/// actions carry.
+enum Message<R> {
+    Return {
+        id: Option<Value>,
+        value: Result<R, Error>,
+    },
+    Other(Inbound),
 }
 
 /// What to write next, in one `sendmsg`: the lines of one or more commands, and the file
@@ -342,19 +385,44 @@ impl<W> Session<W> {
 
     /// Processes received bytes, appending actions to `out`.
     pub fn feed(&mut self, data: &[u8], out: &mut Vec<Action<W>>) {
+        self.feed_into(data, out);
+    }
+
+    /// [`Session::feed`], with replies' values kept as raw JSON.
+    pub(crate) fn feed_raw(&mut self, data: &[u8], out: &mut Vec<Action<W, RawReply>>) {
+        self.feed_into(data, out);
+    }
+
+    fn feed_into<R: ReplyBody>(&mut self, data: &[u8], out: &mut Vec<Action<W, R>>) {
         if self.state == State::Closed {
             return;
         }
         self.decoder.push(data);
         loop {
-            let inbound = match self.decoder.next_line() {
+            let line = match self.decoder.next_line() {
                 Ok(None) => return,
                 Ok(Some(line)) if line.iter().all(u8::is_ascii_whitespace) => continue,
-                Ok(Some(line)) => Inbound::decode(line),
-                Err(oversize) => Err(Error::Protocol(oversize.to_string())),
+                Ok(Some(line)) => line,
+                Err(oversize) => {
+                    let err = Error::Protocol(oversize.to_string());
+                    self.fail(err, out);
+                    return;
+                }
             };
-            let result = inbound.and_then(|msg| self.handle(msg, out));
-            if let Err(e) = result {
+            // The line borrows the decoder: take what routing needs out of it first.
+            let msg = match Parsed::parse(line) {
+                Ok(Parsed::Return { id, value }) => Ok(Message::Return {
+                    id,
+                    value: R::from_raw(value),
+                }),
+                Ok(Parsed::Inbound(Inbound::Return { id, value })) => Ok(Message::Return {
+                    id,
+                    value: R::from_value(value),
+                }),
+                Ok(Parsed::Inbound(other)) => Ok(Message::Other(other)),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = msg.and_then(|msg| self.handle(msg, out)) {
                 self.fail(e, out);
                 return;
             }
@@ -364,6 +432,11 @@ impl<W> Session<W> {
     /// The peer closed the connection (or reading failed): every pending command fails with
     /// [`Error::Disconnected`].
     pub fn eof(&mut self, out: &mut Vec<Action<W>>) {
+        self.eof_into(out);
+    }
+
+    /// [`Session::eof`] for either form of actions.
+    pub(crate) fn eof_into<R>(&mut self, out: &mut Vec<Action<W, R>>) {
         if self.state == State::Closed {
             return;
         }
@@ -376,18 +449,23 @@ impl<W> Session<W> {
             }
             _ => Error::Disconnected,
         };
-        self.close_with(err, out);
+        self.close_into(err, out);
     }
 
     /// Ends the session locally (close requested); pending commands fail with
     /// [`Error::Disconnected`].
     pub fn close(&mut self, out: &mut Vec<Action<W>>) {
-        self.close_with(Error::Disconnected, out);
+        self.close_into(Error::Disconnected, out);
     }
 
     /// Ends the session because of `err` (e.g. a write that failed or timed out): every
     /// pending command fails with a copy of `err`. Nothing happens if it has already ended.
     pub fn close_with(&mut self, err: Error, out: &mut Vec<Action<W>>) {
+        self.close_into(err, out);
+    }
+
+    /// [`Session::close_with`] for either form of actions.
+    pub(crate) fn close_into<R>(&mut self, err: Error, out: &mut Vec<Action<W, R>>) {
         if self.state == State::Closed {
             return;
         }
@@ -408,12 +486,30 @@ impl<W> Session<W> {
         out.push(Action::Closed(err));
     }
 
-    fn fail(&mut self, err: Error, out: &mut Vec<Action<W>>) {
+    fn fail<R>(&mut self, err: Error, out: &mut Vec<Action<W, R>>) {
         warn!(error = %err, "QMP session failed");
-        self.close_with(err, out);
+        self.close_into(err, out);
     }
 
-    fn handle(&mut self, msg: Inbound, out: &mut Vec<Action<W>>) -> Result<(), Error> {
+    fn handle<R>(&mut self, msg: Message<R>, out: &mut Vec<Action<W, R>>) -> Result<(), Error> {
+        let msg = match msg {
+            Message::Return { id, value } => {
+                self.expect_greeted()?;
+                let Some(id) = id.as_ref().and_then(Value::as_u64) else {
+                    warn!(id = ?id, "QMP reply with an id we never sent; dropped");
+                    return Ok(());
+                };
+                if self.negotiation_id == Some(id) && self.state == State::Negotiating {
+                    self.negotiation_id = None;
+                    self.state = State::Ready;
+                    out.push(Action::Ready);
+                } else {
+                    self.complete(id, |_| value, out);
+                }
+                return Ok(());
+            }
+            Message::Other(msg) => msg,
+        };
         match msg {
             Inbound::Event(event) => {
                 if self.state == State::AwaitingGreeting {
@@ -439,20 +535,8 @@ impl<W> Session<W> {
                 }
                 debug!(message = %truncate(&v.to_string()), "unrecognised QMP message ignored");
             }
-            Inbound::Return { id, value } => {
-                self.expect_greeted()?;
-                let Some(id) = id.as_ref().and_then(Value::as_u64) else {
-                    warn!(id = ?id, "QMP reply with an id we never sent; dropped");
-                    return Ok(());
-                };
-                if self.negotiation_id == Some(id) && self.state == State::Negotiating {
-                    self.negotiation_id = None;
-                    self.state = State::Ready;
-                    out.push(Action::Ready);
-                } else {
-                    self.complete(id, |_| Ok(value), out);
-                }
-            }
+            // Routed as `Message::Return` by `feed_into`.
+            Inbound::Return { .. } => {}
             Inbound::Error { id, class, desc } => {
                 self.expect_greeted()?;
                 let Some(id) = id else {
@@ -480,11 +564,11 @@ impl<W> Session<W> {
 
     /// The reply for command `id` arrived: its slot is free again, and its waiter (if the
     /// caller has not given up) gets `result(command name)`.
-    fn complete(
+    fn complete<R>(
         &mut self,
         id: u64,
-        result: impl FnOnce(&str) -> Result<Value, Error>,
-        out: &mut Vec<Action<W>>,
+        result: impl FnOnce(&str) -> Result<R, Error>,
+        out: &mut Vec<Action<W, R>>,
     ) {
         if !self.pending.get(&id).is_some_and(|p| p.sent) {
             trace!(id, "QMP reply to no command in flight dropped");
@@ -776,6 +860,72 @@ mod tests {
         assert_eq!(out.len(), MAX_QUEUED + 1);
         assert_eq!((s.queued(), s.in_flight()), (0, 0));
         assert!(s.poll_transmit().is_none());
+    }
+
+    /// Any JSON value, strings with escapes and non-ASCII text included.
+    fn json_value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            (-1e12f64..1e12).prop_map(Value::from),
+            "[ -~\\n\\t\"\\\\é\u{1F600}]{0,12}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                proptest::collection::btree_map("[a-z\"]{0,6}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// The clients' raw routing (`feed_raw`) hands every reply's value over exactly as the
+        /// `Value` routing (`feed`) does, to the same waiter, whatever the value and whether the
+        /// line takes the fast path or the general one (a member that is not a reply's, such as
+        /// `"event": null`).
+        #[test]
+        fn raw_replies_carry_the_same_values(
+            values in proptest::collection::vec((json_value(), proptest::bool::ANY), 1..8),
+        ) {
+            let mut parsed = ready(false);
+            let mut raw = ready(false);
+            let mut input = Vec::new();
+            for (i, (value, general)) in values.iter().enumerate() {
+                let waiter = u32::try_from(i).expect("small");
+                let (id, _) = parsed.start_command(&Command::bare("c"), waiter).expect("parsed");
+                let (raw_id, _) = raw.start_command(&Command::bare("c"), waiter).expect("raw");
+                proptest::prop_assert_eq!(id, raw_id);
+                let line = if *general {
+                    json!({"event": null, "id": id, "return": value})
+                } else {
+                    json!({"return": value, "id": id})
+                };
+                input.extend_from_slice(line.to_string().as_bytes());
+                input.extend_from_slice(b"\r\n");
+            }
+            let (mut by_value, mut by_raw) = (Vec::new(), Vec::new());
+            parsed.feed(&input, &mut by_value);
+            raw.feed_raw(&input, &mut by_raw);
+            proptest::prop_assert_eq!(by_value.len(), values.len());
+            proptest::prop_assert_eq!(by_raw.len(), values.len());
+            for (i, (v, r)) in by_value.iter().zip(&by_raw).enumerate() {
+                let (
+                    Action::Reply { waiter: wv, result: Ok(v), .. },
+                    Action::Reply { waiter: wr, result: Ok(r), .. },
+                ) = (v, r) else {
+                    return Err(proptest::test_runner::TestCaseError::fail(format!(
+                        "reply {i}: {v:?} / {r:?}"
+                    )));
+                };
+                let decoded: Value = serde_json::from_str(r.get()).expect("raw reply is JSON");
+                proptest::prop_assert_eq!((wv, v), (wr, &decoded));
+                proptest::prop_assert_eq!(*wv, u32::try_from(i).expect("small"));
+            }
+        }
     }
 
     #[test]

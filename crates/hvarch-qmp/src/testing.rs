@@ -109,36 +109,24 @@ impl FakeConn {
 
     /// Reads one JSON line; `None` on EOF or timeout (10 s). Fds that arrive are kept.
     pub fn recv(&mut self) -> Option<Value> {
-        loop {
-            if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.buf.drain(..=pos).collect();
-                return serde_json::from_slice(&line).ok();
-            }
-            let mut chunk = [0u8; 65536];
-            match crate::fdpass::recv_with_fds(self.stream.as_fd(), &mut chunk) {
-                Ok((0, _)) | Err(_) => return None,
-                Ok((n, fds)) => {
-                    self.buf
-                        .extend_from_slice(chunk.get(..n).unwrap_or_default());
-                    self.fds.extend(fds);
-                }
-            }
-        }
+        self.next_line(65536)
+    }
+
+    /// Reads one JSON line a byte at a time and returns it with the descriptors that came with
+    /// its bytes. The kernel hands descriptors over with the first byte of the `sendmsg` that
+    /// carried them, so this tells which command's write carried them: a write that coalesced
+    /// commands behind descriptors gives them to its first command. `None` on EOF or timeout
+    /// (10 s). Descriptors [`recv`](Self::recv) kept come first.
+    pub fn recv_with_fds(&mut self) -> Option<(Value, Vec<OwnedFd>)> {
+        let cmd = self.next_line(1)?;
+        Some((cmd, self.take_fds()))
     }
 
     /// Reads once (waiting if no complete line is buffered) and returns every complete line
     /// then buffered: the commands that arrived together. Empty on EOF or timeout (10 s).
     pub fn recv_burst(&mut self) -> Vec<Value> {
-        if !self.buf.contains(&b'\n') {
-            let mut chunk = [0u8; 65536];
-            match crate::fdpass::recv_with_fds(self.stream.as_fd(), &mut chunk) {
-                Ok((0, _)) | Err(_) => return Vec::new(),
-                Ok((n, fds)) => {
-                    self.buf
-                        .extend_from_slice(chunk.get(..n).unwrap_or_default());
-                    self.fds.extend(fds);
-                }
-            }
+        if !self.buf.contains(&b'\n') && !self.fill(65536) {
+            return Vec::new();
         }
         let mut lines = Vec::new();
         while let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
@@ -146,6 +134,34 @@ impl FakeConn {
             lines.extend(serde_json::from_slice::<Value>(&line).ok());
         }
         lines
+    }
+
+    /// The next complete line, receiving at most `chunk` bytes at a time.
+    fn next_line(&mut self, chunk: usize) -> Option<Value> {
+        loop {
+            if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=pos).collect();
+                return serde_json::from_slice(&line).ok();
+            }
+            if !self.fill(chunk) {
+                return None;
+            }
+        }
+    }
+
+    /// Receives at most `max` bytes into the buffer, keeping the descriptors that come with
+    /// them; `false` on EOF or timeout.
+    fn fill(&mut self, max: usize) -> bool {
+        let mut chunk = vec![0u8; max];
+        match crate::fdpass::recv_with_fds(self.stream.as_fd(), &mut chunk) {
+            Ok((0, _)) | Err(_) => false,
+            Ok((n, fds)) => {
+                self.buf
+                    .extend_from_slice(chunk.get(..n).unwrap_or_default());
+                self.fds.extend(fds);
+                true
+            }
+        }
     }
 
     /// Whether more has arrived (a buffered line or unread bytes), without waiting.
