@@ -387,7 +387,7 @@ fn with_stderr<T>(qemu: &QemuProcess, f: impl FnOnce() -> T) -> T {
 }
 
 /// Every part of every device, in creation order.
-fn parts_of(devices: &[Device]) -> Vec<Part> {
+fn parts_of(devices: &[Device]) -> Vec<Part<'_>> {
     devices
         .iter()
         .flat_map(|d| d.parts().unwrap_or_else(|e| panic!("{}: {e}", d.kind())))

@@ -6,8 +6,8 @@
 use std::path::{Path, PathBuf};
 
 use clap::ValueEnum;
-use hvarch::kata_config::{self, KataOptions, KataWarning};
 use hvarch::hvarch_devices::config::Monitor;
+use hvarch::kata_config::{self, KataOptions, KataWarning};
 use hvarch::{Accelerator, GuestArch, VmSpec};
 
 /// The options every spec-taking subcommand shares.

@@ -78,18 +78,18 @@ impl QemuDevice for BalloonDevice {
         self.virtio.validate_with_addr(what, self.addr)
     }
 
-    fn parts(&self) -> Result<Vec<Part>> {
+    fn for_each_part<'a>(&'a self, emit: &mut dyn FnMut(Part<'a>) -> Result<()>) -> Result<()> {
         self.validate()?;
-        Ok(vec![Part::device(
-            &self.virtio.driver("virtio-balloon"),
+        emit(Part::device(
+            self.virtio.driver("virtio-balloon"),
             Props::new()
                 .with("id", self.id.as_str())
                 .opt("bus", self.bus.as_deref())
-                .opt("addr", self.addr.map(|a| a.to_string()))
+                .opt("addr", self.addr)
                 .flag("deflate-on-oom", self.deflate_on_oom)
                 .flag("free-page-reporting", self.free_page_reporting)
                 .extend(self.virtio.props()),
-        )])
+        ))
     }
 }
 
@@ -98,7 +98,7 @@ mod tests {
     use super::*;
     use crate::fd::NoFds;
     use crate::part::Syntax;
-    use crate::test_support::{args, check_round_trip, ident, text};
+    use crate::test_support::{args, bad_id, id, transport, Cases};
     use crate::transport::Transport;
     use proptest::prelude::*;
     use serde_json::json;
@@ -202,20 +202,31 @@ mod tests {
         assert_eq!(device, crate::Device::from(balloon));
     }
 
-    proptest! {
-        #[test]
-        fn parts_never_panic_and_round_trip(
-            id in ident(), bus in proptest::option::of(ident()),
-            romfile in proptest::option::of(text()),
-            flags in any::<(bool, bool, bool)>(),
-        ) {
-            let mut balloon = BalloonDevice::new(id);
-            balloon.bus = bus;
-            balloon.virtio.romfile = romfile;
-            (balloon.deflate_on_oom, balloon.free_page_reporting, balloon.virtio.disable_modern) = flags;
-            if let Ok(parts) = balloon.parts() {
-                check_round_trip(&parts)?;
-            }
-        }
+    fn balloon() -> impl Strategy<Value = BalloonDevice> {
+        (
+            id(),
+            proptest::option::of(id()),
+            any::<(bool, bool)>(),
+            transport(),
+        )
+            .prop_map(
+                |(id, bus, (deflate_on_oom, free_page_reporting), (virtio, addr))| BalloonDevice {
+                    deflate_on_oom,
+                    free_page_reporting,
+                    bus,
+                    addr,
+                    virtio,
+                    ..BalloonDevice::new(id)
+                },
+            )
+    }
+
+    #[test]
+    fn parts_round_trip_and_faults_name_their_field() {
+        Cases::new(balloon())
+            .fault("id", bad_id(), |d, v| d.id = v)
+            .fault("bus", bad_id(), |d, v| d.bus = Some(v))
+            .virtio_faults(|d| (&mut d.virtio, &mut d.addr))
+            .check();
     }
 }

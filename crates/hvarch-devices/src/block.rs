@@ -168,7 +168,7 @@ impl BlockBackend {
         Ok(())
     }
 
-    fn protocol_props(&self) -> Result<Props> {
+    fn protocol_props(&self) -> Result<Props<'_>> {
         const WHAT: &str = "blockdev";
         let aio = self.aio.map(|aio| Value::literal(aio.as_str()));
         Ok(match &self.protocol {
@@ -188,8 +188,14 @@ impl BlockBackend {
     }
 
     /// The `-blockdev` part (validated).
-    pub fn part(&self) -> Result<Part> {
+    pub fn part(&self) -> Result<Part<'_>> {
         self.validate()?;
+        self.part_of_valid()
+    }
+
+    /// The `-blockdev` part of a backend already [`validate`](Self::validate)d (by the
+    /// device it belongs to).
+    pub(crate) fn part_of_valid(&self) -> Result<Part<'_>> {
         let cache = self.cache.map(|c| {
             Props::new()
                 .with("direct", c.direct)
@@ -323,15 +329,15 @@ impl QemuDevice for BlockDevice {
         self.virtio.validate_with_addr(what, self.addr)
     }
 
-    fn parts(&self) -> Result<Vec<Part>> {
+    fn for_each_part<'a>(&'a self, emit: &mut dyn FnMut(Part<'a>) -> Result<()>) -> Result<()> {
         self.validate()?;
         let device = Part::device(
-            &self.virtio.driver("virtio-blk"),
+            self.virtio.driver("virtio-blk"),
             Props::new()
                 .with("id", self.id.as_str())
                 .with("drive", self.backend.node_name.as_str())
                 .opt("bus", self.bus.as_deref())
-                .opt("addr", self.addr.map(|a| a.to_string()))
+                .opt("addr", self.addr)
                 .opt("serial", self.serial.as_deref())
                 .opt("num-queues", self.num_queues)
                 .opt("iothread", self.iothread.as_deref())
@@ -340,7 +346,8 @@ impl QemuDevice for BlockDevice {
                 .flag("share-rw", self.share_rw)
                 .extend(self.virtio.props()),
         );
-        Ok(vec![self.backend.part()?, device])
+        emit(self.backend.part_of_valid()?)?;
+        emit(device)
     }
 }
 
@@ -349,8 +356,9 @@ mod tests {
     use super::*;
     use crate::fd::NoFds;
     use crate::part::Syntax;
-    use crate::test_support::args;
+    use crate::test_support::{args, bad_id, block_backend, id, nul_text, text, transport, Cases};
     use crate::transport::Transport;
+    use proptest::prelude::*;
     use serde_json::json;
 
     /// govmm's reference case (kata-go.md §2.3 BlockDevice), in modern syntax: `-blockdev`
@@ -493,5 +501,45 @@ mod tests {
         let again: BlockDevice = toml::from_str(&toml::to_string(&disk).unwrap()).unwrap();
         assert_eq!(again, disk);
         assert!(toml::from_str::<BlockDevice>("id = \"d\"\nbogus = 1").is_err());
+    }
+
+    #[test]
+    fn parts_round_trip_and_faults_name_their_field() {
+        let disk = (
+            (id(), block_backend(), proptest::option::of(text())),
+            (
+                proptest::option::of(1u16..),
+                proptest::option::of(id()),
+                any::<(bool, Option<bool>, Option<u32>)>(),
+                proptest::option::of(id()),
+                transport(),
+            ),
+        )
+            .prop_map(
+                |((id, backend, serial), (num_queues, iothread, flags, bus, (virtio, addr)))| {
+                    let (share_rw, config_wce, bootindex) = flags;
+                    BlockDevice {
+                        serial,
+                        num_queues,
+                        iothread,
+                        share_rw,
+                        config_wce,
+                        bootindex,
+                        bus,
+                        addr,
+                        virtio,
+                        ..BlockDevice::new(id, backend)
+                    }
+                },
+            );
+        Cases::new(disk)
+            .fault("id", bad_id(), |d, v| d.id = v)
+            .fault("serial", nul_text(), |d, v| d.serial = Some(v))
+            .fault("iothread", bad_id(), |d, v| d.iothread = Some(v))
+            .fault("bus", bad_id(), |d, v| d.bus = Some(v))
+            .fault("num_queues", Just(0), |d, v| d.num_queues = Some(v))
+            .block_backend_faults(|d| &mut d.backend)
+            .virtio_faults(|d| (&mut d.virtio, &mut d.addr))
+            .check();
     }
 }

@@ -175,23 +175,23 @@ impl QemuDevice for PciBridge {
         check_bridge_romfile(what, self.romfile.as_deref())
     }
 
-    fn parts(&self) -> Result<Vec<Part>> {
+    fn for_each_part<'a>(&'a self, emit: &mut dyn FnMut(Part<'a>) -> Result<()>) -> Result<()> {
         self.validate()?;
-        Ok(vec![Part::device(
+        emit(Part::device(
             self.bridge_type.driver(),
             Props::new()
                 .with("bus", self.bus.as_str())
                 .with("id", self.id.as_str())
                 .opt("chassis_nr", self.chassis_nr)
                 .opt("shpc", self.shpc)
-                .opt("addr", self.addr.map(|a| a.to_string()))
+                .opt("addr", self.addr)
                 .opt("bus-reserve", self.bus_reserve)
                 .opt_size("io-reserve", self.io_reserve)
                 .opt_size("mem-reserve", self.mem_reserve)
                 .opt_size("pref32-reserve", self.pref32_reserve)
                 .opt_size("pref64-reserve", self.pref64_reserve)
                 .opt("romfile", self.romfile.as_deref()),
-        )])
+        ))
     }
 }
 
@@ -319,16 +319,16 @@ impl QemuDevice for PcieRootPort {
         check_bridge_romfile(what, self.romfile.as_deref())
     }
 
-    fn parts(&self) -> Result<Vec<Part>> {
+    fn for_each_part<'a>(&'a self, emit: &mut dyn FnMut(Part<'a>) -> Result<()>) -> Result<()> {
         self.validate()?;
-        Ok(vec![Part::device(
+        emit(Part::device(
             "pcie-root-port",
             Props::new()
                 .with("id", self.id.as_str())
                 .with("bus", self.bus.as_str())
                 .with("chassis", self.chassis)
                 .with("slot", self.slot)
-                .opt("addr", self.addr.map(|a| a.to_string()))
+                .opt("addr", self.addr)
                 .with("multifunction", self.multifunction)
                 .opt("bus-reserve", self.bus_reserve)
                 .opt_size("pref64-reserve", self.pref64_reserve)
@@ -336,7 +336,7 @@ impl QemuDevice for PcieRootPort {
                 .opt_size("mem-reserve", self.mem_reserve)
                 .opt_size("io-reserve", self.io_reserve)
                 .opt("romfile", self.romfile.as_deref()),
-        )])
+        ))
     }
 }
 
@@ -345,7 +345,7 @@ mod tests {
     use super::*;
     use crate::fd::NoFds;
     use crate::part::Syntax;
-    use crate::test_support::{args, check_round_trip, ident, text};
+    use crate::test_support::{args, bad_id, id, pci_addr, short_text, Cases};
     use proptest::prelude::*;
     use serde_json::json;
 
@@ -599,46 +599,132 @@ mod tests {
         assert_eq!(device.id(), Some("rp1"));
     }
 
-    proptest! {
-        #[test]
-        fn parts_never_panic_and_round_trip(
-            id in ident(), bus in ident(), pcie in any::<bool>(),
-            chassis in any::<Option<u8>>(), shpc in any::<Option<bool>>(),
-            reserves in any::<(Option<u32>, Option<u64>, Option<u64>, Option<u64>)>(),
-            pref32 in any::<Option<u64>>(),
-            romfile in proptest::option::of(text()), slot_nr in any::<u16>(),
-        ) {
-            let (bus_reserve, io_reserve, mem_reserve, pref64_reserve) = reserves;
-            let bridge = PciBridge {
-                bridge_type: if pcie { BridgeType::PcieBridge } else { BridgeType::PciBridge },
-                chassis_nr: chassis,
+    /// Bus, I/O and memory reservations: any sizes, at most one of the prefetchable ones.
+    #[allow(clippy::type_complexity)]
+    fn reserves() -> impl Strategy<
+        Value = (
+            Option<u32>,
+            Option<u64>,
+            Option<u64>,
+            Option<u64>,
+            Option<u64>,
+        ),
+    > {
+        let pref = prop_oneof![
+            Just((None, None)),
+            any::<u64>().prop_map(|p| (Some(p), None)),
+            any::<u64>().prop_map(|p| (None, Some(p))),
+        ];
+        (
+            any::<Option<u32>>(),
+            any::<Option<u64>>(),
+            any::<Option<u64>>(),
+            pref,
+        )
+            .prop_map(|(bus, io, mem, (pref32, pref64))| (bus, io, mem, pref32, pref64))
+    }
+
+    /// No option ROM: unset or explicitly empty.
+    fn no_rom() -> impl Strategy<Value = Option<String>> {
+        proptest::option::of(Just(String::new()))
+    }
+
+    fn pci_bridge() -> impl Strategy<Value = PciBridge> {
+        let pci =
+            (1u8.., any::<Option<bool>>(), reserves()).prop_map(|(chassis, shpc, r)| PciBridge {
+                chassis_nr: Some(chassis),
                 shpc,
-                bus_reserve,
-                io_reserve,
-                mem_reserve,
-                pref32_reserve: pref32,
-                pref64_reserve,
-                romfile: romfile.clone(),
-                ..PciBridge::pci(id.clone(), bus.clone(), 1)
-            };
-            let port = PcieRootPort {
+                bus_reserve: r.0,
+                io_reserve: r.1,
+                mem_reserve: r.2,
+                pref32_reserve: r.3,
+                pref64_reserve: r.4,
+                ..PciBridge::pci("", "", 1)
+            });
+        let pcie = Just(PciBridge::pcie("", ""));
+        (
+            prop_oneof![pci, pcie],
+            id(),
+            id(),
+            proptest::option::of(pci_addr()),
+            no_rom(),
+        )
+            .prop_map(|(bridge, id, bus, addr, romfile)| PciBridge {
+                id,
                 bus,
-                chassis: chassis.unwrap_or_default(),
-                slot: slot_nr,
-                bus_reserve,
-                io_reserve,
-                mem_reserve,
-                pref32_reserve: pref32,
-                pref64_reserve,
+                addr,
                 romfile,
-                ..PcieRootPort::new(id)
-            };
-            let devices: [&dyn QemuDevice; 2] = [&bridge, &port];
-            for device in devices {
-                if let Ok(parts) = device.parts() {
-                    check_round_trip(&parts)?;
+                ..bridge
+            })
+    }
+
+    fn root_port() -> impl Strategy<Value = PcieRootPort> {
+        (
+            (id(), id(), any::<u8>(), any::<u16>(), any::<bool>()),
+            (proptest::option::of(pci_addr()), reserves(), no_rom()),
+        )
+            .prop_map(
+                |((id, bus, chassis, slot, multifunction), (addr, r, romfile))| PcieRootPort {
+                    bus,
+                    chassis,
+                    slot,
+                    multifunction,
+                    addr,
+                    bus_reserve: r.0,
+                    io_reserve: r.1,
+                    mem_reserve: r.2,
+                    pref32_reserve: r.3,
+                    pref64_reserve: r.4,
+                    romfile,
+                    ..PcieRootPort::new(id)
+                },
+            )
+    }
+
+    /// `bridge` as a `pci-bridge` with a chassis number, so pci-bridge settings are valid.
+    fn as_pci(bridge: &mut PciBridge) {
+        bridge.bridge_type = BridgeType::PciBridge;
+        bridge.chassis_nr = bridge.chassis_nr.or(Some(1));
+    }
+
+    #[test]
+    fn bridge_parts_round_trip_and_faults_name_their_field() {
+        Cases::new(pci_bridge())
+            .fault("id", bad_id(), |b, v| b.id = v)
+            .fault("bus", bad_id(), |b, v| b.bus = v)
+            .fault("chassis_nr", Just(None), |b, v| {
+                as_pci(b);
+                b.chassis_nr = v;
+            })
+            .fault("chassis_nr", Just(Some(0)), |b, v| {
+                as_pci(b);
+                b.chassis_nr = v;
+            })
+            .fault("shpc", any::<bool>(), |b, v| {
+                *b = PciBridge {
+                    bridge_type: BridgeType::PcieBridge,
+                    shpc: Some(v),
+                    chassis_nr: None,
+                    ..PciBridge::pci(b.id.clone(), b.bus.clone(), 1)
                 }
-            }
-        }
+            })
+            .fault("pref32_reserve", any::<(u64, u64)>(), |b, (p32, p64)| {
+                as_pci(b);
+                (b.pref32_reserve, b.pref64_reserve) = (Some(p32), Some(p64));
+            })
+            .fault("romfile", short_text(64), |b, v| b.romfile = Some(v))
+            .check();
+    }
+
+    #[test]
+    fn root_port_parts_round_trip_and_faults_name_their_field() {
+        Cases::new(root_port())
+            .fault("id", bad_id(), |p, v| p.id = v)
+            .fault("bus", bad_id(), |p, v| p.bus = v)
+            .fault("pref32_reserve", any::<(u64, u64)>(), |p, (p32, p64)| {
+                (p.pref32_reserve, p.pref64_reserve) = (Some(p32), Some(p64));
+            })
+            .fault("romfile", short_text(64), |p, v| p.romfile = Some(v))
+            .check();
     }
 }

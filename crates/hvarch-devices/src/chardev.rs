@@ -178,7 +178,7 @@ impl Chardev {
 
     /// The `-chardev` part (validated). Its props use the names [`Part::qmp_add`] maps to
     /// `chardev-add`: `path`, `fd`, `server`, `wait`.
-    pub fn part(&self) -> Result<Part> {
+    pub fn part(&self) -> Result<Part<'_>> {
         self.validate()?;
         const WHAT: &str = "chardev";
         let props = Props::new()
@@ -197,7 +197,7 @@ impl Chardev {
                 };
                 props
                     .opt("path", path)
-                    .opt("fd", fd.clone())
+                    .opt("fd", fd.as_ref())
                     .flag("server", *server)
                     .opt("wait", server.then_some(*wait))
             }
@@ -281,17 +281,17 @@ impl QemuDevice for SerialController {
         self.virtio.validate_with_addr(what, self.addr)
     }
 
-    fn parts(&self) -> Result<Vec<Part>> {
+    fn for_each_part<'a>(&'a self, emit: &mut dyn FnMut(Part<'a>) -> Result<()>) -> Result<()> {
         self.validate()?;
-        Ok(vec![Part::device(
-            &self.virtio.driver("virtio-serial"),
+        emit(Part::device(
+            self.virtio.driver("virtio-serial"),
             Props::new()
                 .with("id", self.id.as_str())
                 .opt("bus", self.bus.as_deref())
-                .opt("addr", self.addr.map(|a| a.to_string()))
+                .opt("addr", self.addr)
                 .opt("max_ports", self.max_ports)
                 .extend(self.virtio.props()),
-        )])
+        ))
     }
 }
 
@@ -396,7 +396,7 @@ impl QemuDevice for CharDevice {
         Ok(())
     }
 
-    fn parts(&self) -> Result<Vec<Part>> {
+    fn for_each_part<'a>(&'a self, emit: &mut dyn FnMut(Part<'a>) -> Result<()>) -> Result<()> {
         self.validate()?;
         let device = Part::device(
             self.driver.as_str(),
@@ -406,7 +406,8 @@ impl QemuDevice for CharDevice {
                 .with("id", self.id.as_str())
                 .opt("name", self.name.as_deref()),
         );
-        Ok(vec![self.chardev.part()?, device])
+        emit(self.chardev.part()?)?;
+        emit(device)
     }
 }
 
@@ -449,13 +450,14 @@ impl QemuDevice for LegacySerial {
         self.chardev.validate()
     }
 
-    fn parts(&self) -> Result<Vec<Part>> {
+    fn for_each_part<'a>(&'a self, emit: &mut dyn FnMut(Part<'a>) -> Result<()>) -> Result<()> {
         self.validate()?;
         let serial = Part::new(
             PartKind::Serial,
             Props::new().with("chardev", self.chardev.id.as_str()),
         );
-        Ok(vec![self.chardev.part()?, serial])
+        emit(self.chardev.part()?)?;
+        emit(serial)
     }
 }
 
@@ -464,7 +466,9 @@ mod tests {
     use super::*;
     use crate::fd::{FdTable, NoFds, QmpFdNames};
     use crate::part::Syntax;
-    use crate::test_support::{args, check_round_trip, ident, qmp_adds, text};
+    use crate::test_support::{
+        args, bad_id, bad_path, id, nul_text, path, qmp_adds, short_text, text, transport, Cases,
+    };
     use proptest::prelude::*;
     use serde_json::json;
 
@@ -791,46 +795,127 @@ mod tests {
         assert_eq!(device, crate::Device::from(port));
     }
 
+    /// Valid backends: a socket on a path or a named descriptor (listening or not), a pipe,
+    /// file or serial device path, a pty, null.
     fn backend() -> impl Strategy<Value = CharBackend> {
+        let endpoint = prop_oneof![
+            path().prop_map(|p| (Some(p), None)),
+            text().prop_map(|name| (None, Some(FdArg::Named(name)))),
+        ];
+        let listen = prop_oneof![Just((false, false)), any::<bool>().prop_map(|w| (true, w))];
         prop_oneof![
-            (proptest::option::of(text()), any::<bool>(), any::<bool>()).prop_map(
-                |(path, server, wait)| CharBackend::Socket {
-                    path: path.map(PathBuf::from),
-                    fd: None,
-                    server,
-                    wait,
-                }
-            ),
-            text().prop_map(|p| CharBackend::Pipe { path: p.into() }),
-            text().prop_map(|p| CharBackend::File { path: p.into() }),
-            text().prop_map(|p| CharBackend::Serial { path: p.into() }),
-            Just(CharBackend::Pty),
-            Just(CharBackend::Null),
+            3 => (endpoint, listen).prop_map(|((path, fd), (server, wait))| CharBackend::Socket {
+                path,
+                fd,
+                server,
+                wait,
+            }),
+            1 => path().prop_map(|path| CharBackend::Pipe { path }),
+            1 => path().prop_map(|path| CharBackend::File { path }),
+            1 => path().prop_map(|path| CharBackend::Serial { path }),
+            1 => Just(CharBackend::Pty),
+            1 => Just(CharBackend::Null),
         ]
     }
 
-    proptest! {
-        #[test]
-        fn parts_never_panic_and_round_trip(
-            id in ident(), chardev_id in ident(), backend in backend(),
-            bus in proptest::option::of(ident()), name in proptest::option::of(text()),
-            console in any::<bool>(), max_ports in proptest::option::of(0u32..600),
-        ) {
-            let chardev = Chardev::new(chardev_id, backend);
-            let port = CharDevice {
-                driver: if console { PortDriver::Virtconsole } else { PortDriver::Virtserialport },
-                bus: bus.clone(),
-                name,
-                ..CharDevice::new(id.clone(), chardev.clone())
-            };
-            let serial = SerialController { max_ports, bus, ..SerialController::new(id) };
-            let legacy = LegacySerial::new(chardev);
-            let devices: [&dyn QemuDevice; 3] = [&port, &serial, &legacy];
-            for device in devices {
-                if let Ok(parts) = device.parts() {
-                    check_round_trip(&parts)?;
-                }
-            }
+    fn chardev() -> impl Strategy<Value = Chardev> {
+        (id(), backend()).prop_map(|(id, backend)| Chardev::new(id, backend))
+    }
+
+    /// A socket chardev with `path` and `fd` as given (what the faults below break).
+    fn socket(path: Option<PathBuf>, fd: Option<FdArg>, server: bool, wait: bool) -> CharBackend {
+        CharBackend::Socket {
+            path,
+            fd,
+            server,
+            wait,
         }
+    }
+
+    /// Adds the faults of a device's own chardev, reached through `get`.
+    fn chardev_faults<D: QemuDevice + std::fmt::Debug + 'static>(
+        cases: Cases<D>,
+        get: fn(&mut D) -> &mut Chardev,
+    ) -> Cases<D> {
+        cases
+            .fault("id", bad_id(), move |d, v| get(d).id = v)
+            .fault("path", bad_path(), move |d, v| {
+                get(d).backend = CharBackend::File { path: v }
+            })
+            .fault("path", nul_text(), move |d, v| {
+                get(d).backend = CharBackend::Pipe { path: v.into() }
+            })
+            .fault("path", Just(()), move |d, ()| {
+                get(d).backend = socket(None, None, true, false)
+            })
+            .fault("path", (path(), text()), move |d, (p, fd)| {
+                get(d).backend = socket(Some(p), Some(FdArg::Named(fd)), false, false)
+            })
+            .fault("wait", path(), move |d, p| {
+                get(d).backend = socket(Some(p), None, false, true)
+            })
+            .fault("fd", nul_text(), move |d, fd| {
+                get(d).backend = socket(None, Some(FdArg::Named(fd)), true, true)
+            })
+    }
+
+    #[test]
+    fn port_parts_round_trip_and_faults_name_their_field() {
+        let driver =
+            prop::sample::select(vec![PortDriver::Virtconsole, PortDriver::Virtserialport]);
+        let port = (
+            id(),
+            driver,
+            chardev(),
+            proptest::option::of(id()),
+            proptest::option::of(short_text(64)),
+        )
+            .prop_map(|(id, driver, chardev, bus, name)| CharDevice {
+                driver,
+                bus,
+                name,
+                ..CharDevice::new(id, chardev)
+            });
+        let cases = Cases::new(port)
+            .fault("id", bad_id(), |d, v| d.id = v)
+            .fault("bus", bad_id(), |d, v| d.bus = Some(v))
+            .fault("name", Just(String::new()), |d, v| d.name = Some(v))
+            .fault("name", nul_text(), |d, v| d.name = Some(v));
+        chardev_faults(cases, |d| &mut d.chardev).check();
+    }
+
+    #[test]
+    fn legacy_serial_parts_round_trip_and_faults_name_their_field() {
+        chardev_faults(Cases::new(chardev().prop_map(LegacySerial::new)), |d| {
+            &mut d.chardev
+        })
+        .check();
+    }
+
+    #[test]
+    fn controller_parts_round_trip_and_faults_name_their_field() {
+        let controller = (
+            id(),
+            proptest::option::of(1..=MAX_SERIAL_PORTS),
+            proptest::option::of(id()),
+            transport(),
+        )
+            .prop_map(|(id, max_ports, bus, (virtio, addr))| SerialController {
+                max_ports,
+                bus,
+                addr,
+                virtio,
+                ..SerialController::new(id)
+            });
+        Cases::new(controller)
+            .fault("id", bad_id(), |d, v| d.id = v)
+            .fault(
+                "max_ports",
+                prop_oneof![Just(0), MAX_SERIAL_PORTS + 1..],
+                |d, v| d.max_ports = Some(v),
+            )
+            .fault("bus", bad_id(), |d, v| d.bus = Some(v))
+            .virtio_faults(|d| (&mut d.virtio, &mut d.addr))
+            .check();
     }
 }

@@ -19,6 +19,10 @@
 //! QEMU itself does not depend on this order: it creates objects, backends and devices in its
 //! own phases. The order exists so that output is stable and easy to compare.
 
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -31,7 +35,7 @@ use crate::kernel_params::KernelParams;
 use crate::memory::MemoryBackend;
 use crate::part::{Part, PartKind, Syntax};
 use crate::props::{Props, Value};
-use crate::syntax::{parse_options, render_options};
+use crate::syntax::{parse_options, render_options, write_options, write_size};
 use crate::transport::path_str;
 
 /// The accelerator QEMU runs the guest with.
@@ -112,11 +116,8 @@ impl MachineOptions {
         self.0.is_empty()
     }
 
-    fn props(&self) -> Props {
-        self.0
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_str()))
-            .collect()
+    fn props(&self) -> Props<'_> {
+        self.iter().collect()
     }
 }
 
@@ -189,7 +190,7 @@ impl Machine {
         Ok(())
     }
 
-    fn props(&self) -> Props {
+    fn props(&self) -> Props<'_> {
         Props::new()
             .opt("accel", self.accel.map(Accelerator::as_str))
             .extend(self.options.props())
@@ -233,13 +234,12 @@ impl Cpu {
         Ok(())
     }
 
-    fn render(&self) -> String {
-        let mut out = self.model.clone();
+    fn write(&self, out: &mut String) {
+        out.push_str(&self.model);
         for feature in &self.features {
             out.push(',');
             out.push_str(feature);
         }
-        out
     }
 }
 
@@ -319,7 +319,7 @@ impl Smp {
         Ok(())
     }
 
-    fn props(&self) -> Props {
+    fn props(&self) -> Props<'_> {
         Props::new()
             .opt("sockets", self.sockets)
             .opt("dies", self.dies)
@@ -455,7 +455,7 @@ impl Rtc {
         }
     }
 
-    fn props(&self) -> Props {
+    fn props(&self) -> Props<'_> {
         Props::new()
             .with("base", self.base.as_str())
             .opt(
@@ -567,13 +567,13 @@ impl Monitor {
         }
     }
 
-    fn chardev(&self) -> Result<Part> {
+    fn chardev(&self) -> Result<Part<'_>> {
         check_id("monitor", "id", &self.id)?;
         let endpoint = match &self.endpoint {
             MonitorEndpoint::Path(path) => {
                 Props::new().with("path", path_str("monitor", "path", path)?)
             }
-            MonitorEndpoint::Fd(fd) => Props::new().with("fd", Value::Fd(fd.clone())),
+            MonitorEndpoint::Fd(fd) => Props::new().with("fd", Value::Fd(fd)),
         };
         Ok(Part::new(
             PartKind::Chardev,
@@ -612,8 +612,8 @@ impl Sandbox {
         }
     }
 
-    fn render(&self) -> String {
-        let mut out = String::from("on");
+    fn write(&self, out: &mut String) {
+        out.push_str("on");
         for (flag, name) in [
             (self.deny_obsolete, "obsolete"),
             (self.deny_elevate_privileges, "elevateprivileges"),
@@ -621,10 +621,11 @@ impl Sandbox {
             (self.deny_resource_control, "resourcecontrol"),
         ] {
             if flag {
-                out.push_str(&format!(",{name}=deny"));
+                out.push(',');
+                out.push_str(name);
+                out.push_str("=deny");
             }
         }
-        out
     }
 }
 
@@ -769,12 +770,27 @@ impl VmConfig {
     /// Checks the whole configuration: every section, every device, and that ids are unique
     /// within their namespace (devices, block nodes, chardevs, netdevs, objects).
     pub fn validate(&self) -> Result<()> {
-        self.validated_parts().map(|_| ())
+        self.check_sections()?;
+        let mut ids = Ids::for_config(self);
+        for monitor in &self.monitors {
+            ids.add(&monitor.chardev()?)?;
+        }
+        for device in &self.devices {
+            device.for_each_part(&mut |part| ids.add(&part))?;
+        }
+        if let Some(backend) = self.ram_backend() {
+            ids.add(&backend.part()?)?;
+        }
+        Ok(())
     }
 
-    /// [`VmConfig::validate`], returning the parts it rendered so `to_args` need not build
-    /// them again.
-    fn validated_parts(&self) -> Result<Parts> {
+    /// The guest RAM backend, if memory has one.
+    fn ram_backend(&self) -> Option<&MemoryBackend> {
+        self.memory.as_ref().and_then(|m| m.backend.as_ref())
+    }
+
+    /// Checks every section but the parts' ids (see [`VmConfig::validate`]).
+    fn check_sections(&self) -> Result<()> {
         self.machine.validate()?;
         if let Some(uuid) = &self.uuid {
             check_uuid(uuid)?;
@@ -824,75 +840,38 @@ impl VmConfig {
         }
         // PCIe root ports need distinct (chassis, slot) pairs: QEMU refuses a repeat with
         // "Can't add chassis slot, error -16".
-        let mut ports: Vec<(u8, u16)> = Vec::new();
-        for device in &self.devices {
-            if let Device::PcieRootPort(port) = device {
-                if ports.contains(&(port.chassis, port.slot)) {
-                    return Err(invalid(
-                        "pcie-root-port",
-                        "chassis",
-                        format!("{}/{}", port.chassis, port.slot),
-                        format!("{}: chassis/slot pair used by another root port", port.id),
-                    ));
-                }
-                ports.push((port.chassis, port.slot));
+        // A handful of ports: compare each with the ones before it.
+        let ports = || {
+            self.devices.iter().filter_map(|device| match device {
+                Device::PcieRootPort(port) => Some(port),
+                _ => None,
+            })
+        };
+        for (i, port) in ports().enumerate() {
+            if ports()
+                .take(i)
+                .any(|p| (p.chassis, p.slot) == (port.chassis, port.slot))
+            {
+                return Err(invalid(
+                    "pcie-root-port",
+                    "chassis",
+                    format!("{}/{}", port.chassis, port.slot),
+                    format!("{}: chassis/slot pair used by another root port", port.id),
+                ));
             }
         }
-        // Every part renders and ids are unique per namespace.
-        let parts = self.parts()?;
-        let mut ids: Vec<(PartKind, &str)> = parts
-            .iter()
-            .filter_map(|part| {
-                let namespace = match part.kind() {
-                    PartKind::Drive => PartKind::Blockdev,
-                    PartKind::Serial | PartKind::FwCfg => return None,
-                    kind => kind,
-                };
-                part.id().map(|id| (namespace, id))
-            })
-            .collect();
-        ids.sort_unstable_by(|a, b| a.1.cmp(b.1).then_with(|| a.0.option().cmp(b.0.option())));
-        if let Some(pair) = ids.windows(2).find(|pair| pair[0] == pair[1]) {
-            let (namespace, id) = pair[0];
-            return Err(invalid(
-                "vm",
-                "devices",
-                id,
-                format!("{} id used twice", namespace.option()),
-            ));
-        }
-        Ok(parts)
-    }
-
-    /// Every part of every monitor, device and the RAM backend.
-    fn parts(&self) -> Result<Parts> {
-        let monitors = self
-            .monitors
-            .iter()
-            .map(Monitor::chardev)
-            .collect::<Result<Vec<_>>>()?;
-        let mut devices = Vec::with_capacity(self.devices.len() * 2);
-        for device in &self.devices {
-            devices.extend(device.parts()?);
-        }
-        let ram = match self.memory.as_ref().and_then(|m| m.backend.as_ref()) {
-            Some(backend) => backend.parts()?,
-            None => Vec::new(),
-        };
-        Ok(Parts {
-            monitors,
-            devices,
-            ram,
-        })
+        Ok(())
     }
 
     /// The QEMU arguments (without the binary), in the order described in the module docs.
     ///
-    /// Descriptors are numbered through `fds`; the launcher must map each of `fds`'s entries to
-    /// its number in the child.
+    /// Validates the whole configuration as [`VmConfig::validate`] does. Descriptors are
+    /// numbered through `fds`; the launcher must map each of `fds`'s entries to its number in
+    /// the child.
     pub fn to_args(&self, syntax: Syntax, fds: &mut FdTable) -> Result<Vec<String>> {
-        let parts = self.validated_parts()?;
-        let mut args = Args::default();
+        self.check_sections()?;
+        let mut ids = Ids::for_config(self);
+        let mut args = Args::with_capacity(40 + 4 * self.devices.len());
         if let Some(name) = &self.name {
             // `-name` reads an implied `guest=`; a name holding '=' must name its key.
             if name.contains('=') || name.is_empty() {
@@ -906,15 +885,13 @@ impl VmConfig {
             args.push2("-uuid", uuid);
         }
         let mut machine = self.machine.props();
-        if let (Some(memory), RamAttach::MachineProperty) = (
-            self.memory.as_ref().filter(|m| m.backend.is_some()),
+        if let (Some(backend), RamAttach::MachineProperty) = (
+            self.ram_backend(),
             self.memory
                 .as_ref()
                 .map_or(RamAttach::NumaNode, |m| m.attach),
         ) {
-            if let Some(backend) = &memory.backend {
-                machine.push("memory-backend", backend.id.as_str());
-            }
+            machine.push("memory-backend", backend.id.as_str());
         }
         args.option(
             "-machine",
@@ -924,10 +901,12 @@ impl VmConfig {
             fds,
         )?;
         if let Some(cpu) = &self.cpu {
-            args.push2("-cpu", &cpu.render());
+            args.text("-cpu", |out| cpu.write(out));
         }
-        for (monitor, chardev) in self.monitors.iter().zip(&parts.monitors) {
-            args.part(chardev, syntax, fds)?;
+        for monitor in &self.monitors {
+            let chardev = monitor.chardev()?;
+            ids.add(&chardev)?;
+            args.part(&chardev, syntax, fds)?;
             let mode = match monitor.mode {
                 MonitorMode::Control => "control",
                 MonitorMode::Readline => "readline",
@@ -941,16 +920,15 @@ impl VmConfig {
             let props = Props::new()
                 .opt("slots", memory.slots)
                 .opt_size("maxmem", memory.maxmem);
-            args.option(
-                "-m",
-                "memory",
-                Some(&crate::syntax::format_size(memory.size)),
-                &props,
-                fds,
-            )?;
+            args.option_after("-m", "memory", &props, fds, |out| {
+                write_size(out, memory.size)
+            })?;
         }
-        for part in &parts.devices {
-            args.part(part, syntax, fds)?;
+        for device in &self.devices {
+            device.for_each_part(&mut |part| {
+                ids.add(&part)?;
+                args.part(&part, syntax, fds)
+            })?;
         }
         if let Some(rtc) = &self.rtc {
             args.option("-rtc", "rtc", None, &rtc.props(), fds)?;
@@ -989,9 +967,9 @@ impl VmConfig {
         }
         if let Some(memory) = &self.memory {
             if let Some(backend) = &memory.backend {
-                for part in &parts.ram {
-                    args.part(part, syntax, fds)?;
-                }
+                let part = backend.part()?;
+                ids.add(&part)?;
+                args.part(&part, syntax, fds)?;
                 if memory.attach == RamAttach::NumaNode {
                     let numa = Props::new().with("memdev", backend.id.as_str());
                     args.option("-numa", "numa", Some("node"), &numa, fds)?;
@@ -1013,20 +991,31 @@ impl VmConfig {
                 args.push2("-initrd", path_str("kernel", "initrd", initrd)?);
             }
             if !kernel.params.is_empty() {
-                args.push2("-append", &kernel.params.to_string());
+                args.text("-append", |out| {
+                    let _ = write!(out, "{}", kernel.params);
+                });
             }
         }
         if let Some(bios) = &self.bios {
             args.push2("-bios", path_str("bios", "bios", bios)?);
         }
         if let Some(incoming) = &self.incoming {
-            let uri = match incoming {
-                Incoming::Defer => "defer".to_owned(),
-                Incoming::Exec { command } => format!("exec:{command}"),
-                Incoming::Fd { fd } => format!("fd:{}", fds.resolve(fd)?),
-                Incoming::Uri { uri } => uri.clone(),
+            let fd = match incoming {
+                Incoming::Fd { fd } => Some(fds.resolve(fd)?),
+                _ => None,
             };
-            args.push2("-incoming", &uri);
+            args.text("-incoming", |out| match incoming {
+                Incoming::Defer => out.push_str("defer"),
+                Incoming::Exec { command } => {
+                    out.push_str("exec:");
+                    out.push_str(command);
+                }
+                Incoming::Fd { .. } => {
+                    out.push_str("fd:");
+                    out.push_str(fd.as_deref().unwrap_or_default());
+                }
+                Incoming::Uri { uri } => out.push_str(uri),
+            });
         }
         if let Some(pidfile) = &self.pidfile {
             args.push2("-pidfile", path_str("vm", "pidfile", pidfile)?);
@@ -1035,65 +1024,140 @@ impl VmConfig {
             args.push2("-D", path_str("vm", "log_file", log)?);
         }
         if let Some(sandbox) = &self.sandbox {
-            args.push2("-sandbox", &sandbox.render());
+            args.text("-sandbox", |out| sandbox.write(out));
         }
         if let Some(smp) = &self.smp {
-            args.option(
-                "-smp",
-                "smp",
-                Some(&smp.cpus.to_string()),
-                &smp.props(),
-                fds,
-            )?;
+            args.option_after("-smp", "smp", &smp.props(), fds, |out| {
+                let _ = write!(out, "{}", smp.cpus);
+            })?;
         }
-        Ok(args.0)
+        Ok(args.args)
     }
 }
 
-/// The rendered parts of a configuration, by where they go in the argv.
-struct Parts {
-    monitors: Vec<Part>,
-    devices: Vec<Part>,
-    ram: Vec<Part>,
-}
+/// The ids of a configuration's parts, by namespace, to find one used twice.
+struct Ids<'a>(HashSet<(PartKind, Cow<'a, str>), BuildHasherDefault<Fnv1a>>);
 
-impl Parts {
-    fn iter(&self) -> impl Iterator<Item = &Part> {
-        self.monitors.iter().chain(&self.devices).chain(&self.ram)
+impl<'a> Ids<'a> {
+    /// Room for the parts of `vm` (a device has at most three).
+    fn for_config(vm: &VmConfig) -> Self {
+        let parts = vm.monitors.len() + 2 * vm.devices.len() + 1;
+        Ids(HashSet::with_capacity_and_hasher(parts, Default::default()))
+    }
+
+    /// Notes `part`'s id (`-drive` shares the block node namespace; `-serial` and `-fw_cfg`
+    /// have none); refuses an id already used in its namespace.
+    fn add(&mut self, part: &Part<'a>) -> Result<()> {
+        let namespace = match part.kind() {
+            PartKind::Drive => PartKind::Blockdev,
+            PartKind::Serial | PartKind::FwCfg => return Ok(()),
+            kind => kind,
+        };
+        match part.id_value() {
+            Some(id) if !self.0.insert((namespace, id.clone())) => Err(invalid(
+                "vm",
+                "devices",
+                &id,
+                format!("{} id used twice", namespace.option()),
+            )),
+            _ => Ok(()),
+        }
     }
 }
 
-/// An argv under construction.
-#[derive(Default)]
-struct Args(Vec<String>);
+/// FNV-1a: a fast hash for the few short ids of one configuration (no untrusted flood to
+/// defend against: the configuration is the caller's own).
+struct Fnv1a(u64);
+
+impl Default for Fnv1a {
+    fn default() -> Self {
+        Fnv1a(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv1a {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = (self.0 ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// An argv under construction: one `String` per argument, each rendered into a scratch
+/// buffer first and copied out at its exact length.
+struct Args {
+    args: Vec<String>,
+    scratch: String,
+}
 
 impl Args {
+    fn with_capacity(args: usize) -> Self {
+        Args {
+            args: Vec::with_capacity(args),
+            scratch: String::with_capacity(256),
+        }
+    }
+
     fn push1(&mut self, flag: &str) {
-        self.0.push(flag.to_owned());
+        self.args.push(flag.to_owned());
     }
 
     fn push2(&mut self, option: &str, value: &str) {
-        self.0.push(option.to_owned());
-        self.0.push(value.to_owned());
+        self.args.push(option.to_owned());
+        self.args.push(value.to_owned());
     }
 
+    /// `option` and the text `write` produces.
+    fn text(&mut self, option: &str, write: impl FnOnce(&mut String)) {
+        self.scratch.clear();
+        write(&mut self.scratch);
+        self.args.push(option.to_owned());
+        self.args.push(self.scratch.as_str().to_owned());
+    }
+
+    /// `option` and `props` in option syntax after the implied value `implied`.
     fn option(
         &mut self,
         option: &str,
         what: &str,
         implied: Option<&str>,
-        props: &Props,
+        props: &Props<'_>,
         fds: &mut dyn FdResolver,
     ) -> Result<()> {
-        let value = render_options(what, implied, props, fds)?;
-        self.push2(option, &value);
+        self.scratch.clear();
+        write_options(&mut self.scratch, 0, what, implied, props, None, fds)?;
+        self.args.push(option.to_owned());
+        self.args.push(self.scratch.as_str().to_owned());
         Ok(())
     }
 
-    fn part(&mut self, part: &Part, syntax: Syntax, fds: &mut dyn FdResolver) -> Result<()> {
-        let [option, value] = part.to_args(syntax, fds)?;
-        self.0.push(option);
-        self.0.push(value);
+    /// `option` and `props` in option syntax after the text `head` writes (a value of ours
+    /// that needs no escaping, e.g. the memory size of `-m`).
+    fn option_after(
+        &mut self,
+        option: &str,
+        what: &str,
+        props: &Props<'_>,
+        fds: &mut dyn FdResolver,
+        head: impl FnOnce(&mut String),
+    ) -> Result<()> {
+        self.scratch.clear();
+        head(&mut self.scratch);
+        write_options(&mut self.scratch, 0, what, None, props, None, fds)?;
+        self.args.push(option.to_owned());
+        self.args.push(self.scratch.as_str().to_owned());
+        Ok(())
+    }
+
+    fn part(&mut self, part: &Part<'_>, syntax: Syntax, fds: &mut dyn FdResolver) -> Result<()> {
+        self.scratch.clear();
+        part.write(&mut self.scratch, syntax, fds)?;
+        self.args.push(part.kind().option().to_owned());
+        self.args.push(self.scratch.as_str().to_owned());
         Ok(())
     }
 }
@@ -1368,6 +1432,98 @@ mod tests {
             .contains("-chardev id used twice"));
     }
 
+    /// One element of a configuration whose ids the namespace property test draws.
+    #[derive(Clone, Debug)]
+    enum Holder {
+        /// A QMP monitor: its chardev id.
+        Monitor(&'static str),
+        /// A virtio console: its device id and its chardev's id.
+        Console(&'static str, &'static str),
+        /// A virtio-blk disk: its device id and its backend's node name.
+        Disk(&'static str, &'static str),
+    }
+
+    proptest! {
+        /// `validate` and `to_args` refuse a configuration exactly when an id repeats within
+        /// one namespace (devices, chardevs, block nodes), naming it; the same id in two
+        /// namespaces is fine.
+        #[test]
+        fn ids_repeat_only_across_namespaces(
+            holders in proptest::collection::vec(
+                {
+                    let id = || prop::sample::select(&["a", "b", "c", "d"][..]);
+                    prop_oneof![
+                        id().prop_map(Holder::Monitor),
+                        (id(), id()).prop_map(|(d, c)| Holder::Console(d, c)),
+                        (id(), id()).prop_map(|(d, n)| Holder::Disk(d, n)),
+                    ]
+                },
+                0..6,
+            ),
+            syntax in prop_oneof![Just(Syntax::Options), Just(Syntax::Json)],
+        ) {
+            let mut vm = VmConfig::new(Machine::new("virt", Accelerator::Tcg));
+            let mut seen: Vec<(&str, &str)> = Vec::new();
+            let mut repeated = None;
+            let mut note = |namespace: &'static str, id: &'static str| {
+                if seen.contains(&(namespace, id)) {
+                    repeated.get_or_insert((namespace, id));
+                }
+                seen.push((namespace, id));
+            };
+            for holder in &holders {
+                match *holder {
+                    Holder::Monitor(chardev) => {
+                        note("-chardev", chardev);
+                        vm.monitors.push(Monitor::qmp(
+                            chardev,
+                            MonitorEndpoint::Path(format!("/run/{chardev}.sock").into()),
+                        ));
+                    }
+                    Holder::Console(device, chardev) => {
+                        note("-chardev", chardev);
+                        note("-device", device);
+                        vm.devices.push(
+                            CharDevice::console(device, Chardev::new(chardev, CharBackend::Pty))
+                                .into(),
+                        );
+                    }
+                    Holder::Disk(device, node) => {
+                        note("-blockdev", node);
+                        note("-device", device);
+                        let backend = BlockBackend::new(
+                            node,
+                            BlockProtocol::NullCo { size: 1 << 20 },
+                        );
+                        vm.devices.push(BlockDevice::new(device, backend).into());
+                    }
+                }
+            }
+            let validated = vm.validate();
+            let rendered = vm.to_args(syntax, &mut FdTable::new());
+            match repeated {
+                None => {
+                    prop_assert!(validated.is_ok(), "{:?}", validated);
+                    prop_assert!(rendered.is_ok(), "{:?}", rendered);
+                }
+                Some(_) => {
+                    for result in [validated, rendered.map(|_| ())] {
+                        prop_assert!(result.is_err(), "accepted although {:?} repeats", seen);
+                        let text = result.unwrap_err().to_string();
+                        prop_assert!(
+                            seen.iter().enumerate().any(|(i, (ns, id))| {
+                                seen[..i].contains(&(*ns, *id))
+                                    && text.contains(&format!("{ns} id used twice"))
+                                    && text.contains(&format!("{id:?}: "))
+                            }),
+                            "{} names no repeated id of {:?}", text, seen
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn root_ports_need_distinct_chassis_slots() {
         use crate::bridge::PcieRootPort;
@@ -1420,34 +1576,126 @@ mod tests {
         assert!(err.to_string().contains("bogus"), "{err}");
     }
 
+    /// The value after the first `flag` of `args`.
+    fn after<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+        let i = args.iter().position(|a| a == flag)?;
+        args.get(i + 1).map(String::as_str)
+    }
+
+    /// The fields of a generated configuration whose rules it breaks, written out again from
+    /// the docs (machine type, SMP and memory rules, NUL bytes), whatever the check order.
+    fn broken_fields(vm: &VmConfig) -> Vec<&'static str> {
+        let mut broken = Vec::new();
+        let key = |k: &str| {
+            !k.is_empty()
+                && k.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        };
+        if !key(&vm.machine.machine_type) {
+            broken.push("type");
+        }
+        if vm.name.as_deref().is_some_and(|n| n.contains('\0')) {
+            broken.extend(["name", "guest"]);
+        }
+        if let Some(smp) = &vm.smp {
+            if smp.cpus == 0 {
+                broken.push("cpus");
+            }
+            if smp.maxcpus.is_some_and(|m| m < smp.cpus) {
+                broken.push("maxcpus");
+            }
+        }
+        if let Some(memory) = &vm.memory {
+            if memory.size == 0 {
+                broken.push("size");
+            }
+            if memory.slots.is_some() && memory.maxmem.is_none()
+                || memory.maxmem.is_some_and(|m| m < memory.size)
+            {
+                broken.push("maxmem");
+            }
+        }
+        broken
+    }
+
     proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// A configuration renders with every section as given (the machine and its options,
+        /// the name, SMP, memory and the kernel command line read back as they were set), or
+        /// is refused naming a field whose rule it breaks.
         #[test]
-        fn arbitrary_configs_never_panic(
-            machine in "\\PC{0,12}",
-            options in "\\PC{0,24}",
-            name in proptest::option::of("\\PC{0,16}"),
-            cpus in 0u32..300,
+        fn configs_render_as_given_or_name_the_field(
+            machine in prop_oneof![4 => "[a-z][a-z0-9.-]{0,10}", 1 => "\\PC{0,12}"],
+            options in prop_oneof![
+                3 => proptest::collection::vec(("[a-z][a-z0-9-]{0,8}", "[^\u{0}]{0,12}"), 0..4),
+                1 => Just(vec![("accel".to_owned(), "kvm".to_owned())]),
+            ],
+            name in proptest::option::of("[^\u{0}]{0,16}|\\PC{0,4}\u{0}"),
+            cpus in prop_oneof![4 => 1u32..300, 1 => Just(0)],
             maxcpus in proptest::option::of(0u32..300),
-            size in 0u64..(1 << 40),
+            size in prop_oneof![4 => 1u64..(1 << 40), 1 => Just(0)],
             slots in proptest::option::of(0u32..64),
             maxmem in proptest::option::of(0u64..(1 << 41)),
-            params in "\\PC{0,32}",
+            params in proptest::collection::vec(("[a-z][a-z0-9_.-]{0,8}", proptest::option::of("[^\"\u{0}]{0,12}")), 0..4),
             syntax in prop_oneof![Just(Syntax::Options), Just(Syntax::Json)],
         ) {
+            let mut machine_options = MachineOptions::new();
+            for (key, value) in &options {
+                machine_options.set(key, value).unwrap();
+            }
             let mut vm = VmConfig::new(Machine {
-                machine_type: machine,
+                machine_type: machine.clone(),
                 accel: Some(Accelerator::Tcg),
-                options: MachineOptions::parse(&options).unwrap_or_default(),
+                options: machine_options.clone(),
             });
-            vm.name = name;
+            vm.name = name.clone();
             vm.smp = Some(Smp { maxcpus, ..Smp::cpus(cpus) });
             vm.memory = Some(Memory { slots, maxmem, ..Memory::size(size) });
-            if let Ok(params) = KernelParams::parse(&params) {
-                vm.kernel = Some(Kernel { path: "/k".into(), initrd: None, params });
+            let mut kernel_params = KernelParams::new();
+            for (key, value) in &params {
+                kernel_params.push(key, value.as_deref()).unwrap();
             }
-            match vm.to_args(syntax, &mut FdTable::new()) {
-                Ok(args) => prop_assert!(args.len() >= 2),
-                Err(e) => prop_assert!(!e.to_string().is_empty()),
+            vm.kernel = Some(Kernel { path: "/k".into(), initrd: None, params: kernel_params.clone() });
+            let mut broken = broken_fields(&vm);
+            if machine_options.get("accel").is_some() {
+                broken.push("accel");
+            }
+            let args = match vm.to_args(syntax, &mut FdTable::new()) {
+                Ok(args) => args,
+                Err(e) => {
+                    prop_assert!(
+                        e.field().is_some_and(|f| broken.contains(&f)),
+                        "{} names none of {:?}", e, broken
+                    );
+                    return Ok(());
+                }
+            };
+            prop_assert!(broken.is_empty(), "rendered although {:?} are broken", broken);
+            let machine_args = parse_options(after(&args, "-machine").unwrap_or_default(), Some("type"));
+            let mut expected = vec![("type".to_owned(), machine), ("accel".to_owned(), "tcg".to_owned())];
+            expected.extend(machine_options.iter().map(|(k, v)| (k.to_owned(), v.to_owned())));
+            prop_assert_eq!(machine_args, Ok(expected));
+            if let Some(name) = &name {
+                let parsed = parse_options(after(&args, "-name").unwrap_or_default(), Some("guest"));
+                prop_assert_eq!(parsed, Ok(vec![("guest".to_owned(), name.clone())]));
+            }
+            let smp = match maxcpus {
+                Some(max) => format!("{cpus},maxcpus={max}"),
+                None => cpus.to_string(),
+            };
+            prop_assert_eq!(after(&args, "-smp"), Some(smp.as_str()));
+            let mut m = crate::syntax::format_size(size);
+            if let Some(slots) = slots {
+                m.push_str(&format!(",slots={slots}"));
+            }
+            if let Some(maxmem) = maxmem {
+                m.push_str(&format!(",maxmem={}", crate::syntax::format_size(maxmem)));
+            }
+            prop_assert_eq!(after(&args, "-m"), Some(m.as_str()));
+            match after(&args, "-append") {
+                Some(line) => prop_assert_eq!(KernelParams::parse(line)?, kernel_params),
+                None => prop_assert!(kernel_params.is_empty()),
             }
         }
     }

@@ -126,9 +126,9 @@ impl QemuDevice for CpuDevice {
         check_topology_id(what, "thread_id", self.thread_id)
     }
 
-    fn parts(&self) -> Result<Vec<Part>> {
+    fn for_each_part<'a>(&'a self, emit: &mut dyn FnMut(Part<'a>) -> Result<()>) -> Result<()> {
         self.validate()?;
-        Ok(vec![Part::device(
+        emit(Part::device(
             &self.driver,
             Props::new()
                 .with("id", self.id.as_str())
@@ -136,7 +136,7 @@ impl QemuDevice for CpuDevice {
                 .opt("die-id", self.die_id)
                 .opt("core-id", self.core_id)
                 .opt("thread-id", self.thread_id),
-        )])
+        ))
     }
 }
 
@@ -145,7 +145,7 @@ mod tests {
     use super::*;
     use crate::fd::NoFds;
     use crate::part::Syntax;
-    use crate::test_support::{check_round_trip, ID_TEXT};
+    use crate::test_support::{bad_id, id, Cases};
     use proptest::prelude::*;
     use serde_json::json;
 
@@ -261,20 +261,65 @@ mod tests {
         assert!(toml::from_str::<CpuDevice>(&format!("{text}\nnode_id = 0")).is_err());
     }
 
-    proptest! {
-        #[test]
-        fn parts_never_panic_and_round_trip(
-            driver in "[a-z][a-z0-9_-]{0,8}-cpu|\\PC{0,16}|[a-z][a-z0-9_.,= -]{0,8}-cpu",
-            id in ID_TEXT,
-            socket_id in proptest::option::of(prop_oneof![0u32..8, any::<u32>()]),
-            die_id in proptest::option::of(prop_oneof![0u32..8, any::<u32>()]),
-            core_id in prop_oneof![3 => (0u32..8).prop_map(Some), 1 => proptest::option::of(any::<u32>())],
-            thread_id in proptest::option::of(prop_oneof![0u32..8, any::<u32>()]),
-        ) {
-            let cpu = CpuDevice { driver, id, socket_id, die_id, core_id, thread_id };
-            if let Ok(parts) = cpu.parts() {
-                check_round_trip(&parts)?;
-            }
-        }
+    fn topology_id() -> impl Strategy<Value = u32> {
+        prop_oneof![0u32..8, 0..=i32::MAX as u32]
+    }
+
+    /// Valid CPUs: a generic `<arch>-cpu` driver with any topology, or a driver whose slots
+    /// are named by core id only.
+    fn cpu() -> impl Strategy<Value = CpuDevice> {
+        let generic = (
+            "[a-z][a-z0-9_]{0,8}(-[a-z0-9_]{1,6})?-cpu",
+            proptest::option::of(topology_id()),
+            proptest::option::of(topology_id()),
+        );
+        let driver = prop_oneof![
+            3 => generic,
+            1 => prop::sample::select(CORE_ID_ONLY_DRIVERS.to_vec())
+                .prop_map(|d| (d.to_owned(), None, None)),
+        ];
+        (
+            driver,
+            id(),
+            proptest::option::of(topology_id()),
+            topology_id(),
+        )
+            .prop_map(
+                |((driver, socket_id, thread_id), id, die_id, core_id)| CpuDevice {
+                    driver,
+                    id,
+                    socket_id,
+                    die_id,
+                    core_id: Some(core_id),
+                    thread_id,
+                },
+            )
+    }
+
+    #[test]
+    fn parts_round_trip_and_faults_name_their_field() {
+        let too_big = i32::MAX as u32 + 1..;
+        Cases::new(cpu())
+            .fault("driver", bad_id(), |c, v| c.driver = v)
+            .fault("driver", "[a-z][a-z0-9_-]{0,8}", |c, v| {
+                c.driver = format!("{v}-device").replace("cpu", "")
+            })
+            .fault("id", bad_id(), |c, v| c.id = v)
+            .fault("core_id", Just(()), |c, ()| c.core_id = None)
+            .fault("core_id", too_big.clone(), |c, v| c.core_id = Some(v))
+            .fault("die_id", too_big.clone(), |c, v| c.die_id = Some(v))
+            .fault("socket_id", too_big.clone(), |c, v| {
+                c.driver = "host-x86_64-cpu".into();
+                c.socket_id = Some(v);
+            })
+            .fault("thread_id", too_big, |c, v| {
+                c.driver = "host-x86_64-cpu".into();
+                c.thread_id = Some(v);
+            })
+            .fault("socket_id", topology_id(), |c, v| {
+                c.driver = "host-s390x-cpu".into();
+                c.socket_id = Some(v);
+            })
+            .check();
     }
 }

@@ -11,6 +11,8 @@ use crate::transport::VirtioOpts;
 ///
 /// One definition serves cold plug (render the parts to arguments) and hot plug (send each
 /// part's [`Part::qmp_add`] in order; remove with [`Part::qmp_del`] in reverse order).
+/// A device implements [`for_each_part`](Self::for_each_part); its parts borrow its fields,
+/// so rendering one copies nothing.
 pub trait QemuDevice {
     /// A short name for errors and logs, e.g. `"virtio-blk"`.
     fn kind(&self) -> &'static str;
@@ -21,9 +23,20 @@ pub trait QemuDevice {
     /// Checks every field; the error names the first field at fault.
     fn validate(&self) -> Result<()>;
 
-    /// The parts in creation order (backends before the frontend that uses them).
-    /// Validates first, so a device that renders is a device QEMU can take.
-    fn parts(&self) -> Result<Vec<Part>>;
+    /// Hands each part to `emit`, in creation order (backends before the frontend that uses
+    /// them), and stops at the first error. Validates first, so a device that renders is a
+    /// device QEMU can take.
+    fn for_each_part<'a>(&'a self, emit: &mut dyn FnMut(Part<'a>) -> Result<()>) -> Result<()>;
+
+    /// The parts in creation order (see [`for_each_part`](Self::for_each_part)).
+    fn parts(&self) -> Result<Vec<Part<'_>>> {
+        let mut parts = Vec::with_capacity(2);
+        self.for_each_part(&mut |part| {
+            parts.push(part);
+            Ok(())
+        })?;
+        Ok(parts)
+    }
 }
 
 macro_rules! device_enum {
@@ -55,8 +68,11 @@ macro_rules! device_enum {
             fn validate(&self) -> Result<()> {
                 match self { $( Device::$variant(d) => d.validate(), )* }
             }
-            fn parts(&self) -> Result<Vec<Part>> {
-                match self { $( Device::$variant(d) => d.parts(), )* }
+            fn for_each_part<'a>(
+                &'a self,
+                emit: &mut dyn FnMut(Part<'a>) -> Result<()>,
+            ) -> Result<()> {
+                match self { $( Device::$variant(d) => d.for_each_part(emit), )* }
             }
         }
 

@@ -89,6 +89,28 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// The field (or, for [`Error::NulByte`], the property) at fault, when the error is
+    /// about one field: what a caller highlights in a configuration.
+    ///
+    /// ```
+    /// use hvarch_devices::id::check_id;
+    /// let err = check_id("virtio-blk", "bus", "a,b").unwrap_err();
+    /// assert_eq!(err.field(), Some("bus"));
+    /// ```
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            Error::InvalidId { field, .. }
+            | Error::MissingField { field, .. }
+            | Error::InvalidValue { field, .. }
+            | Error::Conflict { field, .. }
+            | Error::NonUtf8Path { field, .. } => Some(field),
+            Error::NulByte { field, .. } => Some(field),
+            Error::NotHotpluggable { .. } | Error::FileDescriptor { .. } => None,
+        }
+    }
+}
+
 /// The result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -145,7 +145,7 @@ impl FsBackend {
     }
 
     /// The `-fsdev` part (validated).
-    pub fn part(&self) -> Result<Part> {
+    pub fn part(&self) -> Result<Part<'_>> {
         self.validate()?;
         let props = Props::new()
             .with("fsdriver", self.driver.as_str())
@@ -240,19 +240,20 @@ impl QemuDevice for FsDevice {
         self.virtio.validate_with_addr(what, self.addr)
     }
 
-    fn parts(&self) -> Result<Vec<Part>> {
+    fn for_each_part<'a>(&'a self, emit: &mut dyn FnMut(Part<'a>) -> Result<()>) -> Result<()> {
         self.validate()?;
         let device = Part::device(
-            &self.virtio.driver("virtio-9p"),
+            self.virtio.driver("virtio-9p"),
             Props::new()
                 .with("id", self.id.as_str())
                 .with("fsdev", self.backend.id.as_str())
                 .with("mount_tag", self.mount_tag.as_str())
                 .opt("bus", self.bus.as_deref())
-                .opt("addr", self.addr.map(|a| a.to_string()))
+                .opt("addr", self.addr)
                 .extend(self.virtio.props()),
         );
-        Ok(vec![self.backend.part()?, device])
+        emit(self.backend.part()?)?;
+        emit(device)
     }
 }
 
@@ -261,7 +262,9 @@ mod tests {
     use super::*;
     use crate::fd::NoFds;
     use crate::part::Syntax;
-    use crate::test_support::{args, check_round_trip, ident, text};
+    use crate::test_support::{
+        args, bad_id, bad_path, id, nul_text, path, short_text, transport, Cases,
+    };
     use crate::transport::Transport;
     use proptest::prelude::*;
 
@@ -399,22 +402,61 @@ mod tests {
         assert_eq!(device, crate::Device::from(share));
     }
 
-    proptest! {
-        #[test]
-        fn parts_never_panic_and_round_trip(
-            id in ident(), fsdev in ident(), path in text(), tag in text(),
-            bus in proptest::option::of(ident()), readonly in any::<bool>(),
-            romfile in proptest::option::of(text()),
-        ) {
-            let mut backend = FsBackend::new(fsdev, path);
-            backend.readonly = readonly;
-            backend.multidevs = Some(Multidevs::Warn);
-            let mut share = FsDevice::new(id, backend, tag);
-            share.bus = bus;
-            share.virtio.romfile = romfile;
-            if let Ok(parts) = share.parts() {
-                check_round_trip(&parts)?;
-            }
-        }
+    fn share() -> impl Strategy<Value = FsDevice> {
+        let security = prop::sample::select(vec![
+            SecurityModel::None,
+            SecurityModel::Passthrough,
+            SecurityModel::MappedXattr,
+            SecurityModel::MappedFile,
+        ]);
+        let multidevs = proptest::option::of(prop::sample::select(vec![
+            Multidevs::Remap,
+            Multidevs::Warn,
+            Multidevs::Forbid,
+        ]));
+        (
+            (id(), id(), path(), short_text(MAX_MOUNT_TAG_LEN)),
+            (
+                proptest::option::of(id()),
+                any::<bool>(),
+                security,
+                multidevs,
+            ),
+            transport(),
+        )
+            .prop_map(
+                |(
+                    (id, fsdev, path, tag),
+                    (bus, readonly, security_model, multidevs),
+                    (virtio, addr),
+                )| {
+                    let backend = FsBackend {
+                        security_model,
+                        multidevs,
+                        readonly,
+                        ..FsBackend::new(fsdev, path)
+                    };
+                    FsDevice {
+                        bus,
+                        addr,
+                        virtio,
+                        ..FsDevice::new(id, backend, tag)
+                    }
+                },
+            )
+    }
+
+    #[test]
+    fn parts_round_trip_and_faults_name_their_field() {
+        Cases::new(share())
+            .fault("id", bad_id(), |d, v| d.id = v)
+            .fault("id", bad_id(), |d, v| d.backend.id = v)
+            .fault("path", bad_path(), |d, v| d.backend.path = v)
+            .fault("path", nul_text(), |d, v| d.backend.path = v.into())
+            .fault("mount_tag", "|[a-z]{32,40}", |d, v| d.mount_tag = v)
+            .fault("mount_tag", nul_text(), |d, v| d.mount_tag = v)
+            .fault("bus", bad_id(), |d, v| d.bus = Some(v))
+            .virtio_faults(|d| (&mut d.virtio, &mut d.addr))
+            .check();
     }
 }

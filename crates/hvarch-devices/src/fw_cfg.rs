@@ -106,14 +106,14 @@ impl QemuDevice for FwCfg {
         Ok(())
     }
 
-    fn parts(&self) -> Result<Vec<Part>> {
+    fn for_each_part<'a>(&'a self, emit: &mut dyn FnMut(Part<'a>) -> Result<()>) -> Result<()> {
         self.validate()?;
         let props = Props::new().with("name", self.name.as_str());
         let props = match &self.content {
             FwCfgContent::File(path) => props.with("file", path_str(self.kind(), "file", path)?),
             FwCfgContent::String(text) => props.with("string", text.as_str()),
         };
-        Ok(vec![Part::new(PartKind::FwCfg, props)])
+        emit(Part::new(PartKind::FwCfg, props))
     }
 }
 
@@ -122,7 +122,7 @@ mod tests {
     use super::*;
     use crate::fd::NoFds;
     use crate::part::Syntax;
-    use crate::test_support::{args, check_round_trip};
+    use crate::test_support::{args, bad_path, nul_text, path, short_text, text, Cases};
     use crate::Device;
     use proptest::prelude::*;
 
@@ -173,9 +173,8 @@ mod tests {
 
     #[test]
     fn json_syntax_falls_back_and_no_hotplug() {
-        let part = &FwCfg::new("opt/x", FwCfgContent::File("/a,b".into()))
-            .parts()
-            .unwrap()[0];
+        let item = FwCfg::new("opt/x", FwCfgContent::File("/a,b".into()));
+        let part = &item.parts().unwrap()[0];
         // -fw_cfg has no JSON syntax: the option form is kept.
         assert_eq!(
             part.render(Syntax::Json, &mut NoFds).unwrap(),
@@ -239,24 +238,31 @@ mod tests {
         assert!(toml::from_str::<FwCfg>(both).is_err());
     }
 
-    proptest! {
-        #[test]
-        fn parts_never_panic_and_round_trip(
-            name in "\\PC{0,60}|opt/[a-z,= '\"é]{0,12}",
-            text in "\\PC{0,16}|[a-z,= '\"é]{1,16}",
-            file in any::<bool>(),
-        ) {
-            let content = if file {
-                FwCfgContent::File(text.into())
-            } else {
-                FwCfgContent::String(text)
-            };
-            let item = FwCfg { name, content };
-            if let Ok(parts) = item.parts() {
-                prop_assert_eq!(parts.len(), 1);
-                prop_assert_eq!(parts[0].kind().implied_key(), None);
-                check_round_trip(&parts)?;
-            }
-        }
+    #[test]
+    fn parts_round_trip_and_faults_name_their_field() {
+        let content = prop_oneof![
+            path().prop_map(FwCfgContent::File),
+            text()
+                .prop_filter("empty", |t| !t.is_empty())
+                .prop_map(FwCfgContent::String),
+        ];
+        let item = (short_text(FwCfg::MAX_NAME_LEN), content)
+            .prop_map(|(name, content)| FwCfg { name, content });
+        Cases::new(item)
+            .fault("name", "|[a-z/]{56,64}", |i, v| i.name = v)
+            .fault("name", nul_text(), |i, v| i.name = v)
+            .fault("content.file", bad_path(), |i, v| {
+                i.content = FwCfgContent::File(v)
+            })
+            .fault("file", nul_text(), |i, v| {
+                i.content = FwCfgContent::File(v.into())
+            })
+            .fault("content.string", Just(String::new()), |i, v| {
+                i.content = FwCfgContent::String(v)
+            })
+            .fault("string", nul_text(), |i, v| {
+                i.content = FwCfgContent::String(v)
+            })
+            .check();
     }
 }

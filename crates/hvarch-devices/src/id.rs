@@ -24,13 +24,14 @@ pub fn check_id(what: &'static str, field: &'static str, id: &str) -> Result<()>
             reason,
         })
     };
-    let mut chars = id.chars();
-    match chars.next() {
+    // Every allowed character is ASCII, so bytes suffice (a non-ASCII byte is refused).
+    let mut bytes = id.bytes();
+    match bytes.next() {
         None => return Err(Error::MissingField { what, field }),
-        Some(c) if !c.is_ascii_alphabetic() => return bad("must start with an ASCII letter"),
+        Some(b) if !b.is_ascii_alphabetic() => return bad("must start with an ASCII letter"),
         Some(_) => {}
     }
-    if !chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')) {
+    if !bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')) {
         return bad("may contain only ASCII letters, digits, '-', '.' and '_'");
     }
     Ok(())

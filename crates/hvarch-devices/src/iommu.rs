@@ -84,11 +84,11 @@ impl QemuDevice for IntelIommu {
         }
     }
 
-    fn parts(&self) -> Result<Vec<Part>> {
+    fn for_each_part<'a>(&'a self, emit: &mut dyn FnMut(Part<'a>) -> Result<()>) -> Result<()> {
         self.validate()?;
         // `intremap` is an OnOffAuto property: a string in JSON, not a boolean.
         let intremap = if self.intremap { "on" } else { "off" };
-        Ok(vec![Part::device(
+        emit(Part::device(
             "intel-iommu",
             Props::new()
                 .opt("id", self.id.as_deref())
@@ -96,7 +96,7 @@ impl QemuDevice for IntelIommu {
                 .with("device-iotlb", self.device_iotlb)
                 .with("caching-mode", self.caching_mode)
                 .opt("aw-bits", self.aw_bits),
-        )])
+        ))
     }
 }
 
@@ -200,18 +200,18 @@ impl QemuDevice for VirtioIommu {
         self.virtio.validate(what)
     }
 
-    fn parts(&self) -> Result<Vec<Part>> {
+    fn for_each_part<'a>(&'a self, emit: &mut dyn FnMut(Part<'a>) -> Result<()>) -> Result<()> {
         self.validate()?;
-        Ok(vec![Part::device(
-            &self.virtio.driver("virtio-iommu"),
+        emit(Part::device(
+            self.virtio.driver("virtio-iommu"),
             Props::new()
                 .opt("id", self.id.as_deref())
                 .opt("bus", self.bus.as_deref())
-                .opt("addr", self.addr.map(|a| a.to_string()))
+                .opt("addr", self.addr)
                 .opt("primary-bus", self.primary_bus.as_deref())
                 .opt("boot-bypass", self.boot_bypass)
                 .extend(self.virtio.props()),
-        )])
+        ))
     }
 }
 
@@ -220,7 +220,7 @@ mod tests {
     use super::*;
     use crate::fd::NoFds;
     use crate::part::Syntax;
-    use crate::test_support::{args, check_round_trip, ID_TEXT};
+    use crate::test_support::{args, bad_id, devno, id, pci_addr, text, transport, Cases};
     use proptest::prelude::*;
     use serde_json::json;
 
@@ -361,46 +361,82 @@ mod tests {
         assert!(toml::from_str::<VirtioIommu>("granule = \"4k\"").is_err());
     }
 
-    proptest! {
-        #[test]
-        fn intel_parts_never_panic_and_round_trip(
-            id in proptest::option::of(ID_TEXT),
-            flags in any::<(bool, bool, bool)>(),
-            aw_bits in proptest::option::of(prop_oneof![Just(39u8), Just(48u8), any::<u8>()]),
-        ) {
-            let iommu = IntelIommu {
+    #[test]
+    fn intel_parts_round_trip_and_faults_name_their_field() {
+        let iommu = (
+            proptest::option::of(id()),
+            any::<(bool, bool, bool)>(),
+            proptest::option::of(prop_oneof![Just(39u8), Just(48u8)]),
+        )
+            .prop_map(|(id, flags, aw_bits)| IntelIommu {
                 id,
                 intremap: flags.0,
                 device_iotlb: flags.1,
                 caching_mode: flags.2,
                 aw_bits,
-            };
-            if let Ok(parts) = iommu.parts() {
-                check_round_trip(&parts)?;
-            }
-        }
+            });
+        let bad_bits = any::<u8>().prop_filter("supported", |b| ![39, 48].contains(b));
+        Cases::new(iommu)
+            .fault("id", bad_id(), |d, v| d.id = Some(v))
+            .fault("aw_bits", bad_bits, |d, v| d.aw_bits = Some(v))
+            .check();
+    }
 
-        #[test]
-        fn virtio_parts_never_panic_and_round_trip(
-            id in proptest::option::of(ID_TEXT),
-            bus in proptest::option::of("[a-z][a-z0-9.]{0,8}|\\PC{0,12}"),
-            slot in proptest::option::of(0u8..=31),
-            boot_bypass in proptest::option::of(any::<bool>()),
-            primary_bus in proptest::option::of("[a-z][a-z0-9.]{0,8}|[a-z][a-z0-9.,=]{0,8}"),
-            transport in prop_oneof![Just(Transport::Pci), Just(Transport::Mmio), Just(Transport::Ccw)],
-            romfile in proptest::option::of("\\PC{0,12}|[a-z,= '\"é]{0,8}"),
-        ) {
-            let iommu = VirtioIommu {
-                id,
-                bus,
-                addr: slot.map(|s| PciAddr::slot_only(s).unwrap()),
-                boot_bypass,
-                primary_bus,
-                virtio: VirtioOpts { romfile, ..VirtioOpts::on(transport) },
-            };
-            if let Ok(parts) = iommu.parts() {
-                check_round_trip(&parts)?;
-            }
-        }
+    /// `iommu` on the MMIO transport, on `primary_bus`.
+    fn on_mmio(iommu: &mut VirtioIommu, primary_bus: Option<String>) {
+        iommu.virtio = VirtioOpts::on(Transport::Mmio);
+        iommu.addr = None;
+        iommu.primary_bus = primary_bus;
+    }
+
+    #[test]
+    fn virtio_parts_round_trip_and_faults_name_their_field() {
+        let pci = (transport(), proptest::option::of(pci_addr())).prop_filter_map(
+            "PCI only",
+            |((virtio, _), addr)| {
+                (virtio.transport == Transport::Pci).then_some((virtio, addr, None))
+            },
+        );
+        let mmio = id().prop_map(|bus| (VirtioOpts::on(Transport::Mmio), None, Some(bus)));
+        let iommu = (
+            proptest::option::of(id()),
+            proptest::option::of(id()),
+            any::<Option<bool>>(),
+            prop_oneof![pci, mmio],
+        )
+            .prop_map(
+                |(id, bus, boot_bypass, (virtio, addr, primary_bus))| VirtioIommu {
+                    id,
+                    bus,
+                    addr,
+                    boot_bypass,
+                    primary_bus,
+                    virtio,
+                },
+            );
+        Cases::new(iommu)
+            .fault("id", bad_id(), |d, v| d.id = Some(v))
+            .fault("bus", bad_id(), |d, v| d.bus = Some(v))
+            .fault("primary_bus", bad_id(), |d, v| on_mmio(d, Some(v)))
+            .fault("primary_bus", Just(None), on_mmio)
+            .fault("primary_bus", id(), |d, v| {
+                d.virtio = VirtioOpts::default();
+                d.primary_bus = Some(v);
+            })
+            .fault("addr", pci_addr(), |d, v| {
+                on_mmio(d, Some("bus0".into()));
+                d.addr = Some(v);
+            })
+            .fault("romfile", text(), |d, v| {
+                on_mmio(d, Some("bus0".into()));
+                d.virtio.romfile = Some(v);
+            })
+            .fault("virtio.transport", devno(), |d, v| {
+                d.virtio = VirtioOpts {
+                    devno: Some(v),
+                    ..VirtioOpts::on(Transport::Ccw)
+                };
+            })
+            .check();
     }
 }

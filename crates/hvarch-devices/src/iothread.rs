@@ -73,13 +73,13 @@ impl QemuDevice for IoThread {
         Ok(())
     }
 
-    fn parts(&self) -> Result<Vec<Part>> {
+    fn for_each_part<'a>(&'a self, emit: &mut dyn FnMut(Part<'a>) -> Result<()>) -> Result<()> {
         self.validate()?;
-        Ok(vec![Part::object(
+        emit(Part::object(
             "iothread",
             &self.id,
             Props::new().opt("poll-max-ns", self.poll_max_ns),
-        )])
+        ))
     }
 }
 
@@ -88,14 +88,15 @@ mod tests {
     use super::*;
     use crate::fd::NoFds;
     use crate::part::Syntax;
-    use crate::test_support::{check_round_trip, ID_TEXT};
+    use crate::test_support::{bad_id, id, Cases};
     use proptest::prelude::*;
     use serde_json::json;
 
     /// govmm (kata-go.md §2.5 step 15): `-object iothread,id=<ID>`; identical here.
     #[test]
     fn govmm_reference_case() {
-        let parts = IoThread::new("iothread1").parts().unwrap();
+        let thread = IoThread::new("iothread1");
+        let parts = thread.parts().unwrap();
         assert_eq!(parts.len(), 1);
         assert_eq!(
             parts[0].to_args(Syntax::Options, &mut NoFds).unwrap(),
@@ -144,16 +145,15 @@ mod tests {
         assert!(toml::from_str::<IoThread>("id = \"io0\"\npoll = 1").is_err());
     }
 
-    proptest! {
-        #[test]
-        fn parts_never_panic_and_round_trip(
-            id in ID_TEXT,
-            poll in proptest::option::of(prop_oneof![0u64..100_000, any::<u64>()]),
-        ) {
-            let thread = IoThread { id, poll_max_ns: poll };
-            if let Ok(parts) = thread.parts() {
-                check_round_trip(&parts)?;
-            }
-        }
+    #[test]
+    fn parts_round_trip_and_faults_name_their_field() {
+        let thread = (id(), proptest::option::of(0..=i64::MAX as u64))
+            .prop_map(|(id, poll_max_ns)| IoThread { id, poll_max_ns });
+        Cases::new(thread)
+            .fault("id", bad_id(), |t, v| t.id = v)
+            .fault("poll_max_ns", i64::MAX as u64 + 1.., |t, v| {
+                t.poll_max_ns = Some(v)
+            })
+            .check();
     }
 }

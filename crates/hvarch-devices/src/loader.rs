@@ -74,9 +74,9 @@ impl QemuDevice for Loader {
         Ok(())
     }
 
-    fn parts(&self) -> Result<Vec<Part>> {
+    fn for_each_part<'a>(&'a self, emit: &mut dyn FnMut(Part<'a>) -> Result<()>) -> Result<()> {
         self.validate()?;
-        Ok(vec![Part::device(
+        emit(Part::device(
             "loader",
             Props::new()
                 .with("id", self.id.as_str())
@@ -84,7 +84,7 @@ impl QemuDevice for Loader {
                 .opt("addr", self.addr)
                 .opt("cpu-num", self.cpu_num)
                 .flag("force-raw", self.force_raw),
-        )])
+        ))
     }
 }
 
@@ -93,7 +93,7 @@ mod tests {
     use super::*;
     use crate::fd::NoFds;
     use crate::part::Syntax;
-    use crate::test_support::check_round_trip;
+    use crate::test_support::{bad_id, bad_path, id, nul_text, path, Cases};
     use proptest::prelude::*;
     use serde_json::json;
 
@@ -153,19 +153,26 @@ mod tests {
         assert!(toml::from_str::<Loader>("id = \"fd0\"\nfile = \"/f\"\ndata = 1").is_err());
     }
 
-    proptest! {
-        #[test]
-        fn parts_never_panic_and_round_trip(
-            id in "\\PC{0,12}|[a-z][a-z0-9-]{0,8}",
-            file in "\\PC{0,16}|[/a-z,= '\"é]{1,16}",
-            addr in proptest::option::of(any::<u64>()),
-            cpu_num in proptest::option::of(any::<u32>()),
-            force_raw in any::<bool>(),
-        ) {
-            let loader = Loader { id, file: file.into(), addr, cpu_num, force_raw };
-            if let Ok(parts) = loader.parts() {
-                check_round_trip(&parts)?;
-            }
-        }
+    #[test]
+    fn parts_round_trip_and_faults_name_their_field() {
+        let loader = (
+            id(),
+            path(),
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(any::<u32>()),
+            any::<bool>(),
+        )
+            .prop_map(|(id, file, addr, cpu_num, force_raw)| Loader {
+                id,
+                file,
+                addr,
+                cpu_num,
+                force_raw,
+            });
+        Cases::new(loader)
+            .fault("id", bad_id(), |l, v| l.id = v)
+            .fault("file", bad_path(), |l, v| l.file = v)
+            .fault("file", nul_text(), |l, v| l.file = v.into())
+            .check();
     }
 }

@@ -214,7 +214,7 @@ impl MemoryBackend {
     }
 
     /// The `-object` / `object-add` part (validated).
-    pub fn part(&self) -> Result<Part> {
+    pub fn part(&self) -> Result<Part<'_>> {
         const WHAT: &str = "memory-backend";
         self.validate()?;
         let common = Props::new().size("size", self.size);
@@ -265,8 +265,8 @@ impl QemuDevice for MemoryBackend {
         MemoryBackend::validate(self)
     }
 
-    fn parts(&self) -> Result<Vec<Part>> {
-        Ok(vec![self.part()?])
+    fn for_each_part<'a>(&'a self, emit: &mut dyn FnMut(Part<'a>) -> Result<()>) -> Result<()> {
+        emit(self.part()?)
     }
 }
 
@@ -478,7 +478,7 @@ impl QemuDevice for MemoryDevice {
         Ok(())
     }
 
-    fn parts(&self) -> Result<Vec<Part>> {
+    fn for_each_part<'a>(&'a self, emit: &mut dyn FnMut(Part<'a>) -> Result<()>) -> Result<()> {
         self.validate()?;
         let common = Props::new()
             .with("id", self.id.as_str())
@@ -508,17 +508,18 @@ impl QemuDevice for MemoryDevice {
                 addr,
                 virtio,
             } => Part::device(
-                &virtio.driver("virtio-mem"),
+                virtio.driver("virtio-mem"),
                 common
                     .size("requested-size", *requested_size)
                     .opt_size("block-size", *block_size)
                     .opt("node", *node)
                     .opt("bus", bus.as_deref())
-                    .opt("addr", addr.map(|a| a.to_string()))
+                    .opt("addr", *addr)
                     .extend(virtio.props()),
             ),
         };
-        Ok(vec![self.backend.part()?, device])
+        emit(self.backend.part()?)?;
+        emit(device)
     }
 }
 
@@ -527,7 +528,9 @@ mod tests {
     use super::*;
     use crate::fd::NoFds;
     use crate::part::Syntax;
-    use crate::test_support::{args, check_round_trip, qmp_adds, ID_TEXT};
+    use crate::test_support::{
+        args, bad_id, bad_path, id, nul_text, path, qmp_adds, transport, Cases,
+    };
     use crate::Device;
     use proptest::prelude::*;
     use serde_json::json;
@@ -838,40 +841,44 @@ mod tests {
         assert!(toml::from_str::<MemoryDevice>(unknown_in_device).is_err());
     }
 
+    /// A valid backend: RAM, a file or memfd (hugetlb pages or not), of a size that is a
+    /// multiple of its page size (any size for RAM and files, often).
     fn arb_backend() -> impl Strategy<Value = MemoryBackend> {
-        let text = "\\PC{0,12}|[a-z/][a-z0-9,= '\"é]{0,8}";
-        let kind = prop_oneof![
-            Just(MemoryBackendKind::Ram),
-            (text, any::<(bool, bool, bool)>()).prop_map(|(p, (r, d, m))| {
-                MemoryBackendKind::File {
-                    mem_path: p.into(),
-                    readonly: r,
-                    discard_data: d,
-                    pmem: m,
-                }
-            }),
-            (
-                any::<bool>(),
-                proptest::option::of(prop_oneof![Just(2u64 << 20), any::<u64>()]),
-                proptest::option::of(any::<bool>())
-            )
-                .prop_map(|(hugetlb, hugetlbsize, seal)| MemoryBackendKind::Memfd {
-                    hugetlb,
-                    hugetlbsize,
-                    seal
-                }),
-        ];
-        (
-            ID_TEXT,
-            prop_oneof![Just(64u64 << 20), any::<u64>()],
-            kind,
-            proptest::option::of(any::<bool>()),
+        let file = (path(), any::<(bool, bool, bool)>()).prop_map(|(mem_path, (r, d, m))| {
+            MemoryBackendKind::File {
+                mem_path,
+                readonly: r,
+                discard_data: d,
+                pmem: m,
+            }
+        });
+        let memfd = (
             any::<bool>(),
-            proptest::option::of(any::<bool>()),
-            proptest::option::of(any::<bool>()),
+            12u32..=30,
+            any::<bool>(),
+            any::<Option<bool>>(),
         )
-            .prop_map(
-                |(id, size, kind, share, prealloc, merge, dump)| MemoryBackend {
+            .prop_map(|(hugetlb, shift, sized, seal)| MemoryBackendKind::Memfd {
+                hugetlb,
+                hugetlbsize: (hugetlb && sized).then_some(1 << shift),
+                seal,
+            });
+        let kind = prop_oneof![Just(MemoryBackendKind::Ram), file, memfd];
+        let size = prop_oneof![1u64.., (1u64..1 << 20).prop_map(|units| units << 30)];
+        (
+            (id(), size, kind),
+            any::<(Option<bool>, bool, Option<bool>, Option<bool>)>(),
+        )
+            .prop_map(|((id, size, kind), (share, prealloc, merge, dump))| {
+                // A multiple of the huge page size, kept when it already is one.
+                let size = match kind {
+                    MemoryBackendKind::Memfd {
+                        hugetlbsize: Some(page),
+                        ..
+                    } if size % page != 0 => (size % (1 << 20)).max(1) * page,
+                    _ => size,
+                };
+                MemoryBackend {
                     id,
                     size,
                     kind,
@@ -879,66 +886,182 @@ mod tests {
                     prealloc,
                     merge,
                     dump,
-                },
-            )
+                }
+            })
     }
 
-    fn arb_device_kind() -> impl Strategy<Value = MemoryDeviceKind> {
-        prop_oneof![
-            (
-                any::<bool>(),
-                proptest::option::of(prop_oneof![Just(128u64 << 10), any::<u64>()])
-            )
-                .prop_map(|(unarmed, label_size)| MemoryDeviceKind::Nvdimm {
-                    unarmed,
-                    label_size
-                }),
-            (
-                proptest::option::of(prop_oneof![0u32..8, any::<u32>()]),
-                proptest::option::of(any::<u32>()),
-                proptest::option::of(any::<u64>())
-            )
-                .prop_map(|(slot, node, addr)| MemoryDeviceKind::PcDimm {
-                    slot,
+    /// A valid memory device on a valid backend.
+    fn arb_device() -> impl Strategy<Value = MemoryDevice> {
+        let nvdimm = (any::<bool>(), proptest::option::of(128u64 << 10..)).prop_map(
+            |(unarmed, label_size)| MemoryDeviceKind::Nvdimm {
+                unarmed,
+                label_size,
+            },
+        );
+        let dimm = (
+            proptest::option::of(0..=i32::MAX as u32),
+            any::<Option<u32>>(),
+            any::<Option<u64>>(),
+        )
+            .prop_map(|(slot, node, addr)| MemoryDeviceKind::PcDimm { slot, node, addr });
+        let virtio_mem = (
+            (any::<u64>(), proptest::option::of(12u32..=30)),
+            (any::<Option<u32>>(), proptest::option::of(id())),
+            transport().prop_filter("virtio-mem is PCI only", |(v, _)| {
+                v.transport == Transport::Pci
+            }),
+        )
+            .prop_map(|((pick, block), (node, bus), (virtio, addr))| {
+                // `requested_size` is fixed once the backend's size is known.
+                MemoryDeviceKind::VirtioMem {
+                    requested_size: pick,
+                    block_size: block.map(|shift| 1 << shift),
                     node,
-                    addr
-                }),
-            (
-                prop_oneof![Just(32u64 << 20), any::<u64>()],
-                proptest::option::of(prop_oneof![Just(2u64 << 20), any::<u64>()]),
-                proptest::option::of(any::<u32>()),
-                proptest::option::of("[a-z][a-z0-9]{0,6}|\\PC{0,8}|[a-z][a-z0-9,=]{0,6}"),
-                proptest::option::of(0u8..=31),
-                proptest::option::of("\\PC{0,8}|[a-z,= '\"é]{0,8}"),
-            )
-                .prop_map(|(requested_size, block_size, node, bus, slot, romfile)| {
+                    bus,
+                    addr,
+                    virtio,
+                }
+            });
+        (id(), arb_backend(), prop_oneof![nvdimm, dimm, virtio_mem]).prop_map(
+            |(id, backend, mut kind)| {
+                match &mut kind {
+                    MemoryDeviceKind::Nvdimm { unarmed, .. } => {
+                        *unarmed |= backend.is_readonly();
+                    }
                     MemoryDeviceKind::VirtioMem {
                         requested_size,
                         block_size,
-                        node,
-                        bus,
-                        addr: slot.map(|s| PciAddr::slot_only(s).unwrap()),
-                        virtio: VirtioOpts {
-                            romfile,
-                            ..VirtioOpts::default()
-                        },
+                        ..
+                    } => {
+                        // At most the backend's size, a multiple of the block size.
+                        let block = block_size.unwrap_or(1);
+                        let blocks = backend.size / block;
+                        *requested_size = (*requested_size % blocks.saturating_add(1)) * block;
                     }
-                }),
-        ]
+                    MemoryDeviceKind::PcDimm { .. } => {}
+                }
+                MemoryDevice { id, backend, kind }
+            },
+        )
     }
 
-    proptest! {
-        #[test]
-        fn parts_never_panic_and_round_trip(
-            id in ID_TEXT,
-            backend in arb_backend(),
-            kind in arb_device_kind(),
-        ) {
-            let device = MemoryDevice { id, backend, kind };
-            if let Ok(parts) = device.parts() {
-                prop_assert_eq!(parts.len(), 2);
-                check_round_trip(&parts)?;
-            }
-        }
+    /// `device` as a virtio-mem device (PCI, no bus) asking for `requested_size`.
+    fn virtio_mem(device: &mut MemoryDevice, requested_size: u64, block_size: Option<u64>) {
+        device.kind = MemoryDeviceKind::VirtioMem {
+            requested_size,
+            block_size,
+            node: None,
+            bus: None,
+            addr: None,
+            virtio: VirtioOpts::default(),
+        };
+    }
+
+    #[test]
+    fn parts_round_trip_and_faults_name_their_field() {
+        let not_power_of_two = (3u64..).prop_filter("a power of two", |n| !n.is_power_of_two());
+        Cases::new(arb_device())
+            .fault("id", bad_id(), |d, v| d.id = v)
+            .fault("id", bad_id(), |d, v| d.backend.id = v)
+            .fault("size", Just(0), |d, v| d.backend.size = v)
+            .fault("mem_path", bad_path(), |d, v| {
+                d.backend.kind = MemoryBackendKind::File {
+                    mem_path: v,
+                    readonly: false,
+                    discard_data: false,
+                    pmem: false,
+                }
+            })
+            .fault("mem-path", nul_text(), |d, v| {
+                d.backend.kind = MemoryBackendKind::File {
+                    mem_path: v.into(),
+                    readonly: false,
+                    discard_data: false,
+                    pmem: false,
+                }
+            })
+            .fault(
+                "hugetlbsize",
+                (any::<bool>(), 12u32..=30),
+                |d, (hugetlb, shift)| {
+                    // Not a power of two, or without hugetlb.
+                    let page = if hugetlb {
+                        (1 << shift) + 1
+                    } else {
+                        1 << shift
+                    };
+                    d.backend.kind = MemoryBackendKind::Memfd {
+                        hugetlb,
+                        hugetlbsize: Some(page),
+                        seal: None,
+                    };
+                    d.backend.size = page * 4;
+                },
+            )
+            .fault("size", (12u32..=30, 1u64..1 << 20), |d, (shift, units)| {
+                d.backend.kind = MemoryBackendKind::Memfd {
+                    hugetlb: true,
+                    hugetlbsize: Some(1 << shift),
+                    seal: None,
+                };
+                d.backend.size = (units << shift) + 1 + units % ((1 << shift) - 1);
+            })
+            .fault("unarmed", path(), |d, mem_path| {
+                d.backend.kind = MemoryBackendKind::File {
+                    mem_path,
+                    readonly: true,
+                    discard_data: false,
+                    pmem: false,
+                };
+                d.kind = MemoryDeviceKind::Nvdimm {
+                    unarmed: false,
+                    label_size: None,
+                };
+            })
+            .fault("label_size", 0u64..128 << 10, |d, v| {
+                d.kind = MemoryDeviceKind::Nvdimm {
+                    unarmed: true,
+                    label_size: Some(v),
+                }
+            })
+            .fault("slot", i32::MAX as u32 + 1.., |d, v| {
+                d.kind = MemoryDeviceKind::PcDimm {
+                    slot: Some(v),
+                    node: None,
+                    addr: None,
+                }
+            })
+            .fault("virtio.transport", transport(), |d, (virtio, _)| {
+                virtio_mem(d, 0, None);
+                if let MemoryDeviceKind::VirtioMem { virtio: v, .. } = &mut d.kind {
+                    *v = VirtioOpts {
+                        transport: match virtio.transport {
+                            Transport::Pci | Transport::Mmio => Transport::Mmio,
+                            Transport::Ccw => Transport::Ccw,
+                        },
+                        ..virtio
+                    };
+                }
+            })
+            .fault("requested_size", 1u64.., |d, extra| {
+                d.backend.kind = MemoryBackendKind::Ram;
+                d.backend.size = d.backend.size.min(u64::MAX / 2);
+                virtio_mem(d, d.backend.size + extra.min(u64::MAX / 2), None);
+            })
+            .fault("block_size", not_power_of_two, |d, block| {
+                virtio_mem(d, 0, Some(block))
+            })
+            .fault("requested_size", 12u32..=30, |d, shift| {
+                d.backend.kind = MemoryBackendKind::Ram;
+                d.backend.size = u64::MAX;
+                virtio_mem(d, (1 << shift) + 1, Some(1 << shift));
+            })
+            .fault("bus", bad_id(), |d, bus| {
+                virtio_mem(d, 0, None);
+                if let MemoryDeviceKind::VirtioMem { bus: b, .. } = &mut d.kind {
+                    *b = Some(bus);
+                }
+            })
+            .check();
     }
 }

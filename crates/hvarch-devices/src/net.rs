@@ -157,8 +157,8 @@ impl NetBackend {
     }
 
     /// The `-netdev` part with id `id` (validate first).
-    fn part(&self, what: &'static str, id: &str) -> Result<Part> {
-        let head = |kind: &str| Props::new().with("type", kind).with("id", id);
+    fn part<'a>(&'a self, what: &'static str, id: &'a str) -> Result<Part<'a>> {
+        let head = |kind: &'static str| Props::new().with("type", kind).with("id", id);
         let props = match self {
             NetBackend::Tap {
                 ifname,
@@ -195,9 +195,9 @@ impl NetBackend {
                 // vhostfds before fds: descriptors are numbered in this order (as govmm did).
                 let mut props = head("tap").flag("vhost", *vhost);
                 if !vhostfds.is_empty() {
-                    props.push("vhostfds", Value::FdList(vhostfds.clone()));
+                    props.push("vhostfds", Value::FdList(vhostfds));
                 }
-                props.push("fds", Value::FdList(fds.clone()));
+                props.push("fds", Value::FdList(fds));
                 props
             }
             NetBackend::User {} => head("user"),
@@ -284,7 +284,7 @@ impl QemuDevice for NetDevice {
         )
     }
 
-    fn parts(&self) -> Result<Vec<Part>> {
+    fn for_each_part<'a>(&'a self, emit: &mut dyn FnMut(Part<'a>) -> Result<()>) -> Result<()> {
         self.validate()?;
         let netdev = self.backend.part(self.kind(), &self.netdev_id)?;
         let device = virtio_net_device(&VirtioNet {
@@ -296,7 +296,8 @@ impl QemuDevice for NetDevice {
             queues: self.backend.queues(),
             virtio: &self.virtio,
         });
-        Ok(vec![netdev, device])
+        emit(netdev)?;
+        emit(device)
     }
 }
 
@@ -347,27 +348,23 @@ pub(crate) struct VirtioNet<'a> {
 
 /// The virtio-net `-device` part, in govmm's property order: netdev, mac, bus, addr,
 /// disable-modern, mq, vectors, romfile, iommu_platform, devno.
-pub(crate) fn virtio_net_device(net: &VirtioNet<'_>) -> Part {
+pub(crate) fn virtio_net_device<'a>(net: &VirtioNet<'a>) -> Part<'a> {
     let multi_queue = net.queues > 1;
     // MSI-X vectors: one per queue of each direction, one for config, one for control.
     let vectors =
         (multi_queue && net.virtio.transport == Transport::Pci).then(|| 2 * net.queues as u64 + 2);
-    let rest = VirtioOpts {
-        disable_modern: false,
-        ..net.virtio.clone()
-    };
     Part::device(
-        &net.virtio.driver("virtio-net"),
+        net.virtio.driver("virtio-net"),
         Props::new()
             .with("id", net.id)
             .with("netdev", net.netdev)
             .opt("mac", net.mac)
             .opt("bus", net.bus)
-            .opt("addr", net.addr.map(|a| a.to_string()))
+            .opt("addr", net.addr)
             .flag("disable-modern", net.virtio.disable_modern)
             .flag("mq", multi_queue)
             .opt("vectors", vectors)
-            .extend(rest.props()),
+            .extend(net.virtio.props_after_disable_modern()),
     )
 }
 
@@ -376,7 +373,9 @@ mod tests {
     use super::*;
     use crate::fd::{FdTable, NoFds, QmpFdNames};
     use crate::part::Syntax;
-    use crate::test_support::{args_with, check_round_trip, FIELD_TEXT};
+    use crate::test_support::{
+        args_with, bad_id, bad_mac, bad_path, id, mac, nul_text, path, text, transport, Cases,
+    };
     use proptest::prelude::*;
     use serde_json::json;
     use std::fs::File;
@@ -649,32 +648,149 @@ mod tests {
         assert_eq!(device.kind(), "virtio-net");
     }
 
-    proptest! {
-        #[test]
-        fn arbitrary_fields_render_and_parse_back(
-            id in FIELD_TEXT, netdev_id in FIELD_TEXT, ifname in FIELD_TEXT,
-            script in proptest::option::of(FIELD_TEXT),
-            mac in proptest::option::of("[0-9a-f:]{17}|[^\u{0}]{0,8}"),
-            bus in proptest::option::of(FIELD_TEXT), queues in proptest::option::of(0u32..5),
-            fd_names in proptest::collection::vec(FIELD_TEXT, 0..3), vhost: bool, by_fds: bool,
-        ) {
-            let backend = if by_fds {
-                NetBackend::TapFds {
-                    fds: fd_names.iter().cloned().map(FdArg::Named).collect(),
-                    vhost,
-                    vhostfds: vec![],
-                }
-            } else {
-                NetBackend::Tap {
-                    ifname, script: script.map(PathBuf::from), downscript: None, vhost, queues,
-                }
-            };
-            let mut nic = NetDevice::new(id, netdev_id, backend);
-            nic.mac = mac;
-            nic.bus = bus;
-            if let Ok(parts) = nic.parts() {
-                check_round_trip(&parts)?;
+    /// A Linux interface name: 1 to 15 bytes, no '/', whitespace or NUL.
+    fn ifname() -> impl Strategy<Value = String> {
+        "[^/\\s\u{0}]{1,15}".prop_map(|mut name| {
+            while name.len() > MAX_IFNAME_LEN {
+                name.pop();
             }
+            name
+        })
+    }
+
+    fn named_fds(n: usize) -> Vec<FdArg> {
+        (0..n).map(|i| FdArg::Named(format!("fd,{i}"))).collect()
+    }
+
+    fn tap_with(
+        ifname: &str,
+        script: Option<PathBuf>,
+        downscript: Option<PathBuf>,
+        queues: Option<u32>,
+    ) -> NetBackend {
+        NetBackend::Tap {
+            ifname: ifname.into(),
+            script,
+            downscript,
+            vhost: false,
+            queues,
         }
+    }
+
+    fn backend() -> impl Strategy<Value = NetBackend> {
+        let tap = (
+            ifname(),
+            proptest::option::of(path()),
+            proptest::option::of(path()),
+            any::<bool>(),
+            proptest::option::of(1u32..=u32::MAX),
+        )
+            .prop_map(
+                |(ifname, script, downscript, vhost, queues)| NetBackend::Tap {
+                    ifname,
+                    script,
+                    downscript,
+                    vhost,
+                    queues,
+                },
+            );
+        let fds = (
+            proptest::collection::vec(text().prop_map(FdArg::Named), 1..4),
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
+        )
+            .prop_map(|(fds, vhost, with_vhostfds, macvtap)| {
+                let vhostfds = if vhost && with_vhostfds {
+                    named_fds(fds.len())
+                } else {
+                    Vec::new()
+                };
+                if macvtap {
+                    NetBackend::Macvtap {
+                        fds,
+                        vhost,
+                        vhostfds,
+                    }
+                } else {
+                    NetBackend::TapFds {
+                        fds,
+                        vhost,
+                        vhostfds,
+                    }
+                }
+            });
+        prop_oneof![2 => tap, 2 => fds, 1 => Just(NetBackend::User {})]
+    }
+
+    #[test]
+    fn parts_round_trip_and_faults_name_their_field() {
+        let nic = (
+            (id(), id(), backend()),
+            (
+                proptest::option::of(mac()),
+                proptest::option::of(id()),
+                transport(),
+            ),
+        )
+            .prop_map(
+                |((id, netdev_id, backend), (mac, bus, (virtio, addr)))| NetDevice {
+                    mac,
+                    bus,
+                    addr,
+                    virtio,
+                    ..NetDevice::new(id, netdev_id, backend)
+                },
+            );
+        let bad_ifname = prop_oneof![
+            Just(String::new()),
+            "[a-z]{16,20}",
+            "[a-z]{0,4}[/ \t\u{0}\u{a0}\u{2003}][a-z]{0,4}",
+        ];
+        Cases::new(nic)
+            .fault("id", bad_id(), |d, v| d.id = v)
+            .fault("netdev_id", bad_id(), |d, v| d.netdev_id = v)
+            .fault("ifname", bad_ifname, |d, v: String| d.backend = tap(&v))
+            .fault("script", bad_path(), |d, v| {
+                d.backend = tap_with("tap0", Some(v), None, None)
+            })
+            .fault("downscript", nul_text(), |d, v| {
+                d.backend = tap_with("tap0", None, Some(v.into()), None)
+            })
+            .fault("queues", Just(0), |d, v| {
+                d.backend = tap_with("tap0", None, None, Some(v))
+            })
+            .fault("fds", any::<bool>(), |d, vhost| {
+                d.backend = NetBackend::TapFds {
+                    fds: Vec::new(),
+                    vhost,
+                    vhostfds: Vec::new(),
+                }
+            })
+            .fault("fds", nul_text(), |d, v| {
+                d.backend = NetBackend::Macvtap {
+                    fds: vec![FdArg::Named(v)],
+                    vhost: false,
+                    vhostfds: Vec::new(),
+                }
+            })
+            .fault("vhostfds", 1usize..4, |d, n| {
+                d.backend = NetBackend::TapFds {
+                    fds: named_fds(n),
+                    vhost: false,
+                    vhostfds: named_fds(n),
+                }
+            })
+            .fault("vhostfds", (1usize..4, 1usize..4), |d, (n, extra)| {
+                d.backend = NetBackend::Macvtap {
+                    fds: named_fds(n),
+                    vhost: true,
+                    vhostfds: named_fds(n + extra),
+                }
+            })
+            .fault("mac", bad_mac(), |d, v| d.mac = Some(v))
+            .fault("bus", bad_id(), |d, v| d.bus = Some(v))
+            .virtio_faults(|d| (&mut d.virtio, &mut d.addr))
+            .check();
     }
 }

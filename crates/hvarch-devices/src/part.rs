@@ -5,12 +5,14 @@
 //! an argument in option syntax, to QEMU's JSON argument syntax, or to the QMP command that
 //! creates it at run time ([`Part::qmp_add`]) and the one that removes it ([`Part::qmp_del`]).
 
+use std::borrow::Cow;
+
 use serde_json::{json, Value as Json};
 
 use crate::error::{Error, Result};
 use crate::fd::FdResolver;
 use crate::props::{Props, Value};
-use crate::syntax::{render_json, render_options_except};
+use crate::syntax::{render_json, write_options};
 
 /// Which QEMU option a [`Part`] is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -104,26 +106,33 @@ pub struct QmpCall {
     pub arguments: Json,
 }
 
-/// One QEMU object: a kind and its ordered properties.
+/// One QEMU object: a kind and its ordered properties, borrowing from the device it renders
+/// (for `'a`).
 #[derive(Clone, Debug, PartialEq)]
-pub struct Part {
+pub struct Part<'a> {
     kind: PartKind,
-    props: Props,
+    props: Props<'a>,
 }
 
-impl Part {
+impl<'a> Part<'a> {
     /// A part of `kind` with `props`. For kinds with an implied key, `props` must start with it.
-    pub fn new(kind: PartKind, props: Props) -> Part {
+    #[inline]
+    pub fn new(kind: PartKind, props: Props<'a>) -> Part<'a> {
         Part { kind, props }
     }
 
     /// A `-device` whose driver is `driver`, followed by `props`.
-    pub fn device(driver: &str, props: Props) -> Part {
-        Part::new(PartKind::Device, props.prepend("driver", driver))
+    #[inline]
+    pub fn device(driver: impl Into<Cow<'a, str>>, props: Props<'a>) -> Part<'a> {
+        Part::new(
+            PartKind::Device,
+            props.prepend("driver", Value::Str(driver.into())),
+        )
     }
 
     /// An `-object` of QOM type `qom_type` with id `id`, followed by `props`.
-    pub fn object(qom_type: &str, id: &str, props: Props) -> Part {
+    #[inline]
+    pub fn object(qom_type: &'a str, id: &'a str, props: Props<'a>) -> Part<'a> {
         Part::new(
             PartKind::Object,
             props.prepend("id", id).prepend("qom-type", qom_type),
@@ -136,13 +145,22 @@ impl Part {
     }
 
     /// The properties, implied key included.
-    pub fn props(&self) -> &Props {
+    pub fn props(&self) -> &Props<'a> {
         &self.props
     }
 
     /// The identifier (`id`, `node-name`, …), if set.
     pub fn id(&self) -> Option<&str> {
         self.props.get_str(self.kind.id_key())
+    }
+
+    /// The identifier as stored (borrowed from the device when it is one of its fields), so it
+    /// can outlive this part.
+    pub(crate) fn id_value(&self) -> Option<Cow<'a, str>> {
+        match self.props.get(self.kind.id_key()) {
+            Some(Value::Str(id)) => Some(id.clone()),
+            _ => None,
+        }
     }
 
     /// The value of the implied key (driver, backend, type…), if any.
@@ -152,15 +170,27 @@ impl Part {
 
     /// The option's value text in `syntax` (see [`Syntax`] for which options support JSON).
     pub fn render(&self, syntax: Syntax, fds: &mut dyn FdResolver) -> Result<String> {
+        let mut out = String::with_capacity(128);
+        self.write(&mut out, syntax, fds)?;
+        Ok(out)
+    }
+
+    /// [`render`](Self::render), appending to `out`.
+    pub fn write(&self, out: &mut String, syntax: Syntax, fds: &mut dyn FdResolver) -> Result<()> {
         let what = self.kind.option();
         if syntax == Syntax::Json && self.kind.has_json_syntax() {
-            return Ok(render_json(what, &self.props, fds)?.to_string());
+            out.push_str(&render_json(what, &self.props, fds)?.to_string());
+            return Ok(());
         }
         if self.kind == PartKind::Serial {
-            let id = self.props.get_str("chardev").unwrap_or_default();
-            return Ok(format!("chardev:{id}"));
+            out.push_str("chardev:");
+            out.push_str(self.props.get_str("chardev").unwrap_or_default());
+            return Ok(());
         }
-        render_options_except(
+        let start = out.len();
+        write_options(
+            out,
+            start,
             what,
             self.implied(),
             &self.props,
@@ -220,7 +250,7 @@ impl Part {
 }
 
 /// Maps `-chardev` properties to `chardev-add`'s `ChardevBackend` structure.
-fn chardev_add_arguments(props: &Props, fds: &mut dyn FdResolver) -> Result<Json> {
+fn chardev_add_arguments(props: &Props<'_>, fds: &mut dyn FdResolver) -> Result<Json> {
     let text = |key: &str| props.get_str(key).map(str::to_owned);
     let boolean = |key: &str| match props.get(key) {
         Some(Value::Bool(b)) => Some(*b),

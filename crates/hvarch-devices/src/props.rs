@@ -1,16 +1,21 @@
 //! Ordered, typed property lists: the common form of every QEMU option and QMP argument set.
+//!
+//! A property list borrows what it names (`Props<'a>`: ids, paths and descriptors stay in the
+//! device they belong to) and keeps its first properties inline, so rendering a device to
+//! arguments copies no field and allocates no list: the text goes straight into the argument.
 
 use std::borrow::Cow;
 
 use crate::fd::FdArg;
+use crate::pci::PciAddr;
 
-/// One property value.
+/// One property value, borrowing its text and descriptors for `'a`.
 ///
 /// The type decides both renderings: in the option syntax booleans are `on`/`off`, sizes carry
 /// a binary suffix when exact (`2G`), descriptors become numbers, nested maps become dotted
 /// keys; in JSON each keeps its JSON type (a size is a byte count, a map an object).
 #[derive(Clone, Debug, PartialEq)]
-pub enum Value {
+pub enum Value<'a> {
     /// A boolean: `on`/`off`, or JSON `true`/`false`.
     Bool(bool),
     /// A signed integer.
@@ -19,50 +24,52 @@ pub enum Value {
     UInt(u64),
     /// A size in bytes: `512M` in the option syntax, a number in JSON.
     Size(u64),
-    /// A string (commas doubled in the option syntax); borrowed when it is a literal.
-    Str(Cow<'static, str>),
+    /// A string (commas doubled in the option syntax), usually borrowed.
+    Str(Cow<'a, str>),
+    /// A PCI address on a bus (`addr=02.1`), written as text in both syntaxes.
+    PciAddr(PciAddr),
     /// A file descriptor, resolved at render time.
-    Fd(FdArg),
+    Fd(&'a FdArg),
     /// A `:`-separated list of descriptors (`fds=3:4`).
-    FdList(Vec<FdArg>),
+    FdList(&'a [FdArg]),
     /// Nested properties (`file.driver=file` / `"file": {"driver": "file"}`).
-    Map(Props),
+    Map(Box<Props<'a>>),
 }
 
-impl From<bool> for Value {
+impl From<bool> for Value<'_> {
     fn from(v: bool) -> Self {
         Value::Bool(v)
     }
 }
 
-impl Value {
-    /// A string literal, stored without copying.
-    pub const fn literal(text: &'static str) -> Value {
+impl Value<'_> {
+    /// A string literal.
+    pub const fn literal(text: &'static str) -> Value<'static> {
         Value::Str(Cow::Borrowed(text))
     }
 }
 
-impl From<&str> for Value {
-    fn from(v: &str) -> Self {
-        Value::Str(Cow::Owned(v.to_owned()))
+impl<'a> From<&'a str> for Value<'a> {
+    fn from(v: &'a str) -> Self {
+        Value::Str(Cow::Borrowed(v))
     }
 }
 
-impl From<String> for Value {
+impl From<String> for Value<'_> {
     fn from(v: String) -> Self {
         Value::Str(Cow::Owned(v))
     }
 }
 
-impl From<&String> for Value {
-    fn from(v: &String) -> Self {
-        Value::Str(Cow::Owned(v.clone()))
+impl<'a> From<&'a String> for Value<'a> {
+    fn from(v: &'a String) -> Self {
+        Value::Str(Cow::Borrowed(v))
     }
 }
 
 macro_rules! value_from_uint {
     ($($t:ty),*) => {$(
-        impl From<$t> for Value {
+        impl From<$t> for Value<'_> {
             fn from(v: $t) -> Self {
                 Value::UInt(u64::from(v))
             }
@@ -71,27 +78,40 @@ macro_rules! value_from_uint {
 }
 value_from_uint!(u8, u16, u32, u64);
 
-impl From<i64> for Value {
+impl From<i64> for Value<'_> {
     fn from(v: i64) -> Self {
         Value::Int(v)
     }
 }
 
-impl From<FdArg> for Value {
-    fn from(v: FdArg) -> Self {
+impl From<PciAddr> for Value<'_> {
+    fn from(v: PciAddr) -> Self {
+        Value::PciAddr(v)
+    }
+}
+
+impl<'a> From<&'a FdArg> for Value<'a> {
+    fn from(v: &'a FdArg) -> Self {
         Value::Fd(v)
     }
 }
 
-impl From<Props> for Value {
-    fn from(v: Props) -> Self {
-        Value::Map(v)
+impl<'a> From<Props<'a>> for Value<'a> {
+    fn from(v: Props<'a>) -> Self {
+        Value::Map(Box::new(v))
     }
 }
+
+/// A property name: a literal, or borrowed from the configuration (machine options).
+pub type Key<'a> = &'a str;
+
+/// How many properties a list holds without allocating: enough for nearly every device.
+const INLINE: usize = 8;
 
 /// An ordered list of `key = value` properties.
 ///
 /// Order is kept because it is what a reader of the command line sees, and tests compare it.
+/// The first eight properties are stored inline; longer lists spill to the heap.
 ///
 /// ```
 /// use hvarch_devices::props::Props;
@@ -102,39 +122,61 @@ impl From<Props> for Value {
 ///     .opt("serial", None::<&str>);
 /// assert_eq!(props.len(), 3);
 /// ```
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Props(Vec<(Key, Value)>);
+#[derive(Clone, Debug, Default)]
+pub struct Props<'a> {
+    head: [Option<(Key<'a>, Value<'a>)>; INLINE],
+    head_len: usize,
+    tail: Vec<(Key<'a>, Value<'a>)>,
+}
 
-/// A property name: usually a `&'static str` literal, so building a list does not allocate.
-pub type Key = Cow<'static, str>;
-
-impl Props {
-    /// An empty list (with room for a typical device's properties, so building one rarely
-    /// reallocates).
+impl<'a> Props<'a> {
+    /// An empty list.
+    #[inline]
     pub fn new() -> Self {
-        Props(Vec::with_capacity(8))
+        Props::default()
     }
 
     /// Puts `key = value` first (for the implied key of an option, e.g. the driver).
-    pub fn prepend(mut self, key: impl Into<Key>, value: impl Into<Value>) -> Self {
-        self.0.insert(0, (key.into(), value.into()));
+    #[inline]
+    pub fn prepend(mut self, key: Key<'a>, value: impl Into<Value<'a>>) -> Self {
+        let mut carried = Some((key, value.into()));
+        for slot in &mut self.head[..self.head_len] {
+            carried = std::mem::replace(slot, carried);
+        }
+        match carried {
+            Some(last) if self.head_len < INLINE => {
+                self.head[self.head_len] = Some(last);
+                self.head_len += 1;
+            }
+            Some(last) => self.tail.insert(0, last),
+            None => {}
+        }
         self
     }
 
     /// Appends `key = value`.
-    pub fn push(&mut self, key: impl Into<Key>, value: impl Into<Value>) -> &mut Self {
-        self.0.push((key.into(), value.into()));
+    #[inline]
+    pub fn push(&mut self, key: Key<'a>, value: impl Into<Value<'a>>) -> &mut Self {
+        let entry = (key, value.into());
+        if self.head_len < INLINE {
+            self.head[self.head_len] = Some(entry);
+            self.head_len += 1;
+        } else {
+            self.tail.push(entry);
+        }
         self
     }
 
     /// Appends `key = value` (builder form).
-    pub fn with(mut self, key: impl Into<Key>, value: impl Into<Value>) -> Self {
+    #[inline]
+    pub fn with(mut self, key: Key<'a>, value: impl Into<Value<'a>>) -> Self {
         self.push(key, value);
         self
     }
 
     /// Appends `key = value` when `value` is `Some`.
-    pub fn opt<V: Into<Value>>(mut self, key: impl Into<Key>, value: Option<V>) -> Self {
+    #[inline]
+    pub fn opt<V: Into<Value<'a>>>(mut self, key: Key<'a>, value: Option<V>) -> Self {
         if let Some(v) = value {
             self.push(key, v);
         }
@@ -142,36 +184,42 @@ impl Props {
     }
 
     /// Appends `key = on` when `flag` is true (and nothing otherwise).
-    pub fn flag(self, key: impl Into<Key>, flag: bool) -> Self {
+    #[inline]
+    pub fn flag(self, key: Key<'a>, flag: bool) -> Self {
         self.opt(key, flag.then_some(true))
     }
 
     /// Appends a size in bytes.
-    pub fn size(mut self, key: impl Into<Key>, bytes: u64) -> Self {
+    #[inline]
+    pub fn size(mut self, key: Key<'a>, bytes: u64) -> Self {
         self.push(key, Value::Size(bytes));
         self
     }
 
     /// Appends a size in bytes when `Some`.
-    pub fn opt_size(self, key: impl Into<Key>, bytes: Option<u64>) -> Self {
+    #[inline]
+    pub fn opt_size(self, key: Key<'a>, bytes: Option<u64>) -> Self {
         match bytes {
             Some(b) => self.size(key, b),
             None => self,
         }
     }
 
-    /// Appends every property of `other`.
-    pub fn extend(mut self, other: Props) -> Self {
-        if self.0.is_empty() {
-            return other;
+    /// Appends every property of `other` (a list, or any pairs).
+    #[inline]
+    pub fn extend<V: Into<Value<'a>>>(
+        mut self,
+        other: impl IntoIterator<Item = (Key<'a>, V)>,
+    ) -> Self {
+        for (key, value) in other {
+            self.push(key, value);
         }
-        self.0.extend(other.0);
         self
     }
 
     /// The value of `key`, if present.
-    pub fn get(&self, key: &str) -> Option<&Value> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    pub fn get(&self, key: &str) -> Option<&Value<'a>> {
+        self.entries().find(|(k, _)| *k == key).map(|(_, v)| v)
     }
 
     /// The string value of `key`, if present and a string.
@@ -183,36 +231,93 @@ impl Props {
     }
 
     /// The properties in order.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
-        self.0.iter().map(|(k, v)| (k.as_ref(), v))
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Value<'a>)> {
+        self.entries().map(|(k, v)| (*k, v))
+    }
+
+    fn entries(&self) -> impl Iterator<Item = &(Key<'a>, Value<'a>)> {
+        self.head[..self.head_len]
+            .iter()
+            .flatten()
+            .chain(self.tail.iter())
     }
 
     /// The number of properties.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.head_len + self.tail.len()
     }
 
     /// Whether the list is empty.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.len() == 0
     }
 }
 
-impl IntoIterator for Props {
-    type Item = (Key, Value);
-    type IntoIter = std::vec::IntoIter<(Key, Value)>;
+impl PartialEq for Props<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.entries().eq(other.entries())
+    }
+}
+
+impl<'a> IntoIterator for Props<'a> {
+    type Item = (Key<'a>, Value<'a>);
+    type IntoIter = std::iter::Chain<
+        std::iter::Flatten<std::array::IntoIter<Option<(Key<'a>, Value<'a>)>, INLINE>>,
+        std::vec::IntoIter<(Key<'a>, Value<'a>)>,
+    >;
 
     fn into_iter(self) -> Self::IntoIter {
-        self.0.into_iter()
+        self.head.into_iter().flatten().chain(self.tail)
     }
 }
 
-impl<K: Into<Key>, V: Into<Value>> FromIterator<(K, V)> for Props {
-    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
-        Props(
-            iter.into_iter()
-                .map(|(k, v)| (k.into(), v.into()))
-                .collect(),
-        )
+impl<'a, V: Into<Value<'a>>> FromIterator<(Key<'a>, V)> for Props<'a> {
+    fn from_iter<I: IntoIterator<Item = (Key<'a>, V)>>(iter: I) -> Self {
+        let mut props = Props::new();
+        for (key, value) in iter {
+            props.push(key, value);
+        }
+        props
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Pushes, prepends and extensions keep their order across the inline and heap parts.
+        #[test]
+        fn order_is_kept_inline_and_spilled(
+            pushed in 0usize..20,
+            prepended in 0usize..4,
+            extended in 0usize..12,
+        ) {
+            let keys: Vec<String> = (0..pushed + prepended + extended).map(|i| format!("k{i}")).collect();
+            let mut props = Props::new();
+            let mut expected: Vec<(&str, Value)> = Vec::new();
+            for key in &keys[..pushed] {
+                props.push(key, key.as_str());
+                expected.push((key, Value::from(key.as_str())));
+            }
+            for key in &keys[pushed..pushed + prepended] {
+                props = props.prepend(key, 7u8);
+                expected.insert(0, (key, Value::UInt(7)));
+            }
+            let more: Props = keys[pushed + prepended..].iter().map(|k| (k.as_str(), true)).collect();
+            expected.extend(keys[pushed + prepended..].iter().map(|k| (k.as_str(), Value::Bool(true))));
+            props = props.extend(more);
+            prop_assert_eq!(props.len(), expected.len());
+            let listed: Vec<(&str, Value)> = props.iter().map(|(k, v)| (k, v.clone())).collect();
+            prop_assert_eq!(&listed, &expected);
+            let owned: Vec<(&str, Value)> = props.clone().into_iter().collect();
+            prop_assert_eq!(&owned, &expected);
+            let rebuilt: Props = expected.iter().cloned().collect();
+            prop_assert_eq!(&rebuilt, &props);
+            for (key, value) in &expected {
+                prop_assert_eq!(props.get(key), Some(value));
+            }
+        }
     }
 }

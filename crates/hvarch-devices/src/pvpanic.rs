@@ -128,16 +128,16 @@ impl QemuDevice for PvPanic {
         Ok(())
     }
 
-    fn parts(&self) -> Result<Vec<Part>> {
+    fn for_each_part<'a>(&'a self, emit: &mut dyn FnMut(Part<'a>) -> Result<()>) -> Result<()> {
         self.validate()?;
-        Ok(vec![Part::device(
+        emit(Part::device(
             self.driver(),
             Props::new()
                 .opt("id", self.id.as_deref())
                 .opt("bus", self.bus.as_deref())
-                .opt("addr", self.addr.map(|a| a.to_string()))
+                .opt("addr", self.addr)
                 .opt("events", self.events),
-        )])
+        ))
     }
 }
 
@@ -146,7 +146,7 @@ mod tests {
     use super::*;
     use crate::fd::NoFds;
     use crate::part::Syntax;
-    use crate::test_support::{check_round_trip, ID_TEXT};
+    use crate::test_support::{bad_id, id, pci_addr, Cases};
     use proptest::prelude::*;
     use serde_json::json;
 
@@ -154,7 +154,8 @@ mod tests {
     /// is identical; `-no-shutdown` is the VM configuration's business, not emitted here.
     #[test]
     fn govmm_reference_case() {
-        let parts = PvPanic::isa().parts().unwrap();
+        let pvpanic = PvPanic::isa();
+        let parts = pvpanic.parts().unwrap();
         assert_eq!(parts.len(), 1);
         assert_eq!(
             parts[0].to_args(Syntax::Options, &mut NoFds).unwrap(),
@@ -220,25 +221,42 @@ mod tests {
         assert!(toml::from_str::<PvPanic>("kind = \"mmio\"").is_err());
     }
 
-    proptest! {
-        #[test]
-        fn parts_never_panic_and_round_trip(
-            pci in any::<bool>(),
-            id in proptest::option::of(ID_TEXT),
-            bus in proptest::option::of("[a-z][a-z0-9.]{0,8}|\\PC{0,12}"),
-            slot in proptest::option::of(0u8..=31),
-            events in proptest::option::of(any::<u8>()),
-        ) {
-            let dev = PvPanic {
-                kind: if pci { PvPanicKind::Pci } else { PvPanicKind::Isa },
+    fn pvpanic() -> impl Strategy<Value = PvPanic> {
+        let pci = (proptest::option::of(id()), proptest::option::of(pci_addr()))
+            .prop_map(|(bus, addr)| (PvPanicKind::Pci, bus, addr));
+        let kind = prop_oneof![pci, Just((PvPanicKind::Isa, None, None))];
+        (
+            kind,
+            proptest::option::of(id()),
+            proptest::option::of(0u8..8),
+        )
+            .prop_map(|((kind, bus, addr), id, events)| PvPanic {
+                kind,
                 id,
                 events,
                 bus,
-                addr: slot.map(|s| PciAddr::slot_only(s).unwrap()),
-            };
-            if let Ok(parts) = dev.parts() {
-                check_round_trip(&parts)?;
-            }
-        }
+                addr,
+            })
+    }
+
+    #[test]
+    fn parts_round_trip_and_faults_name_their_field() {
+        Cases::new(pvpanic())
+            .fault("id", bad_id(), |d, v| d.id = Some(v))
+            .fault("bus", bad_id(), |d, v| d.bus = Some(v))
+            .fault("events", 8u8.., |d, v| d.events = Some(v))
+            .fault("bus", id(), |d, v| {
+                d.kind = PvPanicKind::Isa;
+                d.bus = Some(v);
+            })
+            .fault("addr", pci_addr(), |d, v| {
+                *d = PvPanic {
+                    kind: PvPanicKind::Isa,
+                    bus: None,
+                    addr: Some(v),
+                    ..d.clone()
+                }
+            })
+            .check();
     }
 }

@@ -107,7 +107,7 @@ impl QemuDevice for RngDevice {
         self.virtio.validate_with_addr(what, self.addr)
     }
 
-    fn parts(&self) -> Result<Vec<Part>> {
+    fn for_each_part<'a>(&'a self, emit: &mut dyn FnMut(Part<'a>) -> Result<()>) -> Result<()> {
         self.validate()?;
         let filename = match &self.filename {
             Some(f) => Some(path_str(self.kind(), "filename", f)?),
@@ -119,17 +119,18 @@ impl QemuDevice for RngDevice {
             Props::new().opt("filename", filename),
         );
         let device = Part::device(
-            &self.virtio.driver("virtio-rng"),
+            self.virtio.driver("virtio-rng"),
             Props::new()
                 .with("id", self.id.as_str())
                 .with("rng", self.object_id.as_str())
                 .opt("bus", self.bus.as_deref())
-                .opt("addr", self.addr.map(|a| a.to_string()))
+                .opt("addr", self.addr)
                 .opt("max-bytes", self.max_bytes)
                 .opt("period", self.period)
                 .extend(self.virtio.props()),
         );
-        Ok(vec![object, device])
+        emit(object)?;
+        emit(device)
     }
 }
 
@@ -138,7 +139,9 @@ mod tests {
     use super::*;
     use crate::fd::NoFds;
     use crate::part::Syntax;
-    use crate::test_support::{args, check_round_trip, ident, qmp_adds, text};
+    use crate::test_support::{
+        args, bad_id, bad_path, id, nul_text, path, qmp_adds, transport, Cases,
+    };
     use crate::transport::Transport;
     use proptest::prelude::*;
     use serde_json::json;
@@ -254,22 +257,42 @@ mod tests {
         assert_eq!(device, crate::Device::from(rng));
     }
 
-    proptest! {
-        #[test]
-        fn parts_never_panic_and_round_trip(
-            id in ident(), object_id in ident(), filename in proptest::option::of(text()),
-            max_bytes in any::<Option<u64>>(), period in any::<Option<u32>>(),
-            bus in proptest::option::of(ident()), romfile in proptest::option::of(text()),
-        ) {
-            let mut rng = RngDevice::new(id, object_id);
-            rng.filename = filename.map(PathBuf::from);
-            rng.max_bytes = max_bytes;
-            rng.period = period;
-            rng.bus = bus;
-            rng.virtio.romfile = romfile;
-            if let Ok(parts) = rng.parts() {
-                check_round_trip(&parts)?;
-            }
-        }
+    fn rng() -> impl Strategy<Value = RngDevice> {
+        (
+            (id(), id(), proptest::option::of(path())),
+            (
+                proptest::option::of(0..=i64::MAX as u64),
+                proptest::option::of(1..=u32::MAX),
+                proptest::option::of(id()),
+            ),
+            transport(),
+        )
+            .prop_map(
+                |((id, object_id, filename), (max_bytes, period, bus), (virtio, addr))| RngDevice {
+                    filename,
+                    max_bytes,
+                    period,
+                    bus,
+                    addr,
+                    virtio,
+                    ..RngDevice::new(id, object_id)
+                },
+            )
+    }
+
+    #[test]
+    fn parts_round_trip_and_faults_name_their_field() {
+        Cases::new(rng())
+            .fault("id", bad_id(), |d, v| d.id = v)
+            .fault("object_id", bad_id(), |d, v| d.object_id = v)
+            .fault("filename", bad_path(), |d, v| d.filename = Some(v))
+            .fault("filename", nul_text(), |d, v| d.filename = Some(v.into()))
+            .fault("max_bytes", i64::MAX as u64 + 1.., |d, v| {
+                d.max_bytes = Some(v)
+            })
+            .fault("period", Just(0), |d, v| d.period = Some(v))
+            .fault("bus", bad_id(), |d, v| d.bus = Some(v))
+            .virtio_faults(|d| (&mut d.virtio, &mut d.addr))
+            .check();
     }
 }

@@ -96,25 +96,21 @@ impl QemuDevice for ScsiController {
         self.virtio.validate_with_addr(what, self.addr)
     }
 
-    fn parts(&self) -> Result<Vec<Part>> {
+    fn for_each_part<'a>(&'a self, emit: &mut dyn FnMut(Part<'a>) -> Result<()>) -> Result<()> {
         self.validate()?;
         // govmm's order: id, bus, addr, disable-modern, iothread, then the other transport
         // properties.
-        let rest = VirtioOpts {
-            disable_modern: false,
-            ..self.virtio.clone()
-        };
-        Ok(vec![Part::device(
-            &self.virtio.driver("virtio-scsi"),
+        emit(Part::device(
+            self.virtio.driver("virtio-scsi"),
             Props::new()
                 .with("id", self.id.as_str())
                 .opt("bus", self.bus.as_deref())
-                .opt("addr", self.addr.map(|a| a.to_string()))
+                .opt("addr", self.addr)
                 .flag("disable-modern", self.virtio.disable_modern)
                 .opt("iothread", self.iothread.as_deref())
                 .opt("num_queues", self.num_queues)
-                .extend(rest.props()),
-        )])
+                .extend(self.virtio.props_after_disable_modern()),
+        ))
     }
 }
 
@@ -227,7 +223,7 @@ impl QemuDevice for ScsiDisk {
         Ok(())
     }
 
-    fn parts(&self) -> Result<Vec<Part>> {
+    fn for_each_part<'a>(&'a self, emit: &mut dyn FnMut(Part<'a>) -> Result<()>) -> Result<()> {
         self.validate()?;
         let device = Part::device(
             self.driver.as_str(),
@@ -241,7 +237,8 @@ impl QemuDevice for ScsiDisk {
                 .opt("serial", self.serial.as_deref())
                 .opt("bootindex", self.bootindex),
         );
-        Ok(vec![self.backend.part()?, device])
+        emit(self.backend.part_of_valid()?)?;
+        emit(device)
     }
 }
 
@@ -251,7 +248,9 @@ mod tests {
     use crate::block::BlockProtocol;
     use crate::fd::NoFds;
     use crate::part::Syntax;
-    use crate::test_support::{args, check_round_trip, qmp_adds};
+    use crate::test_support::{
+        args, bad_id, block_backend, id, nul_text, qmp_adds, text, transport, Cases,
+    };
     use crate::transport::Transport;
     use proptest::prelude::*;
     use serde_json::json;
@@ -439,32 +438,67 @@ mod tests {
         assert_eq!(device.kind(), "virtio-scsi");
     }
 
-    const TEXT: &str = "[^\u{0}]{0,12}|[a-z][a-z0-9.]{0,6}|[,= \"'é]{0,6}";
+    #[test]
+    fn disk_parts_round_trip_and_faults_name_their_field() {
+        let driver = prop::sample::select(vec![ScsiDriver::ScsiHd, ScsiDriver::ScsiCd]);
+        let disk = (
+            (id(), driver, id(), block_backend()),
+            (
+                proptest::option::of(0..=MAX_SCSI_ID),
+                proptest::option::of(0..=MAX_LUN),
+                any::<bool>(),
+                proptest::option::of(text()),
+                any::<Option<u32>>(),
+            ),
+        )
+            .prop_map(
+                |((id, driver, bus, backend), (scsi_id, lun, share_rw, serial, bootindex))| {
+                    ScsiDisk {
+                        driver,
+                        scsi_id,
+                        lun,
+                        share_rw,
+                        serial,
+                        bootindex,
+                        ..ScsiDisk::new(id, bus, backend)
+                    }
+                },
+            );
+        Cases::new(disk)
+            .fault("id", bad_id(), |d, v| d.id = v)
+            .fault("bus", bad_id(), |d, v| d.bus = v)
+            .fault("scsi_id", MAX_SCSI_ID + 1.., |d, v| d.scsi_id = Some(v))
+            .fault("lun", MAX_LUN + 1.., |d, v| d.lun = Some(v))
+            .fault("serial", nul_text(), |d, v| d.serial = Some(v))
+            .block_backend_faults(|d| &mut d.backend)
+            .check();
+    }
 
-    proptest! {
-        #[test]
-        fn arbitrary_fields_render_and_parse_back(
-            id in TEXT, bus in TEXT, node in TEXT, serial in proptest::option::of(TEXT),
-            iothread in proptest::option::of(TEXT), scsi_id in proptest::option::of(0u32..400),
-            lun in proptest::option::of(0u32..20000), share_rw: bool, file in TEXT,
-            num_queues in proptest::option::of(0u32..8),
-        ) {
-            let mut d = ScsiDisk::new(id.clone(), bus.clone(), BlockBackend::new(
-                node, BlockProtocol::File { filename: file.into() }));
-            d.scsi_id = scsi_id;
-            d.lun = lun;
-            d.share_rw = share_rw;
-            d.serial = serial;
-            if let Ok(parts) = d.parts() {
-                check_round_trip(&parts)?;
-            }
-            let mut c = ScsiController::new(id);
-            c.bus = Some(bus);
-            c.iothread = iothread;
-            c.num_queues = num_queues;
-            if let Ok(parts) = c.parts() {
-                check_round_trip(&parts)?;
-            }
-        }
+    #[test]
+    fn controller_parts_round_trip_and_faults_name_their_field() {
+        let controller = (
+            id(),
+            proptest::option::of(id()),
+            proptest::option::of(id()),
+            proptest::option::of(1u32..),
+            transport(),
+        )
+            .prop_map(
+                |(id, bus, iothread, num_queues, (virtio, addr))| ScsiController {
+                    bus,
+                    addr,
+                    iothread,
+                    num_queues,
+                    virtio,
+                    ..ScsiController::new(id)
+                },
+            );
+        Cases::new(controller)
+            .fault("id", bad_id(), |c, v| c.id = v)
+            .fault("bus", bad_id(), |c, v| c.bus = Some(v))
+            .fault("iothread", bad_id(), |c, v| c.iothread = Some(v))
+            .fault("num_queues", Just(0), |c, v| c.num_queues = Some(v))
+            .virtio_faults(|c| (&mut c.virtio, &mut c.addr))
+            .check();
     }
 }

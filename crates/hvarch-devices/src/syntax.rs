@@ -45,6 +45,13 @@ pub fn escape(value: &str) -> Cow<'_, str> {
 /// assert_eq!(format_size(0), "0");
 /// ```
 pub fn format_size(bytes: u64) -> String {
+    let mut out = String::new();
+    write_size(&mut out, bytes);
+    out
+}
+
+/// Appends [`format_size`]'s text to `out`.
+pub(crate) fn write_size(out: &mut String, bytes: u64) {
     const UNITS: [(u32, char); 6] = [
         (60, 'E'),
         (50, 'P'),
@@ -56,11 +63,12 @@ pub fn format_size(bytes: u64) -> String {
     if bytes != 0 {
         for (shift, suffix) in UNITS {
             if bytes.trailing_zeros() >= shift {
-                return format!("{}{suffix}", bytes >> shift);
+                let _ = write!(out, "{}{suffix}", bytes >> shift);
+                return;
             }
         }
     }
-    bytes.to_string()
+    let _ = write!(out, "{bytes}");
 }
 
 fn check_nul(what: &str, key: &str, s: &str) -> Result<()> {
@@ -84,14 +92,15 @@ fn fd_list(list: &[FdArg], fds: &mut dyn FdResolver) -> Result<String> {
     Ok(out)
 }
 
-/// Renders a scalar value as option-syntax text (unescaped).
-fn scalar_text(value: &Value, fds: &mut dyn FdResolver) -> Result<Option<String>> {
+/// Renders a scalar value as option-syntax text (unescaped); `None` for a map.
+fn scalar_text(value: &Value<'_>, fds: &mut dyn FdResolver) -> Result<Option<String>> {
     Ok(Some(match value {
         Value::Bool(b) => if *b { "on" } else { "off" }.to_owned(),
         Value::Int(i) => i.to_string(),
         Value::UInt(u) => u.to_string(),
         Value::Size(s) => format_size(*s),
         Value::Str(s) => s.to_string(),
+        Value::PciAddr(addr) => addr.to_string(),
         Value::Fd(fd) => fds.resolve(fd)?,
         Value::FdList(list) => fd_list(list, fds)?,
         Value::Map(_) => return Ok(None),
@@ -103,42 +112,34 @@ fn scalar_text(value: &Value, fds: &mut dyn FdResolver) -> Result<Option<String>
 pub fn render_options(
     what: &str,
     implied: Option<&str>,
-    props: &Props,
-    fds: &mut dyn FdResolver,
-) -> Result<String> {
-    render_options_except(what, implied, props, None, fds)
-}
-
-/// [`render_options`], leaving out the property `skip` (the implied key, already written).
-pub(crate) fn render_options_except(
-    what: &str,
-    implied: Option<&str>,
-    props: &Props,
-    skip: Option<&str>,
+    props: &Props<'_>,
     fds: &mut dyn FdResolver,
 ) -> Result<String> {
     let mut out = String::with_capacity(128);
-    if let Some(first) = implied {
-        check_nul(what, "(implied)", first)?;
-        push_escaped(&mut out, first);
-    }
-    let mut prefix = String::new();
-    render_into(what, &mut prefix, props, skip, fds, &mut out)?;
+    write_options(&mut out, 0, what, implied, props, None, fds)?;
     Ok(out)
 }
 
-/// Appends `text` with every `,` doubled.
-fn push_escaped(out: &mut String, text: &str) {
-    let mut rest = text;
-    while let Some(i) = rest.find(',') {
-        out.push_str(&rest[..=i]);
-        out.push(',');
-        rest = &rest[i + 1..];
+/// [`render_options`] appending to `out`, leaving out the property `skip` (the implied key,
+/// already written). Each property is preceded by a `,` unless nothing precedes it in `out`
+/// since `start`. A NUL in the implied value is reported under `skip`, or `what`.
+pub(crate) fn write_options(
+    out: &mut String,
+    start: usize,
+    what: &str,
+    implied: Option<&str>,
+    props: &Props<'_>,
+    skip: Option<&str>,
+    fds: &mut dyn FdResolver,
+) -> Result<()> {
+    if let Some(first) = implied {
+        push_escaped_checked(out, what, skip.unwrap_or(what), first)?;
     }
-    out.push_str(rest);
+    write_props(out, start, what, None, props, skip, fds)
 }
 
-/// [`push_escaped`] that also refuses a NUL byte, in the same pass over `text`.
+/// Appends `text` with every `,` doubled, refusing a NUL byte (reported under `key`) in the
+/// same pass.
 fn push_escaped_checked(out: &mut String, what: &str, key: &str, text: &str) -> Result<()> {
     let mut rest = text;
     while let Some(i) = rest.find([',', '\0']) {
@@ -156,13 +157,12 @@ fn push_escaped_checked(out: &mut String, what: &str, key: &str, text: &str) -> 
     Ok(())
 }
 
-/// Appends a scalar's option-syntax text, escaped, without intermediate strings where the
-/// value is already text.
+/// Appends a scalar's option-syntax text, escaped, writing straight into `out`.
 fn push_scalar(
     out: &mut String,
     what: &str,
     key: &str,
-    value: &Value,
+    value: &Value<'_>,
     fds: &mut dyn FdResolver,
 ) -> Result<()> {
     match value {
@@ -173,42 +173,62 @@ fn push_scalar(
         Value::UInt(u) => {
             let _ = write!(out, "{u}");
         }
+        Value::Size(s) => write_size(out, *s),
         Value::Str(s) => push_escaped_checked(out, what, key, s)?,
-        Value::Map(_) => {}
-        other => {
-            let text = scalar_text(other, fds)?.unwrap_or_default();
-            check_nul(what, key, &text)?;
-            push_escaped(out, &text);
+        Value::PciAddr(addr) => {
+            let _ = write!(out, "{addr}");
         }
+        Value::Fd(fd) => push_escaped_checked(out, what, key, &fds.resolve(fd)?)?,
+        Value::FdList(list) => push_escaped_checked(out, what, key, &fd_list(list, fds)?)?,
+        Value::Map(_) => {}
     }
     Ok(())
 }
 
-fn render_into(
+/// The keys of the maps a nested property sits in, outermost first (`file.` of
+/// `file.filename`), kept on the stack.
+struct KeyPath<'p> {
+    key: &'p str,
+    parent: Option<&'p KeyPath<'p>>,
+}
+
+impl KeyPath<'_> {
+    fn write(&self, out: &mut String) {
+        if let Some(parent) = self.parent {
+            parent.write(out);
+        }
+        out.push_str(self.key);
+        out.push('.');
+    }
+}
+
+/// Appends `props` as `key=value` pairs, each after a `,` unless it is the first text since
+/// `start`, nested keys prefixed by `path`.
+fn write_props(
+    out: &mut String,
+    start: usize,
     what: &str,
-    prefix: &mut String,
-    props: &Props,
+    path: Option<&KeyPath<'_>>,
+    props: &Props<'_>,
     skip: Option<&str>,
     fds: &mut dyn FdResolver,
-    out: &mut String,
 ) -> Result<()> {
     for (key, value) in props.iter() {
-        if prefix.is_empty() && skip == Some(key) {
+        if path.is_none() && skip == Some(key) {
             continue;
         }
         match value {
             Value::Map(inner) => {
-                let len = prefix.len();
-                prefix.push_str(key);
-                prefix.push('.');
-                render_into(what, prefix, inner, None, fds, out)?;
-                prefix.truncate(len);
+                let nested = KeyPath { key, parent: path };
+                write_props(out, start, what, Some(&nested), inner, None, fds)?;
             }
             scalar => {
-                if !out.is_empty() {
+                if out.len() > start {
                     out.push(',');
                 }
-                out.push_str(prefix);
+                if let Some(path) = path {
+                    path.write(out);
+                }
                 out.push_str(key);
                 out.push('=');
                 push_scalar(out, what, key, scalar, fds)?;
@@ -219,7 +239,7 @@ fn render_into(
 }
 
 /// Renders `props` as a JSON object, each value with its JSON type.
-pub fn render_json(what: &str, props: &Props, fds: &mut dyn FdResolver) -> Result<Json> {
+pub fn render_json(what: &str, props: &Props<'_>, fds: &mut dyn FdResolver) -> Result<Json> {
     let mut map = Map::new();
     for (key, value) in props.iter() {
         let json = match value {
@@ -230,6 +250,7 @@ pub fn render_json(what: &str, props: &Props, fds: &mut dyn FdResolver) -> Resul
                 check_nul(what, key, s)?;
                 Json::String(s.to_string())
             }
+            Value::PciAddr(addr) => Json::String(addr.to_string()),
             Value::Fd(fd) => Json::String(fds.resolve(fd)?),
             Value::FdList(list) => Json::String(fd_list(list, fds)?),
             Value::Map(inner) => render_json(what, inner, fds)?,
@@ -322,10 +343,10 @@ pub fn parse_options(
 
 /// Flattens `props` to the `(dotted key, text)` pairs the option syntax carries
 /// (what [`parse_options`] returns for [`render_options`]' output).
-pub fn flatten(props: &Props, fds: &mut dyn FdResolver) -> Result<Vec<(String, String)>> {
+pub fn flatten(props: &Props<'_>, fds: &mut dyn FdResolver) -> Result<Vec<(String, String)>> {
     fn walk(
         prefix: &str,
-        props: &Props,
+        props: &Props<'_>,
         fds: &mut dyn FdResolver,
         out: &mut Vec<(String, String)>,
     ) -> Result<()> {
@@ -349,6 +370,7 @@ pub fn flatten(props: &Props, fds: &mut dyn FdResolver) -> Result<Vec<(String, S
 mod tests {
     use super::*;
     use crate::fd::NoFds;
+    use crate::pci::PciAddr;
     use proptest::prelude::*;
 
     #[test]
@@ -408,7 +430,23 @@ mod tests {
         assert_eq!(format_size(u64::MAX), u64::MAX.to_string());
     }
 
-    fn arb_value() -> impl Strategy<Value = Value> {
+    /// Property names: keys are ours (literals), so a fixed pool of them, some nested.
+    const KEYS: [&str; 12] = [
+        "a",
+        "b",
+        "driver",
+        "id",
+        "file",
+        "node-name",
+        "x-y",
+        "k_9",
+        "cache",
+        "size",
+        "p.q",
+        "z",
+    ];
+
+    fn arb_value() -> impl Strategy<Value = Value<'static>> {
         let text = "[^\u{0}]{0,24}";
         let leaf = prop_oneof![
             any::<bool>().prop_map(Value::Bool),
@@ -418,20 +456,21 @@ mod tests {
             text.prop_map(Value::from),
             // The characters the escaping exists for, often.
             "[,=\" ']{0,8}".prop_map(Value::from),
+            (0u8..32, 0u8..8).prop_map(|(s, f)| Value::PciAddr(PciAddr::new(s, f).unwrap())),
         ];
         leaf.prop_recursive(2, 16, 4, |inner| {
-            proptest::collection::btree_map("[a-z][a-z0-9-]{0,6}", inner, 1..4)
-                .prop_map(|kv| Value::Map(kv.into_iter().collect()))
+            proptest::collection::btree_map(prop::sample::select(&KEYS[..]), inner, 1..4)
+                .prop_map(|kv| Value::from(kv.into_iter().collect::<Props>()))
         })
     }
 
-    fn arb_props() -> impl Strategy<Value = Props> {
-        proptest::collection::btree_map("[a-z][a-z0-9_-]{0,8}", arb_value(), 0..8)
+    fn arb_props() -> impl Strategy<Value = Props<'static>> {
+        proptest::collection::btree_map(prop::sample::select(&KEYS[..]), arb_value(), 0..12)
             .prop_map(|kv| kv.into_iter().collect())
     }
 
     /// Whether `json` holds exactly `props`, each value with its JSON type.
-    fn same_properties(props: &Props, json: &serde_json::Value) -> bool {
+    fn same_properties(props: &Props<'_>, json: &serde_json::Value) -> bool {
         let Some(object) = json.as_object() else {
             return false;
         };
@@ -445,6 +484,7 @@ mod tests {
                     Value::Int(i) => j.as_i64() == Some(*i),
                     Value::UInt(u) | Value::Size(u) => j.as_u64() == Some(*u),
                     Value::Str(s) => j.as_str() == Some(s.as_ref()),
+                    Value::PciAddr(addr) => j.as_str() == Some(addr.to_string().as_str()),
                     Value::Map(inner) => same_properties(inner, j),
                     Value::Fd(_) | Value::FdList(_) => false,
                 }

@@ -1,12 +1,13 @@
 //! Virtio transports (PCI, CCW, MMIO): driver naming and per-transport properties.
 
+use std::borrow::Cow;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{invalid, Error, Result};
 use crate::pci::PciAddr;
-use crate::props::Props;
+use crate::props::{Key, Value};
 
 /// How a virtio device attaches to the guest.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -29,16 +30,57 @@ impl Transport {
     /// use hvarch_devices::transport::Transport;
     /// assert_eq!(Transport::Pci.driver("virtio-net"), "virtio-net-pci");
     /// assert_eq!(Transport::Mmio.driver("virtio-net"), "virtio-net-device");
+    /// assert_eq!(Transport::Ccw.driver("virtio-foo"), "virtio-foo-ccw");
     /// ```
-    pub fn driver(self, base: &str) -> String {
-        let suffix = match self {
-            Transport::Pci => "pci",
-            Transport::Ccw => "ccw",
-            Transport::Mmio => "device",
-        };
-        format!("{base}-{suffix}")
+    ///
+    /// The name is a literal (no allocation) for the devices of this crate.
+    pub fn driver(self, base: &str) -> Cow<'static, str> {
+        match known_driver(self, base) {
+            Some(name) => Cow::Borrowed(name),
+            None => {
+                let suffix = match self {
+                    Transport::Pci => "pci",
+                    Transport::Ccw => "ccw",
+                    Transport::Mmio => "device",
+                };
+                Cow::Owned(format!("{base}-{suffix}"))
+            }
+        }
     }
 }
+
+/// The driver names of the virtio devices of this crate on each transport, as literals.
+macro_rules! known_drivers {
+    ($($base:literal),* $(,)?) => {
+        fn known_driver(transport: Transport, base: &str) -> Option<&'static str> {
+            Some(match (transport, base) {
+                $(
+                    (Transport::Pci, $base) => concat!($base, "-pci"),
+                    (Transport::Ccw, $base) => concat!($base, "-ccw"),
+                    (Transport::Mmio, $base) => concat!($base, "-device"),
+                )*
+                _ => return None,
+            })
+        }
+
+        /// The bases [`known_driver`] names.
+        #[cfg(test)]
+        const KNOWN_BASES: &[&str] = &[$($base),*];
+    };
+}
+
+known_drivers!(
+    "virtio-blk",
+    "virtio-9p",
+    "virtio-serial",
+    "virtio-rng",
+    "virtio-balloon",
+    "vhost-vsock",
+    "virtio-scsi",
+    "virtio-net",
+    "virtio-mem",
+    "virtio-iommu",
+);
 
 /// Transport settings shared by every virtio device.
 ///
@@ -70,7 +112,7 @@ impl VirtioOpts {
     }
 
     /// The driver name of virtio device `base` on this transport.
-    pub fn driver(&self, base: &str) -> String {
+    pub fn driver(&self, base: &str) -> Cow<'static, str> {
         self.transport.driver(base)
     }
 
@@ -132,14 +174,28 @@ impl VirtioOpts {
         self.validate(what)
     }
 
-    /// The transport properties, in govmm's order: `disable-modern`, `romfile`,
-    /// `iommu_platform`, `devno`.
-    pub fn props(&self) -> Props {
-        Props::new()
-            .flag("disable-modern", self.disable_modern)
-            .opt("romfile", self.romfile.as_deref())
-            .flag("iommu_platform", self.iommu_platform)
-            .opt("devno", self.devno.as_deref())
+    /// The transport properties that are set, in govmm's order: `disable-modern`, `romfile`,
+    /// `iommu_platform`, `devno` (for [`Props::extend`](crate::props::Props::extend)).
+    pub fn props(&self) -> impl Iterator<Item = (Key<'_>, Value<'_>)> {
+        let disable_modern = self
+            .disable_modern
+            .then_some(("disable-modern", Value::Bool(true)));
+        disable_modern
+            .into_iter()
+            .chain(self.props_after_disable_modern())
+    }
+
+    /// [`props`](Self::props) without `disable-modern`, for devices that write it earlier
+    /// (virtio-net and virtio-scsi, in govmm's order).
+    pub(crate) fn props_after_disable_modern(&self) -> impl Iterator<Item = (Key<'_>, Value<'_>)> {
+        [
+            self.romfile.as_deref().map(|f| ("romfile", Value::from(f))),
+            self.iommu_platform
+                .then_some(("iommu_platform", Value::Bool(true))),
+            self.devno.as_deref().map(|d| ("devno", Value::from(d))),
+        ]
+        .into_iter()
+        .flatten()
     }
 }
 
@@ -188,6 +244,30 @@ mod tests {
     use crate::fd::NoFds;
     use crate::syntax::render_options;
 
+    /// The literal driver names are borrowed and are the names the general rule gives; any
+    /// other base gets the general name, owned.
+    #[test]
+    fn known_drivers_are_the_general_names() {
+        let general = |transport, base: &str| {
+            let suffix = match transport {
+                Transport::Pci => "pci",
+                Transport::Ccw => "ccw",
+                Transport::Mmio => "device",
+            };
+            format!("{base}-{suffix}")
+        };
+        for transport in [Transport::Pci, Transport::Ccw, Transport::Mmio] {
+            for &base in KNOWN_BASES {
+                let name = transport.driver(base);
+                assert!(matches!(name, Cow::Borrowed(_)), "{base} on {transport:?}");
+                assert_eq!(name, general(transport, base));
+            }
+            let other = transport.driver("virtio-gpu");
+            assert!(matches!(other, Cow::Owned(_)));
+            assert_eq!(other, general(transport, "virtio-gpu"));
+        }
+    }
+
     #[test]
     fn settings_belong_to_their_transport() {
         let mut opts = VirtioOpts::on(Transport::Ccw);
@@ -224,7 +304,7 @@ mod tests {
             ..VirtioOpts::default()
         };
         assert_eq!(
-            render_options("t", None, &opts.props(), &mut NoFds).unwrap(),
+            render_options("t", None, &opts.props().collect(), &mut NoFds).unwrap(),
             "disable-modern=on,romfile=efi-virtio.rom"
         );
         let ccw = VirtioOpts {
@@ -233,7 +313,7 @@ mod tests {
             ..VirtioOpts::on(Transport::Ccw)
         };
         assert_eq!(
-            render_options("t", None, &ccw.props(), &mut NoFds).unwrap(),
+            render_options("t", None, &ccw.props().collect(), &mut NoFds).unwrap(),
             "iommu_platform=on,devno=fe.0.0001"
         );
     }

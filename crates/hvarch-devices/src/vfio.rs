@@ -206,7 +206,7 @@ impl QemuDevice for VfioDevice {
         Ok(())
     }
 
-    fn parts(&self) -> Result<Vec<Part>> {
+    fn for_each_part<'a>(&'a self, emit: &mut dyn FnMut(Part<'a>) -> Result<()>) -> Result<()> {
         self.validate()?;
         let mut props = Props::new().with("id", self.id.as_str());
         match &self.source {
@@ -219,10 +219,10 @@ impl QemuDevice for VfioDevice {
             .opt("x-pci-vendor-id", self.vendor_id)
             .opt("x-pci-device-id", self.device_id)
             .opt("bus", self.bus.as_deref())
-            .opt("addr", self.addr.map(|a| a.to_string()))
+            .opt("addr", self.addr)
             .opt("romfile", self.romfile.as_deref())
             .opt("devno", self.devno.as_deref());
-        Ok(vec![Part::device(self.kind.as_str(), props)])
+        emit(Part::device(self.kind.as_str(), props))
     }
 }
 
@@ -231,7 +231,9 @@ mod tests {
     use super::*;
     use crate::fd::NoFds;
     use crate::part::Syntax;
-    use crate::test_support::{args, check_round_trip, FIELD_TEXT};
+    use crate::test_support::{
+        args, bad_devno, bad_id, bad_path, devno, id, nul_text, path, pci_addr, text, Cases,
+    };
     use proptest::prelude::*;
     use serde_json::json;
 
@@ -403,26 +405,115 @@ mod tests {
         assert_eq!(device.kind(), "vfio-pci");
     }
 
-    proptest! {
-        #[test]
-        fn arbitrary_fields_render_and_parse_back(
-            id in FIELD_TEXT, bdf in "[0-9a-f:.]{0,13}|[^\u{0}]{0,12}", path in FIELD_TEXT,
-            host: bool, kind in 0u8..3, vendor in proptest::option::of(any::<u16>()),
-            bus in proptest::option::of(FIELD_TEXT), romfile in proptest::option::of(FIELD_TEXT),
-        ) {
-            let source = if host {
-                VfioSource::Host(bdf)
+    fn bdf() -> impl Strategy<Value = String> {
+        "([0-9a-fA-F]{1,4}:)?[0-9a-f]{1,2}:[01]?[0-9a-f]\\.[0-7]"
+    }
+
+    fn bad_bdf() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(String::new()),
+            "[0-9a-f]{2}:[2-9a-f][0-9a-f]\\.[0-7]",
+            "[0-9a-f]{2}:[01][0-9a-f]\\.[89a-f]",
+            "[0-9a-f]{5}:[0-9a-f]{2}:[01][0-9a-f]\\.[0-7]",
+            "[0-9a-f]{2}[01][0-9a-f]\\.[0-7]",
+            "[g-z,= ]{1,8}",
+        ]
+    }
+
+    /// Valid assignments: vfio-pci of a host address or a sysfs device with its PCI-only
+    /// settings, vfio-ccw (with a device number or not) or vfio-ap of a sysfs device.
+    fn device() -> impl Strategy<Value = VfioDevice> {
+        let source = prop_oneof![
+            bdf().prop_map(VfioSource::Host),
+            path().prop_map(VfioSource::Sysfsdev)
+        ];
+        let pci = (
+            source,
+            any::<(Option<u16>, Option<u16>)>(),
+            proptest::option::of(pci_addr()),
+            proptest::option::of(text()),
+        )
+            .prop_map(
+                |(source, (vendor_id, device_id), addr, romfile)| VfioDevice {
+                    vendor_id,
+                    device_id,
+                    addr,
+                    romfile,
+                    ..VfioDevice::new("", source)
+                },
+            );
+        let ccw = (path(), proptest::option::of(devno())).prop_map(|(path, devno)| VfioDevice {
+            kind: VfioKind::VfioCcw,
+            devno,
+            ..VfioDevice::new("", VfioSource::Sysfsdev(path))
+        });
+        let ap = path().prop_map(|path| VfioDevice {
+            kind: VfioKind::VfioAp,
+            ..VfioDevice::new("", VfioSource::Sysfsdev(path))
+        });
+        (
+            id(),
+            proptest::option::of(id()),
+            prop_oneof![2 => pci, 1 => ccw, 1 => ap],
+        )
+            .prop_map(|(id, bus, device)| VfioDevice { id, bus, ..device })
+    }
+
+    /// `dev` as a vfio-ccw or vfio-ap device of a sysfs path, without PCI-only settings.
+    fn mediated(dev: &mut VfioDevice, ccw: bool) {
+        *dev = VfioDevice {
+            kind: if ccw {
+                VfioKind::VfioCcw
             } else {
-                VfioSource::Sysfsdev(format!("/sys/{path}").into())
-            };
-            let mut dev = VfioDevice::new(id, source);
-            dev.kind = [VfioKind::VfioPci, VfioKind::VfioCcw, VfioKind::VfioAp][kind as usize];
-            dev.vendor_id = vendor;
-            dev.bus = bus;
-            dev.romfile = romfile;
-            if let Ok(parts) = dev.parts() {
-                check_round_trip(&parts)?;
-            }
-        }
+                VfioKind::VfioAp
+            },
+            bus: dev.bus.clone(),
+            ..VfioDevice::new(dev.id.clone(), VfioSource::Sysfsdev("/sys/m".into()))
+        };
+    }
+
+    #[test]
+    fn parts_round_trip_and_faults_name_their_field() {
+        Cases::new(device())
+            .fault("id", bad_id(), |d, v| d.id = v)
+            .fault("bus", bad_id(), |d, v| d.bus = Some(v))
+            .fault("source", bad_bdf(), |d, v| {
+                *d = VfioDevice::new(d.id.clone(), VfioSource::Host(v))
+            })
+            .fault("source", (bdf(), any::<bool>()), |d, (bdf, ccw)| {
+                mediated(d, ccw);
+                d.source = VfioSource::Host(bdf);
+            })
+            .fault("source", bad_path(), |d, v| {
+                d.source = VfioSource::Sysfsdev(v)
+            })
+            .fault("sysfsdev", nul_text(), |d, v| {
+                d.source = VfioSource::Sysfsdev(v.into())
+            })
+            .fault("vendor_id", (any::<u16>(), any::<bool>()), |d, (v, ccw)| {
+                mediated(d, ccw);
+                d.vendor_id = Some(v);
+            })
+            .fault("device_id", (any::<u16>(), any::<bool>()), |d, (v, ccw)| {
+                mediated(d, ccw);
+                d.device_id = Some(v);
+            })
+            .fault("addr", (pci_addr(), any::<bool>()), |d, (v, ccw)| {
+                mediated(d, ccw);
+                d.addr = Some(v);
+            })
+            .fault("romfile", (text(), any::<bool>()), |d, (v, ccw)| {
+                mediated(d, ccw);
+                d.romfile = Some(v);
+            })
+            .fault("devno", bad_devno(), |d, v| {
+                mediated(d, true);
+                d.devno = Some(v);
+            })
+            .fault("devno", devno(), |d, v| {
+                mediated(d, false);
+                d.devno = Some(v);
+            })
+            .check();
     }
 }

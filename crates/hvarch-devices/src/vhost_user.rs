@@ -138,19 +138,24 @@ impl VhostUserDevice {
     }
 
     /// The frontend driver on this transport (not for net, whose frontend is virtio-net).
-    fn driver(&self, base: &str) -> Result<String> {
-        Ok(match self.virtio.transport {
-            Transport::Pci => format!("{base}-pci"),
-            // QEMU names the MMIO variants of these two without a suffix.
-            Transport::Mmio if base != "vhost-user-fs" => base.to_owned(),
-            Transport::Mmio => format!("{base}-device"),
-            Transport::Ccw if base == "vhost-user-fs" => format!("{base}-ccw"),
-            Transport::Ccw => {
+    fn driver(&self) -> Result<&'static str> {
+        // QEMU names the MMIO variants of scsi and blk without a suffix, and has no CCW
+        // variant of them.
+        Ok(match (&self.kind, self.virtio.transport) {
+            (VhostUserKind::Scsi { .. }, Transport::Pci) => "vhost-user-scsi-pci",
+            (VhostUserKind::Scsi { .. }, Transport::Mmio) => "vhost-user-scsi",
+            (VhostUserKind::Blk { .. }, Transport::Pci) => "vhost-user-blk-pci",
+            (VhostUserKind::Blk { .. }, Transport::Mmio) => "vhost-user-blk",
+            (VhostUserKind::Fs { .. }, Transport::Pci) => "vhost-user-fs-pci",
+            (VhostUserKind::Fs { .. }, Transport::Mmio) => "vhost-user-fs-device",
+            (VhostUserKind::Fs { .. }, Transport::Ccw) => "vhost-user-fs-ccw",
+            (VhostUserKind::Net { .. }, _) => "virtio-net",
+            (_, Transport::Ccw) => {
                 return Err(invalid(
                     self.kind(),
                     "virtio.transport",
                     "ccw",
-                    format!("QEMU has no {base}-ccw device"),
+                    format!("QEMU has no {}-ccw device", self.kind()),
                 ))
             }
         })
@@ -221,7 +226,7 @@ impl QemuDevice for VhostUserDevice {
             }
             VhostUserKind::Scsi { num_queues } => {
                 at_least_one(what, "num_queues", num_queues.map(u64::from))?;
-                self.driver("vhost-user-scsi")?;
+                self.driver()?;
             }
             VhostUserKind::Blk {
                 num_queues,
@@ -229,7 +234,7 @@ impl QemuDevice for VhostUserDevice {
             } => {
                 at_least_one(what, "num_queues", num_queues.map(u64::from))?;
                 check_queue_size(what, *queue_size)?;
-                self.driver("vhost-user-blk")?;
+                self.driver()?;
             }
             VhostUserKind::Fs {
                 tag,
@@ -256,14 +261,14 @@ impl QemuDevice for VhostUserDevice {
                         "vhost-user-fs is a modern-only device",
                     ));
                 }
-                self.driver("vhost-user-fs")?;
+                self.driver()?;
             }
         }
         check_opt_id(what, "bus", self.bus.as_deref())?;
         self.virtio.validate_with_addr(what, self.addr)
     }
 
-    fn parts(&self) -> Result<Vec<Part>> {
+    fn for_each_part<'a>(&'a self, emit: &mut dyn FnMut(Part<'a>) -> Result<()>) -> Result<()> {
         self.validate()?;
         let what = self.kind();
         // A client socket: the backend daemon is the server.
@@ -282,9 +287,10 @@ impl QemuDevice for VhostUserDevice {
         let placement = || {
             Props::new()
                 .opt("bus", self.bus.as_deref())
-                .opt("addr", self.addr.map(|a| a.to_string()))
+                .opt("addr", self.addr)
         };
-        let parts = match &self.kind {
+        emit(chardev)?;
+        match &self.kind {
             VhostUserKind::Net {
                 netdev_id,
                 mac,
@@ -308,31 +314,32 @@ impl QemuDevice for VhostUserDevice {
                     queues: queues.map_or(1, |q| q as usize),
                     virtio: &self.virtio,
                 });
-                vec![chardev, netdev, device]
+                emit(netdev)?;
+                emit(device)
             }
             VhostUserKind::Scsi { num_queues } => {
                 let device = Part::device(
-                    &self.driver("vhost-user-scsi")?,
+                    self.driver()?,
                     common()
                         .extend(placement())
                         .opt("num_queues", *num_queues)
                         .extend(self.virtio.props()),
                 );
-                vec![chardev, device]
+                emit(device)
             }
             VhostUserKind::Blk {
                 num_queues,
                 queue_size,
             } => {
                 let device = Part::device(
-                    &self.driver("vhost-user-blk")?,
+                    self.driver()?,
                     common()
                         .extend(placement())
                         .opt("num-queues", *num_queues)
                         .opt("queue-size", *queue_size)
                         .extend(self.virtio.props()),
                 );
-                vec![chardev, device]
+                emit(device)
             }
             VhostUserKind::Fs {
                 tag,
@@ -340,7 +347,7 @@ impl QemuDevice for VhostUserDevice {
                 num_request_queues,
             } => {
                 let device = Part::device(
-                    &self.driver("vhost-user-fs")?,
+                    self.driver()?,
                     common()
                         .with("tag", tag.as_str())
                         .extend(placement())
@@ -348,10 +355,9 @@ impl QemuDevice for VhostUserDevice {
                         .opt("num-request-queues", *num_request_queues)
                         .extend(self.virtio.props()),
                 );
-                vec![chardev, device]
+                emit(device)
             }
-        };
-        Ok(parts)
+        }
     }
 }
 
@@ -360,7 +366,10 @@ mod tests {
     use super::*;
     use crate::fd::NoFds;
     use crate::part::Syntax;
-    use crate::test_support::{args, check_round_trip, qmp_adds, FIELD_TEXT};
+    use crate::test_support::{
+        args, bad_id, bad_mac, bad_path, devno, id, mac, nul_text, path, qmp_adds, short_text,
+        transport, Cases,
+    };
     use proptest::prelude::*;
     use serde_json::json;
 
@@ -618,24 +627,177 @@ mod tests {
         assert_eq!(device.kind(), "vhost-user-blk");
     }
 
-    proptest! {
-        #[test]
-        fn arbitrary_fields_render_and_parse_back(
-            id in FIELD_TEXT, chardev_id in FIELD_TEXT, socket in FIELD_TEXT, tag in FIELD_TEXT,
-            netdev_id in FIELD_TEXT,
-            mac in proptest::option::of("[0-9a-f:]{17}|[^\u{0}]{0,8}"), which in 0u8..4,
-            queues in proptest::option::of(0u16..2000),
-        ) {
-            let kind = match which {
-                0 => VhostUserKind::Net { netdev_id, mac, queues: queues.map(u32::from) },
-                1 => VhostUserKind::Scsi { num_queues: queues.map(u32::from) },
-                2 => VhostUserKind::Blk { num_queues: queues, queue_size: queues.map(u32::from) },
-                _ => VhostUserKind::Fs { tag, queue_size: queues, num_request_queues: queues },
-            };
-            let dev = VhostUserDevice::new(id, chardev_id, format!("/{socket}"), kind);
-            if let Ok(parts) = dev.parts() {
-                check_round_trip(&parts)?;
-            }
-        }
+    fn queue_size() -> impl Strategy<Value = u32> {
+        (2u32..=10).prop_map(|shift| 1 << shift)
+    }
+
+    fn bad_queue_size() -> impl Strategy<Value = u16> {
+        prop_oneof![
+            Just(0u16),
+            Just(2),
+            Just(2048),
+            (5u16..1024).prop_filter("power of two", |q| !q.is_power_of_two())
+        ]
+    }
+
+    fn kind() -> impl Strategy<Value = VhostUserKind> {
+        let queues = || proptest::option::of(1u16..);
+        prop_oneof![
+            (id(), proptest::option::of(mac()), queues()).prop_map(|(netdev_id, mac, queues)| {
+                VhostUserKind::Net {
+                    netdev_id,
+                    mac,
+                    queues: queues.map(u32::from),
+                }
+            }),
+            queues().prop_map(|n| VhostUserKind::Scsi {
+                num_queues: n.map(u32::from)
+            }),
+            (queues(), proptest::option::of(queue_size())).prop_map(|(num_queues, queue_size)| {
+                VhostUserKind::Blk {
+                    num_queues,
+                    queue_size,
+                }
+            }),
+            (
+                short_text(MAX_FS_TAG_LEN),
+                proptest::option::of(queue_size()),
+                queues()
+            )
+                .prop_map(|(tag, size, num_request_queues)| VhostUserKind::Fs {
+                    tag,
+                    queue_size: size.and_then(|s| u16::try_from(s).ok()),
+                    num_request_queues,
+                }),
+        ]
+    }
+
+    /// Valid devices: vhost-user-scsi and -blk have no CCW variant, vhost-user-fs is
+    /// modern-only.
+    fn device() -> impl Strategy<Value = VhostUserDevice> {
+        (
+            id(),
+            id(),
+            path(),
+            kind(),
+            proptest::option::of(id()),
+            transport(),
+        )
+            .prop_map(|(id, chardev_id, socket, kind, bus, (mut virtio, addr))| {
+                match kind {
+                    VhostUserKind::Scsi { .. } | VhostUserKind::Blk { .. }
+                        if virtio.transport == Transport::Ccw =>
+                    {
+                        virtio = VirtioOpts::on(Transport::Mmio)
+                    }
+                    VhostUserKind::Fs { .. } => virtio.disable_modern = false,
+                    _ => {}
+                }
+                VhostUserDevice {
+                    bus,
+                    addr,
+                    virtio,
+                    ..VhostUserDevice::new(id, chardev_id, socket, kind)
+                }
+            })
+    }
+
+    /// `device` as a (modern) vhost-user-fs device.
+    fn fs(
+        device: &mut VhostUserDevice,
+        tag: String,
+        queue_size: Option<u16>,
+        num_request_queues: Option<u16>,
+    ) {
+        device.kind = VhostUserKind::Fs {
+            tag,
+            queue_size,
+            num_request_queues,
+        };
+        device.virtio.disable_modern = false;
+    }
+
+    #[test]
+    fn parts_round_trip_and_faults_name_their_field() {
+        let net = |netdev_id: String, mac, queues| VhostUserKind::Net {
+            netdev_id,
+            mac,
+            queues,
+        };
+        Cases::new(device())
+            .fault("id", bad_id(), |d, v| d.id = v)
+            .fault("chardev_id", bad_id(), |d, v| d.chardev_id = v)
+            .fault("socket", bad_path(), |d, v| d.socket = v)
+            .fault("socket", "/[a-z]{107,120}", |d, v| d.socket = v.into())
+            .fault("path", nul_text(), |d, v| d.socket = v.into())
+            .fault("netdev_id", bad_id(), move |d, v| {
+                d.kind = net(v, None, None)
+            })
+            .fault("queues", Just(0), move |d, v| {
+                d.kind = net("n0".into(), None, Some(v))
+            })
+            .fault("mac", bad_mac(), move |d, v| {
+                d.kind = net("n0".into(), Some(v), None)
+            })
+            .fault("num_queues", Just(0), |d, v| {
+                d.kind = VhostUserKind::Scsi {
+                    num_queues: Some(v),
+                }
+            })
+            .fault("num_queues", Just(0), |d, v| {
+                d.kind = VhostUserKind::Blk {
+                    num_queues: Some(v),
+                    queue_size: None,
+                }
+            })
+            .fault("queue_size", bad_queue_size(), |d, v| {
+                d.kind = VhostUserKind::Blk {
+                    num_queues: None,
+                    queue_size: Some(v.into()),
+                }
+            })
+            .fault("queue_size", bad_queue_size(), |d, v| {
+                fs(d, "fs".into(), Some(v), None)
+            })
+            .fault("tag", "|[a-z]{37,40}", |d, v| fs(d, v, None, None))
+            .fault("tag", nul_text(), |d, v| fs(d, v, None, None))
+            .fault("num_request_queues", Just(0), |d, v| {
+                fs(d, "fs".into(), None, Some(v))
+            })
+            .fault("disable_modern", Just(()), |d, ()| {
+                fs(d, "fs".into(), None, None);
+                d.virtio = VirtioOpts {
+                    disable_modern: true,
+                    ..VirtioOpts::default()
+                };
+            })
+            .fault(
+                "virtio.transport",
+                (devno(), any::<bool>()),
+                |d, (devno, scsi)| {
+                    d.kind = if scsi {
+                        VhostUserKind::Scsi { num_queues: None }
+                    } else {
+                        VhostUserKind::Blk {
+                            num_queues: None,
+                            queue_size: None,
+                        }
+                    };
+                    d.virtio = VirtioOpts {
+                        devno: Some(devno),
+                        ..VirtioOpts::on(Transport::Ccw)
+                    };
+                    d.addr = None;
+                },
+            )
+            .fault("bus", bad_id(), |d, v| d.bus = Some(v))
+            // On a vhost-user-fs device, which every transport has.
+            .virtio_faults(|d| {
+                if !matches!(d.kind, VhostUserKind::Fs { .. }) {
+                    fs(d, "fs".into(), None, None);
+                }
+                (&mut d.virtio, &mut d.addr)
+            })
+            .check();
     }
 }

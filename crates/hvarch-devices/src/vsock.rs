@@ -91,18 +91,18 @@ impl QemuDevice for VsockDevice {
         self.virtio.validate_with_addr(what, self.addr)
     }
 
-    fn parts(&self) -> Result<Vec<Part>> {
+    fn for_each_part<'a>(&'a self, emit: &mut dyn FnMut(Part<'a>) -> Result<()>) -> Result<()> {
         self.validate()?;
-        Ok(vec![Part::device(
-            &self.virtio.driver("vhost-vsock"),
+        emit(Part::device(
+            self.virtio.driver("vhost-vsock"),
             Props::new()
                 .with("id", self.id.as_str())
                 .with("guest-cid", self.guest_cid)
-                .opt("vhostfd", self.vhostfd.clone())
+                .opt("vhostfd", self.vhostfd.as_ref())
                 .opt("bus", self.bus.as_deref())
-                .opt("addr", self.addr.map(|a| a.to_string()))
+                .opt("addr", self.addr)
                 .extend(self.virtio.props()),
-        )])
+        ))
     }
 }
 
@@ -111,7 +111,7 @@ mod tests {
     use super::*;
     use crate::fd::{FdTable, NoFds, QmpFdNames};
     use crate::part::Syntax;
-    use crate::test_support::{check_round_trip, ident, text};
+    use crate::test_support::{bad_id, id, nul_text, text, transport, Cases};
     use crate::transport::Transport;
     use proptest::prelude::*;
     use serde_json::json;
@@ -227,20 +227,34 @@ mod tests {
         assert_eq!(device, crate::Device::from(vsock));
     }
 
-    proptest! {
-        #[test]
-        fn parts_never_panic_and_round_trip(
-            id in ident(), cid in prop_oneof![any::<u64>(), 0u64..10],
-            bus in proptest::option::of(ident()), romfile in proptest::option::of(text()),
-            named_fd in proptest::option::of(text()),
-        ) {
-            let mut vsock = VsockDevice::new(id, cid);
-            vsock.bus = bus;
-            vsock.virtio.romfile = romfile;
-            vsock.vhostfd = named_fd.map(FdArg::Named);
-            if let Ok(parts) = vsock.parts() {
-                check_round_trip(&parts)?;
-            }
-        }
+    fn vsock() -> impl Strategy<Value = VsockDevice> {
+        (
+            id(),
+            prop_oneof![MIN_GUEST_CID..=MAX_GUEST_CID, Just(MAX_GUEST_CID)],
+            proptest::option::of(text()),
+            proptest::option::of(id()),
+            transport(),
+        )
+            .prop_map(|(id, cid, vhostfd, bus, (virtio, addr))| VsockDevice {
+                vhostfd: vhostfd.map(FdArg::Named),
+                bus,
+                addr,
+                virtio,
+                ..VsockDevice::new(id, cid)
+            })
+    }
+
+    #[test]
+    fn parts_round_trip_and_faults_name_their_field() {
+        let bad_cid = prop_oneof![0..MIN_GUEST_CID, MAX_GUEST_CID + 1..];
+        Cases::new(vsock())
+            .fault("id", bad_id(), |d, v| d.id = v)
+            .fault("guest_cid", bad_cid, |d, v| d.guest_cid = v)
+            .fault("vhostfd", nul_text(), |d, v| {
+                d.vhostfd = Some(FdArg::Named(v))
+            })
+            .fault("bus", bad_id(), |d, v| d.bus = Some(v))
+            .virtio_faults(|d| (&mut d.virtio, &mut d.addr))
+            .check();
     }
 }

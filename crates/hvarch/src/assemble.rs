@@ -700,7 +700,9 @@ mod tests {
     use super::*;
     use hvarch_arch::resources::{BlockDrive, VfioDev, Volume};
     use hvarch_devices::config::Accelerator;
+    use hvarch_devices::syntax::format_size;
     use proptest::prelude::*;
+    use proptest::test_runner::TestCaseError;
 
     fn spec(arch: GuestArch, accel: Accelerator) -> VmSpec {
         let mut spec = VmSpec::kata_default();
@@ -1006,6 +1008,38 @@ mod tests {
         assert_eq!(max_vcpus(16, 8, 123), 8);
         assert_eq!(max_vcpus(2, 8, 123), 2);
         assert_eq!(max_vcpus(0, 512, 123), 123);
+    }
+
+    /// Issue 10 §3: a user's parameter holding byte 0xA0 (`à` is C3 A0) stays one parameter
+    /// in the guest, and a spec line Linux would split inside a character is refused, naming
+    /// the parameter.
+    #[test]
+    fn user_kernel_params_cannot_smuggle_parameters() {
+        let mut spec = spec(GuestArch::Aarch64, Accelerator::Tcg);
+        spec.hypervisor
+            .kernel_params
+            .push("agent.log", Some("àinit=/bin/sh"))
+            .unwrap();
+        let argv = argv_for(&spec);
+        let append = after(&argv, "-append");
+        assert!(append.ends_with(" agent.log=\"àinit=/bin/sh\""), "{append}");
+        let guest = KernelParams::parse(&append).unwrap();
+        assert_eq!(
+            guest.get("agent.log").unwrap().value(),
+            Some("àinit=/bin/sh")
+        );
+        assert!(!guest.contains("init"));
+
+        let err = toml::from_str::<VmSpec>(
+            "id = \"a\"\n[hypervisor]\nkernel_params = \"agent.log=àinit=/bin/sh\"\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("\"agent.log="), "{err}");
+        let err = toml::from_str::<VmSpec>(
+            "id = \"a\"\n[hypervisor]\nkernel_params = 'agent.log=\"a\"b'\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("\"agent.log\""), "{err}");
     }
 
     #[test]
@@ -1412,5 +1446,242 @@ mod tests {
                 Err(e) => prop_assert!(!e.to_string().is_empty()),
             }
         }
+    }
+
+    /// The spec fields a test spec breaks a rule of, as [`assemble`] documents its rules,
+    /// written out again independently (whatever the order they are checked in).
+    fn broken_rules(spec: &VmSpec) -> Vec<&'static str> {
+        let h = &spec.hypervisor;
+        let arch = spec.arch.unwrap_or(GuestArch::Aarch64);
+        let mut broken = Vec::new();
+        let mut rule = |broken_if: bool, field| {
+            if broken_if {
+                broken.push(field);
+            }
+        };
+        rule(h.num_vcpus == 0, "hypervisor.num_vcpus");
+        rule(
+            !(1..=MAX_MEMORY_MB).contains(&h.memory_mb),
+            "hypervisor.memory_mb",
+        );
+        rule(
+            h.memory_offset_mb > MAX_MEMORY_MB,
+            "hypervisor.memory_offset_mb",
+        );
+        let host_memory = spec.host_memory_mb.unwrap_or(u64::MAX);
+        rule(
+            !(1..=MAX_MEMORY_MB).contains(&host_memory),
+            "host_memory_mb",
+        );
+        rule(host_memory < h.memory_mb, "hypervisor.memory_mb");
+        rule(spec.host_cpus == Some(0), "host_cpus");
+        rule(
+            h.default_bridges > MAX_PCI_BRIDGES,
+            "hypervisor.default_bridges",
+        );
+        rule(
+            h.pcie_root_ports > MAX_PCIE_ROOT_PORTS,
+            "hypervisor.pcie_root_ports",
+        );
+        let cid_ok = spec.vsock_cid.map(|c| (3..u32::MAX).contains(&c));
+        rule(
+            cid_ok == Some(false) || (spec.use_vsock && cid_ok.is_none()),
+            "vsock_cid",
+        );
+        let machine = h.machine_type.as_deref();
+        let machine_ok = match arch {
+            GuestArch::Aarch64 => matches!(machine, None | Some("virt")),
+            _ => true,
+        };
+        rule(!machine_ok, "hypervisor.machine_type");
+        // x86_64 knows `virt` but not the QEMU binary for it.
+        rule(
+            arch == GuestArch::X86_64 && machine == Some("virt"),
+            "hypervisor.hypervisor_path",
+        );
+        let pcie = matches!(
+            (arch, machine),
+            (GuestArch::Aarch64, _) | (_, None | Some("q35") | Some("virt"))
+        );
+        rule(h.pcie_root_ports > 0 && !pcie, "hypervisor.pcie_root_ports");
+        let q35 = arch == GuestArch::X86_64 && matches!(machine, None | Some("q35"));
+        rule(h.iommu && !q35, "hypervisor.iommu");
+        if let (Ok(backend), Some(cpus)) = (backend(arch, h), spec.host_cpus) {
+            let requested = h.default_max_vcpus;
+            let ceiling = if requested == 0 || requested >= cpus {
+                cpus
+            } else {
+                requested
+            };
+            rule(
+                h.num_vcpus > ceiling.min(backend.max_vcpus()),
+                "hypervisor.num_vcpus",
+            );
+        }
+        broken
+    }
+
+    /// The value of parameter `key` on the kernel command line of `argv`.
+    fn kernel_param(argv: &[String], key: &str) -> Option<String> {
+        let params = KernelParams::parse(&after(argv, "-append")).ok()?;
+        params.get(key)?.value().map(str::to_owned)
+    }
+
+    /// A spec of `arch` with numbers and switches mostly in range, sometimes not.
+    fn arb_spec() -> impl Strategy<Value = VmSpec> {
+        let arch = prop_oneof![Just(GuestArch::Aarch64), Just(GuestArch::X86_64)];
+        let cpus = (
+            prop_oneof![20 => 1u32..=4, 1 => Just(0), 1 => any::<u32>()],
+            prop_oneof![20 => 0u32..=32, 1 => any::<u32>()],
+            prop_oneof![20 => 4u32..=64, 1 => Just(0), 1 => any::<u32>()],
+        );
+        let memory = (
+            prop_oneof![20 => 1u64..=8192, 1 => Just(0), 1 => any::<u64>()],
+            prop_oneof![20 => 0u32..=16, 1 => any::<u32>()],
+            prop_oneof![20 => 0u64..=4096, 1 => any::<u64>()],
+            prop_oneof![20 => 8192u64..=65536, 1 => Just(0), 1 => any::<u64>()],
+        );
+        let pci = (
+            prop_oneof![20 => 0..=MAX_PCI_BRIDGES, 1 => any::<u32>()],
+            prop_oneof![20 => 0..=MAX_PCIE_ROOT_PORTS, 1 => any::<u32>()],
+            prop_oneof![
+                20 => Just(None),
+                1 => prop::sample::select(vec!["q35", "pc", "microvm", "virt"]).prop_map(Some),
+            ],
+        );
+        let vsock_cid = proptest::option::of(prop_oneof![20 => 3u32..1000, 1 => any::<u32>()]);
+        let flags = proptest::collection::vec(prop::bool::weighted(0.1), 11);
+        (arch, any::<bool>(), cpus, memory, pci, vsock_cid, flags).prop_map(
+            |(arch, tcg, cpus, memory, pci, vsock_cid, flags)| {
+                let mut spec = spec(
+                    arch,
+                    if tcg {
+                        Accelerator::Tcg
+                    } else {
+                        Accelerator::Kvm
+                    },
+                );
+                let h = &mut spec.hypervisor;
+                (h.num_vcpus, h.default_max_vcpus, spec.host_cpus) = (cpus.0, cpus.1, Some(cpus.2));
+                (h.memory_mb, h.memory_slots, h.memory_offset_mb) = (memory.0, memory.1, memory.2);
+                spec.host_memory_mb = Some(memory.3);
+                (h.default_bridges, h.pcie_root_ports) = (pci.0, pci.1);
+                h.machine_type = pci.2.map(str::to_owned);
+                h.debug = flags[0];
+                h.disable_nvdimm = flags[1];
+                h.disable_vhost_net = flags[2];
+                h.iommu = flags[3];
+                h.enable_iothreads = flags[4];
+                h.hugepages = flags[5];
+                h.mem_prealloc = flags[6];
+                h.enable_swap = flags[7];
+                h.disable_nesting_checks = flags[8];
+                if flags[9] {
+                    h.block_device_driver = hvarch_arch::settings::BlockDriver::VirtioBlk;
+                }
+                spec.use_vsock = flags[10];
+                spec.vsock_cid = vsock_cid;
+                spec
+            },
+        )
+    }
+
+    /// Numbers from a spec reach the argv exactly as the spec asks (vCPUs and their ceiling,
+    /// memory, slots and its ceiling, root ports, vsock), or the spec is refused with an error
+    /// naming a field whose rule it breaks. Most cases assemble (counted), so the properties
+    /// of a successful assembly are checked, not skipped.
+    fn check_spec_numbers(spec: &VmSpec) -> Result<bool, TestCaseError> {
+        let broken = broken_rules(spec);
+        let vm = match assemble(spec) {
+            Ok(vm) => vm,
+            Err(e) => {
+                let message = e.to_string();
+                prop_assert!(
+                    broken
+                        .iter()
+                        .any(|field| message.contains(&format!("`{field}`"))),
+                    "{} names none of the broken rules {:?}",
+                    message,
+                    broken
+                );
+                return Ok(false);
+            }
+        };
+        prop_assert!(
+            broken.is_empty(),
+            "assembled although {:?} are broken",
+            broken
+        );
+        let h = &spec.hypervisor;
+        let (vcpus, slots) = (h.num_vcpus, h.memory_slots);
+        let argv = vm.argv(Syntax::Options)?;
+        prop_assert!(vm.argv(Syntax::Json).is_ok());
+        let ceiling = vm.max_vcpus;
+        prop_assert!(ceiling >= vcpus && Some(ceiling) <= spec.host_cpus);
+        prop_assert_eq!(
+            after(&argv, "-smp"),
+            format!("{vcpus},sockets={ceiling},cores=1,threads=1,maxcpus={ceiling}")
+        );
+        let reserve = if vm.guest_arch == GuestArch::X86_64 {
+            1024
+        } else {
+            0
+        };
+        let maxmem = spec.host_memory_mb.unwrap_or_default() + h.memory_offset_mb + reserve;
+        prop_assert_eq!(
+            after(&argv, "-m"),
+            format!(
+                "{},slots={slots},maxmem={}",
+                format_size(h.memory_mb << 20),
+                format_size(maxmem << 20)
+            )
+        );
+        prop_assert_eq!(kernel_param(&argv, "nr_cpus"), Some(ceiling.to_string()));
+        prop_assert_eq!(
+            kernel_param(&argv, "agent.use_vsock"),
+            Some(spec.use_vsock.to_string())
+        );
+        let devices = all(&argv, "-device");
+        let ports = devices
+            .iter()
+            .filter(|d| d.starts_with("pcie-root-port,"))
+            .count();
+        prop_assert_eq!(ports, h.pcie_root_ports as usize);
+        let vsock = devices.iter().find(|d| d.starts_with("vhost-vsock"));
+        match (spec.use_vsock, spec.vsock_cid) {
+            (true, Some(cid)) => prop_assert!(
+                vsock.is_some_and(|d| d.contains(&format!(",guest-cid={cid}"))),
+                "{:?}",
+                vsock
+            ),
+            _ => prop_assert_eq!(vsock, None),
+        }
+        Ok(true)
+    }
+
+    #[test]
+    fn spec_numbers_reach_the_argv_or_name_the_field() {
+        let config = ProptestConfig {
+            cases: 256,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        };
+        let assembled = std::cell::Cell::new((0u32, 0u32));
+        let result = proptest::test_runner::TestRunner::new(config).run(&arb_spec(), |spec| {
+            let ok = check_spec_numbers(&spec)?;
+            let (yes, no) = assembled.get();
+            assembled.set(if ok { (yes + 1, no) } else { (yes, no + 1) });
+            Ok(())
+        });
+        if let Err(e) = result {
+            panic!("{e}");
+        }
+        let (yes, no) = assembled.get();
+        assert!(
+            yes * 10 >= (yes + no) * 3,
+            "only {yes} of {} specs assembled",
+            yes + no
+        );
+        assert!(no > 0, "no spec was refused");
     }
 }

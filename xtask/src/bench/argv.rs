@@ -1,12 +1,14 @@
-//! Argv rendering: the criterion benches of `hvarch-devices` (`argv`) and allocations per
-//! render (`argv_allocs`, a counting global allocator).
+//! Argv rendering of assembled VMs: the criterion bench `argv` of the facade crate `hvarch`
+//! and allocations per render (`argv_allocs`, a counting global allocator).
 
 use serde_json::Value;
 
 use super::report::{fmt, Bar, Section, Target};
 use crate::run::{cargo, workspace_root};
 
-const TARGET_US: f64 = 50.0;
+/// The 64-device argv's targets (issue 14): time per render and allocations per render.
+const TARGET_US: f64 = 40.0;
+const TARGET_ALLOCS: f64 = 400.0;
 
 /// Criterion's median estimate of `bench`, in ns.
 fn criterion_median(bench: &str) -> Result<f64, String> {
@@ -28,7 +30,7 @@ pub fn run() -> Result<Section, String> {
     cargo(&[
         "bench",
         "-p",
-        "hvarch-devices",
+        "hvarch",
         "--bench",
         "argv",
         "--",
@@ -42,7 +44,7 @@ pub fn run() -> Result<Section, String> {
     .run()?;
     let default_ns = criterion_median("argv_default_vm")?;
     let big_ns = criterion_median("argv_64_devices")?;
-    let allocs = cargo(&["bench", "-p", "hvarch-devices", "--bench", "argv_allocs"])
+    let allocs = cargo(&["bench", "-p", "hvarch", "--bench", "argv_allocs"])
         .output()
         .ok_or("the argv_allocs bench failed")?;
     // argv_allocs <vm> <allocations> <bytes> <args> <devices>
@@ -58,30 +60,25 @@ pub fn run() -> Result<Section, String> {
     };
     let (d, b) = (counts("default_vm"), counts("64_devices"));
     let big_us = big_ns / 1000.0;
-    let per_alloc_ns = b[0]
-        .parse::<f64>()
-        .map_or(f64::NAN, |allocs| big_ns / allocs);
+    let big_allocs = b[0].parse::<f64>().unwrap_or(f64::NAN);
     let mut notes = Vec::new();
-    if big_us >= TARGET_US {
+    let allocs_met = big_allocs <= TARGET_ALLOCS;
+    if big_us >= TARGET_US || !allocs_met {
         notes.push(format!(
-            "The 64-device target is missed: rendering allocates {} times per render ({} per \
-             device), {} ns of render time per allocation. Property names and literal values are \
-             borrowed and each option is escaped straight into its argument, but each device's \
-             parts still own copies of its ids and paths, and every argument is its own \
-             `String` (the argv a launcher hands to exec); borrowing the device's values in its \
-             parts is what is left to gain.",
+            "A 64-device target is missed: {} µs and {} allocations per render ({} per \
+             argument). Parts borrow their device's ids and paths, keep their first properties \
+             inline, and each argument is rendered into one scratch buffer and copied out once; \
+             what is left is one `String` per argument (the argv a launcher hands to exec) and \
+             the nested `file` map of each `-blockdev`.",
+            fmt(big_us, 1),
             b[0],
-            b[0].parse::<f64>().map_or("n/a".into(), |a| fmt(
-                a / b[3].parse::<f64>().unwrap_or(f64::NAN),
-                0
-            )),
-            fmt(per_alloc_ns, 0)
+            fmt(big_allocs / b[2].parse::<f64>().unwrap_or(f64::NAN), 2),
         ));
     }
     Ok(Section {
         title: "Argv rendering",
         method: "`VmConfig::to_args` in option syntax, criterion medians \
-                 (`cargo bench -p hvarch-devices --bench argv`): Kata's default arm64 VM as \
+                 (`cargo bench -p hvarch --bench argv`): Kata's default arm64 VM as \
                  hvarch assembles it, and the same VM with 64 more devices (16 PCIe root \
                  ports, 48 virtio-blk disks each with its `-blockdev`). Allocations per render: \
                  `--bench argv_allocs`, a counting global allocator, mean of 100 renders."
@@ -112,16 +109,30 @@ pub fn run() -> Result<Section, String> {
                 b[1].clone(),
             ],
         ],
-        targets: vec![Target {
-            what: format!("a 64-device argv in under {TARGET_US} µs"),
-            figure: format!("{} µs", fmt(big_us, 1)),
-            met: big_us < TARGET_US,
-        }],
-        bars: vec![Bar {
-            label: "argv: 50 µs target / 64-device render".into(),
-            ratio: TARGET_US / big_us,
-            target: Some(1.0),
-        }],
+        targets: vec![
+            Target {
+                what: format!("a 64-device argv in under {TARGET_US} µs"),
+                figure: format!("{} µs", fmt(big_us, 1)),
+                met: big_us < TARGET_US,
+            },
+            Target {
+                what: format!("a 64-device argv in at most {TARGET_ALLOCS} allocations"),
+                figure: b[0].clone(),
+                met: allocs_met,
+            },
+        ],
+        bars: vec![
+            Bar {
+                label: format!("argv: {TARGET_US} µs target / 64-device render"),
+                ratio: TARGET_US / big_us,
+                target: Some(1.0),
+            },
+            Bar {
+                label: format!("argv: {TARGET_ALLOCS} allocations target / 64-device render"),
+                ratio: TARGET_ALLOCS / big_allocs,
+                target: Some(1.0),
+            },
+        ],
         notes,
     })
 }

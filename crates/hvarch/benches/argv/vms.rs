@@ -2,9 +2,9 @@
 //! arm64 VM as hvarch assembles it (6 devices), and the same VM with 64 more devices: 16 PCIe
 //! root ports (the most Kata allows) and 48 virtio-blk disks, each with its `-blockdev`.
 
-use hvarch::hvarch_arch::resources::BlockDrive;
-use hvarch::hvarch_devices::config::VmConfig;
 use hvarch::{assemble, Accelerator, GuestArch, VmSpec};
+use hvarch_arch::resources::BlockDrive;
+use hvarch_devices::config::VmConfig;
 
 fn spec() -> VmSpec {
     let mut spec = VmSpec::kata_default();
