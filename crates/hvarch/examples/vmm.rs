@@ -20,10 +20,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let plugged = vm
         .hotplug()
         .add_block(&disk, BlockDriver::VirtioBlk, Placement::Auto)?;
-    println!(
-        "hot-plugged {} at PCI path {:?}",
-        plugged.id, plugged.pci_path
-    );
+    let path = plugged.pci_path.map(|p| p.to_string()).unwrap_or_default();
+    println!("hot-plugged {} at PCI path {path}", plugged.id);
 
     let snapshot = work.join("vm.state");
     vm.save(&snapshot)?;
