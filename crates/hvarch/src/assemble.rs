@@ -1392,6 +1392,26 @@ mod tests {
         }
     }
 
+    /// Sets the spec's on/off switches from the first 11 of `flags` (debug, no NVDIMM, no
+    /// vhost-net, vIOMMU, I/O threads, hugepages, prealloc, swap, no nesting checks,
+    /// virtio-blk, vsock).
+    fn set_switches(spec: &mut VmSpec, flags: &[bool]) {
+        let h = &mut spec.hypervisor;
+        h.debug = flags[0];
+        h.disable_nvdimm = flags[1];
+        h.disable_vhost_net = flags[2];
+        h.iommu = flags[3];
+        h.enable_iothreads = flags[4];
+        h.hugepages = flags[5];
+        h.mem_prealloc = flags[6];
+        h.enable_swap = flags[7];
+        h.disable_nesting_checks = flags[8];
+        if flags[9] {
+            h.block_device_driver = hvarch_arch::settings::BlockDriver::VirtioBlk;
+        }
+        spec.use_vsock = flags[10];
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
@@ -1421,19 +1441,7 @@ mod tests {
             h.default_bridges = default_bridges;
             h.pcie_root_ports = pcie_root_ports;
             h.machine_type = machine.map(str::to_owned);
-            h.debug = flags[0];
-            h.disable_nvdimm = flags[1];
-            h.disable_vhost_net = flags[2];
-            h.iommu = flags[3];
-            h.enable_iothreads = flags[4];
-            h.hugepages = flags[5];
-            h.mem_prealloc = flags[6];
-            h.enable_swap = flags[7];
-            h.disable_nesting_checks = flags[8];
-            if flags[9] {
-                h.block_device_driver = hvarch_arch::settings::BlockDriver::VirtioBlk;
-            }
-            spec.use_vsock = flags[10];
+            set_switches(&mut spec, &flags);
             spec.vsock_cid = flags[11].then_some(num_vcpus);
             spec.host_nested = Some(flags[12]);
             spec.host_memory_mb = host_memory_mb;
@@ -1567,19 +1575,7 @@ mod tests {
                 spec.host_memory_mb = Some(memory.3);
                 (h.default_bridges, h.pcie_root_ports) = (pci.0, pci.1);
                 h.machine_type = pci.2.map(str::to_owned);
-                h.debug = flags[0];
-                h.disable_nvdimm = flags[1];
-                h.disable_vhost_net = flags[2];
-                h.iommu = flags[3];
-                h.enable_iothreads = flags[4];
-                h.hugepages = flags[5];
-                h.mem_prealloc = flags[6];
-                h.enable_swap = flags[7];
-                h.disable_nesting_checks = flags[8];
-                if flags[9] {
-                    h.block_device_driver = hvarch_arch::settings::BlockDriver::VirtioBlk;
-                }
-                spec.use_vsock = flags[10];
+                set_switches(&mut spec, &flags);
                 spec.vsock_cid = vsock_cid;
                 spec
             },
