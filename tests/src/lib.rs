@@ -9,6 +9,7 @@
 //! naming the binary and `cargo xtask setup`.
 
 pub mod demo;
+pub mod drivers;
 pub mod guest;
 pub mod query;
 pub mod spec;

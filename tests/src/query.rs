@@ -1,7 +1,7 @@
 //! Reading QEMU's replies the same way in every test, whichever client asked: the harness's
-//! [`crate::RawQmp`] or an `hvarch::Vm`'s own client.
+//! [`crate::RawQmp`] or a VM's own client (`hvarch::Vm` or `hvarch::AsyncVm`).
 
-use hvarch::Vm;
+use crate::drivers::QmpVm;
 use serde_json::{json, Value};
 
 /// The names of the `child<…>` entries of a `qom-list` reply (device ids under
@@ -49,14 +49,13 @@ pub fn pci_ids(buses: &Value) -> Vec<String> {
 }
 
 /// Executes `command` on `vm`'s QMP client; panics with the command's name on error.
-pub fn vm_qmp(vm: &Vm, command: &str, arguments: Value) -> Value {
-    vm.qmp()
-        .execute_raw(command, arguments)
+pub fn vm_qmp(vm: &impl QmpVm, command: &str, arguments: Value) -> Value {
+    vm.execute_raw(command, arguments)
         .unwrap_or_else(|e| panic!("{command}: {e}"))
 }
 
 /// The ids of `vm`'s user-created devices (`qom-list /machine/peripheral`), sorted.
-pub fn vm_peripherals(vm: &Vm) -> Vec<String> {
+pub fn vm_peripherals(vm: &impl QmpVm) -> Vec<String> {
     child_names(&vm_qmp(
         vm,
         "qom-list",
@@ -65,19 +64,19 @@ pub fn vm_peripherals(vm: &Vm) -> Vec<String> {
 }
 
 /// `vm`'s named block nodes.
-pub fn vm_block_nodes(vm: &Vm) -> Vec<String> {
+pub fn vm_block_nodes(vm: &impl QmpVm) -> Vec<String> {
     node_names(&vm_qmp(vm, "query-named-block-nodes", json!({})))
 }
 
 /// `vm`'s PCI device ids (see [`pci_ids`]).
-pub fn vm_pci_ids(vm: &Vm) -> Vec<String> {
+pub fn vm_pci_ids(vm: &impl QmpVm) -> Vec<String> {
     pci_ids(&vm_qmp(vm, "query-pci", json!({})))
 }
 
 /// The bus device `id` of `vm` sits on (`qom-get … parent_bus`), e.g.
 /// `/machine/peripheral/rp0/rp0`. (`query-pci` cannot show it in a guest that never ran: no
 /// firmware or kernel has numbered the root ports' secondary buses.)
-pub fn vm_parent_bus(vm: &Vm, id: &str) -> String {
+pub fn vm_parent_bus(vm: &impl QmpVm, id: &str) -> String {
     vm_qmp(
         vm,
         "qom-get",

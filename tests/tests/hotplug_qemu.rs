@@ -1,5 +1,6 @@
 //! Kata's hotplug flows against real QEMU under TCG, on paused (`-S`) VMs launched with
-//! `hvarch::Vm::launch` from assembled specs:
+//! `hvarch::Vm::launch` from assembled specs (the arm64 and q35 flows also with
+//! `hvarch::AsyncVm`, each with and without QMP `oob`):
 //!
 //! - arm64 `virt` with PCIe root ports: virtio-blk and virtio-net hot-plugged and unplugged,
 //!   seen in `/machine/peripheral` on their root port's bus (whose slot `query-pci` gives the
@@ -53,6 +54,7 @@ use hvarch::hvarch_devices::pci::PciAddr;
 use hvarch::hvarch_devices::rng::RngDevice;
 use hvarch::hvarch_devices::transport::{Transport, VirtioOpts};
 use hvarch::{assemble, GuestArch, LaunchOptions, Vm, VmSpec};
+use hvarch_tests::drivers::QmpVm;
 use hvarch_tests::guest::{self, Console, GuestOptions, READY_MARKER};
 use hvarch_tests::query::{vm_block_nodes, vm_parent_bus, vm_peripherals, vm_qmp};
 use hvarch_tests::spec::{runnable, AAVMF_CODE, AAVMF_VARS};
@@ -82,19 +84,26 @@ fn spec(arch: GuestArch, root_ports: u32) -> VmSpec {
 }
 
 fn launch(spec: VmSpec, dir: &TempDir) -> Vm {
-    launch_oob(spec, dir, true)
+    launch_oob(spec, dir, true, Vm::launch)
 }
 
-/// Launches with QMP's `oob` capability negotiated (the default) or not: the hotplug flows
-/// must behave the same either way.
-fn launch_oob(mut spec: VmSpec, dir: &TempDir, oob: bool) -> Vm {
+/// Launches with `launch` (`Vm::launch`, or a `finish`ed `AsyncVm::launch`) with QMP's `oob`
+/// capability negotiated (the default) or not: the hotplug flows must behave the same either
+/// way.
+fn launch_oob<V: QmpVm>(
+    mut spec: VmSpec,
+    dir: &TempDir,
+    oob: bool,
+    launch: impl FnOnce(hvarch::Assembled, LaunchOptions) -> hvarch::VmResult<V>,
+) -> V {
     runnable(&mut spec, dir);
     let assembled = assemble(&spec).expect("assemble");
     let mut options = LaunchOptions::default();
     options.qmp.enable_oob = oob;
-    let vm = Vm::launch(assembled, options).expect("launch");
-    assert!(vm.qmp().greeting().supports_oob(), "QEMU offers oob");
-    assert_eq!(vm.qmp().oob(), oob, "oob negotiated exactly when asked for");
+    let vm = launch(assembled, options).expect("launch");
+    let (offered, negotiated) = vm.oob();
+    assert!(offered, "QEMU offers oob");
+    assert_eq!(negotiated, oob, "oob negotiated exactly when asked for");
     vm
 }
 
@@ -115,7 +124,7 @@ fn drive(file: PathBuf, id: &str) -> BlockDrive {
     }
 }
 
-fn port_slot(vm: &Vm, port: &str) -> u64 {
+fn port_slot(vm: &impl QmpVm, port: &str) -> u64 {
     let reply = vm_qmp(vm, "query-pci", json!({}));
     reply[0]["devices"]
         .as_array()
@@ -126,7 +135,7 @@ fn port_slot(vm: &Vm, port: &str) -> u64 {
         .unwrap_or_else(|| panic!("{port} not in query-pci"))
 }
 
-fn chardevs(vm: &Vm) -> Vec<String> {
+fn chardevs(vm: &impl QmpVm) -> Vec<String> {
     vm_qmp(vm, "query-chardev", json!({}))
         .as_array()
         .into_iter()
@@ -135,7 +144,7 @@ fn chardevs(vm: &Vm) -> Vec<String> {
         .collect()
 }
 
-fn network_info(vm: &Vm) -> String {
+fn network_info(vm: &impl QmpVm) -> String {
     vm_qmp(
         vm,
         "human-monitor-command",
@@ -146,32 +155,6 @@ fn network_info(vm: &Vm) -> String {
     .to_owned()
 }
 
-/// Hot-plugs `drive0` (a fresh 1 MiB image in `dir`) as the backend's virtio-blk
-/// (`virtio-drive0`), wherever [`Placement::Auto`] puts it.
-fn plug_drive0(vm: &mut Vm, dir: &TempDir) -> Plugged {
-    vm.hotplug()
-        .add_block(
-            &drive(image(dir, "disk0.img"), "drive0"),
-            BlockDriver::VirtioBlk,
-            Placement::Auto,
-        )
-        .expect("hot-plug virtio-blk")
-}
-
-/// Unplugs the disk `virtio-drive0` (node `drive0`) and the NIC `net0` (netdev `hostnet0`),
-/// and checks that QEMU has neither any more.
-fn unplug_disk_and_nic(vm: &mut Vm) {
-    vm.hotplug()
-        .unplug("virtio-drive0", UNPLUG)
-        .expect("unplug disk");
-    vm.hotplug().unplug("net0", UNPLUG).expect("unplug nic");
-    let ids = vm_peripherals(vm);
-    assert!(!ids.contains(&"virtio-drive0".to_owned()), "{ids:?}");
-    assert!(!ids.contains(&"net0".to_owned()), "{ids:?}");
-    assert!(!vm_block_nodes(vm).contains(&"drive0".to_owned()));
-    assert!(!network_info(vm).contains("hostnet0"));
-}
-
 /// A virtio-net NIC on QEMU's user-mode stack (no host setup), without option ROM.
 fn user_nic(id: &str, netdev: &str) -> NetDevice {
     let mut nic = NetDevice::new(id, netdev, NetBackend::User {});
@@ -180,216 +163,231 @@ fn user_nic(id: &str, netdev: &str) -> NetDevice {
     nic
 }
 
-#[test]
-fn arm64_block_and_network_through_root_ports_with_oob() {
-    arm64_block_and_network_through_root_ports(true);
-}
-
-#[test]
-fn arm64_block_and_network_through_root_ports_without_oob() {
-    arm64_block_and_network_through_root_ports(false);
-}
-
-fn arm64_block_and_network_through_root_ports(oob: bool) {
-    let _serial = serial();
-    let dir = TempDir::new();
-    let mut vm = launch_oob(spec(GuestArch::Aarch64, 2), &dir, oob);
-    let (rp0, rp1) = (port_slot(&vm, "rp0"), port_slot(&vm, "rp1"));
-
-    let disk = plug_drive0(&mut vm, &dir);
-    assert_eq!(
-        disk.pci_path.as_ref().map(ToString::to_string),
-        Some(format!("{rp0:02x}/00"))
-    );
-    let nic = vm
-        .hotplug()
-        .plug(user_nic("net0", "hostnet0"), Placement::Auto)
-        .expect("hot-plug virtio-net");
-    assert_eq!(
-        nic.pci_path.as_ref().map(ToString::to_string),
-        Some(format!("{rp1:02x}/00"))
-    );
-    assert!(vm.hotplug_state().free_root_ports().is_empty());
-
-    assert_eq!(
-        vm_parent_bus(&vm, "virtio-drive0"),
-        "/machine/peripheral/rp0/rp0"
-    );
-    assert_eq!(vm_parent_bus(&vm, "net0"), "/machine/peripheral/rp1/rp1");
-    let ids = vm_peripherals(&vm);
-    assert!(ids.contains(&"virtio-drive0".to_owned()), "{ids:?}");
-    assert!(ids.contains(&"net0".to_owned()), "{ids:?}");
-    assert!(vm_block_nodes(&vm).contains(&"drive0".to_owned()));
-    assert!(network_info(&vm).contains("hostnet0"));
-
-    // No free root port left: the next device goes to the bridge.
-    assert!(matches!(
-        vm.hotplug()
-            .add_block(
-                &drive(image(&dir, "disk1.img"), "drive1"),
+hvarch_tests::two_drivers! {
+    /// Hot-plugs `drive0` (a fresh 1 MiB image in `dir`) as the backend's virtio-blk
+    /// (`virtio-drive0`), wherever [`Placement::Auto`] puts it.
+    pub(crate) fn plug_drive0(vm: &mut TestVm, dir: &TempDir) -> Plugged {
+        finish(vm.hotplug().add_block(
+                &drive(image(dir, "disk0.img"), "drive0"),
                 BlockDriver::VirtioBlk,
-                Placement::RootPort,
-            )
-            .expect_err("no free root port left"),
-        HotplugError::Placement { .. }
-    ));
-
-    unplug_disk_and_nic(&mut vm);
-    assert_eq!(vm.hotplug_state().free_root_ports(), ["rp0", "rp1"]);
-
-    // arm64 virt has no CPU hotplug: a typed error.
-    match vm.hotplug().add_cpus(1) {
-        Err(HotplugError::CpuHotplugUnsupported { reason }) => {
-            assert!(reason.contains("hot-plugging CPUs"), "{reason}")
-        }
-        other => panic!("{other:?}"),
+                Placement::Auto,
+            ))
+            .expect("hot-plug virtio-blk")
     }
-    // And no pc-dimm without UEFI.
-    assert!(matches!(
-        vm.hotplug().add_memory(128),
-        Err(HotplugError::MemoryHotplugUnsupported { .. })
-    ));
-    vm.shutdown(Duration::from_millis(100)).expect("shutdown");
-}
 
-#[test]
-fn arm64_refused_steps_leave_nothing_behind_with_oob() {
-    arm64_refused_steps_leave_nothing_behind(true);
-}
+    /// Unplugs the disk `virtio-drive0` (node `drive0`) and the NIC `net0` (netdev `hostnet0`),
+    /// and checks that QEMU has neither any more.
+    pub(crate) fn unplug_disk_and_nic(vm: &mut TestVm) {
+        finish(vm.hotplug().unplug("virtio-drive0", UNPLUG))
+            .expect("unplug disk");
+        finish(vm.hotplug().unplug("net0", UNPLUG)).expect("unplug nic");
+        let ids = vm_peripherals(vm);
+        assert!(!ids.contains(&"virtio-drive0".to_owned()), "{ids:?}");
+        assert!(!ids.contains(&"net0".to_owned()), "{ids:?}");
+        assert!(!vm_block_nodes(vm).contains(&"drive0".to_owned()));
+        assert!(!network_info(vm).contains("hostnet0"));
+    }
 
-#[test]
-fn arm64_refused_steps_leave_nothing_behind_without_oob() {
-    arm64_refused_steps_leave_nothing_behind(false);
-}
+    #[test]
+    fn arm64_block_and_network_through_root_ports_with_oob() {
+        arm64_block_and_network_through_root_ports(true);
+    }
 
-fn arm64_refused_steps_leave_nothing_behind(oob: bool) {
-    let _serial = serial();
-    let dir = TempDir::new();
-    let mut vm = launch_oob(spec(GuestArch::Aarch64, 1), &dir, oob);
-    let nodes_before = vm_block_nodes(&vm);
-    let chardevs_before = chardevs(&vm);
+    #[test]
+    fn arm64_block_and_network_through_root_ports_without_oob() {
+        arm64_block_and_network_through_root_ports(false);
+    }
 
-    // blockdev-add succeeds, device_add names a bus that does not exist.
-    let err = vm
-        .hotplug()
-        .add_block(
-            &drive(image(&dir, "disk0.img"), "drive0"),
-            BlockDriver::VirtioBlk,
-            Placement::Bus {
-                bus: "nope".into(),
-                addr: None,
-            },
-        )
-        .expect_err("device_add on a missing bus");
-    assert!(
-        err.to_string().contains("device_add virtio-drive0"),
-        "{err}"
-    );
-    assert_eq!(vm_block_nodes(&vm), nodes_before);
+    fn arm64_block_and_network_through_root_ports(oob: bool) {
+        let _serial = serial();
+        let dir = TempDir::new();
+        let mut vm = launch_oob(spec(GuestArch::Aarch64, 2), &dir, oob, |a, o| finish(TestVm::launch(a, o)));
+        let (rp0, rp1) = (port_slot(&vm, "rp0"), port_slot(&vm, "rp1"));
 
-    // netdev_add succeeds on the root port, device_add wants a ROM that does not exist.
-    let mut nic = user_nic("net0", "hostnet0");
-    nic.virtio.romfile = Some("/nonexistent/hvarch.rom".into());
-    let err = vm
-        .hotplug()
-        .plug(nic, Placement::Auto)
-        .expect_err("device_add with a missing ROM");
-    assert!(err.to_string().contains("device_add net0"), "{err}");
-    assert!(!network_info(&vm).contains("hostnet0"));
-    assert_eq!(vm.hotplug_state().free_root_ports(), ["rp0"]);
+        let disk = plug_drive0(&mut vm, &dir);
+        assert_eq!(
+            disk.pci_path.as_ref().map(ToString::to_string),
+            Some(format!("{rp0:02x}/00"))
+        );
+        let nic = finish(vm.hotplug().plug(user_nic("net0", "hostnet0"), Placement::Auto))
+            .expect("hot-plug virtio-net");
+        assert_eq!(
+            nic.pci_path.as_ref().map(ToString::to_string),
+            Some(format!("{rp1:02x}/00"))
+        );
+        assert!(vm.hotplug_state().free_root_ports().is_empty());
 
-    // chardev-add succeeds, device_add names a virtio-serial bus that does not exist.
-    let chardev = Chardev::new("charport0", CharBackend::Null);
-    let mut port = CharDevice::new("port0", chardev);
-    port.bus = Some("nope.0".into());
-    let err = vm
-        .hotplug()
-        .plug(port, Placement::AsIs)
-        .expect_err("device_add on a missing virtio-serial bus");
-    assert!(err.to_string().contains("device_add port0"), "{err}");
-    assert_eq!(chardevs(&vm), chardevs_before);
+        assert_eq!(
+            vm_parent_bus(&vm, "virtio-drive0"),
+            "/machine/peripheral/rp0/rp0"
+        );
+        assert_eq!(vm_parent_bus(&vm, "net0"), "/machine/peripheral/rp1/rp1");
+        let ids = vm_peripherals(&vm);
+        assert!(ids.contains(&"virtio-drive0".to_owned()), "{ids:?}");
+        assert!(ids.contains(&"net0".to_owned()), "{ids:?}");
+        assert!(vm_block_nodes(&vm).contains(&"drive0".to_owned()));
+        assert!(network_info(&vm).contains("hostnet0"));
 
-    assert!(vm.hotplug_state().plugged_ids().is_empty());
-    assert!(!vm_peripherals(&vm)
-        .iter()
-        .any(|id| ["virtio-drive0", "net0", "port0"].contains(&id.as_str())));
-    // The root port is free: the same drive now plugs there.
-    let slot = port_slot(&vm, "rp0");
-    let disk = vm
-        .hotplug()
-        .add_block(
-            &drive(image(&dir, "disk0.img"), "drive0"),
-            BlockDriver::VirtioBlk,
-            Placement::Auto,
-        )
-        .expect("hot-plug after rollback");
-    assert_eq!(
-        disk.pci_path.map(|p| p.to_string()),
-        Some(format!("{slot:02x}/00"))
-    );
-}
+        // No free root port left: the next device goes to the bridge.
+        assert!(matches!(
+            finish(vm.hotplug().add_block(
+                    &drive(image(&dir, "disk1.img"), "drive1"),
+                    BlockDriver::VirtioBlk,
+                    Placement::RootPort,
+                ))
+                .expect_err("no free root port left"),
+            HotplugError::Placement { .. }
+        ));
 
-#[test]
-fn q35_cpu_and_memory_hotplug_with_oob() {
-    q35_cpu_and_memory_hotplug(true);
-}
+        unplug_disk_and_nic(&mut vm);
+        assert_eq!(vm.hotplug_state().free_root_ports(), ["rp0", "rp1"]);
 
-#[test]
-fn q35_cpu_and_memory_hotplug_without_oob() {
-    q35_cpu_and_memory_hotplug(false);
-}
+        // arm64 virt has no CPU hotplug: a typed error.
+        match finish(vm.hotplug().add_cpus(1)) {
+            Err(HotplugError::CpuHotplugUnsupported { reason }) => {
+                assert!(reason.contains("hot-plugging CPUs"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // And no pc-dimm without UEFI.
+        assert!(matches!(
+            finish(vm.hotplug().add_memory(128)),
+            Err(HotplugError::MemoryHotplugUnsupported { .. })
+        ));
+        finish(vm.shutdown(Duration::from_millis(100))).expect("shutdown");
+    }
 
-fn q35_cpu_and_memory_hotplug(oob: bool) {
-    let _serial = serial();
-    let dir = TempDir::new();
-    let mut vm = launch_oob(spec(GuestArch::X86_64, 0), &dir, oob);
-    let cpus = |vm: &Vm| {
-        vm_qmp(vm, "query-cpus-fast", json!({}))
-            .as_array()
-            .map(Vec::len)
-    };
-    assert_eq!(cpus(&vm), Some(1));
-    assert_eq!(vm.hotplug().add_cpus(2).expect("add vCPUs"), 2);
-    assert_eq!(cpus(&vm), Some(3));
-    assert_eq!(vm.hotplug_state().hotplugged_cpus(), ["cpu-0", "cpu-1"]);
-    let ids = vm_peripherals(&vm);
-    assert!(ids.contains(&"cpu-0".to_owned()) && ids.contains(&"cpu-1".to_owned()));
-    // q35 refuses to unplug a vCPU of a guest that never ran: the vCPU stays registered.
-    assert!(vm.hotplug().remove_cpus(1, UNPLUG).is_err());
-    assert_eq!(vm.hotplug_state().hotplugged_cpus(), ["cpu-0", "cpu-1"]);
+    #[test]
+    fn arm64_refused_steps_leave_nothing_behind_with_oob() {
+        arm64_refused_steps_leave_nothing_behind(true);
+    }
 
-    let dimm = vm.hotplug().add_memory(128).expect("hot-plug memory");
-    assert_eq!(dimm.id, "dimm0");
-    let devices = vm_qmp(&vm, "query-memory-devices", json!({}));
-    assert_eq!(devices[0]["type"], "dimm", "{devices}");
-    assert_eq!(devices[0]["data"]["id"], "dimm0");
-    assert_eq!(devices[0]["data"]["size"], 128 << 20);
-    let second = vm.hotplug().add_memory(128).expect("second DIMM");
-    assert_eq!(second.id, "dimm1");
-}
+    #[test]
+    fn arm64_refused_steps_leave_nothing_behind_without_oob() {
+        arm64_refused_steps_leave_nothing_behind(false);
+    }
 
-#[test]
-fn arm64_memory_hotplug_with_uefi_with_oob() {
-    arm64_memory_hotplug_with_uefi(true);
-}
+    fn arm64_refused_steps_leave_nothing_behind(oob: bool) {
+        let _serial = serial();
+        let dir = TempDir::new();
+        let mut vm = launch_oob(spec(GuestArch::Aarch64, 1), &dir, oob, |a, o| finish(TestVm::launch(a, o)));
+        let nodes_before = vm_block_nodes(&vm);
+        let chardevs_before = chardevs(&vm);
 
-#[test]
-fn arm64_memory_hotplug_with_uefi_without_oob() {
-    arm64_memory_hotplug_with_uefi(false);
-}
+        // blockdev-add succeeds, device_add names a bus that does not exist.
+        let err = finish(vm.hotplug().add_block(
+                &drive(image(&dir, "disk0.img"), "drive0"),
+                BlockDriver::VirtioBlk,
+                Placement::Bus {
+                    bus: "nope".into(),
+                    addr: None,
+                },
+            ))
+            .expect_err("device_add on a missing bus");
+        assert!(
+            err.to_string().contains("device_add virtio-drive0"),
+            "{err}"
+        );
+        assert_eq!(vm_block_nodes(&vm), nodes_before);
 
-fn arm64_memory_hotplug_with_uefi(oob: bool) {
-    let _serial = serial();
-    let dir = TempDir::new();
-    let mut spec = spec(GuestArch::Aarch64, 0);
-    spec.hypervisor.pflashes = vec![AAVMF_CODE.into(), AAVMF_VARS.into()];
-    let mut vm = launch_oob(spec, &dir, oob);
-    let dimm = vm.hotplug().add_memory(128).expect("hot-plug memory");
-    assert_eq!(dimm.id, "dimm0");
-    let devices = vm_qmp(&vm, "query-memory-devices", json!({}));
-    assert_eq!(devices[0]["type"], "dimm", "{devices}");
-    assert_eq!(devices[0]["data"]["size"], 128 << 20);
-    assert!(vm_peripherals(&vm).contains(&"dimm0".to_owned()));
+        // netdev_add succeeds on the root port, device_add wants a ROM that does not exist.
+        let mut nic = user_nic("net0", "hostnet0");
+        nic.virtio.romfile = Some("/nonexistent/hvarch.rom".into());
+        let err = finish(vm.hotplug().plug(nic, Placement::Auto))
+            .expect_err("device_add with a missing ROM");
+        assert!(err.to_string().contains("device_add net0"), "{err}");
+        assert!(!network_info(&vm).contains("hostnet0"));
+        assert_eq!(vm.hotplug_state().free_root_ports(), ["rp0"]);
+
+        // chardev-add succeeds, device_add names a virtio-serial bus that does not exist.
+        let chardev = Chardev::new("charport0", CharBackend::Null);
+        let mut port = CharDevice::new("port0", chardev);
+        port.bus = Some("nope.0".into());
+        let err = finish(vm.hotplug().plug(port, Placement::AsIs))
+            .expect_err("device_add on a missing virtio-serial bus");
+        assert!(err.to_string().contains("device_add port0"), "{err}");
+        assert_eq!(chardevs(&vm), chardevs_before);
+
+        assert!(vm.hotplug_state().plugged_ids().is_empty());
+        assert!(!vm_peripherals(&vm)
+            .iter()
+            .any(|id| ["virtio-drive0", "net0", "port0"].contains(&id.as_str())));
+        // The root port is free: the same drive now plugs there.
+        let slot = port_slot(&vm, "rp0");
+        let disk = finish(vm.hotplug().add_block(
+                &drive(image(&dir, "disk0.img"), "drive0"),
+                BlockDriver::VirtioBlk,
+                Placement::Auto,
+            ))
+            .expect("hot-plug after rollback");
+        assert_eq!(
+            disk.pci_path.map(|p| p.to_string()),
+            Some(format!("{slot:02x}/00"))
+        );
+    }
+
+    #[test]
+    fn q35_cpu_and_memory_hotplug_with_oob() {
+        q35_cpu_and_memory_hotplug(true);
+    }
+
+    #[test]
+    fn q35_cpu_and_memory_hotplug_without_oob() {
+        q35_cpu_and_memory_hotplug(false);
+    }
+
+    fn q35_cpu_and_memory_hotplug(oob: bool) {
+        let _serial = serial();
+        let dir = TempDir::new();
+        let mut vm = launch_oob(spec(GuestArch::X86_64, 0), &dir, oob, |a, o| finish(TestVm::launch(a, o)));
+        let cpus = |vm: &TestVm| {
+            vm_qmp(vm, "query-cpus-fast", json!({}))
+                .as_array()
+                .map(Vec::len)
+        };
+        assert_eq!(cpus(&vm), Some(1));
+        assert_eq!(finish(vm.hotplug().add_cpus(2)).expect("add vCPUs"), 2);
+        assert_eq!(cpus(&vm), Some(3));
+        assert_eq!(vm.hotplug_state().hotplugged_cpus(), ["cpu-0", "cpu-1"]);
+        let ids = vm_peripherals(&vm);
+        assert!(ids.contains(&"cpu-0".to_owned()) && ids.contains(&"cpu-1".to_owned()));
+        // q35 refuses to unplug a vCPU of a guest that never ran: the vCPU stays registered.
+        assert!(finish(vm.hotplug().remove_cpus(1, UNPLUG)).is_err());
+        assert_eq!(vm.hotplug_state().hotplugged_cpus(), ["cpu-0", "cpu-1"]);
+
+        let dimm = finish(vm.hotplug().add_memory(128)).expect("hot-plug memory");
+        assert_eq!(dimm.id, "dimm0");
+        let devices = vm_qmp(&vm, "query-memory-devices", json!({}));
+        assert_eq!(devices[0]["type"], "dimm", "{devices}");
+        assert_eq!(devices[0]["data"]["id"], "dimm0");
+        assert_eq!(devices[0]["data"]["size"], 128 << 20);
+        let second = finish(vm.hotplug().add_memory(128)).expect("second DIMM");
+        assert_eq!(second.id, "dimm1");
+    }
+
+    #[test]
+    fn arm64_memory_hotplug_with_uefi_with_oob() {
+        arm64_memory_hotplug_with_uefi(true);
+    }
+
+    #[test]
+    fn arm64_memory_hotplug_with_uefi_without_oob() {
+        arm64_memory_hotplug_with_uefi(false);
+    }
+
+    fn arm64_memory_hotplug_with_uefi(oob: bool) {
+        let _serial = serial();
+        let dir = TempDir::new();
+        let mut spec = spec(GuestArch::Aarch64, 0);
+        spec.hypervisor.pflashes = vec![AAVMF_CODE.into(), AAVMF_VARS.into()];
+        let mut vm = launch_oob(spec, &dir, oob, |a, o| finish(TestVm::launch(a, o)));
+        let dimm = finish(vm.hotplug().add_memory(128)).expect("hot-plug memory");
+        assert_eq!(dimm.id, "dimm0");
+        let devices = vm_qmp(&vm, "query-memory-devices", json!({}));
+        assert_eq!(devices[0]["type"], "dimm", "{devices}");
+        assert_eq!(devices[0]["data"]["size"], 128 << 20);
+        assert!(vm_peripherals(&vm).contains(&"dimm0".to_owned()));
+    }
 }
 
 fn open_fds() -> usize {
@@ -620,7 +618,7 @@ fn pseries_block_network_and_cpus_through_its_bridge() {
     let dir = TempDir::new();
     let mut vm = launch(spec(GuestArch::Ppc64le, 0), &dir);
 
-    let disk = plug_drive0(&mut vm, &dir);
+    let disk = blocking::plug_drive0(&mut vm, &dir);
     assert_eq!(
         disk.pci_path.as_ref().map(ToString::to_string),
         Some("02/01".into())
@@ -646,7 +644,7 @@ fn pseries_block_network_and_cpus_through_its_bridge() {
     );
     assert!(network_info(&vm).contains("hostnet0"));
 
-    unplug_disk_and_nic(&mut vm);
+    blocking::unplug_disk_and_nic(&mut vm);
     assert!(vm.hotplug_state().plugged_ids().is_empty());
 
     // pseries hot-plugs vCPU cores.
@@ -665,7 +663,7 @@ fn s390x_block_network_and_cpus_on_ccw() {
     // serial0, scsi0 and rng0-dev hold fe.0.0001 to fe.0.0003.
     assert_eq!(devno(&vm, "rng0-dev"), "fe.0.0003");
 
-    let disk = plug_drive0(&mut vm, &dir);
+    let disk = blocking::plug_drive0(&mut vm, &dir);
     assert_eq!(disk.pci_path, None);
     assert_eq!(disk.ccw_address().as_deref(), Some("0.0.0004"));
     assert_eq!(devno(&vm, "virtio-drive0"), "fe.0.0004");
@@ -686,7 +684,7 @@ fn s390x_block_network_and_cpus_on_ccw() {
     assert_eq!(devno(&vm, "net0"), "fe.0.0005");
     assert!(network_info(&vm).contains("hostnet0"));
 
-    unplug_disk_and_nic(&mut vm);
+    blocking::unplug_disk_and_nic(&mut vm);
 
     // The freed number is the next one given, through BlockDriver::VirtioBlkCcw too.
     let again = vm

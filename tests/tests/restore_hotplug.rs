@@ -1,7 +1,7 @@
 //! Save and restore of a VM with hot-plugged devices against real QEMU (arm64 `virt`, TCG,
 //! paused with `-S`, two PCIe root ports and Kata's default bridge): a virtio-blk (1 MiB raw
 //! file) hot-plugged on a root port and a user-mode virtio-net hot-plugged on a bridge slot,
-//! the VM saved, then restored into a new `Vm` from the same spec.
+//! the VM saved, then restored into a new VM from the same spec; on `Vm` and on `AsyncVm`.
 //!
 //! Checked on the restored VM: the load completes (QEMU accepts the stream only if the
 //! devices match), `qom-list /machine/peripheral` lists the same devices as the source, each
@@ -62,89 +62,82 @@ fn drive0(dir: &TempDir) -> BlockDrive {
     }
 }
 
-#[test]
-fn arm64_hot_plugged_disk_and_nic_survive_save_and_restore() {
-    let dir = TempDir::new();
-    let source_spec = spec(&dir, "run-source");
-    let mut source = Vm::launch(
-        assemble(&source_spec).expect("assemble"),
-        LaunchOptions::default(),
-    )
-    .expect("launch");
+hvarch_tests::two_drivers! {
+    #[test]
+    fn arm64_hot_plugged_disk_and_nic_survive_save_and_restore() {
+        let dir = TempDir::new();
+        let source_spec = spec(&dir, "run-source");
+        let assembled = assemble(&source_spec).expect("assemble");
+        let mut source = finish(TestVm::launch(assembled, LaunchOptions::default())).expect("launch");
 
-    let drive = drive0(&dir);
-    let disk = source
-        .hotplug()
-        .add_block(&drive, BlockDriver::VirtioBlk, Placement::RootPort)
-        .expect("hot-plug virtio-blk");
-    let mut nic = NetDevice::new("net0", "hostnet0", NetBackend::User {});
-    nic.mac = Some("52:54:00:12:34:56".into());
-    nic.virtio.romfile = Some(String::new());
-    let nic = source
-        .hotplug()
-        .plug(nic, Placement::Bridge)
-        .expect("hot-plug virtio-net on a bridge");
-    assert!(matches!(nic.location, Location::Bridge(_)), "{nic:?}");
-    let devices = vm_peripherals(&source);
-    assert!(devices.contains(&"virtio-drive0".to_owned()), "{devices:?}");
-    assert!(devices.contains(&"net0".to_owned()), "{devices:?}");
-    let buses = (
-        vm_parent_bus(&source, "virtio-drive0"),
-        vm_parent_bus(&source, "net0"),
-    );
+        let drive = drive0(&dir);
+        let disk = finish(source.hotplug().add_block(&drive, BlockDriver::VirtioBlk, Placement::RootPort))
+            .expect("hot-plug virtio-blk");
+        let mut nic = NetDevice::new("net0", "hostnet0", NetBackend::User {});
+        nic.mac = Some("52:54:00:12:34:56".into());
+        nic.virtio.romfile = Some(String::new());
+        let nic = finish(source.hotplug().plug(nic, Placement::Bridge))
+            .expect("hot-plug virtio-net on a bridge");
+        assert!(matches!(nic.location, Location::Bridge(_)), "{nic:?}");
+        let devices = vm_peripherals(&source);
+        assert!(devices.contains(&"virtio-drive0".to_owned()), "{devices:?}");
+        assert!(devices.contains(&"net0".to_owned()), "{devices:?}");
+        let buses = (
+            vm_parent_bus(&source, "virtio-drive0"),
+            vm_parent_bus(&source, "net0"),
+        );
 
-    let state = dir.join("vm.state");
-    source.save(&state).expect("save");
-    let hotplug_file = hotplug_state_path(&state);
-    let mode = std::fs::metadata(&hotplug_file)
-        .expect("the hotplug state file")
-        .permissions()
-        .mode();
-    assert_eq!(mode & 0o777, 0o600);
-    let saved_bridges = source.arch().get_bridges().clone();
-    source.shutdown(GRACE).expect("shutdown source");
-    drop(source);
+        let state = dir.join("vm.state");
+        finish(source.save(&state)).expect("save");
+        let hotplug_file = hotplug_state_path(&state);
+        let mode = std::fs::metadata(&hotplug_file)
+            .expect("the hotplug state file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let saved_bridges = source.arch().get_bridges().clone();
+        finish(source.shutdown(GRACE)).expect("shutdown source");
+        drop(source);
 
-    let restored_spec = spec(&dir, "run-restored");
-    let mut restored = Vm::restore(
-        assemble(&restored_spec).expect("assemble"),
-        &state,
-        LaunchOptions::default(),
-    )
-    .unwrap_or_else(|e| panic!("restore: {e}"));
-    // Saved in `prelaunch` (`-S`, never run), restored in it.
-    assert_eq!(restored.status().expect("status"), "prelaunch");
-    assert_eq!(vm_peripherals(&restored), devices);
-    assert_eq!(
-        (
-            vm_parent_bus(&restored, "virtio-drive0"),
-            vm_parent_bus(&restored, "net0")
-        ),
-        buses
-    );
-    assert!(vm_block_nodes(&restored).contains(&"drive0".to_owned()));
+        let restored_spec = spec(&dir, "run-restored");
+        let mut restored = finish(TestVm::restore(
+            assemble(&restored_spec).expect("assemble"),
+            &state,
+            LaunchOptions::default(),
+        ))
+        .unwrap_or_else(|e| panic!("restore: {e}"));
+        // Saved in `prelaunch` (`-S`, never run), restored in it.
+        assert_eq!(finish(restored.status()).expect("status"), "prelaunch");
+        assert_eq!(vm_peripherals(&restored), devices);
+        assert_eq!(
+            (
+                vm_parent_bus(&restored, "virtio-drive0"),
+                vm_parent_bus(&restored, "net0")
+            ),
+            buses
+        );
+        assert!(vm_block_nodes(&restored).contains(&"drive0".to_owned()));
 
-    let known = restored.hotplug_state();
-    assert_eq!(known.plugged_ids(), ["net0", "virtio-drive0"]);
-    assert_eq!(known.plugged("virtio-drive0"), Some(&disk));
-    assert_eq!(known.plugged("net0"), Some(&nic));
-    assert_eq!(known.free_root_ports(), ["rp1"]);
-    assert_eq!(*restored.arch().get_bridges(), saved_bridges);
+        let known = restored.hotplug_state();
+        assert_eq!(known.plugged_ids(), ["net0", "virtio-drive0"]);
+        assert_eq!(known.plugged("virtio-drive0"), Some(&disk));
+        assert_eq!(known.plugged("net0"), Some(&nic));
+        assert_eq!(known.free_root_ports(), ["rp1"]);
+        assert_eq!(*restored.arch().get_bridges(), saved_bridges);
 
-    // The restored VM's state can unplug the disk: the slot state came with the migration
-    // stream, so the (cold-plugged here) device is released at once like on the source.
-    restored
-        .hotplug()
-        .unplug("virtio-drive0", Duration::from_secs(5))
-        .expect("unplug the disk on the restored VM");
-    assert!(!vm_peripherals(&restored).contains(&"virtio-drive0".to_owned()));
-    assert!(!vm_block_nodes(&restored).contains(&"drive0".to_owned()));
-    assert_eq!(restored.hotplug_state().plugged_ids(), ["net0"]);
-    assert_eq!(restored.hotplug_state().free_root_ports(), ["rp0", "rp1"]);
+        // The restored VM's state can unplug the disk: the slot state came with the migration
+        // stream, so the (cold-plugged here) device is released at once like on the source.
+        finish(restored.hotplug().unplug("virtio-drive0", Duration::from_secs(5)))
+            .expect("unplug the disk on the restored VM");
+        assert!(!vm_peripherals(&restored).contains(&"virtio-drive0".to_owned()));
+        assert!(!vm_block_nodes(&restored).contains(&"drive0".to_owned()));
+        assert_eq!(restored.hotplug_state().plugged_ids(), ["net0"]);
+        assert_eq!(restored.hotplug_state().free_root_ports(), ["rp0", "rp1"]);
 
-    restored.shutdown(GRACE).expect("shutdown restored");
-    drop(restored);
-    assert_no_children_in(dir.path());
+        finish(restored.shutdown(GRACE)).expect("shutdown restored");
+        drop(restored);
+        assert_no_children_in(dir.path());
+    }
 }
 
 /// A pending removal survives save and restore: QEMU still has the device, so the restored

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use hvarch::{
     assemble, Assembled, EndedBy, GuestArch, LaunchOptions, RuntimeDirError, Vm, VmError, VmSpec,
 };
-use hvarch_tests::query::{vm_pci_ids, vm_peripherals};
+use hvarch_tests::query::{vm_pci_ids, vm_peripherals, vm_qmp};
 use hvarch_tests::spec::runnable;
 use hvarch_tests::{assert_no_children_in, assert_reaped, sigkill, within, TempDir};
 use serde_json::json;
@@ -95,54 +95,6 @@ fn launch_answers_qmp_with_private_runtime_files_and_a_pidfile() {
 }
 
 #[test]
-fn shutdown_is_graceful_then_forceful_and_idempotent() {
-    let dir = TempDir::new();
-    let spec = spec(GuestArch::Aarch64, &dir);
-    let mut vm = launch(&spec);
-    let pid = vm.pid();
-    let runtime = vm.paths().dir.clone();
-
-    let started = Instant::now();
-    let first = vm.shutdown(GRACE).expect("first shutdown");
-    // powerdown is ignored by a guest-less VM; `quit` ends QEMU (a clean exit status, checked
-    // below, rules out the kill stage); the bound only rules out waiting on a 30 s timeout.
-    assert!(
-        started.elapsed() < Duration::from_secs(15),
-        "{:?}",
-        started.elapsed()
-    );
-    assert!(first.status.success(), "QEMU quit cleanly: {first}");
-    // A guest-less VM cannot power off: the `quit` rung ended it, and the outcome says so.
-    assert_eq!(first.ended_by, EndedBy::Quit, "{first}");
-    assert_eq!(first.reason.as_deref(), Some("host-qmp-quit"), "{first}");
-    assert_eq!(vm.try_wait().expect("try_wait"), Some(first.status));
-    let second = vm.shutdown(GRACE).expect("second shutdown");
-    assert_eq!(first, second);
-    // QMP is closed: commands fail cleanly instead of hanging.
-    let err = vm.status().unwrap_err();
-    assert!(
-        matches!(err, VmError::Qmp(hvarch_qmp::Error::Disconnected)),
-        "{err}"
-    );
-    drop(vm);
-    assert_reaped(pid);
-    assert_clean(&dir, &runtime);
-}
-
-#[test]
-fn drop_reaps_qemu_and_removes_the_runtime_dir() {
-    let dir = TempDir::new();
-    let spec = spec(GuestArch::Aarch64, &dir);
-    let vm = launch(&spec);
-    let pid = vm.pid();
-    let runtime = vm.paths().dir.clone();
-    assert!(runtime.join("qmp.sock").exists());
-    drop(vm);
-    assert_reaped(pid);
-    assert_clean(&dir, &runtime);
-}
-
-#[test]
 fn drop_reaps_qemu_when_the_owner_panics() {
     let dir = TempDir::new();
     let spec = spec(GuestArch::Aarch64, &dir);
@@ -164,89 +116,136 @@ fn drop_reaps_qemu_when_the_owner_panics() {
     assert_clean(&dir, &runtime);
 }
 
-/// Saves a paused VM, restores it into a new `Vm`, and compares what QEMU reports.
-fn save_and_restore(arch: GuestArch) {
-    let dir = TempDir::new();
-    let spec = spec(arch, &dir);
-    let state = dir.join("vm.state");
-    let mut source = launch(&spec);
-    source.pause().expect("stop");
-    let status = source.status().expect("status");
-    let devices = vm_peripherals(&source);
-    let pci = vm_pci_ids(&source);
-    assert!(devices.contains(&"rng0-dev".to_owned()), "{devices:?}");
+hvarch_tests::two_drivers! {
+    #[test]
+    fn shutdown_is_graceful_then_forceful_and_idempotent() {
+        let dir = TempDir::new();
+        let spec = spec(GuestArch::Aarch64, &dir);
+        let mut vm = finish(TestVm::launch(assembled(&spec), LaunchOptions::default())).expect("launch");
+        let pid = vm.pid();
+        let runtime = vm.paths().dir.clone();
 
-    source.save(&state).expect("save");
-    let saved = std::fs::metadata(&state).expect("the state file");
-    assert!(saved.len() > 0);
-    assert_eq!(mode(&state), 0o600, "state file mode");
-    assert_eq!(source.status().expect("status after save"), "postmigrate");
-    let source_pid = source.pid();
-    let source_runtime = source.paths().dir.clone();
-    source.shutdown(GRACE).expect("shutdown the source");
-    drop(source);
-    assert_reaped(source_pid);
+        let started = Instant::now();
+        let first = finish(vm.shutdown(GRACE)).expect("first shutdown");
+        // powerdown is ignored by a guest-less VM; `quit` ends QEMU (a clean exit status, checked
+        // below, rules out the kill stage); the bound only rules out waiting on a 30 s timeout.
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(first.status.success(), "QEMU quit cleanly: {first}");
+        // A guest-less VM cannot power off: the `quit` rung ended it, and the outcome says so.
+        assert_eq!(first.ended_by, EndedBy::Quit, "{first}");
+        assert_eq!(first.reason.as_deref(), Some("host-qmp-quit"), "{first}");
+        assert_eq!(vm.try_wait().expect("try_wait"), Some(first.status));
+        let second = finish(vm.shutdown(GRACE)).expect("second shutdown");
+        assert_eq!(first, second);
+        // QMP is closed: commands fail cleanly instead of hanging.
+        let err = finish(vm.status()).unwrap_err();
+        assert!(
+            matches!(err, VmError::Qmp(hvarch_qmp::Error::Disconnected)),
+            "{err}"
+        );
+        drop(vm);
+        assert_reaped(pid);
+        assert_clean(&dir, &runtime);
+    }
 
-    // The same spec, with its own runtime directory.
-    let mut again = spec.clone();
-    again.runtime_dir = Some(dir.join("run-restored"));
-    let mut restored = Vm::restore(assembled(&again), &state, LaunchOptions::default())
-        .unwrap_or_else(|e| panic!("restore: {e}"));
-    let info = restored
-        .qmp()
-        .execute_raw("query-migrate", json!({}))
-        .expect("query-migrate");
-    assert_eq!(info["status"], "completed", "{info}");
-    assert_eq!(restored.status().expect("status"), status);
-    restored.check().expect("healthy after restore");
-    assert_eq!(vm_peripherals(&restored), devices);
-    assert_eq!(vm_pci_ids(&restored), pci);
-    // The restored VM is a working VM: it runs and pauses on request.
-    restored.resume().expect("cont");
-    assert_eq!(restored.status().expect("status"), "running");
-    restored.pause().expect("stop");
+    #[test]
+    fn drop_reaps_qemu_and_removes_the_runtime_dir() {
+        let dir = TempDir::new();
+        let spec = spec(GuestArch::Aarch64, &dir);
+        let vm = finish(TestVm::launch(assembled(&spec), LaunchOptions::default())).expect("launch");
+        let pid = vm.pid();
+        let runtime = vm.paths().dir.clone();
+        assert!(runtime.join("qmp.sock").exists());
+        drop(vm);
+        await_drop(pid, &runtime);
+        assert_clean(&dir, &runtime);
+    }
 
-    let pid = restored.pid();
-    let runtime = restored.paths().dir.clone();
-    restored.shutdown(GRACE).expect("shutdown");
-    drop(restored);
-    assert_reaped(pid);
-    assert_clean(&dir, &runtime);
-    assert!(!source_runtime.exists());
-}
+    /// Saves a paused VM, restores it into a new VM, and compares what QEMU reports.
+    fn save_and_restore(arch: GuestArch) {
+        let dir = TempDir::new();
+        let spec = spec(arch, &dir);
+        let state = dir.join("vm.state");
+        let mut source = finish(TestVm::launch(assembled(&spec), LaunchOptions::default())).expect("launch");
+        finish(source.pause()).expect("stop");
+        let status = finish(source.status()).expect("status");
+        let devices = vm_peripherals(&source);
+        let pci = vm_pci_ids(&source);
+        assert!(devices.contains(&"rng0-dev".to_owned()), "{devices:?}");
 
-#[test]
-fn save_and_restore_arm64_without_migration_capabilities() {
-    let arch = hvarch::backend(GuestArch::Aarch64, &Default::default()).expect("backend");
-    assert!(arch.migration_capabilities().is_empty());
-    assert_eq!(arch.migration_wait_timeout(), Duration::from_secs(10));
-    save_and_restore(GuestArch::Aarch64);
-}
+        finish(source.save(&state)).expect("save");
+        let saved = std::fs::metadata(&state).expect("the state file");
+        assert!(saved.len() > 0);
+        assert_eq!(mode(&state), 0o600, "state file mode");
+        assert_eq!(finish(source.status()).expect("status after save"), "postmigrate");
+        let source_pid = source.pid();
+        let source_runtime = source.paths().dir.clone();
+        finish(source.shutdown(GRACE)).expect("shutdown the source");
+        drop(source);
+        assert_reaped(source_pid);
 
-#[test]
-fn save_and_restore_x86_64_with_x_ignore_shared_on_both_sides() {
-    let arch = hvarch::backend(GuestArch::X86_64, &Default::default()).expect("backend");
-    assert_eq!(arch.migration_capabilities().len(), 1);
-    save_and_restore(GuestArch::X86_64);
-}
+        // The same spec, with its own runtime directory.
+        let mut again = spec.clone();
+        again.runtime_dir = Some(dir.join("run-restored"));
+        let mut restored = finish(TestVm::restore(assembled(&again), &state, LaunchOptions::default()))
+            .unwrap_or_else(|e| panic!("restore: {e}"));
+        let info = vm_qmp(&restored, "query-migrate", json!({}));
+        assert_eq!(info["status"], "completed", "{info}");
+        assert_eq!(finish(restored.status()).expect("status"), status);
+        finish(restored.check()).expect("healthy after restore");
+        assert_eq!(vm_peripherals(&restored), devices);
+        assert_eq!(vm_pci_ids(&restored), pci);
+        // The restored VM is a working VM: it runs and pauses on request.
+        finish(restored.resume()).expect("cont");
+        assert_eq!(finish(restored.status()).expect("status"), "running");
+        finish(restored.pause()).expect("stop");
 
-#[test]
-fn a_failed_save_leaves_no_file_and_the_vm_usable() {
-    let dir = TempDir::new();
-    let spec = spec(GuestArch::Aarch64, &dir);
-    let mut vm = launch(&spec);
-    let state = dir.join("no-such-dir/vm.state");
-    let err = vm.save(&state).unwrap_err();
-    assert!(
-        matches!(err, VmError::Migration { .. } | VmError::Qmp(_)),
-        "{err}"
-    );
-    assert!(!state.exists());
-    assert_eq!(vm.status().expect("still answers"), "prelaunch");
-    let runtime = vm.paths().dir.clone();
-    vm.shutdown(GRACE).expect("shutdown");
-    drop(vm);
-    assert_clean(&dir, &runtime);
+        let pid = restored.pid();
+        let runtime = restored.paths().dir.clone();
+        finish(restored.shutdown(GRACE)).expect("shutdown");
+        drop(restored);
+        assert_reaped(pid);
+        assert_clean(&dir, &runtime);
+        assert!(!source_runtime.exists());
+    }
+
+    #[test]
+    fn save_and_restore_arm64_without_migration_capabilities() {
+        let arch = hvarch::backend(GuestArch::Aarch64, &Default::default()).expect("backend");
+        assert!(arch.migration_capabilities().is_empty());
+        assert_eq!(arch.migration_wait_timeout(), Duration::from_secs(10));
+        save_and_restore(GuestArch::Aarch64);
+    }
+
+    #[test]
+    fn save_and_restore_x86_64_with_x_ignore_shared_on_both_sides() {
+        let arch = hvarch::backend(GuestArch::X86_64, &Default::default()).expect("backend");
+        assert_eq!(arch.migration_capabilities().len(), 1);
+        save_and_restore(GuestArch::X86_64);
+    }
+
+    #[test]
+    fn a_failed_save_leaves_no_file_and_the_vm_usable() {
+        let dir = TempDir::new();
+        let spec = spec(GuestArch::Aarch64, &dir);
+        let mut vm = finish(TestVm::launch(assembled(&spec), LaunchOptions::default())).expect("launch");
+        let state = dir.join("no-such-dir/vm.state");
+        let err = finish(vm.save(&state)).unwrap_err();
+        assert!(
+            matches!(err, VmError::Migration { .. } | VmError::Qmp(_)),
+            "{err}"
+        );
+        assert!(!state.exists());
+        assert_eq!(finish(vm.status()).expect("still answers"), "prelaunch");
+        let runtime = vm.paths().dir.clone();
+        finish(vm.shutdown(GRACE)).expect("shutdown");
+        drop(vm);
+        assert_clean(&dir, &runtime);
+    }
 }
 
 #[test]

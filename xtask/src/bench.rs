@@ -50,6 +50,8 @@ pub fn run(what: Option<&str>) -> Result<(), String> {
             "--release",
             "-p",
             "hvarch",
+            "--features",
+            "tokio",
             "--example",
             "vm_bench",
         ])

@@ -4,12 +4,14 @@
 //!   on a Debian bookworm machine (a tested plan; idempotent).
 //! * `cargo xtask ci` runs every CI stage in order and stops at the first failure.
 //! * `cargo xtask demo` boots a real arm64 guest, hot-plugs a disk and memory, prints timings.
+//! * `cargo xtask examples` runs the minimal VMM examples against the arm64 test guest.
 //! * `cargo xtask cross [TARGET]` builds for aarch64, ppc64le and s390x (or one of them) with
 //!   Debian's toolchain and runs the tests under qemu-user.
 
 mod bench;
 mod cross;
 mod demo;
+mod examples;
 mod run;
 mod setup;
 
@@ -40,8 +42,8 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Run every CI stage: setup, fmt, clippy, tests, package, docs, cross tests (aarch64,
-    /// ppc64le, s390x).
+    /// Run every CI stage: setup, fmt, clippy, tests, examples, package, docs, cross tests
+    /// (aarch64, ppc64le, s390x).
     Ci,
     /// Boot a real arm64 guest (TCG, UEFI), hot-plug a disk and memory, watch the guest see
     /// them, unplug, power off, and print the timings. Runs `setup` first if QEMU is missing.
@@ -52,6 +54,8 @@ enum Command {
         /// aarch64, ppc64le or s390x (or a target triple); all three when omitted.
         target: Option<String>,
     },
+    /// Run the minimal VMM examples (blocking and tokio) against the arm64 test guest.
+    Examples,
     /// Benchmarks against peers, measured in one run and reported as ratios
     /// (`target/bench/report.md`, `report.svg`).
     Bench {
@@ -66,6 +70,7 @@ fn main() -> ExitCode {
         Command::Setup { profile, dry_run } => setup::run(profile, dry_run),
         Command::Ci => ci(),
         Command::Cross { target } => cross::run(target.as_deref()),
+        Command::Examples => examples::run(),
         Command::Demo => demo::run(),
         Command::Bench { what } => bench::run(what.as_deref()),
     };
@@ -98,6 +103,10 @@ fn ci() -> Result<(), String> {
     stage("test", || {
         cargo(&["test", "--workspace", "--all-features", "--no-fail-fast"]).run()
     })?;
+    stage(
+        "examples (minimal VMMs against the arm64 guest)",
+        examples::run,
+    )?;
     stage("package", || {
         // Every published crate packages on its own and builds from its package (hvarch-tests
         // and xtask are not published).

@@ -10,8 +10,8 @@
 //! - `hotplug <cycles>`: virtio-blk add + delete through a PCIe root port, milliseconds per
 //!   cycle, alternating between hvarch's [`hvarch::Hotplugger`] on one VM and the raw QMP
 //!   sequence on a second VM of the same configuration.
-//! - `scale <vms>`: `<vms>` VMs launched concurrently from this process (tokio tasks, each
-//!   `Vm::launch` on the blocking pool plus an `AsyncQmp` on a second monitor), time to all
+//! - `scale <vms>`: `<vms>` VMs launched concurrently from this process with
+//!   [`hvarch::AsyncVm::launch`] (one task each, on a current-thread runtime), time to all
 //!   ready, against one VM launched the same way; this process's RSS growth per VM.
 
 use std::io::{BufRead, BufReader, Write};
@@ -27,8 +27,9 @@ use hvarch::hvarch_arch::resources::BlockDrive;
 use hvarch::hvarch_arch::settings::BlockDriver;
 use hvarch::hvarch_devices::config::{Monitor, MonitorEndpoint, MonitorMode};
 use hvarch::hvarch_devices::fd::{FdArg, FdTable, SharedFd};
-use hvarch::{assemble, Accelerator, Assembled, GuestArch, LaunchOptions, Syntax, Vm, VmSpec};
-use hvarch_qmp::AsyncQmp;
+use hvarch::{
+    assemble, Accelerator, Assembled, AsyncVm, GuestArch, LaunchOptions, Syntax, Vm, VmSpec,
+};
 use serde_json::{json, Value};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -369,27 +370,15 @@ fn rss_kib(pid: &str) -> Result<u64> {
         .ok_or_else(|| "no VmRSS".into())
 }
 
-/// Launches a VM with `Vm::launch` on the blocking pool and connects an `AsyncQmp` on a
-/// second QMP monitor (a listener bound here, served by QEMU as a descriptor: QEMU serves one
-/// client per monitor and the `Vm` holds the first). Ready = `query-status` answered.
-async fn launch_async(mut a: Assembled) -> Result<(Vm, AsyncQmp)> {
-    std::fs::create_dir_all(&a.paths.dir)?;
-    let path = a.paths.dir.join("qmp-async.sock");
-    let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path)?;
-    let stream = UnixStream::connect(&path)?;
-    a.config.monitors.push(Monitor::qmp(
-        "qmp-async",
-        MonitorEndpoint::Fd(FdArg::from(OwnedFd::from(listener))),
-    ));
-    let vm = tokio::task::spawn_blocking(move || Vm::launch(a, LaunchOptions::default())).await??;
-    let qmp = AsyncQmp::from_std(stream, &hvarch_qmp::Config::default()).await?;
-    qmp.execute_raw("query-status", json!({})).await?;
-    Ok((vm, qmp))
+/// Launches a VM with `AsyncVm::launch`; ready = `query-status` answered.
+async fn launch_async(a: Assembled) -> Result<AsyncVm> {
+    let vm = AsyncVm::launch(a, LaunchOptions::default()).await?;
+    vm.status().await?;
+    Ok(vm)
 }
 
 fn scale(base: &Path, vms: usize) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
@@ -398,10 +387,9 @@ fn scale(base: &Path, vms: usize) -> Result<()> {
         for i in 0..4 {
             let a = assembled(&base.join(format!("single{i}")), &format!("single{i}"), 0)?;
             let t = Instant::now();
-            let (vm, qmp) = launch_async(a).await?;
+            let mut vm = launch_async(a).await?;
             let e = t.elapsed();
-            qmp.close().await;
-            drop(vm);
+            vm.shutdown(Duration::ZERO).await?;
             if i > 0 {
                 single.push(ms(e));
             }
@@ -430,7 +418,7 @@ fn scale(base: &Path, vms: usize) -> Result<()> {
         let all = t.elapsed();
         let after = rss_kib("self")?;
         let mut qemu_rss = 0;
-        for (vm, _) in &running {
+        for vm in &running {
             qemu_rss += rss_kib(&vm.pid().to_string())?;
         }
         let n = running.len() as f64;
@@ -443,9 +431,8 @@ fn scale(base: &Path, vms: usize) -> Result<()> {
             after.saturating_sub(before) as f64 / n
         );
         println!("scale qemu_rss_per_vm_kib {:.1}", qemu_rss as f64 / n);
-        for (vm, qmp) in running {
-            qmp.close().await;
-            drop(vm);
+        for mut vm in running {
+            vm.shutdown(Duration::ZERO).await?;
         }
         Ok(())
     })

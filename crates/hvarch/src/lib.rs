@@ -13,9 +13,13 @@
 //! - [`assemble()`]: Kata's `createSandbox` — machine, CPU, topology, memory, kernel command
 //!   line and devices in Kata's order — producing an [`Assembled`] VM: a
 //!   [`hvarch_devices::config::VmConfig`], the QEMU binary and the backend.
-//! - [`vm`], [`hotplug`], [`lifecycle`]: a running VM, its hot plug and unplug flows, save
-//!   and restore; the flows are sans-IO [`engine`]s, run by a blocking driver or, with the
-//!   `tokio` feature, an async one.
+//! - [`Vm`] ([`vm`]): a running QEMU, launched without polling and always cleaned up, with
+//!   its [`hotplug`] flows (plug and unplug with step-by-step rollback), save and restore
+//!   ([`lifecycle`]) and the [`shutdown`] ladder.
+//! - `AsyncVm` (feature `tokio`): the same VM for tokio code, whose methods are futures that
+//!   never block a runtime thread.
+//! - [`engine`]: the flows above are sans-IO engines; [`Vm`] and `AsyncVm` are thin drivers
+//!   of the same engines (a blocking one and a tokio one).
 //! - [`probe`]: what a QEMU binary can do (machine types, devices, objects, accelerators),
 //!   asked over QMP; [`probe::check`] refuses a VM the binary cannot run, naming what it
 //!   lacks.
@@ -45,21 +49,27 @@
 #![deny(missing_docs)]
 
 pub mod assemble;
+#[cfg(feature = "tokio")]
+pub mod async_vm;
 pub mod engine;
 pub mod error;
 pub mod host;
 pub mod hotplug;
 pub mod kata_config;
+mod launch;
 pub mod lifecycle;
 pub mod native;
 pub mod probe;
 pub mod runtime_dir;
+pub mod shutdown;
 mod spawn;
 pub mod spec;
 pub mod virtiofs;
 pub mod vm;
 
 pub use assemble::{assemble, backend, Assembled, RuntimePaths};
+#[cfg(feature = "tokio")]
+pub use async_vm::AsyncVm;
 pub use error::{Error, Result};
 pub use hotplug::{
     HotplugError, HotplugResult, HotplugState, Hotplugger, Location, Placement, Plugged,

@@ -34,40 +34,86 @@ use hvarch_devices::fd::FdTable;
 pub(crate) const SPAWNER_THREAD: &str = "hvarch-spawner";
 
 /// Starts `command` with the descriptors of `fds` at their numbers (see the module docs),
-/// from the process-lifetime spawner thread.
-pub(crate) fn spawn(mut command: Command, fds: &FdTable) -> io::Result<Child> {
-    prepare(&mut command, fds);
-    // `fds` outlives the spawn: the reply comes back once the child has exec'd (or failed).
-    spawn_from_spawner(command)
+/// from the process-lifetime spawner thread; blocks until the child has exec'd (or failed).
+pub(crate) fn spawn(command: Command, fds: FdTable) -> io::Result<Child> {
+    let (reply, result) = mpsc::sync_channel(1);
+    submit(command, fds, Reply::Blocking(reply))?;
+    result.recv().map_err(|_| gone())?
 }
 
-/// A spawn request for the spawner thread.
+/// [`spawn`] for an async caller: the spawner thread forks, the caller's task awaits its
+/// answer, no runtime thread blocks. A caller that goes away before the answer leaves no
+/// child behind: the spawner kills and reaps it.
+#[cfg(feature = "tokio")]
+pub(crate) async fn spawn_async(command: Command, fds: FdTable) -> io::Result<Child> {
+    let (reply, result) = tokio::sync::oneshot::channel();
+    submit(command, fds, Reply::Async(reply))?;
+    result.await.map_err(|_| gone())?
+}
+
+/// Where the spawner sends a child.
+enum Reply {
+    Blocking(mpsc::SyncSender<io::Result<Child>>),
+    #[cfg(feature = "tokio")]
+    Async(tokio::sync::oneshot::Sender<io::Result<Child>>),
+}
+
+impl Reply {
+    /// Sends `spawned`; a child nobody waits for any more is killed and reaped.
+    fn send(self, spawned: io::Result<Child>) {
+        let undelivered = match self {
+            Reply::Blocking(reply) => reply.send(spawned).err().map(|e| e.0),
+            #[cfg(feature = "tokio")]
+            Reply::Async(reply) => reply.send(spawned).err(),
+        };
+        if let Some(Ok(mut child)) = undelivered {
+            tracing::debug!(pid = child.id(), "the launch was abandoned; killing QEMU");
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A spawn request for the spawner thread. It owns the descriptor table, so the descriptors
+/// stay open until the child has them, whatever the caller does meanwhile.
 struct Request {
     command: Command,
-    reply: mpsc::SyncSender<io::Result<Child>>,
+    fds: FdTable,
+    reply: Reply,
 }
 
 /// The spawner thread's queue; an error when the thread could not be started.
 static SPAWNER: OnceLock<Result<mpsc::Sender<Request>, String>> = OnceLock::new();
 
-fn spawn_from_spawner(command: Command) -> io::Result<Child> {
+fn gone() -> io::Error {
+    io::Error::other(format!("the {SPAWNER_THREAD} thread is gone"))
+}
+
+/// Queues `command` for the spawner thread, which answers on `reply`.
+fn submit(mut command: Command, fds: FdTable, reply: Reply) -> io::Result<()> {
+    prepare(&mut command, &fds);
     let spawner = SPAWNER.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<Request>();
         std::thread::Builder::new()
             .name(SPAWNER_THREAD.into())
             .spawn(move || {
                 for mut request in rx {
-                    let _ = request.reply.send(request.command.spawn());
+                    let spawned = request.command.spawn();
+                    // Only the child holds the descriptors now.
+                    drop(request.fds);
+                    request.reply.send(spawned);
                 }
             })
             .map(|_| tx)
             .map_err(|e| format!("cannot start the {SPAWNER_THREAD} thread: {e}"))
     });
     let queue = spawner.as_ref().map_err(|e| io::Error::other(e.clone()))?;
-    let gone = || io::Error::other(format!("the {SPAWNER_THREAD} thread is gone"));
-    let (reply, result) = mpsc::sync_channel(1);
-    queue.send(Request { command, reply }).map_err(|_| gone())?;
-    result.recv().map_err(|_| gone())?
+    let request = Request {
+        command,
+        fds,
+        reply,
+    };
+    queue.send(request).map_err(|_| gone())
 }
 
 /// Sets up what the child does between `fork` and `exec` (see the module docs).
@@ -243,7 +289,7 @@ mod tests {
              for f in /proc/$$/fd/*; do readlink \"$f\"; done",
         ]);
         command.stdout(std::process::Stdio::piped());
-        let out = spawn(command, &table).unwrap().wait_with_output().unwrap();
+        let out = spawn(command, table).unwrap().wait_with_output().unwrap();
         let text = String::from_utf8(out.stdout).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "first");
@@ -294,7 +340,7 @@ mod tests {
                 .stdin(std::process::Stdio::piped())
                 .stdout(std::process::Stdio::piped());
             // SAFETY: gettid has no preconditions.
-            (spawn(command, &FdTable::new()).unwrap(), unsafe {
+            (spawn(command, FdTable::new()).unwrap(), unsafe {
                 libc::gettid()
             })
         })

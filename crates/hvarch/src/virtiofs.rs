@@ -221,14 +221,14 @@ impl Virtiofsd {
             tag = %share.tag,
             "starting the virtio-fs daemon"
         );
-        let child = crate::spawn::spawn(command, &fds).map_err(|e| {
+        // The spawner owns the table until the daemon has its descriptors.
+        let child = crate::spawn::spawn(command, fds).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!("cannot execute {}: {e}", share.daemon.display()),
             )
         })?;
         // Only the daemon holds the listening socket now.
-        drop(fds);
         drop(socket_fd);
         let pid = child.id();
         let state = Arc::new(Mutex::new(State {

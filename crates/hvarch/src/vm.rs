@@ -1,4 +1,5 @@
-//! [`Vm`]: a running QEMU, launched without polling and always cleaned up.
+//! [`Vm`]: a running QEMU, launched without polling and always cleaned up; with the `tokio`
+//! feature, [`crate::AsyncVm`] is the same VM for async code.
 //!
 //! # Launch
 //!
@@ -18,44 +19,50 @@
 //!
 //! # virtio-fs daemons
 //!
-//! Before QEMU, [`Vm::launch`] starts the daemon of each virtio-fs share
-//! ([`crate::virtiofs`]) on a socket it binds in the runtime directory, under the same rules
-//! as QEMU (descriptors, process group, parent death). The daemons stop with the VM; one that
-//! dies while the VM runs is published ([`Vm::subscribe_virtiofs_exits`]) and reported by
-//! [`Vm::check`] as [`VmError::VirtiofsDaemon`].
+//! Before QEMU, the launch starts the daemon of each virtio-fs share ([`crate::virtiofs`]) on
+//! a socket it binds in the runtime directory, under the same rules as QEMU (descriptors,
+//! process group, parent death). The daemons stop with the VM (after QEMU, before the runtime
+//! directory's files go); one that dies while the VM runs is published
+//! ([`Vm::subscribe_virtiofs_exits`]) and reported by [`Vm::check`] as
+//! [`VmError::VirtiofsDaemon`].
 //!
 //! # Lifetime
 //!
 //! The child is QEMU itself (no shell, no `-daemonize`). [`Vm::shutdown`] asks the guest to
 //! power off, then quits QEMU, then kills it, and reports which of them ended the VM
-//! ([`ShutdownOutcome`]). Dropping a [`Vm`] kills and reaps the child and removes what hvarch
-//! created in the runtime directory, so a panicking test leaves no process and no socket
-//! behind.
+//! ([`ShutdownOutcome`]; the ladder is an engine, see [`crate::shutdown`]). Dropping a [`Vm`]
+//! kills and reaps the child and removes what hvarch created in the runtime directory, so a
+//! panicking test leaves no process and no socket behind.
+//!
+//! # One VM, two drivers
+//!
+//! [`Vm`] and [`crate::AsyncVm`] are thin drivers of the same code: the launch plan, the
+//! engines (hotplug, save and restore, the shutdown ladder) and every method body are written
+//! once; a method of [`Vm`] returns its result, the same method of [`crate::AsyncVm`] a
+//! future of it.
 //!
 //! # Timeouts
 //!
 //! A timeout too large to add to the current time (`Duration::MAX`) means "no deadline":
 //! every method taking a duration waits as long as it takes instead of panicking.
 
-use std::ffi::OsString;
-use std::fmt;
 use std::fs::File;
-use std::os::fd::OwnedFd;
-use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::os::unix::net::UnixStream;
+use std::process::{Child, Command};
+use std::time::Duration;
 
-use hvarch_devices::config::{Monitor, MonitorEndpoint, MonitorMode};
-use hvarch_devices::fd::{FdArg, FdTable};
+use hvarch_devices::config::Monitor;
+use hvarch_devices::fd::FdTable;
 use hvarch_devices::part::Syntax;
-use hvarch_qmp::{Event, EventFilter, EventSubscription, Qmp};
-use serde_json::json;
+use hvarch_qmp::{EventSubscription, Qmp};
 
-use crate::assemble::{Assembled, RuntimePaths};
-use crate::runtime_dir::{read_from_start, RuntimeDir, RuntimeDirError};
-use crate::virtiofs::{DaemonEvents, DaemonExit, Virtiofsd};
-use crate::QemuArch;
+use crate::assemble::Assembled;
+use crate::engine::{Blocking, Process};
+use crate::runtime_dir::RuntimeDirError;
+use crate::shutdown::ShutdownLadder;
+use crate::virtiofs::{DaemonEvents, Virtiofsd};
+
+pub use crate::shutdown::{EndedBy, ShutdownOutcome};
 
 /// What can go wrong while launching, driving or stopping a [`Vm`].
 #[derive(Debug, thiserror::Error)]
@@ -104,10 +111,6 @@ pub enum VmError {
     /// undone.
     #[error(transparent)]
     Hotplug(#[from] crate::hotplug::HotplugError),
-    /// A virtio-fs daemon exited while the VM was running (see [`crate::virtiofs`]): its
-    /// share is gone from the guest. Kata stops the sandbox then; the caller decides.
-    #[error("{0}")]
-    VirtiofsDaemon(crate::virtiofs::DaemonExit),
     /// A save or restore (migration) failed, or did not complete within the arch's
     /// migration timeout (see [`crate::lifecycle`]).
     #[error("migration failed: {reason}")]
@@ -115,6 +118,10 @@ pub enum VmError {
         /// What went wrong (QEMU's `error-desc` when it gave one).
         reason: String,
     },
+    /// A virtio-fs daemon exited while the VM was running (see [`crate::virtiofs`]): its
+    /// share is gone from the guest. Kata stops the sandbox then; the caller decides.
+    #[error("{0}")]
+    VirtiofsDaemon(crate::virtiofs::DaemonExit),
 }
 
 /// `; QEMU said: <stderr>`, or nothing when QEMU said nothing.
@@ -130,7 +137,8 @@ pub(crate) fn stderr_suffix(stderr: &str) -> String {
 /// The result type of VM operations.
 pub type VmResult<T> = std::result::Result<T, VmError>;
 
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> VmError {
+/// Wraps an OS error with what was being done.
+pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> VmError {
     let what = what.into();
     move |source| VmError::Io { what, source }
 }
@@ -168,719 +176,446 @@ impl Default for LaunchOptions {
     }
 }
 
-/// A point in time a wait gives up at; none when the timeout does not fit an [`Instant`]
-/// (`Duration::MAX`): overflow means "no deadline", never a panic.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Deadline(Option<Instant>);
-
-impl Deadline {
-    /// `timeout` from now.
-    pub(crate) fn after(timeout: Duration) -> Deadline {
-        Deadline(Instant::now().checked_add(timeout))
-    }
-
-    /// The time left (zero once passed); `None` when there is no deadline.
-    pub(crate) fn remaining(self) -> Option<Duration> {
-        self.0
-            .map(|deadline| deadline.saturating_duration_since(Instant::now()))
-    }
-}
-
-/// The least time `system_powerdown` is given to be answered, even with a zero grace.
-const POWERDOWN_MIN_TIMEOUT: Duration = Duration::from_millis(100);
-/// How long `quit` is given to be answered.
-const QUIT_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long QEMU is given to exit after `quit` (or after the guest powered off).
-const EXIT_TIMEOUT: Duration = Duration::from_secs(3);
-/// A bound on reading the events QEMU sent before it exited (they are already in the
-/// socket: the wait ends as soon as the reader reaches the end of the stream).
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// What ended a VM: the rung of [`Vm::shutdown`]'s ladder, or what else did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum EndedBy {
-    /// The guest powered off (QEMU's `SHUTDOWN` reason `guest-shutdown`): after
-    /// `system_powerdown`, or on its own. QEMU may have been quit afterwards (under
-    /// `-no-shutdown` it waits for that).
-    PoweredOff,
-    /// The guest reset (a reboot, or a panic with `panic=N`), which `-no-reboot` turns into
-    /// an exit (`SHUTDOWN` reason `guest-reset`).
-    GuestReset,
-    /// The guest panicked and the panic action stopped it (`SHUTDOWN` reason `guest-panic`).
-    GuestPanicked,
-    /// The guest did not power off within the grace period: QEMU obeyed hvarch's `quit`.
-    Quit,
-    /// QEMU did not obey `quit` either: hvarch killed it (SIGKILL).
-    Killed,
-    /// Nothing hvarch did: QEMU died from a signal hvarch did not send (its status says
-    /// which, or its `SHUTDOWN` reason is `host-signal` when QEMU caught it), was quit by
-    /// another monitor, or failed.
-    Other,
-}
-
-impl EndedBy {
-    /// Classifies an end from QEMU's first `SHUTDOWN` reason and the last rung hvarch took.
-    fn classify(reason: Option<&str>, rung: Rung) -> EndedBy {
-        match (reason, rung) {
-            (Some("guest-shutdown"), _) => EndedBy::PoweredOff,
-            (Some("guest-reset"), _) => EndedBy::GuestReset,
-            (Some("guest-panic"), _) => EndedBy::GuestPanicked,
-            (_, Rung::Kill) => EndedBy::Killed,
-            (None | Some("host-qmp-quit"), Rung::Quit) => EndedBy::Quit,
-            _ => EndedBy::Other,
-        }
-    }
-}
-
-/// The rungs of the shutdown ladder, in order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Rung {
-    /// hvarch asked nothing (QEMU had ended already).
-    None,
-    /// `system_powerdown`.
-    PowerDown,
-    /// `quit`.
-    Quit,
-    /// SIGKILL.
-    Kill,
-}
-
-/// How a VM ended, as [`Vm::shutdown`] reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ShutdownOutcome {
-    /// QEMU's exit status. (QEMU exits 0 when it is quit, and also when it catches SIGTERM,
-    /// SIGINT or SIGHUP: read [`ShutdownOutcome::ended_by`] to know what happened.)
-    pub status: ExitStatus,
-    /// What ended the VM.
-    pub ended_by: EndedBy,
-    /// The `reason` of QEMU's first `SHUTDOWN` event (`guest-shutdown`, `host-qmp-quit`,
-    /// `host-signal`, …), when it sent one.
-    pub reason: Option<String>,
-}
-
-impl ShutdownOutcome {
-    /// Whether the guest powered off (the only clean end of a running guest).
-    pub fn powered_off(&self) -> bool {
-        self.ended_by == EndedBy::PoweredOff
-    }
-}
-
-impl fmt::Display for ShutdownOutcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let status = self.status;
-        match self.ended_by {
-            EndedBy::PoweredOff => write!(f, "the guest powered off; QEMU exited ({status})"),
-            EndedBy::GuestReset => write!(
-                f,
-                "the guest reset (a reboot or a panic), and QEMU exited instead of rebooting \
-                 ({status})"
-            ),
-            EndedBy::GuestPanicked => write!(f, "the guest panicked; QEMU exited ({status})"),
-            EndedBy::Quit => write!(
-                f,
-                "the guest did not power off in time: QEMU was told to quit ({status})"
-            ),
-            EndedBy::Killed => write!(
-                f,
-                "the guest did not power off and QEMU did not quit: hvarch killed it ({status})"
-            ),
-            EndedBy::Other => match (status.signal(), self.reason.as_deref()) {
-                (Some(_), _) => write!(
-                    f,
-                    "QEMU was killed by a signal hvarch did not send ({status})"
-                ),
-                (None, Some("host-signal")) => write!(
-                    f,
-                    "QEMU was stopped by a signal hvarch did not send (SHUTDOWN reason \
-                     host-signal; {status})"
-                ),
-                (None, Some(reason)) => write!(
-                    f,
-                    "QEMU ended without hvarch asking (SHUTDOWN reason {reason}; {status})"
-                ),
-                (None, None) => write!(f, "QEMU ended without hvarch asking ({status})"),
-            },
-        }
-    }
-}
-
-/// A running QEMU and its QMP connection.
+/// What a running VM is besides its QMP client and QEMU's process, whichever driver runs it.
 #[derive(Debug)]
-pub struct Vm {
-    child: Child,
-    exit: Option<ExitStatus>,
-    qmp: Qmp,
-    /// QEMU's `SHUTDOWN` events, from launch on.
-    shutdown_events: EventSubscription,
-    /// The reason of the first `SHUTDOWN` event.
-    shutdown_reason: Option<String>,
-    assembled: Assembled,
-    hotplug: crate::hotplug::HotplugState,
-    /// Every `DEVICE_DELETED` since launch, drained by each hotplug call.
-    deleted: EventSubscription,
+pub(crate) struct Core {
+    /// The assembled VM (configuration, arch backend with its bridge slots).
+    pub(crate) assembled: Assembled,
+    /// What is hot-plugged.
+    pub(crate) hotplug: crate::hotplug::HotplugState,
     /// QEMU's stderr (a descriptor of the file it writes, read from the start).
     stderr: File,
+    /// The reason of a `SHUTDOWN` QEMU sent while the client negotiated.
+    early_shutdown: Option<String>,
     /// The first shutdown's outcome (later calls return it).
     outcome: Option<ShutdownOutcome>,
-    /// The virtio-fs daemons, one per share.
-    virtiofs: Vec<Virtiofsd>,
-    /// Where their unexpected exits are published.
-    daemon_events: DaemonEvents,
-    /// Dropped last: cleaned once QEMU is gone.
-    runtime: RuntimeDir,
+    /// Where the virtio-fs daemons' unexpected exits are published.
+    pub(crate) daemon_events: DaemonEvents,
 }
 
-impl Vm {
-    /// Starts `assembled` and returns once QMP is negotiated (see the module docs).
-    ///
-    /// The assembled configuration's first QMP monitor is served on a socket hvarch binds
-    /// itself at [`RuntimePaths::qmp`]; other monitors stay as configured, and
-    /// [`LaunchOptions::monitors`] are added after them. A configuration asking for
-    /// `-daemonize` is refused: the `Vm` must be QEMU's parent to reap it.
-    ///
-    /// Errors: [`VmError::RuntimeDir`] when the runtime directory is refused (see
-    /// [`crate::runtime_dir`]), [`VmError::Launch`] when QEMU does not start or never
-    /// greets. On error nothing is left: no process, and nothing hvarch created.
-    pub fn launch(mut assembled: Assembled, options: LaunchOptions) -> VmResult<Vm> {
-        if assembled.config.knobs.daemonize {
-            return Err(VmError::Launch {
-                reason: "`daemonize` cannot be used with Vm::launch: the Vm reaps QEMU itself"
-                    .into(),
-                stderr: String::new(),
-            });
-        }
-        let paths = assembled.paths.clone();
-        let qmp_name = name_in(&paths, &paths.qmp, "paths.qmp")?;
-        let stderr_name = name_in(&paths, &paths.stderr, "paths.stderr")?;
-        let mut runtime = RuntimeDir::open(&paths.dir, &runtime_names(&assembled, &options))?;
-        runtime.set_remove(options.remove_runtime_dir);
-        let listener = runtime
-            .bind(&qmp_name)
-            .map_err(io(format!("bind QMP socket {}", paths.qmp.display())))?;
-        let client = runtime
-            .connect(&qmp_name)
-            .map_err(io(format!("connect to {}", paths.qmp.display())))?;
-        let listener_fd = FdArg::from(OwnedFd::from(listener));
-        let monitor_index = attach_qmp_fd(&mut assembled, listener_fd);
-        // The daemons serve their sockets before QEMU connects to them; dropped (stopped)
-        // before `runtime` if the launch fails.
-        let daemon_events = DaemonEvents::new();
-        let virtiofs = start_virtiofs(&assembled, &runtime, &daemon_events)?;
-        assembled
-            .config
-            .monitors
-            .extend(options.monitors.iter().cloned());
-
-        let mut fds = FdTable::new();
-        let mut args = assembled.args(options.syntax, &mut fds)?;
-        args.extend(options.extra_args.iter().cloned());
-        let stderr = runtime
-            .create_file(&stderr_name)
-            .map_err(io(format!("create {}", paths.stderr.display())))?;
-        let stderr_reader = stderr
-            .try_clone()
-            .map_err(io(format!("duplicate {}", paths.stderr.display())))?;
-        let mut command = Command::new(&assembled.qemu_path);
-        command
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr);
-        tracing::debug!(qemu = %assembled.qemu_path.display(), ?args, "launching QEMU");
-        let started = Instant::now();
-        let child = crate::spawn::spawn(command, &fds).map_err(|e| VmError::Launch {
-            reason: format!("cannot execute {}: {e}", assembled.qemu_path.display()),
-            stderr: read_from_start(&stderr_reader),
-        })?;
-        // Only QEMU holds the listening socket now: if it dies, the pending connection ends.
-        drop(fds);
-        // Armed from here: a failure below kills and reaps QEMU; `runtime` (declared
-        // before, so dropped after) then removes what hvarch created.
-        let mut guard = ChildGuard(Some(child));
-        // Keep the configuration describing the socket, not a descriptor that is gone.
-        if let Some(monitor) = assembled.config.monitors.get_mut(monitor_index) {
-            monitor.endpoint = MonitorEndpoint::Path(paths.qmp.clone());
-        }
-        let qmp = match Qmp::from_stream(client, &options.qmp) {
-            Ok(qmp) => qmp,
-            Err(e) => {
-                let status = guard.0.as_mut().and_then(|c| c.try_wait().ok().flatten());
-                let mut reason = match status {
-                    Some(status) => format!("QEMU exited ({status}) before QMP was ready"),
-                    None => format!("QMP not ready: {e}"),
-                };
-                // A daemon that could not serve its share is a likely cause: say what it said.
-                for daemon in &virtiofs {
-                    let said = daemon.stderr();
-                    if !said.trim().is_empty() {
-                        reason.push_str(&format!(
-                            "; the virtio-fs daemon of share `{}` said: {}",
-                            daemon.tag(),
-                            said.trim()
-                        ));
-                    }
-                }
-                let stderr = read_from_start(&stderr_reader);
-                return Err(VmError::Launch { reason, stderr });
-            }
-        };
-        let shutdown_events = qmp.subscribe_filtered(EventFilter::name("SHUTDOWN"));
-        let shutdown_reason = qmp
-            .take_early_events()
-            .iter()
-            .find(|e| e.name == "SHUTDOWN")
-            .and_then(shutdown_reason);
-        let child = guard.0.take().ok_or_else(|| VmError::Launch {
-            reason: "the QEMU child was lost during launch".into(),
-            stderr: String::new(),
-        })?;
-        tracing::info!(pid = child.id(), elapsed = ?started.elapsed(), "QEMU ready");
-        Ok(Vm {
-            child,
-            exit: None,
-            deleted: qmp.subscribe_filtered(EventFilter::name("DEVICE_DELETED")),
-            qmp,
-            shutdown_events,
-            shutdown_reason,
+impl Core {
+    pub(crate) fn new(
+        assembled: Assembled,
+        stderr: File,
+        early_shutdown: Option<String>,
+        daemon_events: DaemonEvents,
+    ) -> Core {
+        Core {
             hotplug: crate::hotplug::HotplugState::new(&assembled),
             assembled,
-            stderr: stderr_reader,
+            stderr,
+            early_shutdown,
             outcome: None,
-            virtiofs,
             daemon_events,
-            runtime,
-        })
-    }
-
-    /// The virtio-fs daemons, one per share, in the order of [`Assembled::virtiofs`].
-    pub fn virtiofs_daemons(&self) -> &[Virtiofsd] {
-        &self.virtiofs
-    }
-
-    /// A receiver of every virtio-fs daemon exit hvarch did not cause, from now on.
-    pub fn subscribe_virtiofs_exits(&self) -> std::sync::mpsc::Receiver<DaemonExit> {
-        self.daemon_events.subscribe()
-    }
-
-    /// The QMP client.
-    pub fn qmp(&self) -> &Qmp {
-        &self.qmp
-    }
-
-    /// QEMU's process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// The runtime files (sockets, pidfile).
-    pub fn paths(&self) -> &RuntimePaths {
-        &self.assembled.paths
-    }
-
-    /// Whether hvarch created the runtime directory, and so removes it whole when the VM
-    /// ends (otherwise it removes only the files it created there; see
-    /// [`crate::runtime_dir`]).
-    pub fn owns_runtime_dir(&self) -> bool {
-        self.runtime.created()
-    }
-
-    /// The assembled VM this was launched from (its configuration and backend).
-    pub fn assembled(&self) -> &Assembled {
-        &self.assembled
-    }
-
-    /// The arch backend (bridge slot state lives here).
-    pub fn arch(&self) -> &dyn QemuArch {
-        self.assembled.arch.as_ref()
-    }
-
-    /// The arch backend, mutable (to take or free bridge slots).
-    pub fn arch_mut(&mut self) -> &mut dyn QemuArch {
-        self.assembled.arch.as_mut()
-    }
-
-    /// The hotplug engine over this VM's QMP client, arch backend (bridge slots) and
-    /// hotplug state (root ports, plugged devices): `vm.hotplug().add_block(…)`.
-    pub fn hotplug(&mut self) -> crate::hotplug::Hotplugger<'_> {
-        self.hotplug_with(|driver| driver)
-    }
-
-    /// [`Vm::hotplug`] with its blocking driver wrapped by `wrap` (a driver that traces the
-    /// steps, or injects faults in a test).
-    pub fn hotplug_with<'v, D: crate::engine::Driver>(
-        &'v mut self,
-        wrap: impl FnOnce(crate::engine::Blocking<'v>) -> D,
-    ) -> crate::hotplug::Hotplugger<'v, D> {
-        let driver = crate::engine::Blocking::new(&self.qmp).with_deleted(&self.deleted);
-        let arch = self.assembled.arch.as_mut();
-        crate::hotplug::Hotplugger::with_driver(wrap(driver), arch, &mut self.hotplug)
-    }
-
-    /// What is hot-plugged, and the free root ports.
-    pub fn hotplug_state(&self) -> &crate::hotplug::HotplugState {
-        &self.hotplug
-    }
-
-    /// Replaces the hotplug state (a restore).
-    pub(crate) fn set_hotplug_state(&mut self, state: crate::hotplug::HotplugState) {
-        self.hotplug = state;
+        }
     }
 
     /// What QEMU has written to stderr so far.
-    pub fn stderr(&self) -> String {
-        read_from_start(&self.stderr)
+    pub(crate) fn stderr(&self) -> String {
+        crate::runtime_dir::read_from_start(&self.stderr)
     }
 
-    /// QEMU's exit status, if it has exited.
-    pub fn try_wait(&mut self) -> VmResult<Option<ExitStatus>> {
-        if self.exit.is_none() {
-            self.exit = self.child.try_wait().map_err(io("wait for QEMU"))?;
-        }
-        Ok(self.exit)
-    }
-
-    /// Waits up to `timeout` for QEMU to exit (`Duration::MAX`: as long as it takes).
-    pub fn wait_timeout(&mut self, timeout: Duration) -> VmResult<Option<ExitStatus>> {
-        self.wait_until(Deadline::after(timeout))
-    }
-
-    fn wait_until(&mut self, deadline: Deadline) -> VmResult<Option<ExitStatus>> {
-        loop {
-            if let Some(status) = self.try_wait()? {
-                return Ok(Some(status));
-            }
-            match deadline.remaining() {
-                None => {
-                    let status = self.child.wait().map_err(io("wait for QEMU"))?;
-                    self.exit = Some(status);
-                    return Ok(Some(status));
-                }
-                Some(left) if left.is_zero() => return Ok(None),
-                Some(left) => std::thread::sleep(left.min(Duration::from_millis(5))),
-            }
-        }
-    }
-
-    /// Pauses the vCPUs (`stop`).
-    pub fn pause(&self) -> VmResult<()> {
-        self.qmp.execute_raw("stop", json!({}))?;
-        Ok(())
-    }
-
-    /// Resumes the vCPUs (`cont`).
-    pub fn resume(&self) -> VmResult<()> {
-        self.qmp.execute_raw("cont", json!({}))?;
-        Ok(())
-    }
-
-    /// QEMU's run state (`query-status`), e.g. `running`, `paused`, `prelaunch`.
-    pub fn status(&self) -> VmResult<String> {
-        let reply = self.qmp.execute_raw("query-status", json!({}))?;
-        Ok(reply
-            .get("status")
-            .and_then(|s| s.as_str())
-            .unwrap_or("unknown")
-            .to_owned())
-    }
-
-    /// Checks the VM is healthy (Kata's `check`): an error if a virtio-fs daemon has died
-    /// ([`VmError::VirtiofsDaemon`]) or QEMU reports `guest-panicked` or `internal-error`.
-    pub fn check(&self) -> VmResult<()> {
-        if let Some(exit) = self
-            .virtiofs
-            .iter()
-            .find_map(|d| d.exit().filter(|e| !e.expected))
-        {
-            return Err(VmError::VirtiofsDaemon(exit));
-        }
-        let status = self.status()?;
-        if status == "guest-panicked" || status == "internal-error" {
-            return Err(VmError::GuestFailure { status });
-        }
-        Ok(())
-    }
-
-    /// Stops the VM, gracefully if possible, within about `grace` plus a few seconds, and
-    /// says what ended it ([`ShutdownOutcome::ended_by`]). The ladder, the way libvirt's
-    /// `virsh shutdown` then `destroy` goes:
-    ///
-    /// 1. `system_powerdown`, then up to `grace` for the guest to power off (QEMU's
-    ///    `SHUTDOWN` event, reason `guest-shutdown`) → [`EndedBy::PoweredOff`];
-    /// 2. `quit`, and up to a few seconds for QEMU to exit → [`EndedBy::Quit`];
-    /// 3. SIGKILL → [`EndedBy::Killed`].
-    ///
-    /// A guest that powered off on its own (under `-no-shutdown` QEMU waits) skips to `quit`
-    /// and still reports [`EndedBy::PoweredOff`]; a QEMU that had already ended reports what
-    /// ended it, e.g. [`EndedBy::Other`] for a signal hvarch did not send. A `grace` of
-    /// `Duration::MAX` waits for the guest as long as it takes. Idempotent: later calls
-    /// return the first outcome.
-    pub fn shutdown(&mut self, grace: Duration) -> VmResult<ShutdownOutcome> {
-        if let Some(outcome) = &self.outcome {
-            return Ok(outcome.clone());
-        }
-        // The daemons end with QEMU (it closes their sockets): expected from here.
-        for daemon in &self.virtiofs {
-            daemon.expect_exit();
-        }
-        let mut rung = Rung::None;
-        // SHUTDOWN events that came before (the guest powered off on its own).
-        while let Some(event) = self.shutdown_events.try_recv() {
-            self.note_shutdown(&event);
-        }
-        if self.try_wait()?.is_none() && self.shutdown_reason.is_none() {
-            rung = Rung::PowerDown;
-            // Bounded like `quit` below: a hung QEMU must not hold us for the command timeout.
-            let powerdown = self.qmp.execute_with_timeout(
-                &hvarch_qmp::Command::bare("system_powerdown"),
-                grace.max(POWERDOWN_MIN_TIMEOUT),
-            );
-            if powerdown.is_ok() {
-                self.await_shutdown(Deadline::after(grace), false);
-            }
-        }
-        if self.shutdown_reason.is_some() && !self.assembled.config.knobs.no_shutdown {
-            // QEMU exits by itself after a SHUTDOWN (no `-no-shutdown`): let it.
-            let deadline = Deadline::after(EXIT_TIMEOUT);
-            self.await_shutdown(deadline, true);
-            self.wait_until(deadline)?;
-        }
-        let mut quit_sent = false;
-        if self.try_wait()?.is_none() {
-            quit_sent = true;
-            // `quit` may lose the race with an exiting QEMU: only an answered `quit` counts
-            // (or QEMU's own word for it, below); the wait decides whether it worked.
-            if self
-                .qmp
-                .execute_with_timeout(&hvarch_qmp::Command::bare("quit"), QUIT_TIMEOUT)
-                .is_ok()
-            {
-                rung = Rung::Quit;
-            }
-            let deadline = Deadline::after(EXIT_TIMEOUT);
-            self.await_shutdown(deadline, true);
-            self.wait_until(deadline)?;
-        }
-        if self.try_wait()?.is_none() {
-            rung = Rung::Kill;
-            tracing::warn!(pid = self.pid(), "QEMU ignored quit; killing it");
-            self.child.kill().map_err(io("kill QEMU"))?;
-            let status = self.child.wait().map_err(io("reap QEMU"))?;
-            self.exit = Some(status);
-        }
-        // QEMU is gone: what it said before it went is in the socket already.
-        self.await_shutdown(Deadline::after(DRAIN_TIMEOUT), true);
-        self.qmp.close();
-        for daemon in &mut self.virtiofs {
-            daemon.stop();
-        }
-        let status = match self.exit {
-            Some(status) => status,
-            None => self.child.wait().map_err(io("reap QEMU"))?,
-        };
-        let reason = self.shutdown_reason.as_deref();
-        if quit_sent && reason == Some("host-qmp-quit") {
-            // QEMU quit on a QMP `quit`: ours, whose answer was lost as QEMU went.
-            rung = rung.max(Rung::Quit);
-        }
-        let outcome = ShutdownOutcome {
-            status,
-            ended_by: EndedBy::classify(reason, rung),
-            reason: self.shutdown_reason.clone(),
-        };
-        tracing::info!(pid = self.pid(), %outcome, "VM ended");
-        self.outcome = Some(outcome.clone());
-        Ok(outcome)
-    }
-
-    /// Waits for QEMU's `SHUTDOWN` event (or, with `until_closed`, for the end of the QMP
-    /// connection, noting the event on the way) until `deadline`.
-    fn await_shutdown(&mut self, deadline: Deadline, until_closed: bool) {
-        loop {
-            let event = match deadline.remaining() {
-                None => self.shutdown_events.recv(),
-                Some(left) if left.is_zero() => return,
-                Some(left) => self.shutdown_events.recv_timeout(left),
-            };
-            match event {
-                Ok(event) => {
-                    self.note_shutdown(&event);
-                    if !until_closed {
-                        return;
-                    }
-                }
-                // Timed out, or QEMU closed the connection.
-                Err(_) => return,
-            }
-        }
-    }
-
-    /// Keeps the reason of the first `SHUTDOWN` event.
-    fn note_shutdown(&mut self, event: &Event) {
-        if self.shutdown_reason.is_none() {
-            self.shutdown_reason = shutdown_reason(event);
-            tracing::debug!(reason = ?self.shutdown_reason, data = %event.data, "QEMU SHUTDOWN");
-        }
-    }
-
-    /// Waits for the first event matching `filter` (a convenience over [`Vm::qmp`];
-    /// `Duration::MAX`: no deadline).
-    pub fn wait_event(&self, filter: &EventFilter, timeout: Duration) -> VmResult<Event> {
-        Ok(self.qmp.wait_event(filter, timeout)?)
-    }
-}
-
-impl Drop for Vm {
-    fn drop(&mut self) {
-        self.qmp.close();
-        for daemon in &self.virtiofs {
-            daemon.expect_exit();
-        }
-        if self.exit.is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        for daemon in &mut self.virtiofs {
-            daemon.stop();
-        }
-        // `runtime` is dropped next, with QEMU and the daemons gone: it removes what hvarch
-        // created.
-    }
-}
-
-/// Starts the daemon of each virtio-fs share on a socket bound in the runtime directory
-/// (before QEMU, which connects to it), its stderr in a file beside QEMU's.
-fn start_virtiofs(
-    assembled: &Assembled,
-    runtime: &RuntimeDir,
-    events: &DaemonEvents,
-) -> VmResult<Vec<Virtiofsd>> {
-    let paths = &assembled.paths;
-    let mut daemons = Vec::with_capacity(assembled.virtiofs.len());
-    for share in &assembled.virtiofs {
-        let what = format!("start the virtio-fs daemon of share `{}`", share.tag);
-        if !share.shared_dir.is_dir() {
-            return Err(VmError::Io {
-                what: format!("{what}: shared directory {}", share.shared_dir.display()),
-                source: std::io::Error::from(std::io::ErrorKind::NotFound),
-            });
-        }
-        let socket = name_in(paths, &share.socket, "virtiofs[].socket")?;
-        let stderr = name_in(paths, &share.stderr, "virtiofs[].stderr")?;
-        let listener = runtime
-            .bind(&socket)
-            .map_err(io(format!("bind {}", share.socket.display())))?;
-        let stderr = runtime
-            .create_file(&stderr)
-            .map_err(io(format!("create {}", share.stderr.display())))?;
-        daemons.push(Virtiofsd::spawn(share, listener, stderr, events).map_err(io(what))?);
-    }
-    Ok(daemons)
-}
-
-/// Kills and reaps the child of a launch that did not complete.
-struct ChildGuard(Option<Child>);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// The reason of a `SHUTDOWN` event (`{"guest": bool, "reason": "…"}`).
-fn shutdown_reason(event: &Event) -> Option<String> {
-    Some(
-        event
-            .data
-            .get("reason")
-            .and_then(|r| r.as_str())
-            .unwrap_or("unknown")
-            .to_owned(),
-    )
-}
-
-/// The name of `path`, which must be directly inside the runtime directory.
-fn name_in(paths: &RuntimePaths, path: &Path, field: &str) -> VmResult<OsString> {
-    match (path.parent(), path.file_name()) {
-        (Some(parent), Some(name)) if parent == paths.dir => Ok(name.to_os_string()),
-        _ => Err(VmError::Launch {
-            reason: format!(
-                "`{field}` ({}) must be a file directly inside the runtime directory {}",
-                path.display(),
-                paths.dir.display()
+    /// The shutdown ladder for this VM, or the outcome of the one that ended it.
+    pub(crate) fn ladder(&self, grace: Duration) -> Result<ShutdownLadder, ShutdownOutcome> {
+        match &self.outcome {
+            Some(outcome) => Err(outcome.clone()),
+            None => Ok(
+                ShutdownLadder::new(grace, self.assembled.config.knobs.no_shutdown)
+                    .after(self.early_shutdown.clone()),
             ),
-            stderr: String::new(),
-        }),
+        }
+    }
+
+    /// Keeps the outcome of the shutdown of QEMU `pid`.
+    pub(crate) fn ended(&mut self, pid: u32, outcome: ShutdownOutcome) -> ShutdownOutcome {
+        tracing::info!(pid, %outcome, "VM ended");
+        self.outcome = Some(outcome.clone());
+        outcome
     }
 }
 
-/// The names hvarch and QEMU create in the runtime directory: the [`RuntimePaths`] files, the
-/// monitor sockets and the virtio-fs daemons' sockets and stderr files directly inside it.
-fn runtime_names(assembled: &Assembled, options: &LaunchOptions) -> Vec<OsString> {
-    let dir = assembled.paths.dir.as_path();
-    let monitors = assembled
-        .config
-        .monitors
+/// A virtio-fs daemon that died while the VM ran is an error.
+pub(crate) fn daemons_alive(daemons: &[Virtiofsd]) -> VmResult<()> {
+    match daemons
         .iter()
-        .chain(&options.monitors)
-        .filter_map(|monitor| match &monitor.endpoint {
-            MonitorEndpoint::Path(path) => Some(path.as_path()),
-            MonitorEndpoint::Fd(_) => None,
-        });
-    let virtiofs = assembled
-        .virtiofs
-        .iter()
-        .flat_map(|share| [share.socket.as_path(), share.stderr.as_path()]);
-    let mut names: Vec<OsString> = Vec::new();
-    for path in assembled.paths.files().chain(monitors).chain(virtiofs) {
-        if let (Some(parent), Some(name)) = (path.parent(), path.file_name()) {
-            if parent == dir && !names.iter().any(|n| n == name) {
-                names.push(name.to_os_string());
+        .find_map(|d| d.exit().filter(|e| !e.expected))
+    {
+        Some(exit) => Err(VmError::VirtiofsDaemon(exit)),
+        None => Ok(()),
+    }
+}
+
+/// A guest reporting a failure (`query-status`) is an error.
+pub(crate) fn healthy(status: String) -> VmResult<()> {
+    if status == "guest-panicked" || status == "internal-error" {
+        return Err(VmError::GuestFailure { status });
+    }
+    Ok(())
+}
+
+/// QEMU's run state in a `query-status` reply.
+pub(crate) fn run_state(reply: &serde_json::Value) -> String {
+    reply
+        .get("status")
+        .and_then(|s| s.as_str())
+        .unwrap_or("unknown")
+        .to_owned()
+}
+
+/// The methods [`Vm`] and [`crate::AsyncVm`] share, written once over each type's own client
+/// (`$qmp`), driver (`$driver`) and the private `spawn`, `connect`, `driver` and `offload`
+/// each type has. `vm_methods!(Qmp, Blocking, [], [])` gives the blocking ones,
+/// `vm_methods!(AsyncQmp, Tokio, [async], [.await])` the async ones: the bodies are the same,
+/// only whether a call is awaited differs.
+macro_rules! vm_methods {
+    ($qmp:ty, $driver:ident, [$($async_:tt)?], [$(.$await_:tt)?]) => {
+        /// Starts `assembled` and returns once QMP is negotiated (see the [module
+        /// docs](crate::vm)).
+        ///
+        /// The assembled configuration's first QMP monitor is served on a socket hvarch binds
+        /// itself at [`RuntimePaths::qmp`](crate::RuntimePaths::qmp); other monitors stay as
+        /// configured, and [`LaunchOptions::monitors`](crate::LaunchOptions::monitors) are added
+        /// after them. A configuration asking for `-daemonize` is refused: hvarch must be QEMU's
+        /// parent to reap it.
+        ///
+        /// Errors: [`VmError::RuntimeDir`](crate::VmError::RuntimeDir) when the runtime directory
+        /// is refused (see [`crate::runtime_dir`]), [`VmError::Launch`](crate::VmError::Launch)
+        /// when QEMU does not start or never greets. On error nothing is left: no process, and
+        /// nothing hvarch created.
+        pub $($async_)? fn launch(
+            assembled: $crate::Assembled,
+            options: $crate::LaunchOptions,
+        ) -> $crate::VmResult<Self> {
+            let qmp = options.qmp.clone();
+            let prepare = move || $crate::launch::Plan::new(assembled, &options);
+            let (plan, command, fds) = Self::offload(prepare)$(.$await_)??;
+            let (started, client) = plan.started(Self::spawn(command, fds)$(.$await_)?)?;
+            let connected = Self::connect(client, &qmp)$(.$await_)?;
+            Ok(Self::from(started.connected(connected)?))
+        }
+
+        /// The QMP client.
+        pub fn qmp(&self) -> &$qmp {
+            &self.qmp
+        }
+
+        /// QEMU's process id.
+        pub fn pid(&self) -> u32 {
+            self.process.id()
+        }
+
+        /// The runtime files (sockets, pidfile).
+        pub fn paths(&self) -> &$crate::RuntimePaths {
+            &self.core.assembled.paths
+        }
+
+        /// Whether hvarch created the runtime directory, and so removes it whole when the VM
+        /// ends (otherwise it removes only the files it created there; see
+        /// [`crate::runtime_dir`]).
+        pub fn owns_runtime_dir(&self) -> bool {
+            $crate::launch::Qemu::process(&self.process)
+                .runtime()
+                .is_some_and($crate::runtime_dir::RuntimeDir::created)
+        }
+
+        /// The virtio-fs daemons, one per share, in the order of
+        /// [`Assembled::virtiofs`](crate::Assembled::virtiofs).
+        pub fn virtiofs_daemons(&self) -> &[$crate::virtiofs::Virtiofsd] {
+            $crate::launch::Qemu::process(&self.process).virtiofs()
+        }
+
+        /// A receiver of every virtio-fs daemon exit hvarch did not cause, from now on.
+        pub fn subscribe_virtiofs_exits(
+            &self,
+        ) -> std::sync::mpsc::Receiver<$crate::virtiofs::DaemonExit> {
+            self.core.daemon_events.subscribe()
+        }
+
+        /// The assembled VM this was launched from (its configuration and backend).
+        pub fn assembled(&self) -> &$crate::Assembled {
+            &self.core.assembled
+        }
+
+        /// The arch backend (bridge slot state lives here).
+        pub fn arch(&self) -> &dyn $crate::QemuArch {
+            self.core.assembled.arch.as_ref()
+        }
+
+        /// The arch backend, mutable (to take or free bridge slots).
+        pub fn arch_mut(&mut self) -> &mut dyn $crate::QemuArch {
+            self.core.assembled.arch.as_mut()
+        }
+
+        /// The hotplug engine over this VM's QMP client, arch backend (bridge slots) and
+        /// hotplug state (root ports, plugged devices): `vm.hotplug().add_block(…)`.
+        pub fn hotplug(&mut self) -> $crate::Hotplugger<'_, $crate::engine::$driver<'_>> {
+            self.hotplug_with(|driver| driver)
+        }
+
+        /// [`Self::hotplug`] with its driver wrapped by `wrap` (a driver that traces the
+        /// steps, or injects faults in a test).
+        pub fn hotplug_with<'v, D: $crate::engine::Driver>(
+            &'v mut self,
+            wrap: impl FnOnce($crate::engine::$driver<'v>) -> D,
+        ) -> $crate::Hotplugger<'v, D> {
+            let (driver, core) = self.driver();
+            let arch = core.assembled.arch.as_mut();
+            $crate::Hotplugger::with_driver(wrap(driver), arch, &mut core.hotplug)
+        }
+
+        /// What is hot-plugged, and the free root ports.
+        pub fn hotplug_state(&self) -> &$crate::HotplugState {
+            &self.core.hotplug
+        }
+
+        /// What QEMU has written to stderr so far.
+        pub fn stderr(&self) -> String {
+            self.core.stderr()
+        }
+
+        /// QEMU's exit status, if it has exited.
+        pub fn try_wait(&mut self) -> $crate::VmResult<Option<std::process::ExitStatus>> {
+            self.process.try_wait().map_err($crate::vm::io("wait for QEMU"))
+        }
+
+        /// Waits up to `timeout` for QEMU to exit (`Duration::MAX`: as long as it takes).
+        pub $($async_)? fn wait_timeout(
+            &mut self,
+            timeout: std::time::Duration,
+        ) -> $crate::VmResult<Option<std::process::ExitStatus>> {
+            let waited = self.process.wait_timeout(timeout)$(.$await_)?;
+            waited.map_err($crate::vm::io("wait for QEMU"))
+        }
+
+        /// Pauses the vCPUs (`stop`).
+        pub $($async_)? fn pause(&self) -> $crate::VmResult<()> {
+            self.qmp.execute_command(&hvarch_qmp::commands::stop())$(.$await_)??;
+            Ok(())
+        }
+
+        /// Resumes the vCPUs (`cont`).
+        pub $($async_)? fn resume(&self) -> $crate::VmResult<()> {
+            self.qmp.execute_command(&hvarch_qmp::commands::cont())$(.$await_)??;
+            Ok(())
+        }
+
+        /// QEMU's run state (`query-status`), e.g. `running`, `paused`, `prelaunch`.
+        pub $($async_)? fn status(&self) -> $crate::VmResult<String> {
+            let query = hvarch_qmp::commands::query_status();
+            Ok($crate::vm::run_state(&self.qmp.execute_command(&query)$(.$await_)??))
+        }
+
+        /// Checks the VM is healthy (Kata's `check`): an error if a virtio-fs daemon has died
+        /// ([`VmError::VirtiofsDaemon`](crate::VmError::VirtiofsDaemon)) or QEMU reports
+        /// `guest-panicked` or `internal-error`.
+        pub $($async_)? fn check(&self) -> $crate::VmResult<()> {
+            $crate::vm::daemons_alive(self.virtiofs_daemons())?;
+            $crate::vm::healthy(self.status()$(.$await_)??)
+        }
+
+        /// Stops the VM, gracefully if possible, within about `grace` plus a few seconds, and says
+        /// what ended it ([`ShutdownOutcome::ended_by`](crate::ShutdownOutcome::ended_by)): the
+        /// shutdown ladder (see [`crate::shutdown`]), the way libvirt's `virsh shutdown` then
+        /// `destroy` goes:
+        ///
+        /// 1. `system_powerdown`, then up to `grace` for the guest to power off (QEMU's `SHUTDOWN`
+        ///    event, reason `guest-shutdown`) →
+        ///    [`EndedBy::PoweredOff`](crate::EndedBy::PoweredOff);
+        /// 2. `quit`, and up to a few seconds for QEMU to exit →
+        ///    [`EndedBy::Quit`](crate::EndedBy::Quit);
+        /// 3. SIGKILL → [`EndedBy::Killed`](crate::EndedBy::Killed).
+        ///
+        /// A guest that powered off on its own (under `-no-shutdown` QEMU waits) skips to `quit`
+        /// and still reports [`EndedBy::PoweredOff`](crate::EndedBy::PoweredOff); a QEMU that had
+        /// already ended reports what ended it, e.g. [`EndedBy::Other`](crate::EndedBy::Other) for
+        /// a signal hvarch did not send. A `grace` of `Duration::MAX` waits for the guest as long
+        /// as it takes. Idempotent: later calls return the first outcome.
+        pub $($async_)? fn shutdown(
+            &mut self,
+            grace: std::time::Duration,
+        ) -> $crate::VmResult<$crate::ShutdownOutcome> {
+            let ladder = match self.core.ladder(grace) {
+                Ok(ladder) => ladder,
+                Err(outcome) => return Ok(outcome),
+            };
+            // The daemons end with QEMU (it closes their sockets): expected from here.
+            for daemon in self.virtiofs_daemons() {
+                daemon.expect_exit();
+            }
+            let (mut driver, _) = self.driver();
+            let outcome = $crate::engine::Driver::run(&mut driver, ladder.engine())$(.$await_)??;
+            self.qmp.close()$(.$await_)?;
+            let process = $crate::launch::Qemu::process_mut(&mut self.process);
+            let mut daemons = process.take_virtiofs();
+            let stop = move || {
+                $crate::engine::stop_virtiofs(&mut daemons);
+                Ok(daemons)
+            };
+            let daemons = Self::offload(stop)$(.$await_)??;
+            $crate::launch::Qemu::process_mut(&mut self.process).put_virtiofs(daemons);
+            let pid = self.process.id();
+            Ok(self.core.ended(pid, outcome))
+        }
+
+        /// Waits for the first event matching `filter` (a convenience over
+        /// [`Self::qmp`]; `Duration::MAX`: no deadline).
+        pub $($async_)? fn wait_event(
+            &self,
+            filter: &hvarch_qmp::EventFilter,
+            timeout: std::time::Duration,
+        ) -> $crate::VmResult<hvarch_qmp::Event> {
+            Ok(self.qmp.wait_event(filter, timeout)$(.$await_)??)
+        }
+    };
+}
+#[cfg(feature = "tokio")]
+pub(crate) use vm_methods;
+
+/// A running QEMU and its QMP connection (see the [module docs](self)).
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use hvarch::{assemble, LaunchOptions, Vm, VmSpec};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let mut vm = Vm::launch(assemble(&VmSpec::kata_default())?, LaunchOptions::default())?;
+/// vm.resume()?;
+/// assert_eq!(vm.status()?, "running");
+/// let outcome = vm.shutdown(Duration::from_secs(10))?;
+/// println!("{outcome}");
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Vm {
+    // Dropped in this order: the connection closes, then QEMU is killed and reaped (unless
+    // it ended), then what hvarch created in the runtime directory is removed.
+    qmp: Qmp,
+    /// QEMU's `SHUTDOWN` events, from launch on.
+    shutdowns: EventSubscription,
+    /// Every `DEVICE_DELETED` since launch, drained by each hotplug call.
+    deleted: EventSubscription,
+    process: Process,
+    core: Core,
+}
+
+impl Vm {
+    vm_methods!(Qmp, Blocking, [], []);
+    crate::lifecycle::lifecycle_methods!(Blocking, [], []);
+
+    /// The blocking driver over everything the engines need, and the rest of the VM.
+    fn driver(&mut self) -> (Blocking<'_>, &mut Core) {
+        let driver = Blocking::new(&self.qmp)
+            .with_deleted(&self.deleted)
+            .with_shutdowns(&self.shutdowns)
+            .with_process(&mut self.process);
+        (driver, &mut self.core)
+    }
+
+    /// Starts QEMU from the spawner thread, waiting for its answer.
+    fn spawn(command: Command, fds: FdTable) -> std::io::Result<Child> {
+        crate::spawn::spawn(command, fds)
+    }
+
+    /// Negotiates QMP on the launch's connection.
+    fn connect(stream: UnixStream, config: &hvarch_qmp::Config) -> hvarch_qmp::Result<Qmp> {
+        Qmp::from_stream(stream, config)
+    }
+
+    /// Runs blocking work (file I/O): here, on the caller's thread.
+    fn offload<T>(work: impl FnOnce() -> VmResult<T>) -> VmResult<T> {
+        work()
+    }
+}
+
+/// `From<Launched<$qmp, $process>>` for a VM type (`Vm`, `AsyncVm`) whose fields are
+/// those of [`Launched`].
+macro_rules! from_launched {
+    ($vm:ident, $qmp:ty, $process:ty) => {
+        impl From<$crate::launch::Launched<$qmp, $process>> for $vm {
+            fn from(launched: $crate::launch::Launched<$qmp, $process>) -> Self {
+                $vm {
+                    qmp: launched.qmp,
+                    shutdowns: launched.shutdowns,
+                    deleted: launched.deleted,
+                    process: launched.process,
+                    core: launched.core,
+                }
             }
         }
-    }
-    names
+    };
 }
+#[cfg(feature = "tokio")]
+pub(crate) use from_launched;
 
-/// Serves the first QMP monitor on `fd` (adding one if the configuration has none); returns
-/// the monitor's index.
-fn attach_qmp_fd(assembled: &mut Assembled, fd: FdArg) -> usize {
-    let monitors = &mut assembled.config.monitors;
-    match monitors.iter().position(|m| m.mode == MonitorMode::Control) {
-        Some(index) => {
-            monitors[index].endpoint = MonitorEndpoint::Fd(fd);
-            index
-        }
-        None => {
-            monitors.push(Monitor::qmp("qmp", MonitorEndpoint::Fd(fd)));
-            monitors.len() - 1
-        }
-    }
-}
+from_launched!(Vm, Qmp, Process);
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::ffi::OsStr;
+    use std::os::unix::process::ExitStatusExt;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
     use hvarch_qmp::testing::{FakeConn, FakeServer};
+    use hvarch_qmp::EventFilter;
     use proptest::prelude::*;
+    use serde_json::json;
 
+    use crate::launch::{runtime_names, Launched};
     use crate::runtime_dir::tests::Tmp;
+    use crate::runtime_dir::RuntimeDir;
     use crate::{GuestArch, VmSpec};
 
-    /// A `Vm` whose "QEMU" is a stand-in process (`sleep`) and whose QMP peer is `script`,
+    /// A VM type the fake can build: its client, its process type, and how each is made.
+    trait FakeVm: Sized {
+        type Client: crate::launch::Client;
+        type Process: crate::launch::Qemu;
+        fn connect(stream: std::os::unix::net::UnixStream) -> Self::Client;
+        fn from_launched(launched: Launched<Self::Client, Self::Process>) -> Self;
+    }
+
+    impl FakeVm for Vm {
+        type Client = Qmp;
+        type Process = Process;
+        fn connect(stream: std::os::unix::net::UnixStream) -> Qmp {
+            Vm::connect(stream, &hvarch_qmp::Config::default()).expect("negotiate")
+        }
+        fn from_launched(launched: Launched<Qmp, Process>) -> Self {
+            Vm::from(launched)
+        }
+    }
+
+    #[cfg(feature = "tokio")]
+    impl FakeVm for crate::AsyncVm {
+        type Client = hvarch_qmp::AsyncQmp;
+        type Process = crate::engine::AsyncProcess;
+        fn connect(stream: std::os::unix::net::UnixStream) -> hvarch_qmp::AsyncQmp {
+            let config = hvarch_qmp::Config::default();
+            let connected =
+                tokio_runtime().block_on(hvarch_qmp::AsyncQmp::from_std(stream, &config));
+            connected.expect("negotiate")
+        }
+        fn from_launched(launched: Launched<Self::Client, Self::Process>) -> Self {
+            crate::AsyncVm::from(launched)
+        }
+    }
+
+    /// The runtime the `AsyncVm` tests run on.
+    #[cfg(feature = "tokio")]
+    fn tokio_runtime() -> &'static ::tokio::runtime::Runtime {
+        static RUNTIME: std::sync::OnceLock<::tokio::runtime::Runtime> = std::sync::OnceLock::new();
+        RUNTIME.get_or_init(|| ::tokio::runtime::Runtime::new().expect("a tokio runtime"))
+    }
+
+    /// A VM whose "QEMU" is a stand-in process (`sleep`) and whose QMP peer is `script`,
     /// which gets the stand-in's pid (to end it the way QEMU would exit).
-    fn fake_vm(
+    fn fake_vm<V: FakeVm>(
         tmp: &Tmp,
         no_shutdown: bool,
         script: impl FnOnce(FakeConn, u32) + Send + 'static,
-    ) -> (Vm, FakeServer) {
+    ) -> (V, FakeServer) {
         let mut spec = VmSpec::kata_default();
         spec.arch = Some(GuestArch::Aarch64);
         spec.host_memory_mb = Some(4096);
@@ -899,29 +634,27 @@ mod tests {
             .spawn()
             .expect("spawn sleep");
         let pid = child.id();
+        let mut process = Process::new(child);
+        process.keep_until_gone(crate::engine::Held {
+            virtiofs: Vec::new(),
+            runtime,
+        });
         let (client, server) = FakeServer::spawn(move |mut conn| {
             conn.handshake();
             script(conn, pid);
         })
         .expect("fake QMP server");
-        let qmp = Qmp::from_stream(client, &hvarch_qmp::Config::default()).expect("negotiate");
-        let shutdown_events = qmp.subscribe_filtered(EventFilter::name("SHUTDOWN"));
-        let vm = Vm {
-            child,
-            exit: None,
-            deleted: qmp.subscribe_filtered(EventFilter::name("DEVICE_DELETED")),
+        let qmp = V::connect(client);
+        #[cfg(feature = "tokio")]
+        let _context = tokio_runtime().enter();
+        let launched = Launched {
+            shutdowns: crate::launch::Client::subscribe(&qmp, EventFilter::name("SHUTDOWN")),
+            deleted: crate::launch::Client::subscribe(&qmp, EventFilter::name("DEVICE_DELETED")),
             qmp,
-            shutdown_events,
-            shutdown_reason: None,
-            hotplug: crate::hotplug::HotplugState::new(&assembled),
-            assembled,
-            stderr,
-            outcome: None,
-            virtiofs: Vec::new(),
-            daemon_events: DaemonEvents::new(),
-            runtime,
+            process: V::Process::from(process),
+            core: Core::new(assembled, stderr, None, DaemonEvents::new()),
         };
-        (vm, server)
+        (V::from_launched(launched), server)
     }
 
     /// Ends the stand-in QEMU the way QEMU exits after a `SHUTDOWN`, and hangs up.
@@ -965,124 +698,6 @@ mod tests {
         outcome.status.signal()
     }
 
-    #[test]
-    fn a_guest_that_powers_off_is_reported_as_powered_off() {
-        let tmp = Tmp::new();
-        let (mut vm, server) = fake_vm(&tmp, false, cooperating);
-        let outcome = vm.shutdown(Duration::from_secs(30)).expect("shutdown");
-        server.join();
-        assert_eq!(outcome.ended_by, EndedBy::PoweredOff, "{outcome}");
-        assert_eq!(outcome.reason.as_deref(), Some("guest-shutdown"));
-        assert!(outcome.powered_off());
-        assert!(
-            outcome.to_string().starts_with("the guest powered off"),
-            "{outcome}"
-        );
-        // Idempotent.
-        assert_eq!(vm.shutdown(Duration::ZERO).expect("again"), outcome);
-    }
-
-    #[test]
-    fn a_guest_that_ignores_powerdown_is_quit_and_says_so() {
-        let tmp = Tmp::new();
-        let (mut vm, server) = fake_vm(&tmp, false, ignoring);
-        let outcome = vm.shutdown(Duration::from_millis(50)).expect("shutdown");
-        server.join();
-        assert_eq!(outcome.ended_by, EndedBy::Quit, "{outcome}");
-        assert!(!outcome.powered_off());
-        assert!(outcome.to_string().contains("told to quit"), "{outcome}");
-    }
-
-    #[test]
-    fn a_guest_that_powered_off_under_no_shutdown_is_quit_but_reported_powered_off() {
-        let tmp = Tmp::new();
-        let (mut vm, server) = fake_vm(&tmp, true, |mut conn, pid| {
-            // The guest powers off on its own; QEMU stays (-no-shutdown) until quit. No
-            // `system_powerdown` is expected: the guest is off already.
-            running(&mut conn);
-            shutdown_event(&mut conn, true, "guest-shutdown");
-            running(&mut conn);
-            let cmd = conn.expect_command("quit");
-            conn.reply(&cmd, json!({}));
-            exit_qemu(conn, pid);
-        });
-        assert_eq!(vm.status().expect("status"), "running");
-        // Answered after the event, on the same stream: the event is queued now.
-        assert_eq!(vm.status().expect("status"), "running");
-        let outcome = vm.shutdown(Duration::from_secs(30)).expect("shutdown");
-        server.join();
-        assert_eq!(outcome.ended_by, EndedBy::PoweredOff, "{outcome}");
-    }
-
-    #[test]
-    fn qemu_stopped_by_a_signal_hvarch_did_not_send_is_not_a_clean_end() {
-        let tmp = Tmp::new();
-        let (mut vm, server) = fake_vm(&tmp, false, |mut conn, pid| {
-            running(&mut conn);
-            // QEMU caught SIGTERM (systemd's, say): it reports it and exits 0.
-            shutdown_event(&mut conn, false, "host-signal");
-            exit_qemu(conn, pid);
-        });
-        assert_eq!(vm.status().expect("status"), "running");
-        let outcome = vm.shutdown(Duration::from_secs(30)).expect("shutdown");
-        server.join();
-        assert_eq!(outcome.ended_by, EndedBy::Other, "{outcome}");
-        assert_eq!(outcome.reason.as_deref(), Some("host-signal"));
-        assert!(
-            outcome.to_string().contains("signal hvarch did not send"),
-            "{outcome}"
-        );
-    }
-
-    #[test]
-    fn qemu_killed_by_someone_else_is_not_a_clean_end() {
-        let tmp = Tmp::new();
-        let (mut vm, server) = fake_vm(&tmp, false, |conn, pid| {
-            let pid = libc::pid_t::try_from(pid).expect("pid fits");
-            // SAFETY: kill(2) of the stand-in child this test started.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            conn.hang_up();
-        });
-        let outcome = vm.shutdown(Duration::from_secs(30)).expect("shutdown");
-        server.join();
-        assert_eq!(outcome.ended_by, EndedBy::Other, "{outcome}");
-        assert_eq!(signal_of(&outcome), Some(libc::SIGKILL));
-        assert!(
-            outcome
-                .to_string()
-                .contains("killed by a signal hvarch did not send"),
-            "{outcome}"
-        );
-    }
-
-    #[test]
-    fn classification_table() {
-        use EndedBy::*;
-        let cases: &[(Option<&str>, Rung, EndedBy)] = &[
-            (Some("guest-shutdown"), Rung::PowerDown, PoweredOff),
-            (Some("guest-shutdown"), Rung::Kill, PoweredOff),
-            (Some("guest-shutdown"), Rung::None, PoweredOff),
-            (Some("guest-reset"), Rung::None, GuestReset),
-            (Some("guest-panic"), Rung::PowerDown, GuestPanicked),
-            (Some("host-qmp-quit"), Rung::Quit, Quit),
-            (None, Rung::Quit, Quit),
-            (Some("host-signal"), Rung::Quit, Other),
-            (Some("host-qmp-quit"), Rung::PowerDown, Other),
-            (None, Rung::Kill, Killed),
-            (Some("host-signal"), Rung::Kill, Killed),
-            (None, Rung::None, Other),
-            (None, Rung::PowerDown, Other),
-            (Some("host-signal"), Rung::None, Other),
-        ];
-        for &(reason, rung, expected) in cases {
-            assert_eq!(
-                EndedBy::classify(reason, rung),
-                expected,
-                "{reason:?} {rung:?}"
-            );
-        }
-    }
-
     /// Durations at and around the edges of what an `Instant` can hold.
     fn durations() -> impl Strategy<Value = Duration> {
         prop_oneof![
@@ -1097,71 +712,173 @@ mod tests {
         ]
     }
 
-    #[test]
-    fn deadlines_never_overflow() {
-        for timeout in [Duration::MAX, Duration::from_secs(u64::MAX)] {
-            assert_eq!(Deadline::after(timeout).remaining(), None, "{timeout:?}");
-        }
-        let left = Deadline::after(Duration::from_secs(60))
-            .remaining()
-            .expect("a deadline");
-        assert!(left <= Duration::from_secs(60));
-        assert_eq!(
-            Deadline::after(Duration::ZERO).remaining(),
-            Some(Duration::ZERO)
-        );
+    /// The shutdown ladder's exact exchanges (the fake QEMU expects each command in turn) and
+    /// the waits, on `Vm` and on `AsyncVm`: the items given, compiled in modules `blocking`
+    /// and `tokio`, whose `TestVm` and `finish` they use.
+    macro_rules! on_both_drivers {
+        ($($item:item)*) => {
+            mod blocking {
+                use super::*;
+                type TestVm = Vm;
+                fn finish<T>(result: T) -> T {
+                    result
+                }
+                $($item)*
+            }
+            #[cfg(feature = "tokio")]
+            mod tokio {
+                use super::*;
+                type TestVm = crate::AsyncVm;
+                fn finish<F: std::future::Future>(future: F) -> F::Output {
+                    tokio_runtime().block_on(future)
+                }
+                $($item)*
+            }
+        };
     }
 
-    proptest! {
-        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
-
-        /// Any grace, `Duration::MAX` included: no panic, and a guest that powers off is
-        /// reported as powered off.
+    on_both_drivers! {
         #[test]
-        fn shutdown_takes_any_grace(grace in durations()) {
+        fn a_guest_that_powers_off_is_reported_as_powered_off() {
             let tmp = Tmp::new();
-            let (mut vm, server) = fake_vm(&tmp, false, cooperating);
-            let outcome = vm.shutdown(grace).expect("shutdown");
+            let (mut vm, server) = fake_vm::<TestVm>(&tmp, false, cooperating);
+            let outcome = finish(vm.shutdown(Duration::from_secs(30))).expect("shutdown");
             server.join();
-            prop_assert_eq!(outcome.ended_by, EndedBy::PoweredOff, "{}", outcome);
+            assert_eq!(outcome.ended_by, EndedBy::PoweredOff, "{outcome}");
+            assert_eq!(outcome.reason.as_deref(), Some("guest-shutdown"));
+            assert!(outcome.powered_off());
+            assert!(
+                outcome.to_string().starts_with("the guest powered off"),
+                "{outcome}"
+            );
+            // Idempotent.
+            assert_eq!(finish(vm.shutdown(Duration::ZERO)).expect("again"), outcome);
         }
 
-        /// Any timeout: an exited QEMU is reported at once.
         #[test]
-        fn wait_timeout_takes_any_timeout(timeout in durations()) {
+        fn a_guest_that_ignores_powerdown_is_quit_and_says_so() {
             let tmp = Tmp::new();
-            let (mut vm, server) = fake_vm(&tmp, false, exit_qemu);
-            let status = vm.wait_timeout(timeout).expect("wait");
-            if timeout >= Duration::from_secs(30) {
-                prop_assert_eq!(status.and_then(|s| s.signal()), Some(libc::SIGTERM));
-            }
-            drop(vm);
+            let (mut vm, server) = fake_vm::<TestVm>(&tmp, false, ignoring);
+            let outcome = finish(vm.shutdown(Duration::from_millis(50))).expect("shutdown");
             server.join();
+            assert_eq!(outcome.ended_by, EndedBy::Quit, "{outcome}");
+            assert!(!outcome.powered_off());
+            assert!(outcome.to_string().contains("told to quit"), "{outcome}");
         }
 
-        /// Any timeout: an event that keeps coming is seen, or the wait times out.
         #[test]
-        fn wait_event_takes_any_timeout(timeout in durations()) {
+        fn a_guest_that_powered_off_under_no_shutdown_is_quit_but_reported_powered_off() {
             let tmp = Tmp::new();
-            let stop = Arc::new(AtomicBool::new(false));
-            let ticking = Arc::clone(&stop);
-            let (vm, server) = fake_vm(&tmp, false, move |mut conn, _| {
-                while !ticking.load(Ordering::SeqCst) {
-                    conn.event("TICK", json!({}));
-                    std::thread::sleep(Duration::from_millis(2));
-                }
+            let (mut vm, server) = fake_vm::<TestVm>(&tmp, true, |mut conn, pid| {
+                // The guest powers off on its own; QEMU stays (-no-shutdown) until quit. No
+                // `system_powerdown` is expected: the guest is off already.
+                running(&mut conn);
+                shutdown_event(&mut conn, true, "guest-shutdown");
+                running(&mut conn);
+                let cmd = conn.expect_command("quit");
+                conn.reply(&cmd, json!({}));
+                exit_qemu(conn, pid);
             });
-            let result = vm.wait_event(&EventFilter::name("TICK"), timeout);
-            stop.store(true, Ordering::SeqCst);
-            match result {
-                Ok(event) => prop_assert_eq!(event.name, "TICK"),
-                Err(VmError::Qmp(hvarch_qmp::Error::Timeout { .. })) => {
-                    prop_assert!(timeout < Duration::from_secs(30), "{:?}", timeout)
-                }
-                Err(e) => prop_assert!(false, "{}", e),
-            }
-            drop(vm);
+            assert_eq!(finish(vm.status()).expect("status"), "running");
+            // Answered after the event, on the same stream: the event is queued now.
+            assert_eq!(finish(vm.status()).expect("status"), "running");
+            let outcome = finish(vm.shutdown(Duration::from_secs(30))).expect("shutdown");
             server.join();
+            assert_eq!(outcome.ended_by, EndedBy::PoweredOff, "{outcome}");
+        }
+
+        #[test]
+        fn qemu_stopped_by_a_signal_hvarch_did_not_send_is_not_a_clean_end() {
+            let tmp = Tmp::new();
+            let (mut vm, server) = fake_vm::<TestVm>(&tmp, false, |mut conn, pid| {
+                running(&mut conn);
+                // QEMU caught SIGTERM (systemd's, say): it reports it and exits 0.
+                shutdown_event(&mut conn, false, "host-signal");
+                exit_qemu(conn, pid);
+            });
+            assert_eq!(finish(vm.status()).expect("status"), "running");
+            let outcome = finish(vm.shutdown(Duration::from_secs(30))).expect("shutdown");
+            server.join();
+            assert_eq!(outcome.ended_by, EndedBy::Other, "{outcome}");
+            assert_eq!(outcome.reason.as_deref(), Some("host-signal"));
+            assert!(
+                outcome.to_string().contains("signal hvarch did not send"),
+                "{outcome}"
+            );
+        }
+
+        #[test]
+        fn qemu_killed_by_someone_else_is_not_a_clean_end() {
+            let tmp = Tmp::new();
+            let (mut vm, server) = fake_vm::<TestVm>(&tmp, false, |conn, pid| {
+                let pid = libc::pid_t::try_from(pid).expect("pid fits");
+                // SAFETY: kill(2) of the stand-in child this test started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                conn.hang_up();
+            });
+            let outcome = finish(vm.shutdown(Duration::from_secs(30))).expect("shutdown");
+            server.join();
+            assert_eq!(outcome.ended_by, EndedBy::Other, "{outcome}");
+            assert_eq!(signal_of(&outcome), Some(libc::SIGKILL));
+            assert!(
+                outcome
+                    .to_string()
+                    .contains("killed by a signal hvarch did not send"),
+                "{outcome}"
+            );
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+            /// Any grace, `Duration::MAX` included: no panic, and a guest that powers off is
+            /// reported as powered off.
+            #[test]
+            fn shutdown_takes_any_grace(grace in durations()) {
+                let tmp = Tmp::new();
+                let (mut vm, server) = fake_vm::<TestVm>(&tmp, false, cooperating);
+                let outcome = finish(vm.shutdown(grace)).expect("shutdown");
+                server.join();
+                prop_assert_eq!(outcome.ended_by, EndedBy::PoweredOff, "{}", outcome);
+            }
+
+            /// Any timeout: an exited QEMU is reported at once.
+            #[test]
+            fn wait_timeout_takes_any_timeout(timeout in durations()) {
+                let tmp = Tmp::new();
+                let (mut vm, server) = fake_vm::<TestVm>(&tmp, false, exit_qemu);
+                let status = finish(vm.wait_timeout(timeout)).expect("wait");
+                if timeout >= Duration::from_secs(30) {
+                    prop_assert_eq!(status.and_then(|s| s.signal()), Some(libc::SIGTERM));
+                }
+                drop(vm);
+                server.join();
+            }
+
+            /// Any timeout: an event that keeps coming is seen, or the wait times out.
+            #[test]
+            fn wait_event_takes_any_timeout(timeout in durations()) {
+                let tmp = Tmp::new();
+                let stop = Arc::new(AtomicBool::new(false));
+                let ticking = Arc::clone(&stop);
+                let (vm, server) = fake_vm::<TestVm>(&tmp, false, move |mut conn, _| {
+                    while !ticking.load(Ordering::SeqCst) {
+                        conn.event("TICK", json!({}));
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                });
+                let result = finish(vm.wait_event(&EventFilter::name("TICK"), timeout));
+                stop.store(true, Ordering::SeqCst);
+                match result {
+                    Ok(event) => prop_assert_eq!(event.name, "TICK"),
+                    Err(VmError::Qmp(hvarch_qmp::Error::Timeout { .. })) => {
+                        prop_assert!(timeout < Duration::from_secs(30), "{:?}", timeout)
+                    }
+                    Err(e) => prop_assert!(false, "{}", e),
+                }
+                drop(vm);
+                server.join();
+            }
         }
     }
 

@@ -26,14 +26,12 @@ pub fn run() -> Result<Section, String> {
     Ok(Section {
         title: "Scale",
         method: format!(
-            "{VMS} paused arm64 VMs launched at once from one process (a tokio multi-thread \
-             runtime: one task per VM, `Vm::launch` on the blocking pool, and an `AsyncQmp` \
-             connected through a second QMP monitor on a descriptor, ready when its \
-             `query-status` is answered). Baseline: one VM launched the same way in the same \
-             process (median of 3). Memory: this process's `VmRSS` growth from just before \
-             the launches to all ready, divided by {VMS} (each VM holds a `Vm` with its \
-             blocking client and reader thread, and an `AsyncQmp` with its two tasks). \
-             Medians of {REPEATS} repetitions."
+            "{VMS} paused arm64 VMs launched at once from one process with `AsyncVm::launch` \
+             (a tokio current-thread runtime, one task per VM, ready when its `query-status` \
+             is answered). Baseline: one VM launched the same way in the same process (median \
+             of 3). Memory: this process's `VmRSS` growth from just before the launches to \
+             all ready, divided by {VMS} (each VM holds an `AsyncVm`: its QMP client's tasks, \
+             its event subscriptions and QEMU's pidfd). Medians of {REPEATS} repetitions."
         ),
         table: vec![
             vec!["figure".into(), "value".into()],

@@ -1,31 +1,53 @@
-//! The blocking driver: an engine's steps on a [`Qmp`] client, one after the other.
+//! The blocking driver: an engine's steps on a [`Qmp`] client (and QEMU's [`Process`]), one
+//! after the other.
 
 use std::os::fd::AsFd;
 
 use hvarch_qmp::{EventSubscription, Qmp};
 use serde_json::Value;
 
-use super::{Outcome, Step, SyncDriver};
+use super::{no_process, Outcome, Process, ProcessStep, Step, SyncDriver};
 
 /// Runs engines on a blocking [`Qmp`] client (what [`crate::Vm`] uses): a [`SyncDriver`],
 /// so a [`super::Driver`] whose `run` returns the engine's result.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct Blocking<'q> {
     qmp: &'q Qmp,
     deleted: Option<&'q EventSubscription>,
+    shutdowns: Option<&'q EventSubscription>,
+    process: Option<&'q mut Process>,
 }
 
 impl<'q> Blocking<'q> {
-    /// A driver on `qmp`, without a standing `DEVICE_DELETED` subscription
-    /// ([`super::Step::TakeDeleted`] then hands over nothing).
+    /// A driver on `qmp`, without standing subscriptions ([`Step::TakeDeleted`] then hands
+    /// over nothing, [`Step::NextShutdown`] fails) and without QEMU's process
+    /// ([`Step::Process`] fails).
     pub fn new(qmp: &'q Qmp) -> Self {
-        Blocking { qmp, deleted: None }
+        Blocking {
+            qmp,
+            deleted: None,
+            shutdowns: None,
+            process: None,
+        }
     }
 
     /// Hands over the events of `deleted` (a subscription to `DEVICE_DELETED` made when the
-    /// connection was opened) for [`super::Step::TakeDeleted`].
+    /// connection was opened) for [`Step::TakeDeleted`].
     pub fn with_deleted(mut self, deleted: &'q EventSubscription) -> Self {
         self.deleted = Some(deleted);
+        self
+    }
+
+    /// Takes [`Step::NextShutdown`]'s events from `shutdowns` (a subscription to `SHUTDOWN`
+    /// made when the connection was opened).
+    pub fn with_shutdowns(mut self, shutdowns: &'q EventSubscription) -> Self {
+        self.shutdowns = Some(shutdowns);
+        self
+    }
+
+    /// Carries out [`Step::Process`] on `process` (QEMU's).
+    pub fn with_process(mut self, process: &'q mut Process) -> Self {
+        self.process = Some(process);
         self
     }
 }
@@ -58,6 +80,17 @@ impl SyncDriver for Blocking<'_> {
                 std::thread::sleep(duration);
                 Outcome::Slept
             }
+            Step::NextShutdown(timeout) => Outcome::Event(match self.shutdowns {
+                Some(events) => events.recv_timeout(timeout),
+                None => Err(hvarch_qmp::Error::Disconnected),
+            }),
+            Step::Process(step) => Outcome::Exit(match self.process.as_deref_mut() {
+                Some(process) => match step {
+                    ProcessStep::Wait(timeout) => process.wait_timeout(timeout),
+                    ProcessStep::Kill => process.kill().map(Some),
+                },
+                None => Err(no_process()),
+            }),
         }
     }
 }

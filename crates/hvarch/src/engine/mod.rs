@@ -59,6 +59,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::process::ExitStatus;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -68,12 +69,15 @@ use hvarch_qmp::{Command, Event, EventFilter};
 use serde_json::Value;
 
 mod blocking;
+mod process;
 #[cfg(feature = "tokio")]
 mod tokio;
 
 #[cfg(feature = "tokio")]
-pub use self::tokio::Tokio;
+pub use self::tokio::{AsyncDriver, AsyncProcess, Awaited, Tokio};
 pub use blocking::Blocking;
+pub use process::Process;
+pub(crate) use process::{stop_virtiofs, Held};
 
 /// One QMP exchange an engine asks its driver to carry out.
 ///
@@ -113,6 +117,25 @@ pub enum Step {
     TakeDeleted,
     /// Wait this long: [`Outcome::Slept`].
     Sleep(Duration),
+    /// Wait up to this long for QEMU's next `SHUTDOWN` event on the connection's standing
+    /// subscription (made at launch, so events that came before count; `Duration::ZERO` only
+    /// takes one already received): [`Outcome::Event`], an error when none came in time, once
+    /// the connection closed and every event was handed over, or when the driver has no such
+    /// subscription. No QMP traffic.
+    NextShutdown(Duration),
+    /// A step on QEMU's process: [`Outcome::Exit`] (an error when the driver controls no
+    /// process).
+    Process(ProcessStep),
+}
+
+/// What a [`Step::Process`] asks of QEMU's process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcessStep {
+    /// Wait up to this long for it to exit (`Duration::ZERO`: only check; a duration too long
+    /// for a deadline: as long as it takes). Its exit status, or `None` if it still runs.
+    Wait(Duration),
+    /// Kill it (SIGKILL) and wait for it to exit. Its exit status.
+    Kill,
 }
 
 /// What came of a [`Step`].
@@ -127,6 +150,9 @@ pub enum Outcome {
     Deleted(Vec<Event>),
     /// [`Step::Sleep`] is over.
     Slept,
+    /// What came of a [`Step::Process`]: QEMU's exit status once it exited, `None` while it
+    /// runs.
+    Exit(std::io::Result<Option<ExitStatus>>),
 }
 
 /// What an engine wants next.
@@ -395,12 +421,36 @@ impl Port {
         }
     }
 
+    /// Waits up to `timeout` for QEMU's next `SHUTDOWN` event.
+    pub(crate) async fn next_shutdown(&self, timeout: Duration) -> hvarch_qmp::Result<Event> {
+        match self.step(Step::NextShutdown(timeout)).await {
+            Some(Outcome::Event(event)) => event,
+            other => Err(mismatch("SHUTDOWN", other)),
+        }
+    }
+
+    /// Carries out `step` on QEMU's process.
+    pub(crate) async fn process(&self, step: ProcessStep) -> std::io::Result<Option<ExitStatus>> {
+        match self.step(Step::Process(step)).await {
+            Some(Outcome::Exit(exit)) => exit,
+            other => Err(std::io::Error::other(mismatch("process", other))),
+        }
+    }
+
     /// Waits `duration`.
     pub(crate) async fn sleep(&self, duration: Duration) {
         if !matches!(self.step(Step::Sleep(duration)).await, Some(Outcome::Slept)) {
             tracing::error!("the engine's driver did not sleep");
         }
     }
+}
+
+/// What a driver without QEMU's process answers a [`Step::Process`] with.
+fn no_process() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "the engine's driver controls no QEMU process",
+    )
 }
 
 /// `now + timeout`, or `None` (no deadline) when that does not fit in an [`Instant`].

@@ -1,16 +1,16 @@
-//! Saving a VM to a file and restoring it into a new [`Vm`]: Kata's `saveSandbox` and
+//! Saving a VM to a file and restoring it into a new [`Vm`](crate::Vm): Kata's `saveSandbox` and
 //! `bootFromTemplate` (kata-go.md §4.6), over QEMU's `file` migration transport.
 //!
 //! # Save
 //!
-//! [`Vm::save`] notes the run state (`query-status`), sets the migration capabilities the
+//! [`Vm::save`](crate::Vm::save) notes the run state (`query-status`), sets the migration capabilities the
 //! arch backend asks for ([`QemuArch::migration_capabilities`]: none on arm64,
 //! `x-ignore-shared` elsewhere; no `migrate-set-capabilities` at all when there are none),
 //! sends `migrate` to the file and polls `query-migrate` until it reports `completed`, for
 //! at most the backend's [`QemuArch::migration_wait_timeout`] (arm64 10 s, others 5 s;
-//! [`Vm::save_within`] takes another). The VM may be paused or running; either way QEMU
+//! [`Vm::save_within`](crate::Vm::save_within) takes another). The VM may be paused or running; either way QEMU
 //! stops its vCPUs to finish, and the saved VM is left in the `postmigrate` state: shut it
-//! down, or [`Vm::resume`] it.
+//! down, or [`Vm::resume`](crate::Vm::resume) it.
 //!
 //! A save that fails or does not complete in time (`migrate` or `query-migrate` timing out
 //! included) is cancelled (`migrate_cancel`, then `query-migrate` until QEMU ended the
@@ -21,7 +21,7 @@
 //!
 //! # Restore
 //!
-//! [`Vm::restore`] launches an assembled VM with `-incoming defer`, sets the same
+//! [`Vm::restore`](crate::Vm::restore) launches an assembled VM with `-incoming defer`, sets the same
 //! capabilities on the new QEMU (they must match on both sides), sends `migrate-incoming`
 //! from the file and waits the same way. The assembled VM must describe the machine and the
 //! cold-plugged devices of the saved one (assemble the same spec, with its own runtime
@@ -35,7 +35,7 @@
 //! # Hot-plugged devices
 //!
 //! QEMU's migration needs the destination started with the same devices at the same bus and
-//! address. [`Vm::save`] therefore also writes the VM's hotplug state, after the migration
+//! address. [`Vm::save`](crate::Vm::save) therefore also writes the VM's hotplug state, after the migration
 //! completed, to [`hotplug_state_path`] (`<path>.hotplug.json`, mode 0600; the format is
 //! [`SavedHotplug`]'s): the arch backend's bridge slots and the [`HotplugState`], each
 //! hot-plugged device with its final bus and address. It is written on every save, even with
@@ -43,11 +43,11 @@
 //! A VM with a hot-plugged device owning file descriptors (a tap network device) is refused
 //! before anything is migrated ([`HotplugError::OwnedFds`] in a [`VmError::Hotplug`]).
 //!
-//! [`Vm::restore`] reads the file when it is present ([`SavedHotplug::apply`]): the devices
+//! [`Vm::restore`](crate::Vm::restore) reads the file when it is present ([`SavedHotplug::apply`]): the devices
 //! are appended to the assembled configuration as cold-plugged devices (same ids, bus and
 //! address, in plug order), the bridges with their occupied slots go to the arch backend,
-//! and the restored [`Vm`] starts with the saved [`HotplugState`], so
-//! [`Vm::hotplug`]`().unplug(…)` knows its devices. On the destination those devices are
+//! and the restored [`Vm`](crate::Vm) starts with the saved [`HotplugState`], so
+//! [`Vm::hotplug`](crate::Vm::hotplug)`().unplug(…)` knows its devices. On the destination those devices are
 //! cold-plugged, but their PCIe slots' hotplug state comes with the migration stream: a
 //! device the source could have released at once (its guest never ran) is released at once
 //! on the restored VM too (seen on QEMU 10.0.2, arm64 `virt`, root port); otherwise the
@@ -98,16 +98,16 @@ use hvarch_arch::arch::MigrationCapability;
 use hvarch_devices::config::Incoming;
 
 use crate::assemble::Assembled;
-use crate::engine::{Blocking, Driver, Engine};
+use crate::engine::Engine;
 use crate::hotplug::{HotplugState, SavedHotplug};
-use crate::vm::{LaunchOptions, Vm, VmError, VmResult};
+use crate::vm::{VmError, VmResult};
 use crate::QemuArch;
 
 mod engine;
 
 pub use engine::{wait, Migration, MIGRATION_CANCEL_TIMEOUT, MIGRATION_POLL_INTERVAL};
 
-/// Where [`Vm::save`] writes the hotplug state of a VM saved to `state`:
+/// Where [`Vm::save`](crate::Vm::save) writes the hotplug state of a VM saved to `state`:
 /// `<state>.hotplug.json` (see the [module docs](crate::lifecycle)).
 pub fn hotplug_state_path(state: &Path) -> PathBuf {
     let mut name = OsString::from(state.as_os_str());
@@ -213,81 +213,104 @@ impl SaveFiles {
     }
 }
 
-impl Vm {
-    /// Saves the VM's state to `path` (created or truncated; see the [module
-    /// docs](crate::lifecycle)) within the arch's migration timeout
-    /// ([`QemuArch::migration_wait_timeout`]):
-    /// [`Vm::save_within`].
-    pub fn save(&self, path: impl AsRef<Path>) -> VmResult<()> {
-        self.save_within(path, self.arch().migration_wait_timeout())
-    }
-
-    /// Saves the VM's state to `path` (created or truncated; see the [module
-    /// docs](crate::lifecycle)): capabilities, `migrate`, then a wait of at most `timeout`
-    /// (a timeout too long for a deadline is none), then the hotplug state written to
-    /// [`hotplug_state_path`]. Afterwards the VM is in the `postmigrate` state.
-    ///
-    /// Errors: [`VmError::Hotplug`] (before anything is migrated) when a hot-plugged device
-    /// owns file descriptors; [`VmError::Migration`] when QEMU reports the migration failed
-    /// or it does not complete in time, [`VmError::Qmp`] when a command is refused or QEMU
-    /// goes away ([`hvarch_qmp::Error::Disconnected`]), [`VmError::Io`] when the hotplug
-    /// state cannot be written. A failed save is cancelled and leaves the guest running or
-    /// paused as it was. The state is written to temporary files next to `path` and renamed
-    /// into place only when complete, so a failed save leaves an earlier snapshot at `path`
-    /// untouched and no partial file behind.
-    pub fn save_within(&self, path: impl AsRef<Path>, timeout: Duration) -> VmResult<()> {
-        let files = SaveFiles::new(path.as_ref(), self.hotplug_state(), self.arch())?;
-        let capabilities = self.arch().migration_capabilities();
-        let result = Blocking::new(self.qmp()).run(files.engine(&capabilities, timeout));
-        files.finish(result)
-    }
-
-    /// Launches `assembled` with `-incoming defer` and loads the state saved at `path` into
-    /// it (see the [module docs](crate::lifecycle)); returns once the load completed.
-    ///
-    /// When [`Vm::save`] left a hotplug state next to `path` ([`hotplug_state_path`]), its
-    /// devices are cold-plugged into `assembled` and its bridges given to the arch backend
-    /// before the launch, and the restored VM carries its [`HotplugState`]; a state that does
-    /// not fit `assembled` is a [`VmError::Hotplug`] and nothing is launched.
-    ///
-    /// Any `incoming` the assembled configuration had is replaced. On error the new QEMU is
-    /// killed and reaped and its runtime directory removed; a failed load is a
-    /// [`VmError::Migration`] carrying QEMU's reason.
-    pub fn restore(
-        mut assembled: Assembled,
-        path: impl AsRef<Path>,
-        options: LaunchOptions,
-    ) -> VmResult<Vm> {
-        let (path, hotplug) = prepare_restore(&mut assembled, path.as_ref())?;
-        // Dropped (killed, reaped, cleaned) if anything below fails.
-        let mut vm = Vm::launch(assembled, options)?;
-        if let Some(state) = hotplug {
-            vm.set_hotplug_state(state);
+/// The save and restore methods [`Vm`](crate::Vm) and `AsyncVm` share (see [`crate::vm`]'s
+/// `vm_methods!`): `lifecycle_methods!(Blocking, [], [])` and `lifecycle_methods!(Tokio,
+/// [async], [.await])`.
+macro_rules! lifecycle_methods {
+    ($driver:ident, [$($async_:tt)?], [$(.$await_:tt)?]) => {
+        /// Saves the VM's state to `path` (created or truncated; see the [module
+        /// docs](crate::lifecycle)) within the arch's migration timeout
+        /// ([`QemuArch::migration_wait_timeout`](crate::QemuArch::migration_wait_timeout)):
+        /// [`Self::save_within`].
+        pub $($async_)? fn save(&self, path: impl AsRef<std::path::Path>) -> $crate::VmResult<()> {
+            let timeout = self.arch().migration_wait_timeout();
+            self.save_within(path, timeout)$(.$await_)?
         }
-        let capabilities = vm.arch().migration_capabilities();
-        let timeout = vm.arch().migration_wait_timeout();
-        Blocking::new(vm.qmp())
-            .run(Migration::new(&path, &capabilities, timeout).restore())
-            .map_err(|e| with_stderr(e, &vm.stderr()))?;
-        Ok(vm)
-    }
 
-    /// Waits until `query-migrate` reports `completed`, for at most `timeout` (Kata's
-    /// `waitMigration`; see [`wait`]); a `failed` or `cancelled` migration is a
-    /// [`VmError::Migration`] with QEMU's `error-desc`. [`Vm::save`] and [`Vm::restore`] wait
-    /// the arch's [`QemuArch::migration_wait_timeout`].
-    pub fn wait_migration(&self, timeout: Duration) -> VmResult<()> {
-        Blocking::new(self.qmp()).run(wait(timeout))
-    }
+        /// Saves the VM's state to `path` (created or truncated; see the [module
+        /// docs](crate::lifecycle)): capabilities, `migrate`, then a wait of at most `timeout` (a
+        /// timeout too long for a deadline is none), then the hotplug state written to
+        /// [`hotplug_state_path`](crate::lifecycle::hotplug_state_path). Afterwards the VM is in
+        /// the `postmigrate` state.
+        ///
+        /// Errors: [`VmError::Hotplug`](crate::VmError::Hotplug) (before anything is migrated) when
+        /// a hot-plugged device owns file descriptors;
+        /// [`VmError::Migration`](crate::VmError::Migration) when QEMU reports the migration failed
+        /// or it does not complete in time, [`VmError::Qmp`](crate::VmError::Qmp) when a command is
+        /// refused or QEMU goes away ([`hvarch_qmp::Error::Disconnected`]),
+        /// [`VmError::Io`](crate::VmError::Io) when the hotplug state cannot be written. A failed
+        /// save is cancelled and leaves the guest running or paused as it was. The state is written
+        /// to temporary files next to `path` and renamed into place only when complete, so a failed
+        /// save leaves an earlier snapshot at `path` untouched and no partial file behind.
+        pub $($async_)? fn save_within(
+            &self,
+            path: impl AsRef<std::path::Path>,
+            timeout: std::time::Duration,
+        ) -> $crate::VmResult<()> {
+            let state = self.hotplug_state();
+            let files = $crate::lifecycle::SaveFiles::new(path.as_ref(), state, self.arch())?;
+            let capabilities = self.arch().migration_capabilities();
+            let engine = files.engine(&capabilities, timeout);
+            let mut driver = $crate::engine::$driver::new(self.qmp());
+            let result = $crate::engine::Driver::run(&mut driver, engine)$(.$await_)?;
+            Self::offload(move || files.finish(result))$(.$await_)?
+        }
+
+        /// Launches `assembled` with `-incoming defer` and loads the state saved at `path` into it
+        /// (see the [module docs](crate::lifecycle)); returns once the load completed.
+        ///
+        /// When a save left a hotplug state next to `path`
+        /// ([`hotplug_state_path`](crate::lifecycle::hotplug_state_path)), its devices are
+        /// cold-plugged into `assembled` and its bridges given to the arch backend before the
+        /// launch, and the restored VM carries its [`HotplugState`](crate::HotplugState); a state
+        /// that does not fit `assembled` is a [`VmError::Hotplug`](crate::VmError::Hotplug) and
+        /// nothing is launched.
+        ///
+        /// Any `incoming` the assembled configuration had is replaced. On error the new QEMU is
+        /// killed and reaped and its runtime directory removed; a failed load is a
+        /// [`VmError::Migration`](crate::VmError::Migration) carrying QEMU's reason.
+        pub $($async_)? fn restore(
+            assembled: $crate::Assembled,
+            path: impl AsRef<std::path::Path>,
+            options: $crate::LaunchOptions,
+        ) -> $crate::VmResult<Self> {
+            let path = path.as_ref().to_owned();
+            let prepare = move || $crate::lifecycle::prepare_restore(assembled, &path);
+            let (assembled, path, hotplug) = Self::offload(prepare)$(.$await_)??;
+            // Dropped (killed, reaped, cleaned) if anything below fails.
+            let mut vm = Self::launch(assembled, options)$(.$await_)??;
+            if let Some(state) = hotplug {
+                vm.core.hotplug = state;
+            }
+            let capabilities = vm.arch().migration_capabilities();
+            let timeout = vm.arch().migration_wait_timeout();
+            let migration = $crate::lifecycle::Migration::new(&path, &capabilities, timeout);
+            let mut driver = $crate::engine::$driver::new(vm.qmp());
+            let loaded = $crate::engine::Driver::run(&mut driver, migration.restore())$(.$await_)?;
+            loaded.map_err(|e| $crate::lifecycle::with_stderr(e, &vm.stderr()))?;
+            Ok(vm)
+        }
+
+        /// Waits until `query-migrate` reports `completed`, for at most `timeout` (Kata's
+        /// `waitMigration`; see [`wait`](crate::lifecycle::wait)); a `failed` or `cancelled`
+        /// migration is a [`VmError::Migration`](crate::VmError::Migration) with QEMU's
+        /// `error-desc`. [`Self::save`] and [`Self::restore`] wait the arch's
+        /// [`QemuArch::migration_wait_timeout`](crate::QemuArch::migration_wait_timeout).
+        pub $($async_)? fn wait_migration(&self, timeout: std::time::Duration) -> $crate::VmResult<()> {
+            let mut driver = $crate::engine::$driver::new(self.qmp());
+            $crate::engine::Driver::run(&mut driver, $crate::lifecycle::wait(timeout))$(.$await_)?
+        }
+    };
 }
+pub(crate) use lifecycle_methods;
 
 /// Checks the saved state at `path` and prepares `assembled` to receive it (`-incoming
-/// defer`, the saved hot-plugged devices); returns the absolute path and the hotplug state
-/// the restored VM starts with.
+/// defer`, the saved hot-plugged devices); returns it, the absolute path and the hotplug
+/// state the restored VM starts with. Reads files: an async caller runs it off the runtime.
 pub(crate) fn prepare_restore(
-    assembled: &mut Assembled,
+    mut assembled: Assembled,
     path: &Path,
-) -> VmResult<(PathBuf, Option<HotplugState>)> {
+) -> VmResult<(Assembled, PathBuf, Option<HotplugState>)> {
     let path = absolute(path)?;
     if !path.is_file() {
         return Err(VmError::Migration {
@@ -295,10 +318,10 @@ pub(crate) fn prepare_restore(
         });
     }
     let hotplug = read_saved_hotplug(&path)?
-        .map(|saved| saved.apply(assembled))
+        .map(|saved| saved.apply(&mut assembled))
         .transpose()?;
     assembled.config.incoming = Some(Incoming::Defer);
-    Ok((path, hotplug))
+    Ok((assembled, path, hotplug))
 }
 
 /// `path`, absolute and valid UTF-8 (QMP strings are UTF-8).

@@ -412,6 +412,9 @@ pub mod pure {
                     self.wait(duration);
                     Outcome::Slept
                 }
+                // Like the socket fakes' drivers: no SHUTDOWN subscription, no process.
+                Step::NextShutdown(_) => Outcome::Event(Err(hvarch_qmp::Error::Disconnected)),
+                Step::Process(_) => Outcome::Exit(Err(std::io::ErrorKind::Unsupported.into())),
             }
         }
     }
