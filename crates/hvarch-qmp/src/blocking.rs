@@ -29,7 +29,8 @@ use tracing::{debug, warn};
 
 use crate::client::{
     command_helpers, command_timeout, connection_accessors, event_timeout, greeting_timeout, lock,
-    reply_value, write_error, Connection, EventSink, Handshake, Negotiated, Registration,
+    peer_gone, reply_value, write_error, Connection, EventSink, Handshake, Negotiated,
+    Registration,
 };
 use crate::config::Config;
 use crate::deadline::{deadline, remaining};
@@ -308,6 +309,9 @@ impl Inner {
                     drop(writer);
                     // A partial write would desynchronise the stream: end the session.
                     warn!(error = %e, "QMP write failed; closing the connection");
+                    if peer_gone(&e) {
+                        self.read_what_is_left();
+                    }
                     let timeout = self.conn.config().command_timeout;
                     self.conn
                         .end(write_error(e, "writing QMP commands", timeout));
@@ -319,6 +323,32 @@ impl Inner {
             // A command queued while this thread held the lock has been left to it.
             if !lock(&self.conn.state).session.has_transmit() {
                 return;
+            }
+        }
+    }
+
+    /// The peer is gone (a QEMU that exited after its last events): delivers what it sent
+    /// before it went and nobody has read yet, so no event or reply already in the socket is
+    /// lost to the failed write. Skipped while another reader holds the socket (it delivers).
+    fn read_what_is_left(&self) {
+        let Ok(mut read) = self.read.try_lock() else {
+            return;
+        };
+        let ReadSide {
+            stream,
+            buf,
+            actions,
+        } = &mut *read;
+        loop {
+            match recv_now(stream.as_fd(), buf) {
+                Ok(n) if n > 0 => {
+                    let bytes = buf.get(..n).unwrap_or_default();
+                    if lock(&self.conn.state).on_read(Ok(bytes), actions) {
+                        return;
+                    }
+                }
+                // The end of the stream, nothing more yet, or an error: the session ends.
+                _ => return,
             }
         }
     }

@@ -512,17 +512,28 @@ pub(crate) fn reply_value(reply: &RawReply) -> Result<Value> {
 /// [`Error::Timeout`], anything else [`Error::Io`].
 pub(crate) fn write_error(e: std::io::Error, what: &str, timeout: Duration) -> Error {
     use std::io::ErrorKind;
+    if peer_gone(&e) {
+        return Error::Disconnected;
+    }
     match e.kind() {
-        ErrorKind::BrokenPipe
-        | ErrorKind::ConnectionReset
-        | ErrorKind::ConnectionAborted
-        | ErrorKind::NotConnected => Error::Disconnected,
         ErrorKind::WouldBlock | ErrorKind::TimedOut => Error::Timeout {
             what: what.to_owned(),
             after: timeout,
         },
         _ => Error::Io(e),
     }
+}
+
+/// Whether a socket error says the peer closed the connection.
+pub(crate) fn peer_gone(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        e.kind(),
+        ErrorKind::BrokenPipe
+            | ErrorKind::ConnectionReset
+            | ErrorKind::ConnectionAborted
+            | ErrorKind::NotConnected
+    )
 }
 
 /// The timeout error for a command.
