@@ -48,7 +48,7 @@
 //!   on a device it does not have (and QEMU's `pseries` has no `nvdimm` machine option at
 //!   all). hvarch keeps the virtio-blk image and makes the rest agree: `root=/dev/vda1`, no
 //!   `nvdimm` option, whatever `disable_nvdimm` says
-//!   ([`RootfsImage::VirtioBlk`](hvarch_arch::arch::RootfsImage::VirtioBlk)).
+//!   ([`RootfsImage::VirtioBlk`]).
 //! - **The `maxmem` rule depends on the QEMU version** (§1.6 of Kata's behaviour): QEMU ≥ 2.10
 //!   aligns host memory down to 256 MiB; older QEMUs were capped at 32256 MiB. Kata read the
 //!   version from globals set only once a VM had started, so the *first* VM of a runtime got

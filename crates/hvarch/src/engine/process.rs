@@ -24,8 +24,10 @@ use crate::virtiofs::Virtiofsd;
 /// How often a wait checks the child when there is no pidfd to wait on.
 pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(5);
 
-/// A child process (QEMU) that the drivers can poll, wait for and kill (see the [module
-/// docs](self)). Dropping it kills and reaps a child that has not been reaped.
+/// A child process (QEMU) that the drivers can poll, wait for and kill: with a pidfd where the
+/// kernel has them (Linux 5.3 and later), so waiting needs no polling, else by checking the
+/// child every few milliseconds. Dropping it kills and reaps a child that has not been
+/// reaped, then releases the VM's virtio-fs daemons and runtime directory.
 ///
 /// ```
 /// use std::time::Duration;
