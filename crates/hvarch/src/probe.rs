@@ -468,6 +468,9 @@ pub fn capabilities(binary: &Path) -> Result<Arc<Capabilities>, ProbeError> {
 /// Probes `binary` now, without the cache: starts it with nothing but a QMP monitor on a
 /// socket pair and asks it.
 pub fn query(binary: &Path) -> Result<Capabilities, ProbeError> {
+    // Asked of the file system first: how a failed exec is reported varies (a process
+    // emulator such as qemu-user reports a missing binary as the child's exit).
+    FileKey::of(binary)?;
     let (ours, theirs) = UnixStream::pair().map_err(ProbeError::Socket)?;
     let theirs_out = theirs.try_clone().map_err(ProbeError::Socket)?;
     let child = Command::new(binary)
