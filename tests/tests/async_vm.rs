@@ -29,6 +29,20 @@ const TICK: Duration = Duration::from_millis(10);
 /// on a loaded machine). A VM that blocked the thread instead (a blocking launch, a wait for
 /// QEMU's exit or greeting on the thread) holds it for seconds: 32 such waits in a row.
 const MISSED_TICKS_ALLOWED: u32 = 10;
+/// The same under a user-mode emulator (`cargo xtask cross` runs this test under qemu-user,
+/// QEMU itself natively): every poll runs emulated, tens of times slower, so the watchdog
+/// waits longer behind the 32 VMs' tasks (about 200 ms measured under qemu-aarch64). A
+/// blocking launch still holds the thread for seconds per VM.
+const MISSED_TICKS_ALLOWED_EMULATED: u32 = 60;
+
+/// The allowance for this run: under an emulator when `HVARCH_TEST_RUNNER` names one.
+fn missed_ticks_allowed() -> u32 {
+    if std::env::var_os("HVARCH_TEST_RUNNER").is_some() {
+        MISSED_TICKS_ALLOWED_EMULATED
+    } else {
+        MISSED_TICKS_ALLOWED
+    }
+}
 /// A bound on the whole test, against a hang.
 const HANG: Duration = Duration::from_secs(600);
 
@@ -132,7 +146,7 @@ fn thirty_two_vms_launched_concurrently_never_block_a_current_thread_runtime() {
     let missed = (longest.stalled.as_micros() / TICK.as_micros()).saturating_sub(1);
     eprintln!("watchdog: longest gaps {longest:?} ({missed} ticks missed)");
     assert!(
-        missed <= u128::from(MISSED_TICKS_ALLOWED),
+        missed <= u128::from(missed_ticks_allowed()),
         "the runtime's thread was held for {:?} (not counting waits for a CPU; {:?} in all): \
          {missed} watchdog ticks missed",
         longest.stalled,

@@ -23,7 +23,17 @@ fn writes_to_a_closed_peer_never_raise_sigpipe() {
         return;
     }
     let exe = std::env::current_exe().expect("test executable");
-    let out = Command::new(exe)
+    // Under an emulator (`cargo xtask cross` sets HVARCH_TEST_RUNNER=qemu-<arch>), the child
+    // runs under it too.
+    let mut command = match std::env::var_os("HVARCH_TEST_RUNNER") {
+        Some(runner) => {
+            let mut command = Command::new(runner);
+            command.arg(exe);
+            command
+        }
+        None => Command::new(exe),
+    };
+    let out = command
         .args(["--exact", TEST, "--nocapture", "--test-threads=1"])
         .env(CHILD, "1")
         .output()
