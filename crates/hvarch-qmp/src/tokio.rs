@@ -31,7 +31,8 @@ use tracing::warn;
 
 use crate::client::{
     command_helpers, command_timeout, connection_accessors, event_timeout, greeting_timeout, lock,
-    reply_value, write_error, Connection, EventSink, Handshake, Negotiated, Registration,
+    peer_gone, reply_value, write_error, Connection, EventSink, Handshake, Negotiated,
+    Registration,
 };
 use crate::config::Config;
 use crate::deadline::deadline;
@@ -69,6 +70,10 @@ struct Inner {
     write_half: OwnedWriteHalf,
     backlog: Mutex<Option<Backlog>>,
     flush_wanted: Notify,
+    /// A write found the peer gone: the reader task delivers what the peer sent before it
+    /// went, then ends the session with this error.
+    peer_gone: Mutex<Option<Error>>,
+    peer_gone_wanted: Notify,
 }
 
 /// An async QMP client on tokio. `Send + Sync`; share it with `Arc`. Dropping it closes the
@@ -144,6 +149,8 @@ impl AsyncQmp {
             write_half,
             backlog: Mutex::new(None),
             flush_wanted: Notify::new(),
+            peer_gone: Mutex::new(None),
+            peer_gone_wanted: Notify::new(),
         });
         let reader = tokio::spawn(reader_task(Arc::clone(&inner), read_half));
         let flusher = tokio::spawn(flusher_task(Arc::clone(&inner)));
@@ -293,12 +300,21 @@ impl Inner {
 
     /// Ends the session after a write failed or timed out (a partial line would desynchronise
     /// the stream). Queued commands and their descriptors are dropped before anyone learns it.
+    ///
+    /// When the peer is gone (a QEMU that exited after its last events), the reader task ends
+    /// it instead, once it has delivered what the peer sent before it went.
     fn write_failed(&self, e: io::Error) {
         warn!(error = %e, "QMP write failed; closing the connection");
         lock(&self.backlog).take();
         let timeout = self.conn.config().command_timeout;
-        self.conn
-            .end(write_error(e, "writing QMP commands", timeout));
+        let gone = peer_gone(&e);
+        let err = write_error(e, "writing QMP commands", timeout);
+        if gone {
+            *lock(&self.peer_gone) = Some(err);
+            self.peer_gone_wanted.notify_one();
+        } else {
+            self.conn.end(err);
+        }
     }
 }
 
@@ -356,7 +372,16 @@ async fn reader_task(inner: Arc<Inner>, mut read_half: OwnedReadHalf) {
     let mut buf = vec![0u8; 64 * 1024];
     let mut actions = Vec::new();
     loop {
-        let read = match read_half.read(&mut buf).await {
+        let read = tokio::select! {
+            read = read_half.read(&mut buf) => read,
+            () = inner.peer_gone_wanted.notified() => {
+                read_what_is_left(&inner, &read_half, &mut buf, &mut actions);
+                let err = lock(&inner.peer_gone).take().unwrap_or(Error::Disconnected);
+                inner.conn.end(err);
+                return;
+            }
+        };
+        let read = match read {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             read => read.map(|n| buf.get(..n).unwrap_or_default()),
         };
@@ -372,6 +397,28 @@ async fn reader_task(inner: Arc<Inner>, mut read_half: OwnedReadHalf) {
         // Replies freed slots: write the commands that waited for them.
         if ready {
             inner.flush();
+        }
+    }
+}
+
+/// Delivers what the peer sent before it went and nobody has read yet (see
+/// [`Inner::write_failed`]): reads until the socket has nothing more to give now.
+fn read_what_is_left(
+    inner: &Inner,
+    read_half: &OwnedReadHalf,
+    buf: &mut [u8],
+    actions: &mut Vec<crate::protocol::Action<Waiter, RawReply>>,
+) {
+    loop {
+        match read_half.try_read(buf) {
+            Ok(n) if n > 0 => {
+                let bytes = buf.get(..n).unwrap_or_default();
+                if lock(&inner.conn.state).on_read(Ok(bytes), actions) {
+                    return;
+                }
+            }
+            // The end of the stream, nothing more yet, or an error: the session ends.
+            _ => return,
         }
     }
 }
