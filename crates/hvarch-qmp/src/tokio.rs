@@ -409,8 +409,10 @@ fn read_what_is_left(
     buf: &mut [u8],
     actions: &mut Vec<crate::protocol::Action<Waiter, RawReply>>,
 ) {
+    // A syscall, not `try_read`: the runtime may not know yet that the socket is readable.
+    let socket = read_half.as_ref().as_fd();
     loop {
-        match read_half.try_read(buf) {
+        match crate::sys::recv_now(socket, buf) {
             Ok(n) if n > 0 => {
                 let bytes = buf.get(..n).unwrap_or_default();
                 if lock(&inner.conn.state).on_read(Ok(bytes), actions) {
