@@ -413,6 +413,15 @@ impl RawQmp {
         }
     }
 
+    /// An HMP command through `human-monitor-command`: its output (empty when an HMP command
+    /// that prints nothing succeeded).
+    pub fn hmp(&mut self, command: &str) -> String {
+        self.ok("human-monitor-command", json!({ "command-line": command }))
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
     /// `qom-get path property`.
     pub fn qom_get(&mut self, path: &str, property: &str) -> Value {
         self.ok("qom-get", json!({ "path": path, "property": property }))

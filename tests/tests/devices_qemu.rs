@@ -421,13 +421,6 @@ fn chardev_labels(qmp: &mut RawQmp) -> Vec<String> {
         .collect()
 }
 
-fn hmp(qmp: &mut RawQmp, command: &str) -> String {
-    qmp.ok("human-monitor-command", json!({ "command-line": command }))
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
-}
-
 /// The `query-named-block-nodes` entry of `node`.
 fn block_node(qmp: &mut RawQmp, node: &str) -> Value {
     let nodes = qmp.ok("query-named-block-nodes", json!({}));
@@ -488,7 +481,7 @@ fn assert_parts_present(qmp: &mut RawQmp, parts: &[Part], pci_ids: &[&str]) -> V
     for id in ids_of(parts, PartKind::Chardev) {
         assert!(chardevs.contains(&id), "chardev {id} missing: {chardevs:?}");
     }
-    let network = hmp(qmp, "info network");
+    let network = qmp.hmp("info network");
     for id in ids_of(parts, PartKind::Netdev) {
         assert!(
             network.contains(&id),
@@ -894,7 +887,7 @@ fn hotplug_checks(qemu: &QemuProcess, cold: &[Device], hot: &[Device], odd: &Pat
         before,
         "unplug leaves the cold-plugged VM"
     );
-    let network = hmp(&mut qmp, "info network");
+    let network = qmp.hmp("info network");
     assert!(!network.contains("hp-net0"), "netdev left:\n{network}");
 }
 

@@ -81,13 +81,6 @@ fn rendered(part: &Part, syntax: Syntax) -> Result<String, TestCaseError> {
     Ok(value)
 }
 
-fn hmp(qmp: &mut RawQmp, command: &str) -> String {
-    qmp.ok("human-monitor-command", json!({ "command-line": command }))
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
-}
-
 /// Creates the file `name` in `dir` (what the memory backend maps, the blockdev opens).
 fn create(dir: &Path, name: &str) -> PathBuf {
     let path = dir.join(name);
@@ -103,12 +96,14 @@ fn object_round_trip(
     id: &str,
     name: &str,
 ) -> Result<(), TestCaseError> {
+    // What a failed case before it left behind (so shrinking reports the real failure).
+    let _ = qmp.execute("object-del", json!({ "id": id }));
     let path = create(dir, name);
     let backend = MemoryBackend::file(id, 1 << 20, &path);
     let part = part_of(&backend, PartKind::Object)?;
 
     let options = rendered(&part, Syntax::Options)?;
-    let said = hmp(qmp, &format!("object_add {options}"));
+    let said = qmp.hmp(&format!("object_add {options}"));
     prop_assert!(
         said.trim().is_empty(),
         "QEMU refused {:?}: {}",
@@ -156,6 +151,7 @@ fn blockdev_round_trip(
     node: &str,
     name: &str,
 ) -> Result<(), TestCaseError> {
+    let _ = qmp.execute("blockdev-del", json!({ "node-name": node }));
     let path = create(dir, name);
     let disk = BlockDevice::new(
         "disk",

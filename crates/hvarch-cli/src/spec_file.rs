@@ -81,15 +81,9 @@ impl Loaded {
 pub fn load(path: Option<&Path>, options: &SpecOptions) -> Result<Loaded, String> {
     let mut loaded = match (&options.kata_config, path) {
         (Some(kata), _) => read_kata(kata, options)?,
-        (None, Some(path)) => Loaded {
-            spec: read(path)?,
-            path: Some(path.to_path_buf()),
-            warnings: Vec::new(),
-            monitors: Vec::new(),
-        },
-        (None, None) => Loaded {
-            spec: VmSpec::kata_default(),
-            path: None,
+        (None, path) => Loaded {
+            spec: path.map_or_else(|| Ok(VmSpec::kata_default()), read)?,
+            path: path.map(Path::to_path_buf),
             warnings: Vec::new(),
             monitors: Vec::new(),
         },

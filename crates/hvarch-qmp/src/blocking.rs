@@ -327,9 +327,8 @@ impl Inner {
         }
     }
 
-    /// The peer is gone (a QEMU that exited after its last events): delivers what it sent
-    /// before it went and nobody has read yet, so no event or reply already in the socket is
-    /// lost to the failed write. Skipped while another reader holds the socket (it delivers).
+    /// The peer is gone: [`Connection::read_what_is_left`], unless another reader holds the
+    /// socket (it delivers).
     fn read_what_is_left(&self) {
         let Ok(mut read) = self.read.try_lock() else {
             return;
@@ -339,18 +338,7 @@ impl Inner {
             buf,
             actions,
         } = &mut *read;
-        loop {
-            match recv_now(stream.as_fd(), buf) {
-                Ok(n) if n > 0 => {
-                    let bytes = buf.get(..n).unwrap_or_default();
-                    if lock(&self.conn.state).on_read(Ok(bytes), actions) {
-                        return;
-                    }
-                }
-                // The end of the stream, nothing more yet, or an error: the session ends.
-                _ => return,
-            }
-        }
+        self.conn.read_what_is_left(stream.as_fd(), buf, actions);
     }
 
     /// Takes the reading role if nobody has it; returns whether this caller now leads.

@@ -4,6 +4,7 @@
 //! helpers that turn replies into values. Each client adds only how it waits and does I/O.
 
 use std::net::Shutdown;
+use std::os::fd::BorrowedFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -205,6 +206,30 @@ impl<W: Waiter, S: EventSink> Connection<W, S> {
     pub(crate) fn end(&self, err: Error) {
         lock(&self.state).end(err);
         self.shutdown();
+    }
+
+    /// After a write found the peer gone (a QEMU that exited after its last events): delivers
+    /// what it sent before it went and nobody has read yet, reading `socket` without waiting
+    /// until it has nothing more to give, so no event or reply is lost to the failed write.
+    /// A syscall each time: an async runtime may not know yet that the socket is readable.
+    pub(crate) fn read_what_is_left(
+        &self,
+        socket: BorrowedFd<'_>,
+        buf: &mut [u8],
+        actions: &mut Vec<Action<W, RawReply>>,
+    ) {
+        loop {
+            match crate::sys::recv_now(socket, buf) {
+                Ok(n) if n > 0 => {
+                    let bytes = buf.get(..n).unwrap_or_default();
+                    if lock(&self.state).on_read(Ok(bytes), actions) {
+                        return;
+                    }
+                }
+                // The end of the stream, nothing more yet, or an error: the session ends.
+                _ => return,
+            }
+        }
     }
 
     /// Registers `sink` for the events matching `filter`, until the registration is dropped.

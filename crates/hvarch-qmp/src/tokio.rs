@@ -375,7 +375,8 @@ async fn reader_task(inner: Arc<Inner>, mut read_half: OwnedReadHalf) {
         let read = tokio::select! {
             read = read_half.read(&mut buf) => read,
             () = inner.peer_gone_wanted.notified() => {
-                read_what_is_left(&inner, &read_half, &mut buf, &mut actions);
+                let socket = read_half.as_ref().as_fd();
+                inner.conn.read_what_is_left(socket, &mut buf, &mut actions);
                 let err = lock(&inner.peer_gone).take().unwrap_or(Error::Disconnected);
                 inner.conn.end(err);
                 return;
@@ -397,30 +398,6 @@ async fn reader_task(inner: Arc<Inner>, mut read_half: OwnedReadHalf) {
         // Replies freed slots: write the commands that waited for them.
         if ready {
             inner.flush();
-        }
-    }
-}
-
-/// Delivers what the peer sent before it went and nobody has read yet (see
-/// [`Inner::write_failed`]): reads until the socket has nothing more to give now.
-fn read_what_is_left(
-    inner: &Inner,
-    read_half: &OwnedReadHalf,
-    buf: &mut [u8],
-    actions: &mut Vec<crate::protocol::Action<Waiter, RawReply>>,
-) {
-    // A syscall, not `try_read`: the runtime may not know yet that the socket is readable.
-    let socket = read_half.as_ref().as_fd();
-    loop {
-        match crate::sys::recv_now(socket, buf) {
-            Ok(n) if n > 0 => {
-                let bytes = buf.get(..n).unwrap_or_default();
-                if lock(&inner.conn.state).on_read(Ok(bytes), actions) {
-                    return;
-                }
-            }
-            // The end of the stream, nothing more yet, or an error: the session ends.
-            _ => return,
         }
     }
 }
