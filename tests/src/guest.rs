@@ -113,8 +113,17 @@ look() {
 look
 echo "HVARCH-STATE $state"
 last=$state
-while :; do
-    if read -r -t 0.1 cmd; then
+# One queue of events for the loop: the console's lines and a tick every 0.1 s. The console
+# is read by a reader of its own, never with a timeout: busybox's `read -t` drops what it has
+# read of a line when its deadline passes between two bytes (a command lost its first
+# letter under qemu-user). The tick sleeps in a `read -t` of a fifo nobody writes (a
+# builtin: no fork per tick under TCG). Each event is one short line: atomic in a fifo.
+mkfifo /tmp/events /tmp/never
+exec 4<>/tmp/events 5<>/tmp/never
+(while read -r line; do echo "line $line"; done) </dev/hvc0 >&4 &
+(while :; do read -r -t 0.1 _ <&5; echo tick; done) >&4 &
+while read -r kind cmd <&4; do
+    if [ "$kind" = line ]; then
         case "$cmd" in
             state) look; echo "HVARCH-STATE $state"; last=$state ;;
             poweroff) echo "HVARCH-BYE"; sync; poweroff -f ;;
