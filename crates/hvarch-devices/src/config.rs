@@ -1619,7 +1619,10 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig {
+            cases: crate::test_support::cases(512, 1),
+            ..ProptestConfig::default()
+        })]
 
         /// A configuration renders with every section as given (the machine and its options,
         /// the name, SMP, memory and the kernel command line read back as they were set), or

@@ -720,7 +720,10 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig {
+            cases: crate::test_support::cases(512, 1),
+            ..ProptestConfig::default()
+        })]
 
         /// For arbitrary parameters, Linux (the port above) reads the rendering as exactly the
         /// parameters that were accepted, and a refusal names the parameter.

@@ -30,6 +30,17 @@ use crate::props::Props;
 use crate::syntax::{flatten, parse_options};
 use crate::transport::{Transport, VirtioOpts};
 
+/// Cases for a property test that wants `cases` natively: `PROPTEST_CASES` when it is set
+/// (the cross targets set it low: their runs prove portability, and each case is emulated),
+/// else `cases`. Never below `floor`, what the test's own coverage assertions need.
+pub fn cases(cases: u32, floor: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(cases)
+        .max(floor)
+}
+
 /// Field text: arbitrary text without NUL (up to 24 characters), text rich in the characters
 /// option syntax must escape or keep (`,` `=` space, quotes, `é`, `/`), and identifier-like
 /// words, each a third of the time.
@@ -340,8 +351,9 @@ impl<D: QemuDevice + fmt::Debug + 'static> Cases<D> {
         } else {
             valid
         };
+        // 64 cases at least: a 1-in-4 fault is then missed once in 10^8 runs.
         let config = Config {
-            cases: 512,
+            cases: cases(512, 64),
             failure_persistence: None,
             ..Config::default()
         };
