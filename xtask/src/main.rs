@@ -11,6 +11,7 @@
 mod bench;
 mod cross;
 mod demo;
+mod disk;
 mod examples;
 mod run;
 mod setup;
@@ -49,7 +50,7 @@ enum Command {
     /// them, unplug, power off, and print the timings. Runs `setup` first if QEMU is missing.
     Demo,
     /// Build for another architecture with Debian's toolchain and run its tests under
-    /// qemu-user: aarch64 (the whole suite), ppc64le and s390x (the libraries' unit tests).
+    /// qemu-user: the libraries' unit and fake-QMP tests on each, the CLI's tests on aarch64.
     Cross {
         /// aarch64, ppc64le or s390x (or a target triple); all three when omitted.
         target: Option<String>,
@@ -83,9 +84,18 @@ fn main() -> ExitCode {
     }
 }
 
-/// The CI pipeline. Each stage prints a header and its duration.
+/// The CI pipeline. Each stage prints a header, its duration and the disk space left.
 fn ci() -> Result<(), String> {
     let started = Instant::now();
+    // CI builds each configuration once: incremental caches would only add gigabytes of disk.
+    // (xtask is single-threaded here; every cargo it starts inherits this.)
+    std::env::set_var("CARGO_INCREMENTAL", "0");
+    if let Some(warning) = disk::available(&target_dir())
+        .ok()
+        .and_then(|free| disk::shortage(free, disk::CI_NEEDS))
+    {
+        eprintln!("xtask ci: warning: {warning}");
+    }
     stage("setup", || setup::run(setup::Profile::Ci, false))?;
     stage("fmt", || cargo(&["fmt", "--all", "--", "--check"]).run())?;
     stage("clippy", || {
@@ -136,9 +146,19 @@ fn stage(name: &str, f: impl FnOnce() -> Result<(), String>) -> Result<(), Strin
     eprintln!("\n==> {name}");
     let t = Instant::now();
     let result = f();
+    let free = disk::available(&target_dir())
+        .map(|bytes| format!("{} free", disk::gib(bytes)))
+        .unwrap_or_else(|e| e);
     match &result {
-        Ok(()) => eprintln!("<== {name}: ok in {:.1?}", t.elapsed()),
-        Err(_) => eprintln!("<== {name}: FAILED after {:.1?}", t.elapsed()),
+        Ok(()) => eprintln!("<== {name}: ok in {:.1?} ({free})", t.elapsed()),
+        Err(_) => eprintln!("<== {name}: FAILED after {:.1?} ({free})", t.elapsed()),
     }
     result.map_err(|e| format!("stage `{name}` failed: {e}"))
+}
+
+/// Where cargo builds: `CARGO_TARGET_DIR`, else the workspace's `target/`.
+fn target_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(Into::into)
+        .unwrap_or_else(|| run::workspace_root().join("target"))
 }
