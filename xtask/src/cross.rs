@@ -12,14 +12,18 @@
 //!
 //! | target | runs | why |
 //! |---|---|---|
-//! | aarch64 | every test of the workspace | hvarch's second native host |
+//! | aarch64 | the libraries' tests that need no QEMU, and every test of the CLI | hvarch's second native host: the `hvarch` binary picks the arm64 backend there and drives real QEMU |
 //! | ppc64le | the libraries' tests that need no QEMU | `hvarch::native` and the backends on their own host |
 //! | s390x | the libraries' tests that need no QEMU | big-endian: the QMP codec, fd passing, argv rendering |
 //!
-//! The two extra targets run the libraries' unit tests (`--lib`) and the QMP client's and the
-//! hotplug engine's tests against the fake QMP server, with 32 cases per property test
-//! (`PROPTEST_CASES`; the input spaces are covered natively, these runs prove portability):
-//! that keeps `cargo xtask ci` within its time budget on two cores.
+//! Every target runs the libraries' unit tests (`--lib`) and the QMP client's and the hotplug
+//! engine's tests against the fake QMP server; aarch64 adds the CLI's unit and integration
+//! tests, which launch real QEMU through the aarch64 `hvarch` binary. The workspace's other
+//! real-QEMU suites (`tests/`) run natively only: under qemu-user they exercised the same
+//! host-independent code again, for half of the stage's time. Every target runs 32 cases per
+//! property test (`PROPTEST_CASES`): the input spaces are covered natively, these runs prove
+//! portability, and 256 emulated cases cost minutes. That keeps `cargo xtask ci` within its
+//! time budget on two cores.
 
 use crate::run::{workspace_root, Step};
 use crate::setup;
@@ -27,11 +31,14 @@ use crate::setup;
 /// What runs on a target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scope {
-    /// Every test of the workspace (unit, integration, doc).
-    Workspace,
+    /// [`Scope::Libraries`], then every test of [`CLI`] (a second `cargo test`).
+    LibrariesAndCli,
     /// The unit tests of [`LIBRARIES`] and the fake-QMP tests [`FAKE_QMP_TESTS`].
     Libraries,
 }
+
+/// The command-line crate whose tests [`Scope::LibrariesAndCli`] adds.
+pub const CLI: &str = "hvarch-cli";
 
 /// The libraries whose unit tests run on the targets of [`Scope::Libraries`].
 pub const LIBRARIES: [&str; 8] = [
@@ -55,7 +62,7 @@ pub const FAKE_QMP_TESTS: [&str; 5] = [
     "hotplug_fake",
 ];
 
-/// Property-test cases per test on the targets of [`Scope::Libraries`] (emulated, slow).
+/// Property-test cases per test on every cross target (emulated, slow).
 pub const CROSS_PROPTEST_CASES: &str = "32";
 
 /// A target the test suite is cross-built for.
@@ -73,13 +80,13 @@ pub struct CrossTarget {
     pub scope: Scope,
 }
 
-/// aarch64: the whole workspace's tests.
+/// aarch64: the libraries' tests and the CLI's.
 pub const AARCH64: CrossTarget = CrossTarget {
     name: "aarch64",
     triple: "aarch64-unknown-linux-gnu",
     gnu: "aarch64-linux-gnu",
     runner: "qemu-aarch64",
-    scope: Scope::Workspace,
+    scope: Scope::LibrariesAndCli,
 };
 
 /// ppc64le: the libraries' unit tests.
@@ -122,33 +129,45 @@ impl CrossTarget {
     /// What `cargo xtask ci` calls this target's stage.
     pub fn stage_name(&self) -> String {
         match self.scope {
-            Scope::Workspace => format!("cross ({} under qemu-user)", self.name),
+            Scope::LibrariesAndCli => {
+                format!(
+                    "cross ({} library and CLI tests under qemu-user)",
+                    self.name
+                )
+            }
             Scope::Libraries => format!("cross ({} library tests under qemu-user)", self.name),
         }
     }
 
-    /// The `cargo test` arguments besides the target: what [`Scope`] runs.
-    pub fn cargo_args(&self) -> Vec<&'static str> {
-        let mut args = Vec::new();
-        match self.scope {
-            Scope::Workspace => args.push("--workspace"),
-            Scope::Libraries => {
-                args.push("--lib");
-                for library in LIBRARIES {
-                    args.extend(["-p", library]);
-                }
-                for test in FAKE_QMP_TESTS {
-                    args.extend(["--test", test]);
-                }
-            }
+    /// The `cargo test` runs, each by its arguments besides the target: what [`Scope`] runs.
+    pub fn cargo_runs(&self) -> Vec<Vec<&'static str>> {
+        let mut libraries = vec!["--lib"];
+        for library in LIBRARIES {
+            libraries.extend(["-p", library]);
         }
-        args.push("--all-features");
-        args
+        for test in FAKE_QMP_TESTS {
+            libraries.extend(["--test", test]);
+        }
+        libraries.push("--all-features");
+        match self.scope {
+            Scope::Libraries => vec![libraries],
+            Scope::LibrariesAndCli => vec![libraries, vec!["-p", CLI, "--all-features"]],
+        }
     }
 
-    /// Builds this target's tests and runs them under qemu-user.
+    /// Builds this target's tests and runs them under qemu-user; every run goes, even after
+    /// one failed, and the error names each that failed.
     pub fn run(&self) -> Result<(), String> {
-        run_target(self, &self.cargo_args())
+        let failed: Vec<String> = self
+            .cargo_runs()
+            .iter()
+            .filter_map(|args| run_target(self, args).err())
+            .collect();
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(failed.join("; "))
+        }
     }
 }
 
@@ -166,11 +185,9 @@ pub fn run_target(target: &CrossTarget, cargo_args: &[&str]) -> Result<(), Strin
     let target_dir = workspace_root().join("target").join("debian-cross");
     let mut args = vec!["test", "--target", target.triple, "--no-fail-fast"];
     args.extend_from_slice(cargo_args);
-    let mut step = Step::new("/usr/bin/cargo", &args);
-    if target.scope == Scope::Libraries {
-        step = step.env("PROPTEST_CASES", CROSS_PROPTEST_CASES);
-    }
-    step.current_dir(workspace_root())
+    Step::new("/usr/bin/cargo", &args)
+        .env("PROPTEST_CASES", CROSS_PROPTEST_CASES)
+        .current_dir(workspace_root())
         .env("PATH", "/usr/bin:/bin:/usr/sbin:/sbin")
         .env("RUSTC", "/usr/bin/rustc")
         .env("RUSTDOC", "/usr/bin/rustdoc")
@@ -247,21 +264,42 @@ mod tests {
     }
 
     #[test]
-    fn aarch64_runs_everything_the_others_the_library_unit_tests() {
-        assert_eq!(AARCH64.cargo_args(), ["--workspace", "--all-features"]);
-        for target in [PPC64LE, S390X] {
-            let args = target.cargo_args();
-            assert_eq!(args[0], "--lib");
-            assert!(!args.contains(&"--workspace"));
+    fn every_target_runs_the_library_tests_and_aarch64_the_cli_too() {
+        for target in TARGETS {
+            let runs = target.cargo_runs();
+            let libraries = &runs[0];
+            assert_eq!(libraries[0], "--lib", "{}", target.name);
+            assert!(!libraries.contains(&"--workspace"));
             for library in ["hvarch", "hvarch-qmp", "hvarch-devices", "hvarch-s390x"] {
-                assert!(args.windows(2).any(|w| w == ["-p", library]), "{library}");
+                assert!(
+                    libraries.windows(2).any(|w| w == ["-p", library]),
+                    "{library}"
+                );
             }
-            assert!(args.windows(2).any(|w| w == ["--test", "fake_blocking"]));
+            assert!(libraries
+                .windows(2)
+                .any(|w| w == ["--test", "fake_blocking"]));
+            assert!(!libraries.contains(&CLI), "{}", target.name);
+            assert!(runs.iter().all(|run| run.last() == Some(&"--all-features")));
         }
+        assert_eq!(PPC64LE.cargo_runs().len(), 1);
+        assert_eq!(S390X.cargo_runs().len(), 1);
+        assert_eq!(AARCH64.cargo_runs()[1], ["-p", CLI, "--all-features"]);
         assert_eq!(
             S390X.stage_name(),
             "cross (s390x library tests under qemu-user)"
         );
-        assert_eq!(AARCH64.stage_name(), "cross (aarch64 under qemu-user)");
+        assert_eq!(
+            AARCH64.stage_name(),
+            "cross (aarch64 library and CLI tests under qemu-user)"
+        );
+    }
+
+    /// The CLI's tests are its crate's own (a test binary of another crate would not run).
+    #[test]
+    fn the_cli_is_a_workspace_crate_with_integration_tests() {
+        let crate_dir = workspace_root().join("crates").join(CLI);
+        assert!(crate_dir.join("Cargo.toml").is_file());
+        assert!(crate_dir.join("tests/run.rs").is_file());
     }
 }
