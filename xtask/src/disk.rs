@@ -7,10 +7,10 @@ use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-/// About what a `cargo xtask ci` run from an empty `target/` leaves there (measured on
-/// 2026-11-29: host tests, clippy, package, docs, the three cross targets' tests, the arm64
-/// guest and the cross sysroots), rounded up.
-pub const CI_NEEDS: u64 = 8 << 30;
+/// What a `cargo xtask ci` run from an empty `target/` leaves there, with a margin: 5.1 GiB
+/// measured on 2026-11-29 (host tests, clippy, package, docs, the three cross targets' tests,
+/// the arm64 guest, virtiofsd and the cross sysroots).
+pub const CI_NEEDS: u64 = 6 << 30;
 
 /// Bytes available to an unprivileged writer on the filesystem holding `path`.
 pub fn available(path: &Path) -> Result<u64, String> {

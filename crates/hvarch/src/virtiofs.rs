@@ -549,15 +549,27 @@ mod tests {
         assert_eq!(link(2), share.stderr.display().to_string());
         assert!(link(3).starts_with("socket:["));
         // Nothing else of this process's: the shell's own /dev/null copy at most (dash
-        // keeps one at 10), none of the descriptors the test process holds.
-        let others: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .unwrap()
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-            .filter(|&fd| fd > 3)
-            .map(link)
-            .filter(|l| l != "/dev/null")
-            .collect();
-        assert!(others.is_empty(), "leaked into the daemon: {others:?}");
+        // keeps one at 10), none of the descriptors the test process holds. Looked at until
+        // it holds (bounded): right after its exec, `sleep` itself opens and closes the
+        // locale archive, which is no leak; a leaked descriptor stays.
+        let others = || -> Vec<String> {
+            std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .map(|dir| {
+                    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+                        .filter(|&fd| fd > 3)
+                        .map(link)
+                        .filter(|l| l != "/dev/null")
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut leaked = others();
+        while !leaked.is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+            leaked = others();
+        }
+        assert!(leaked.is_empty(), "leaked into the daemon: {leaked:?}");
         let exit = daemon.stop().unwrap();
         assert!(exit.expected);
         assert!(!exists(pid), "stopped and reaped");
