@@ -44,7 +44,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hvarch::{Accelerator, GuestArch, VmSpec};
+use hvarch::{Accelerator, GuestArch, LaunchOptions, Vm, VmSpec};
 
 /// The package whose dependency names the cloud kernel to fetch.
 pub const KERNEL_META_PACKAGE: &str = "linux-image-cloud-arm64:arm64";
@@ -561,6 +561,24 @@ pub fn guest_spec(
         h.pflashes = vec![PathBuf::from(AAVMF_CODE), vars];
     }
     Ok(spec)
+}
+
+/// Boots the test guest (fetched by `cargo xtask setup`) as `options` say: launched paused,
+/// its console connected before the vCPUs start (no line is missed), then resumed until
+/// `/init` prints its ready marker, within `timeout`. A failure says which step failed, with
+/// QEMU's stderr once it runs; the VM is stopped and cleaned up then.
+pub fn boot(options: &GuestOptions, timeout: Duration) -> Result<(Vm, Console), String> {
+    let files = find(&guest_dir())?;
+    let image = initramfs(&files)?;
+    let spec = guest_spec(&files, &image, options)?;
+    let assembled = hvarch::assemble(&spec).map_err(|e| format!("assemble: {e}"))?;
+    let vm = Vm::launch(assembled, LaunchOptions::default()).map_err(|e| format!("launch: {e}"))?;
+    let console = Console::connect(&vm.paths().console, None)?;
+    vm.resume().map_err(|e| format!("cont: {e}"))?;
+    console
+        .wait_for("the ready marker", timeout, |l| l.starts_with(READY_MARKER))
+        .map_err(|e| format!("{e}\n--- QEMU stderr ---\n{}", vm.stderr()))?;
+    Ok((vm, console))
 }
 
 /// The prefix of the guest's answer to `virtiofs <tag>`.

@@ -14,9 +14,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use hvarch::{LaunchOptions, Vm};
 use hvarch_tests::demo::{self, Observer, HOTPLUG_MEMORY_MB};
-use hvarch_tests::guest::{self, Console, GuestOptions, READY_MARKER};
+use hvarch_tests::guest::{self, GuestOptions};
 use hvarch_tests::TempDir;
 
 /// Prints the steps, so a failing CI log shows how far the guest got.
@@ -74,20 +73,11 @@ fn boot_hotplug_disk_and_memory_unplug_and_power_off() {
 #[test]
 fn a_long_console_line_reaches_the_guest_whole() {
     const BOUND: Duration = Duration::from_secs(240);
-    let files = guest::find(&guest::guest_dir()).unwrap_or_else(|e| panic!("{e}"));
-    let initramfs = guest::initramfs(&files).unwrap_or_else(|e| panic!("{e}"));
     let dir = TempDir::new();
     let mut options = GuestOptions::new("console", dir.path());
     options.uefi = false;
     options.root_ports = 0;
-    let spec = guest::guest_spec(&files, &initramfs, &options).unwrap_or_else(|e| panic!("{e}"));
-    let mut vm = Vm::launch(hvarch::assemble(&spec).unwrap(), LaunchOptions::default())
-        .unwrap_or_else(|e| panic!("launch: {e}"));
-    let console = Console::connect(&vm.paths().console, None).unwrap_or_else(|e| panic!("{e}"));
-    vm.resume().unwrap();
-    console
-        .wait_for("ready marker", BOUND, |l| l.starts_with(READY_MARKER))
-        .unwrap_or_else(|e| panic!("{e}\n{}", vm.stderr()));
+    let (mut vm, console) = guest::boot(&options, BOUND).unwrap_or_else(|e| panic!("{e}"));
 
     // Under the tty's 4095-byte line limit; distinct ends show a lost head or tail.
     let line = format!("head-{}-tail", "x".repeat(3000));

@@ -55,7 +55,7 @@ use hvarch::hvarch_devices::rng::RngDevice;
 use hvarch::hvarch_devices::transport::{Transport, VirtioOpts};
 use hvarch::{assemble, GuestArch, LaunchOptions, Vm, VmSpec};
 use hvarch_tests::drivers::QmpVm;
-use hvarch_tests::guest::{self, Console, GuestOptions, READY_MARKER};
+use hvarch_tests::guest::{self, Console, GuestOptions};
 use hvarch_tests::query::{vm_block_nodes, vm_parent_bus, vm_peripherals, vm_qmp};
 use hvarch_tests::spec::{runnable, AAVMF_CODE, AAVMF_VARS};
 use hvarch_tests::TempDir;
@@ -503,21 +503,11 @@ fn wait_disks(console: &Console, what: &str, wanted: impl Fn(&[String]) -> bool)
 #[test]
 fn arm64_an_unconfirmed_rollback_is_pending_until_the_guest_releases_the_device() {
     let _serial = serial();
-    let files = guest::find(&guest::guest_dir()).unwrap_or_else(|e| panic!("{e}"));
-    let initramfs = guest::initramfs(&files).unwrap_or_else(|e| panic!("{e}"));
     let dir = TempDir::new();
     let mut options = GuestOptions::new("pending-removal", dir.path());
     options.uefi = false;
-    let spec = guest::guest_spec(&files, &initramfs, &options).unwrap_or_else(|e| panic!("{e}"));
-    let mut vm =
-        Vm::launch(assemble(&spec).expect("assemble"), LaunchOptions::default()).expect("launch");
-    let console = Console::connect(&vm.paths().console, None).unwrap_or_else(|e| panic!("{e}"));
-    vm.resume().expect("cont");
-    console
-        .wait_for("the ready marker", Duration::from_secs(120), |l| {
-            l.starts_with(READY_MARKER)
-        })
-        .unwrap_or_else(|e| panic!("{e}\n{}", vm.stderr()));
+    let (mut vm, console) =
+        guest::boot(&options, Duration::from_secs(120)).unwrap_or_else(|e| panic!("{e}"));
     wait_disks(&console, "the first state", |_| true);
     let disk = drive(image(&dir, "disk0.img"), "drive0");
 

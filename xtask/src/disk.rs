@@ -45,8 +45,7 @@ pub fn shortage(available: u64, needs: u64) -> Option<String> {
     (available < needs).then(|| {
         format!(
             "only {} free for target/; a `cargo xtask ci` run from an empty target/ writes about \
-             {} there, so a stage may fail with \"No space left on device\" (free some space, or \
-             point CARGO_TARGET_DIR elsewhere)",
+             {} there, so a stage may fail with \"No space left on device\"",
             gib(available),
             gib(needs)
         )
