@@ -8,7 +8,7 @@
 //!
 //! The measured clients are release binaries: `crates/hvarch/examples/vm_bench.rs` (launch,
 //! hotplug, scale), `crates/hvarch-qmp/examples/qmp_bench.rs` (QMP round trips), and the
-//! `argv` / `argv_allocs` benches of `hvarch`; Python's `qemu.qmp` runs from a venv
+//! `argv` / `argv_allocs` benches of `hvarch-tests`; Python's `qemu.qmp` runs from a venv
 //! under `target/bench/venv`.
 
 mod argv;

@@ -30,7 +30,7 @@ pub fn run() -> Result<Section, String> {
     cargo(&[
         "bench",
         "-p",
-        "hvarch",
+        "hvarch-tests",
         "--bench",
         "argv",
         "--",
@@ -44,7 +44,7 @@ pub fn run() -> Result<Section, String> {
     .run()?;
     let default_ns = criterion_median("argv_default_vm")?;
     let big_ns = criterion_median("argv_64_devices")?;
-    let allocs = cargo(&["bench", "-p", "hvarch", "--bench", "argv_allocs"])
+    let allocs = cargo(&["bench", "-p", "hvarch-tests", "--bench", "argv_allocs"])
         .output()
         .ok_or("the argv_allocs bench failed")?;
     // argv_allocs <vm> <allocations> <bytes> <args> <devices>
@@ -78,7 +78,7 @@ pub fn run() -> Result<Section, String> {
     Ok(Section {
         title: "Argv rendering",
         method: "`VmConfig::to_args` in option syntax, criterion medians \
-                 (`cargo bench -p hvarch --bench argv`): Kata's default arm64 VM as \
+                 (`cargo bench -p hvarch-tests --bench argv`): Kata's default arm64 VM as \
                  hvarch assembles it, and the same VM with 64 more devices (16 PCIe root \
                  ports, 48 virtio-blk disks each with its `-blockdev`). Allocations per render: \
                  `--bench argv_allocs`, a counting global allocator, mean of 100 renders."
