@@ -12,37 +12,76 @@
 //!
 //! | target | runs | why |
 //! |---|---|---|
-//! | aarch64 | the libraries' tests that need no QEMU, and every test of the CLI | hvarch's second native host: the `hvarch` binary picks the arm64 backend there and drives real QEMU |
-//! | ppc64le | the libraries' tests that need no QEMU | `hvarch::native` and the backends on their own host |
-//! | s390x | the libraries' tests that need no QEMU | big-endian: the QMP codec, fd passing, argv rendering |
+//! | aarch64 | every library's unit tests, their fake-QMP tests, and every test of the CLI | hvarch's second native host: the `hvarch` binary picks the arm64 backend there and drives real QEMU |
+//! | ppc64le | the architecture crates' and the QMP client's unit tests, the QMP client's fake-QMP tests, `hvarch::native` | the backends and the QMP client on their own host |
+//! | s390x | the same, and the device model's unit tests | big-endian: the QMP codec, fd passing, argv and id rendering |
 //!
-//! Every target runs the libraries' unit tests (`--lib`) and the QMP client's and the hotplug
-//! engine's tests against the fake QMP server; aarch64 adds the CLI's unit and integration
-//! tests, which launch real QEMU through the aarch64 `hvarch` binary. The workspace's other
-//! real-QEMU suites (`tests/`) run natively only: under qemu-user they exercised the same
-//! host-independent code again, for half of the stage's time. Every target runs 32 cases per
-//! property test (`PROPTEST_CASES`): the input spaces are covered natively, these runs prove
-//! portability, and 256 emulated cases cost minutes. That keeps `cargo xtask ci` within its
-//! time budget on two cores.
+//! What each target runs is what it can break that the others cannot: the facade's unit tests
+//! and the hotplug engine's fake-QMP tests (host-independent logic) run natively and on
+//! aarch64; the device model's (string rendering) natively, on aarch64 and on the big-endian
+//! s390x. The workspace's real-QEMU suites (`tests/`) run natively only: under qemu-user they
+//! exercised the same host-independent code again, for half of the stage's time. Every target
+//! runs 32 cases per property test (`PROPTEST_CASES`): the input spaces are covered natively,
+//! these runs prove portability, and 256 emulated cases cost minutes. Cross builds carry no
+//! debug info (a failing test still names its file and line). That keeps `cargo xtask ci`
+//! within its time budget on two cores.
 
 use crate::run::{workspace_root, Step};
 use crate::setup;
 
-/// What runs on a target.
+/// One `cargo test` on a cross target: which packages, and which of their tests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Scope {
-    /// [`Scope::Libraries`], then every test of [`CLI`] (a second `cargo test`).
-    LibrariesAndCli,
-    /// The unit tests of [`LIBRARIES`] and the fake-QMP tests [`FAKE_QMP_TESTS`].
-    Libraries,
+pub struct CargoRun {
+    /// The packages (`-p`).
+    pub packages: &'static [&'static str],
+    /// Their tests.
+    pub tests: Tests,
 }
 
-/// The command-line crate whose tests [`Scope::LibrariesAndCli`] adds.
+/// The tests a [`CargoRun`] builds and runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tests {
+    /// Every test target cargo builds by default (doc tests excepted: they do not cross-run).
+    All,
+    /// The packages' unit tests (`--lib`) when `unit`, and the integration tests named
+    /// (each belongs to one of the packages).
+    Only {
+        /// Whether the packages' unit tests run.
+        unit: bool,
+        /// Integration tests, by name (`--test`).
+        integration: &'static [&'static str],
+    },
+}
+
+impl CargoRun {
+    /// Its `cargo test` arguments besides the target.
+    pub fn args(&self) -> Vec<&'static str> {
+        let mut args = Vec::new();
+        if let Tests::Only { unit: true, .. } = self.tests {
+            args.push("--lib");
+        }
+        for package in self.packages {
+            args.extend(["-p", package]);
+        }
+        if let Tests::Only { integration, .. } = self.tests {
+            for test in integration {
+                args.extend(["--test", test]);
+            }
+        }
+        args.push("--all-features");
+        args
+    }
+}
+
+/// The command-line crate, whose tests aarch64 runs.
 pub const CLI: &str = "hvarch-cli";
 
-/// The libraries whose unit tests run on the targets of [`Scope::Libraries`].
+/// The facade, whose [`NATIVE_TEST`] every target runs.
+pub const FACADE: &str = "hvarch";
+
+/// The published libraries.
 pub const LIBRARIES: [&str; 8] = [
-    "hvarch",
+    FACADE,
     "hvarch-amd64",
     "hvarch-arch",
     "hvarch-arm64",
@@ -52,15 +91,59 @@ pub const LIBRARIES: [&str; 8] = [
     "hvarch-s390x",
 ];
 
-/// The integration tests of [`LIBRARIES`] that need no QEMU (a fake QMP server): the QMP
-/// codec and clients with fd passing, and the hotplug engine's command sequences.
-pub const FAKE_QMP_TESTS: [&str; 5] = [
+/// The architecture crates (the trait and base, the four backends) and the QMP client:
+/// what the ppc64le and s390x targets run the unit tests of.
+pub const BACKENDS_AND_QMP: [&str; 6] = [
+    "hvarch-amd64",
+    "hvarch-arch",
+    "hvarch-arm64",
+    "hvarch-ppc64le",
+    "hvarch-qmp",
+    "hvarch-s390x",
+];
+
+/// [`BACKENDS_AND_QMP`] and the device model: what s390x (big-endian) runs the unit tests of.
+pub const BACKENDS_QMP_AND_DEVICES: [&str; 7] = [
+    "hvarch-amd64",
+    "hvarch-arch",
+    "hvarch-arm64",
+    "hvarch-devices",
+    "hvarch-ppc64le",
+    "hvarch-qmp",
+    "hvarch-s390x",
+];
+
+/// The QMP client's integration tests that need no QEMU (a fake QMP server): the codec, the
+/// commands' JSON, and both clients with fd passing.
+pub const QMP_FAKE_TESTS: [&str; 4] = [
+    "codec_props",
+    "commands_json",
+    "fake_async",
+    "fake_blocking",
+];
+
+/// The facade's integration test of `hvarch::native` against the running machine.
+pub const NATIVE_TEST: &str = "native_host";
+
+/// The libraries' integration tests that need no QEMU: [`QMP_FAKE_TESTS`], the hotplug
+/// engine's command sequences against a fake QMP server, and [`NATIVE_TEST`].
+pub const LIBRARY_FAKE_TESTS: [&str; 6] = [
     "codec_props",
     "commands_json",
     "fake_async",
     "fake_blocking",
     "hotplug_fake",
+    NATIVE_TEST,
 ];
+
+/// `hvarch::native` on its own: the facade's library, not its unit tests.
+const NATIVE_RUN: CargoRun = CargoRun {
+    packages: &[FACADE],
+    tests: Tests::Only {
+        unit: false,
+        integration: &[NATIVE_TEST],
+    },
+};
 
 /// Property-test cases per test on every cross target (emulated, slow).
 pub const CROSS_PROPTEST_CASES: &str = "32";
@@ -76,35 +159,71 @@ pub struct CrossTarget {
     pub gnu: &'static str,
     /// The qemu-user binary that runs its programs.
     pub runner: &'static str,
-    /// What runs there.
-    pub scope: Scope,
+    /// What runs there, in a few words (the stage's name).
+    pub summary: &'static str,
+    /// What runs there: one `cargo test` each, in order.
+    pub runs: &'static [CargoRun],
 }
 
-/// aarch64: the libraries' tests and the CLI's.
+/// aarch64: every library's unit and fake-QMP tests, and the CLI's tests.
 pub const AARCH64: CrossTarget = CrossTarget {
     name: "aarch64",
     triple: "aarch64-unknown-linux-gnu",
     gnu: "aarch64-linux-gnu",
     runner: "qemu-aarch64",
-    scope: Scope::LibrariesAndCli,
+    summary: "library and CLI tests",
+    runs: &[
+        CargoRun {
+            packages: &LIBRARIES,
+            tests: Tests::Only {
+                unit: true,
+                integration: &LIBRARY_FAKE_TESTS,
+            },
+        },
+        CargoRun {
+            packages: &[CLI],
+            tests: Tests::All,
+        },
+    ],
 };
 
-/// ppc64le: the libraries' unit tests.
+/// ppc64le: the backends' and the QMP client's tests, and `hvarch::native`.
 pub const PPC64LE: CrossTarget = CrossTarget {
     name: "ppc64le",
     triple: "powerpc64le-unknown-linux-gnu",
     gnu: "powerpc64le-linux-gnu",
     runner: "qemu-ppc64le",
-    scope: Scope::Libraries,
+    summary: "backend and QMP tests",
+    runs: &[
+        CargoRun {
+            packages: &BACKENDS_AND_QMP,
+            tests: Tests::Only {
+                unit: true,
+                integration: &QMP_FAKE_TESTS,
+            },
+        },
+        NATIVE_RUN,
+    ],
 };
 
-/// s390x (big-endian): the libraries' unit tests.
+/// s390x (big-endian): the backends', the QMP client's and the device model's tests, and
+/// `hvarch::native`.
 pub const S390X: CrossTarget = CrossTarget {
     name: "s390x",
     triple: "s390x-unknown-linux-gnu",
     gnu: "s390x-linux-gnu",
     runner: "qemu-s390x",
-    scope: Scope::Libraries,
+    summary: "backend, QMP and device tests",
+    runs: &[
+        CargoRun {
+            packages: &BACKENDS_QMP_AND_DEVICES,
+            tests: Tests::Only {
+                unit: true,
+                integration: &QMP_FAKE_TESTS,
+            },
+        },
+        NATIVE_RUN,
+    ],
 };
 
 /// Every cross target, in the order `cargo xtask ci` runs them.
@@ -128,40 +247,16 @@ impl CrossTarget {
 
     /// What `cargo xtask ci` calls this target's stage.
     pub fn stage_name(&self) -> String {
-        match self.scope {
-            Scope::LibrariesAndCli => {
-                format!(
-                    "cross ({} library and CLI tests under qemu-user)",
-                    self.name
-                )
-            }
-            Scope::Libraries => format!("cross ({} library tests under qemu-user)", self.name),
-        }
-    }
-
-    /// The `cargo test` runs, each by its arguments besides the target: what [`Scope`] runs.
-    pub fn cargo_runs(&self) -> Vec<Vec<&'static str>> {
-        let mut libraries = vec!["--lib"];
-        for library in LIBRARIES {
-            libraries.extend(["-p", library]);
-        }
-        for test in FAKE_QMP_TESTS {
-            libraries.extend(["--test", test]);
-        }
-        libraries.push("--all-features");
-        match self.scope {
-            Scope::Libraries => vec![libraries],
-            Scope::LibrariesAndCli => vec![libraries, vec!["-p", CLI, "--all-features"]],
-        }
+        format!("cross ({} {} under qemu-user)", self.name, self.summary)
     }
 
     /// Builds this target's tests and runs them under qemu-user; every run goes, even after
     /// one failed, and the error names each that failed.
     pub fn run(&self) -> Result<(), String> {
         let failed: Vec<String> = self
-            .cargo_runs()
+            .runs
             .iter()
-            .filter_map(|args| run_target(self, args).err())
+            .filter_map(|run| run_target(self, &run.args()).err())
             .collect();
         if failed.is_empty() {
             Ok(())
@@ -187,6 +282,8 @@ pub fn run_target(target: &CrossTarget, cargo_args: &[&str]) -> Result<(), Strin
     args.extend_from_slice(cargo_args);
     Step::new("/usr/bin/cargo", &args)
         .env("PROPTEST_CASES", CROSS_PROPTEST_CASES)
+        // No debug info: 10 % of the build, and only backtraces would use it.
+        .env("CARGO_PROFILE_DEV_DEBUG", "false")
         .current_dir(workspace_root())
         .env("PATH", "/usr/bin:/bin:/usr/sbin:/sbin")
         .env("RUSTC", "/usr/bin/rustc")
@@ -242,52 +339,92 @@ mod tests {
         }
     }
 
-    /// Every named test is an integration test of one of the libraries (cargo would refuse a
-    /// missing one only at run time, on the cross machine).
+    /// Every named integration test belongs to exactly one of its run's packages (cargo would
+    /// refuse a missing one only at run time, on the cross machine), and every package is a
+    /// crate of the workspace.
     #[test]
-    fn fake_qmp_tests_exist_in_the_libraries() {
+    fn every_run_names_workspace_crates_and_their_tests() {
         let crates = workspace_root().join("crates");
-        for test in FAKE_QMP_TESTS {
-            let owners: Vec<&str> = LIBRARIES
-                .iter()
-                .copied()
-                .filter(|lib| {
-                    crates
-                        .join(lib)
-                        .join("tests")
-                        .join(format!("{test}.rs"))
-                        .is_file()
-                })
-                .collect();
-            assert_eq!(owners.len(), 1, "{test}: {owners:?}");
+        for target in TARGETS {
+            for run in target.runs {
+                for package in run.packages {
+                    assert!(
+                        crates.join(package).join("Cargo.toml").is_file(),
+                        "{}: {package}",
+                        target.name
+                    );
+                }
+                let Tests::Only { integration, .. } = run.tests else {
+                    continue;
+                };
+                for test in integration {
+                    let owners: Vec<&str> = run
+                        .packages
+                        .iter()
+                        .copied()
+                        .filter(|package| {
+                            crates
+                                .join(package)
+                                .join("tests")
+                                .join(format!("{test}.rs"))
+                                .is_file()
+                        })
+                        .collect();
+                    assert_eq!(owners.len(), 1, "{}: {test}: {owners:?}", target.name);
+                }
+            }
         }
     }
 
+    fn runs_args(target: &CrossTarget) -> Vec<Vec<&'static str>> {
+        target.runs.iter().map(CargoRun::args).collect()
+    }
+
+    /// `-p NAME` is among `args`.
+    fn selects(args: &[&str], package: &str) -> bool {
+        args.windows(2).any(|w| w == ["-p", package])
+    }
+
     #[test]
-    fn every_target_runs_the_library_tests_and_aarch64_the_cli_too() {
-        for target in TARGETS {
-            let runs = target.cargo_runs();
-            let libraries = &runs[0];
-            assert_eq!(libraries[0], "--lib", "{}", target.name);
-            assert!(!libraries.contains(&"--workspace"));
-            for library in ["hvarch", "hvarch-qmp", "hvarch-devices", "hvarch-s390x"] {
-                assert!(
-                    libraries.windows(2).any(|w| w == ["-p", library]),
-                    "{library}"
-                );
-            }
-            assert!(libraries
-                .windows(2)
-                .any(|w| w == ["--test", "fake_blocking"]));
-            assert!(!libraries.contains(&CLI), "{}", target.name);
-            assert!(runs.iter().all(|run| run.last() == Some(&"--all-features")));
+    fn aarch64_runs_every_library_and_the_cli() {
+        let runs = runs_args(&AARCH64);
+        assert_eq!(runs.len(), 2);
+        assert_eq!(runs[0][0], "--lib");
+        for library in LIBRARIES {
+            assert!(selects(&runs[0], library), "{library}");
         }
-        assert_eq!(PPC64LE.cargo_runs().len(), 1);
-        assert_eq!(S390X.cargo_runs().len(), 1);
-        assert_eq!(AARCH64.cargo_runs()[1], ["-p", CLI, "--all-features"]);
+        for test in ["hotplug_fake", "fake_blocking", NATIVE_TEST] {
+            assert!(runs[0].windows(2).any(|w| w == ["--test", test]), "{test}");
+        }
+        assert_eq!(runs[1], ["-p", CLI, "--all-features"]);
+    }
+
+    #[test]
+    fn ppc64le_and_s390x_run_the_backends_qmp_and_native() {
+        for target in [PPC64LE, S390X] {
+            let runs = runs_args(&target);
+            assert_eq!(runs.len(), 2, "{}", target.name);
+            let units = &runs[0];
+            assert_eq!(units[0], "--lib");
+            for package in BACKENDS_AND_QMP {
+                assert!(selects(units, package), "{}: {package}", target.name);
+            }
+            // The facade's unit tests are host-independent: aarch64 and x86_64 run them.
+            assert!(!selects(units, FACADE), "{}", target.name);
+            assert!(units.windows(2).any(|w| w == ["--test", "fake_blocking"]));
+            // `hvarch::native` alone, without `--lib` (which would build the facade's unit
+            // tests).
+            assert_eq!(
+                runs[1],
+                ["-p", FACADE, "--test", NATIVE_TEST, "--all-features"]
+            );
+        }
+        // Rendering is where byte order could show: the big-endian target runs the devices.
+        assert!(selects(&runs_args(&S390X)[0], "hvarch-devices"));
+        assert!(!selects(&runs_args(&PPC64LE)[0], "hvarch-devices"));
         assert_eq!(
             S390X.stage_name(),
-            "cross (s390x library tests under qemu-user)"
+            "cross (s390x backend, QMP and device tests under qemu-user)"
         );
         assert_eq!(
             AARCH64.stage_name(),
