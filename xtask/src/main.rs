@@ -118,11 +118,14 @@ fn ci() -> Result<(), String> {
         examples::run,
     )?;
     stage("package", || {
-        // Every published crate packages on its own and builds from its package (hvarch-tests
-        // and xtask are not published).
+        // Every published crate packages on its own and builds from its package with all its
+        // features, as docs.rs builds it (the async facade's `tokio` included); the test
+        // build's dependencies then serve most of the verification builds, `qapi-qmp`'s
+        // among them. hvarch-tests and xtask are not published.
         cargo(&[
             "package",
             "--workspace",
+            "--all-features",
             "--exclude",
             "hvarch-tests",
             "--exclude",
