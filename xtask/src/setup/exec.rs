@@ -67,8 +67,10 @@ fn run_step(step: &Step, progress: &mut dyn FnMut(&str)) -> Result<(), String> {
         Step::CargoInstall { tool, root } => {
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
             run(Command::new(cargo)
-                // A debug build: the tests need virtiofsd to work, not to be fast, and it
-                // builds in a fraction of the release build's time.
+                // A debug build without debug info: the tests need virtiofsd to work, not to
+                // be fast or debugged, and it builds in a fraction of the release build's time
+                // (`cargo install` reads no project configuration, so the environment says it).
+                .env("CARGO_PROFILE_DEV_DEBUG", "false")
                 .args(["install", "--locked", "--debug", "--root"])
                 .arg(root)
                 .arg(format!("{}@{}", tool.name, tool.version)))
