@@ -180,9 +180,12 @@ mod tests {
             std::fs::read_to_string(dir.join("ok.log")).expect("log"),
             "built\n"
         );
-        let failed = Step::new("sh", &["-c", "echo 'error[E0308]: mismatched types' >&2; exit 101"])
-            .spawn_logged(&dir.join("failed.log"))
-            .expect("spawn");
+        let failed = Step::new(
+            "sh",
+            &["-c", "echo 'error[E0308]: mismatched types' >&2; exit 101"],
+        )
+        .spawn_logged(&dir.join("failed.log"))
+        .expect("spawn");
         let err = failed.finish().unwrap_err();
         assert!(err.contains("exited with exit status: 101"), "{err}");
         assert!(err.contains("error[E0308]: mismatched types"), "{err}");
