@@ -102,17 +102,6 @@ pub const BACKENDS_AND_QMP: [&str; 6] = [
     "hvarch-s390x",
 ];
 
-/// [`BACKENDS_AND_QMP`] and the device model: what s390x (big-endian) runs the unit tests of.
-pub const BACKENDS_QMP_AND_DEVICES: [&str; 7] = [
-    "hvarch-amd64",
-    "hvarch-arch",
-    "hvarch-arm64",
-    "hvarch-devices",
-    "hvarch-ppc64le",
-    "hvarch-qmp",
-    "hvarch-s390x",
-];
-
 /// The QMP client's integration tests that need no QEMU (a fake QMP server): the codec, the
 /// commands' JSON, and both clients with fd passing.
 pub const QMP_FAKE_TESTS: [&str; 4] = [
@@ -125,25 +114,27 @@ pub const QMP_FAKE_TESTS: [&str; 4] = [
 /// The facade's integration test of `hvarch::native` against the running machine.
 pub const NATIVE_TEST: &str = "native_host";
 
-/// The libraries' integration tests that need no QEMU: [`QMP_FAKE_TESTS`], the hotplug
-/// engine's command sequences against a fake QMP server, and [`NATIVE_TEST`].
-pub const LIBRARY_FAKE_TESTS: [&str; 6] = [
-    "codec_props",
-    "commands_json",
-    "fake_async",
-    "fake_blocking",
-    "hotplug_fake",
-    NATIVE_TEST,
-];
+/// The unit tests of `packages` and the QMP client's fake-QMP tests.
+const fn units_and_qmp_fakes(packages: &'static [&'static str]) -> CargoRun {
+    CargoRun {
+        packages,
+        tests: Tests::Only {
+            unit: true,
+            integration: &QMP_FAKE_TESTS,
+        },
+    }
+}
 
-/// `hvarch::native` on its own: the facade's library, not its unit tests.
-const NATIVE_RUN: CargoRun = CargoRun {
-    packages: &[FACADE],
-    tests: Tests::Only {
-        unit: false,
-        integration: &[NATIVE_TEST],
-    },
-};
+/// The facade's integration tests of `tests`, without its unit tests (`--lib` would add them).
+const fn facade_tests(tests: &'static [&'static str]) -> CargoRun {
+    CargoRun {
+        packages: &[FACADE],
+        tests: Tests::Only {
+            unit: false,
+            integration: tests,
+        },
+    }
+}
 
 /// Property-test cases per test on every cross target (emulated, slow).
 pub const CROSS_PROPTEST_CASES: &str = "32";
@@ -173,13 +164,9 @@ pub const AARCH64: CrossTarget = CrossTarget {
     runner: "qemu-aarch64",
     summary: "library and CLI tests",
     runs: &[
-        CargoRun {
-            packages: &LIBRARIES,
-            tests: Tests::Only {
-                unit: true,
-                integration: &LIBRARY_FAKE_TESTS,
-            },
-        },
+        units_and_qmp_fakes(&LIBRARIES),
+        // The hotplug engine's command sequences against a fake QMP server.
+        facade_tests(&["hotplug_fake", NATIVE_TEST]),
         CargoRun {
             packages: &[CLI],
             tests: Tests::All,
@@ -195,14 +182,8 @@ pub const PPC64LE: CrossTarget = CrossTarget {
     runner: "qemu-ppc64le",
     summary: "backend and QMP tests",
     runs: &[
-        CargoRun {
-            packages: &BACKENDS_AND_QMP,
-            tests: Tests::Only {
-                unit: true,
-                integration: &QMP_FAKE_TESTS,
-            },
-        },
-        NATIVE_RUN,
+        units_and_qmp_fakes(&BACKENDS_AND_QMP),
+        facade_tests(&[NATIVE_TEST]),
     ],
 };
 
@@ -215,14 +196,15 @@ pub const S390X: CrossTarget = CrossTarget {
     runner: "qemu-s390x",
     summary: "backend, QMP and device tests",
     runs: &[
+        units_and_qmp_fakes(&BACKENDS_AND_QMP),
         CargoRun {
-            packages: &BACKENDS_QMP_AND_DEVICES,
+            packages: &["hvarch-devices"],
             tests: Tests::Only {
                 unit: true,
-                integration: &QMP_FAKE_TESTS,
+                integration: &[],
             },
         },
-        NATIVE_RUN,
+        facade_tests(&[NATIVE_TEST]),
     ],
 };
 
@@ -376,59 +358,96 @@ mod tests {
         }
     }
 
-    fn runs_args(target: &CrossTarget) -> Vec<Vec<&'static str>> {
-        target.runs.iter().map(CargoRun::args).collect()
+    /// The packages whose unit tests `target` runs.
+    fn unit_tested(target: &CrossTarget) -> Vec<&'static str> {
+        let runs = target.runs.iter();
+        runs.filter(|run| matches!(run.tests, Tests::Only { unit: true, .. }))
+            .flat_map(|run| run.packages.iter().copied())
+            .collect()
     }
 
-    /// `-p NAME` is among `args`.
-    fn selects(args: &[&str], package: &str) -> bool {
-        args.windows(2).any(|w| w == ["-p", package])
+    /// The integration tests `target` runs (besides those of [`Tests::All`] runs).
+    fn integration_tested(target: &CrossTarget) -> Vec<&'static str> {
+        let runs = target.runs.iter();
+        runs.flat_map(|run| match run.tests {
+            Tests::Only { integration, .. } => integration.to_vec(),
+            Tests::All => Vec::new(),
+        })
+        .collect()
+    }
+
+    #[test]
+    fn args_select_unit_tests_packages_and_integration_tests() {
+        let run = units_and_qmp_fakes(&["hvarch-qmp", "hvarch-arch"]);
+        assert_eq!(
+            run.args(),
+            [
+                "--lib",
+                "-p",
+                "hvarch-qmp",
+                "-p",
+                "hvarch-arch",
+                "--test",
+                "codec_props",
+                "--test",
+                "commands_json",
+                "--test",
+                "fake_async",
+                "--test",
+                "fake_blocking",
+                "--all-features"
+            ]
+        );
+        // Without `--lib`, which would build the facade's unit tests too.
+        assert_eq!(
+            facade_tests(&[NATIVE_TEST]).args(),
+            ["-p", FACADE, "--test", NATIVE_TEST, "--all-features"]
+        );
     }
 
     #[test]
     fn aarch64_runs_every_library_and_the_cli() {
-        let runs = runs_args(&AARCH64);
-        assert_eq!(runs.len(), 2);
-        assert_eq!(runs[0][0], "--lib");
+        let units = unit_tested(&AARCH64);
         for library in LIBRARIES {
-            assert!(selects(&runs[0], library), "{library}");
+            assert!(units.contains(&library), "{library}");
         }
+        let integration = integration_tested(&AARCH64);
         for test in ["hotplug_fake", "fake_blocking", NATIVE_TEST] {
-            assert!(runs[0].windows(2).any(|w| w == ["--test", test]), "{test}");
+            assert!(integration.contains(&test), "{test}");
         }
-        assert_eq!(runs[1], ["-p", CLI, "--all-features"]);
+        let cli = CargoRun {
+            packages: &[CLI],
+            tests: Tests::All,
+        };
+        assert!(AARCH64.runs.contains(&cli));
+        assert_eq!(
+            AARCH64.stage_name(),
+            "cross (aarch64 library and CLI tests under qemu-user)"
+        );
     }
 
     #[test]
     fn ppc64le_and_s390x_run_the_backends_qmp_and_native() {
         for target in [PPC64LE, S390X] {
-            let runs = runs_args(&target);
-            assert_eq!(runs.len(), 2, "{}", target.name);
-            let units = &runs[0];
-            assert_eq!(units[0], "--lib");
+            let units = unit_tested(&target);
             for package in BACKENDS_AND_QMP {
-                assert!(selects(units, package), "{}: {package}", target.name);
+                assert!(units.contains(&package), "{}: {package}", target.name);
             }
-            // The facade's unit tests are host-independent: aarch64 and x86_64 run them.
-            assert!(!selects(units, FACADE), "{}", target.name);
-            assert!(units.windows(2).any(|w| w == ["--test", "fake_blocking"]));
-            // `hvarch::native` alone, without `--lib` (which would build the facade's unit
-            // tests).
-            assert_eq!(
-                runs[1],
-                ["-p", FACADE, "--test", NATIVE_TEST, "--all-features"]
-            );
+            // The facade's unit tests and the hotplug engine's fake-QMP tests are
+            // host-independent: aarch64 and x86_64 run them.
+            assert!(!units.contains(&FACADE), "{}", target.name);
+            let integration = integration_tested(&target);
+            assert!(integration.contains(&"fake_blocking"), "{}", target.name);
+            assert!(integration.contains(&NATIVE_TEST), "{}", target.name);
+            assert!(!integration.contains(&"hotplug_fake"), "{}", target.name);
+            assert!(!target.runs.iter().any(|run| run.tests == Tests::All));
         }
         // Rendering is where byte order could show: the big-endian target runs the devices.
-        assert!(selects(&runs_args(&S390X)[0], "hvarch-devices"));
-        assert!(!selects(&runs_args(&PPC64LE)[0], "hvarch-devices"));
+        assert!(unit_tested(&S390X).contains(&"hvarch-devices"));
+        assert!(!unit_tested(&PPC64LE).contains(&"hvarch-devices"));
         assert_eq!(
             S390X.stage_name(),
             "cross (s390x backend, QMP and device tests under qemu-user)"
-        );
-        assert_eq!(
-            AARCH64.stage_name(),
-            "cross (aarch64 library and CLI tests under qemu-user)"
         );
     }
 

@@ -50,7 +50,7 @@ enum Command {
     /// them, unplug, power off, and print the timings. Runs `setup` first if QEMU is missing.
     Demo,
     /// Build for another architecture with Debian's toolchain and run its tests under
-    /// qemu-user: the libraries' unit and fake-QMP tests on each, the CLI's tests on aarch64.
+    /// qemu-user: on each, what it can break that the others cannot (see `xtask/src/cross.rs`).
     Cross {
         /// aarch64, ppc64le or s390x (or a target triple); all three when omitted.
         target: Option<String>,

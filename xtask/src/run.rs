@@ -5,7 +5,7 @@ use std::fs::File;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// A command about to run: printed before it runs, with its failure turned into a message.
 pub struct Step {
@@ -121,17 +121,17 @@ impl Background {
         let status = child
             .wait()
             .map_err(|e| format!("cannot wait for `{}`: {e}", self.shown))?;
-        let ran = self.started.elapsed();
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
         if status.success() {
             eprintln!(
                 "`{}` finished in {:.1?} (its output: {})",
                 self.shown,
-                round(ran),
+                self.started.elapsed(),
                 self.log.display()
             );
             Ok(())
         } else {
+            let log = std::fs::read_to_string(&self.log)
+                .unwrap_or_else(|e| format!("(cannot read {}: {e})", self.log.display()));
             Err(format!("`{}` exited with {status}:\n{log}", self.shown))
         }
     }
@@ -154,14 +154,10 @@ impl Drop for Background {
     }
 }
 
-/// `d` to a tenth of a second, for messages.
-fn round(d: Duration) -> Duration {
-    Duration::from_millis(d.as_millis() as u64 / 100 * 100)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn scratch(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("xtask-run-{}-{name}", std::process::id()));
