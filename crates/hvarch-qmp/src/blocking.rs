@@ -2,13 +2,21 @@
 //! only when no caller does, writes are coalesced, a timeout bounds every wait.
 //!
 //! **Reading.** A caller waiting for its reply becomes the *leader* when nobody is reading the
-//! socket: it waits for data itself, feeds the session and delivers whatever arrived (its own
-//! reply, other callers' replies, events) in the critical section that fed it. A lone caller
-//! thus pays no thread hand-off. Callers that find a leader are *followers*: they sleep on their
-//! own slot until their reply is delivered or the leader steps down and promotes one of them.
-//! When no caller waits, a background thread (asleep on an epoll set that callers switch off
-//! while they lead) reads, so events reach subscribers while no command runs and the end of the
-//! connection is noticed.
+//! socket: it waits for data itself (in `recv`, bounded by the socket's receive timeout), feeds
+//! the session and delivers whatever arrived (its own reply, other callers' replies, events) in
+//! the critical section that fed it. A lone caller thus pays no thread hand-off, and a round
+//! trip costs it the two system calls a raw client makes (`sendmsg`, `recv`). Callers that find
+//! a leader are *followers*: they sleep on their own slot until their reply is delivered or the
+//! leader steps down and promotes one of them.
+//!
+//! When no caller waits, a background thread reads, so events reach subscribers while no
+//! command runs and the end of the connection is noticed. It sleeps on a one-shot epoll watch of
+//! the socket, which callers never touch: if a caller reads data the watch reported, the
+//! background thread wakes once, finds a leader, and *lingers*: it arms the watch again once no
+//! caller has read for a whole `LINGER` tick. A caller that steps down while subscriptions
+//! exist (or the connection ends) arms the watch at once, so events are read as they come; with
+//! no subscription they have nowhere to go, and at most two ticks pass before the background
+//! thread reads again (to notice the end of the connection, and keep QEMU's output moving).
 //!
 //! **Writing.** Commands go into the session's queue; the caller that takes the writer lock
 //! writes everything queued behind it in one `sendmsg` (descriptors in their own), and a thread
@@ -38,7 +46,15 @@ use crate::error::{Error, Result};
 use crate::event::{Event, EventFilter};
 use crate::message::Command;
 use crate::protocol::{Action, RawReply};
-use crate::sys::{recv_now, wait_readable, Watch};
+use crate::sys::{recv_now, recv_waiting, wait_readable, Watch};
+
+/// How long the background thread leaves the socket to callers after the last one read, before
+/// it watches the socket again (when no subscription asks for events at once).
+const LINGER: Duration = Duration::from_millis(50);
+
+/// The socket's receive timeout: the longest a leader blocks in one `recv` before it re-checks
+/// its deadline. A leader whose deadline is nearer waits in `ppoll` instead.
+const RECV_SLICE: Duration = Duration::from_secs(1);
 
 /// Where a caller receives its result, and learns that it may lead.
 #[derive(Debug, Default)]
@@ -132,8 +148,47 @@ struct Reading {
     leader: Option<Leader>,
     /// Callers waiting while someone else reads, oldest first.
     followers: VecDeque<Arc<Slot>>,
-    /// Whether the background thread's epoll set watches the socket.
-    watching: bool,
+    /// Whether the background thread's watch is armed. Only the background thread disarms it
+    /// (by waking on it), so while it is not, the background thread lingers.
+    armed: bool,
+    /// Counts callers taking the reading role, for the lingering background thread to see
+    /// whether a whole tick passed without one.
+    claims: u64,
+}
+
+/// What the background thread does when it wakes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BackgroundStep {
+    /// Sleep again: a caller reads, or callers read during the last tick (lingering).
+    Wait,
+    /// Arm the watch and sleep on it: nobody read for a whole tick.
+    Arm,
+    /// Read: the watch reported and nobody else reads (the role is now the background's).
+    Read,
+}
+
+impl Reading {
+    /// The background thread woke: its watch `reported`, or a lingering tick passed. `seen` is
+    /// the claim count it saw at its previous lingering tick.
+    fn on_background_wake(&mut self, reported: bool, seen: &mut Option<u64>) -> BackgroundStep {
+        if reported {
+            // A one-shot watch disarms itself when it reports.
+            self.armed = false;
+        }
+        if self.leader.is_some() {
+            *seen = Some(self.claims);
+            return BackgroundStep::Wait;
+        }
+        if reported {
+            self.leader = Some(Leader::Background);
+            return BackgroundStep::Read;
+        }
+        if *seen == Some(self.claims) {
+            return BackgroundStep::Arm;
+        }
+        *seen = Some(self.claims);
+        BackgroundStep::Wait
+    }
 }
 
 /// What the leader reads with: only the leader locks it.
@@ -189,13 +244,13 @@ impl Qmp {
         let mut reader = stream.try_clone()?;
         let writer = stream;
         let negotiated = handshake(&mut reader, &writer, config)?;
-        // Reads never block in the kernel (they wait in `ppoll`/epoll, then `recv` with
-        // MSG_DONTWAIT); writes block, bounded by `command_timeout`. A zero timeout would be
-        // refused by the socket (it means "none" to `set_*_timeout`).
-        reader.set_read_timeout(None)?;
+        // A leader's `recv` blocks for at most `RECV_SLICE`; the background thread's and the
+        // last slice before a deadline do not block (`MSG_DONTWAIT`). Writes block, bounded by
+        // `command_timeout`. A zero timeout would be refused by the socket (it means "none" to
+        // `set_*_timeout`).
+        reader.set_read_timeout(Some(RECV_SLICE))?;
         writer.set_write_timeout(Some(config.command_timeout).filter(|t| !t.is_zero()))?;
         let watch = Watch::new(reader.as_fd())?;
-        watch.on()?;
         let inner = Arc::new(Inner {
             conn: Arc::new(Connection::new(negotiated, writer.try_clone()?, config)),
             writer: Mutex::new(writer),
@@ -207,7 +262,8 @@ impl Qmp {
             reading: Mutex::new(Reading {
                 leader: None,
                 followers: VecDeque::new(),
-                watching: true,
+                armed: true,
+                claims: 0,
             }),
             watch,
         });
@@ -262,9 +318,12 @@ impl Qmp {
     /// Subscribes to events matching `filter` from now on.
     pub fn subscribe_filtered(&self, filter: EventFilter) -> EventSubscription {
         let (tx, rx) = mpsc::channel();
+        let registration = self.inner.conn.subscribe(filter.clone(), tx);
+        // Events have somewhere to go now: read them as they come.
+        self.inner.settle(&mut lock(&self.inner.reading));
         EventSubscription {
             rx,
-            _registration: self.inner.conn.subscribe(filter.clone(), tx),
+            _registration: registration,
             filter,
         }
     }
@@ -341,14 +400,17 @@ impl Inner {
         self.conn.read_what_is_left(stream.as_fd(), buf, actions);
     }
 
-    /// Takes the reading role if nobody has it; returns whether this caller now leads.
+    /// Takes the reading role for a caller if nobody has it; returns whether it now leads.
     fn claim_reading(&self) -> bool {
-        let mut reading = lock(&self.reading);
+        Self::claim(&mut lock(&self.reading))
+    }
+
+    fn claim(reading: &mut Reading) -> bool {
         if reading.leader.is_some() {
             return false;
         }
         reading.leader = Some(Leader::Caller);
-        self.watch_socket(&mut reading, false);
+        reading.claims = reading.claims.wrapping_add(1);
         true
     }
 
@@ -375,9 +437,7 @@ impl Inner {
                 return None;
             }
             let mut reading = lock(&self.reading);
-            if reading.leader.is_none() {
-                reading.leader = Some(Leader::Caller);
-                self.watch_socket(&mut reading, false);
+            if Self::claim(&mut reading) {
                 leading = true;
                 continue;
             }
@@ -398,19 +458,24 @@ impl Inner {
     fn lead(&self, slot: &Slot, deadline: Option<Instant>) {
         let mut read = lock(&self.read);
         while !slot.has_result() {
-            let left = remaining(deadline);
-            if left.is_some_and(|r| r.is_zero()) {
-                return;
-            }
-            match wait_readable(read.stream.as_fd(), left) {
-                Ok(true) => {}
-                Ok(false) => continue,
-                Err(e) => {
-                    self.read_done(&mut read, Err(e));
-                    return;
+            let ReadSide { stream, buf, .. } = &mut *read;
+            let n = match remaining(deadline) {
+                Some(left) if left.is_zero() => return,
+                // The deadline comes before the receive timeout would: wait for it exactly.
+                Some(left) if left < RECV_SLICE => {
+                    match wait_readable(stream.as_fd(), Some(left)) {
+                        Ok(true) => recv_now(stream.as_fd(), buf),
+                        Ok(false) => continue,
+                        Err(e) => Err(e),
+                    }
                 }
+                _ => recv_waiting(stream.as_fd(), buf),
+            };
+            if matches!(&n, Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted))
+            {
+                continue;
             }
-            if self.read_once(&mut read) {
+            if self.read_done(&mut read, n) {
                 return;
             }
         }
@@ -444,8 +509,9 @@ impl Inner {
         closed
     }
 
-    /// After the reading role changed: if nobody reads, the oldest follower is asked to, or
-    /// the background thread takes over.
+    /// After the reading role changed: if nobody reads, the oldest follower is asked to;
+    /// otherwise the background thread's watch is armed when events are awaited or the
+    /// connection ended (else the lingering background thread arms it after a quiet tick).
     fn settle(&self, reading: &mut Reading) {
         if reading.leader.is_some() {
             return;
@@ -453,50 +519,59 @@ impl Inner {
         // A follower whose result has arrived is about to leave: ask the next one.
         let next = reading.followers.iter().find(|f| !f.has_result()).cloned();
         match next {
-            Some(next) if !self.conn.is_shut_down() => {
-                self.watch_socket(reading, false);
-                next.promote();
-            }
-            _ => self.watch_socket(reading, true),
+            Some(next) if !self.conn.is_shut_down() => next.promote(),
+            _ if self.conn.has_subscriptions() || self.conn.is_shut_down() => self.arm(reading),
+            _ => {}
         }
     }
 
-    fn watch_socket(&self, reading: &mut Reading, on: bool) {
-        if reading.watching == on {
+    /// Arms the background thread's watch, unless it is armed.
+    fn arm(&self, reading: &mut Reading) {
+        if reading.armed {
             return;
         }
-        let result = if on {
-            self.watch.on()
-        } else {
-            self.watch.off()
-        };
-        match result {
-            Ok(()) => reading.watching = on,
-            Err(e) => warn!(error = %e, on, "QMP: epoll_ctl failed"),
+        match self.watch.arm() {
+            Ok(()) => reading.armed = true,
+            Err(e) => warn!(error = %e, "QMP: epoll_ctl failed"),
         }
     }
 
-    /// The background reader: sleeps on the epoll set, and reads when it wakes with nobody
-    /// else reading. Ends with the connection.
+    /// The background reader: sleeps on the watch, and reads when it reports with nobody else
+    /// reading; while callers read, lingers (see the module's documentation). Ends with the
+    /// connection.
     fn background(&self) {
+        // The claim count at the last lingering tick.
+        let mut seen = None;
         loop {
-            if let Err(e) = self.watch.wait() {
-                warn!(error = %e, "QMP: epoll_wait failed; events are read only by callers");
-                return;
-            }
+            let armed = lock(&self.reading).armed;
+            let reported = match self.watch.wait((!armed).then_some(LINGER)) {
+                Ok(reported) => reported,
+                Err(e) => {
+                    warn!(error = %e, "QMP: epoll_wait failed; events are read only by callers");
+                    return;
+                }
+            };
             if self.conn.is_shut_down() {
                 return;
             }
             {
                 let mut reading = lock(&self.reading);
-                if reading.leader.is_some() || !reading.watching {
-                    continue;
+                match reading.on_background_wake(reported, &mut seen) {
+                    BackgroundStep::Wait => continue,
+                    BackgroundStep::Arm => {
+                        self.arm(&mut reading);
+                        continue;
+                    }
+                    BackgroundStep::Read => {}
                 }
-                reading.leader = Some(Leader::Background);
             }
             let closed = self.read_once(&mut lock(&self.read));
             let mut reading = lock(&self.reading);
             reading.leader = None;
+            // Events come while no caller reads: watch for the next one at once.
+            if reading.followers.is_empty() {
+                self.arm(&mut reading);
+            }
             self.settle(&mut reading);
             if closed {
                 return;
@@ -578,5 +653,103 @@ impl Iterator for EventSubscription {
     /// Blocks for the next event; `None` once the connection is closed.
     fn next(&mut self) -> Option<Event> {
         self.recv().ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::FakeServer;
+    use serde_json::json;
+
+    fn reading() -> Reading {
+        Reading {
+            leader: None,
+            followers: VecDeque::new(),
+            armed: true,
+            claims: 0,
+        }
+    }
+
+    #[test]
+    fn the_background_reads_what_its_watch_reports_while_nobody_else_reads() {
+        let mut r = reading();
+        let mut seen = None;
+        assert_eq!(r.on_background_wake(true, &mut seen), BackgroundStep::Read);
+        assert_eq!(r.leader, Some(Leader::Background));
+        assert!(!r.armed, "a one-shot watch that reported is disarmed");
+    }
+
+    #[test]
+    fn the_background_lingers_while_callers_read_and_watches_again_after_a_quiet_tick() {
+        let mut r = reading();
+        let mut seen = None;
+        // A caller leads; the reply it reads wakes the background thread.
+        assert!(Inner::claim(&mut r));
+        assert_eq!(r.on_background_wake(true, &mut seen), BackgroundStep::Wait);
+        assert!(!r.armed);
+        r.leader = None;
+        // Ticks: the caller came back during the first, then nobody for a whole one.
+        assert!(Inner::claim(&mut r));
+        r.leader = None;
+        assert_eq!(r.on_background_wake(false, &mut seen), BackgroundStep::Wait);
+        assert_eq!(r.on_background_wake(false, &mut seen), BackgroundStep::Arm);
+        // A caller reading at a tick keeps it waiting, whatever it saw before.
+        assert!(Inner::claim(&mut r));
+        assert_eq!(r.on_background_wake(false, &mut seen), BackgroundStep::Wait);
+        r.leader = None;
+        assert_eq!(r.on_background_wake(false, &mut seen), BackgroundStep::Arm);
+    }
+
+    fn echo_client() -> (Qmp, FakeServer) {
+        let (client, server) = FakeServer::spawn(|mut c| {
+            c.handshake();
+            c.echo_until_eof();
+        })
+        .expect("spawn");
+        let qmp = Qmp::from_stream(client, &Config::default()).expect("connect");
+        (qmp, server)
+    }
+
+    /// As if the background thread had woken on a reply a caller read, and lingers.
+    fn disarm(qmp: &Qmp) {
+        lock(&qmp.inner.reading).armed = false;
+    }
+
+    #[test]
+    fn a_caller_leaves_the_watch_to_the_lingering_background_when_no_events_are_awaited() {
+        let (qmp, server) = echo_client();
+        disarm(&qmp);
+        qmp.execute_raw("query-status", json!({})).expect("reply");
+        assert!(
+            !lock(&qmp.inner.reading).armed,
+            "a lone caller without subscriptions paid for arming the watch"
+        );
+        qmp.close();
+        server.join();
+    }
+
+    #[test]
+    fn a_caller_arms_the_watch_when_a_subscription_awaits_events() {
+        let (qmp, server) = echo_client();
+        let _events = qmp.subscribe();
+        disarm(&qmp);
+        qmp.execute_raw("query-status", json!({})).expect("reply");
+        assert!(
+            lock(&qmp.inner.reading).armed,
+            "events would wait for the lingering background thread"
+        );
+        qmp.close();
+        server.join();
+    }
+
+    #[test]
+    fn subscribing_arms_the_watch() {
+        let (qmp, server) = echo_client();
+        disarm(&qmp);
+        let _events = qmp.subscribe();
+        assert!(lock(&qmp.inner.reading).armed);
+        qmp.close();
+        server.join();
     }
 }

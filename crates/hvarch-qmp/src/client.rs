@@ -6,7 +6,7 @@
 use std::net::Shutdown;
 use std::os::fd::BorrowedFd;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
@@ -135,6 +135,8 @@ pub(crate) struct Connection<W, S> {
     oob: bool,
     early_events: Mutex<Vec<Event>>,
     connected: AtomicBool,
+    /// Live subscriptions (registrations not dropped yet), readable without the state's lock.
+    subscriptions: AtomicUsize,
     /// A dup of the socket used only to shut it down (wakes every thread or task blocked on it).
     control: UnixStream,
 }
@@ -154,6 +156,7 @@ impl<W: Waiter, S: EventSink> Connection<W, S> {
             oob,
             early_events: Mutex::new(negotiated.early_events),
             connected: AtomicBool::new(true),
+            subscriptions: AtomicUsize::new(0),
             control,
         }
     }
@@ -232,8 +235,15 @@ impl<W: Waiter, S: EventSink> Connection<W, S> {
         }
     }
 
+    /// Whether any subscription is live: events then have somewhere to go, and should be read
+    /// as they come.
+    pub(crate) fn has_subscriptions(&self) -> bool {
+        self.subscriptions.load(Ordering::SeqCst) > 0
+    }
+
     /// Registers `sink` for the events matching `filter`, until the registration is dropped.
     pub(crate) fn subscribe(self: &Arc<Self>, filter: EventFilter, sink: S) -> Registration<W, S> {
+        self.subscriptions.fetch_add(1, Ordering::SeqCst);
         Registration {
             id: lock(&self.state).subscribe(filter, sink),
             conn: Arc::downgrade(self),
@@ -251,6 +261,7 @@ impl<W: Waiter, S: EventSink> Drop for Registration<W, S> {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.upgrade() {
             lock(&conn.state).unsubscribe(self.id);
+            conn.subscriptions.fetch_sub(1, Ordering::SeqCst);
         }
     }
 }

@@ -1,6 +1,6 @@
-//! The socket system calls the blocking client needs beyond std: a non-blocking `recv`, waiting
-//! for readability with a deadline (`ppoll`), and an `epoll` set its background reader sleeps on
-//! while callers read for themselves.
+//! The socket system calls the blocking client needs beyond std: `recv` without waiting and
+//! waiting up to the socket's receive timeout, waiting for readability with a deadline
+//! (`ppoll`), and the one-shot `epoll` watch its background reader sleeps on.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -27,6 +27,15 @@ pub(crate) fn recv_now(socket: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usi
             return Err(err);
         }
     }
+}
+
+/// Receives what is there, waiting for it up to the socket's receive timeout (`SO_RCVTIMEO`;
+/// `WouldBlock` when it passes). `Ok(0)` is the end of the stream; `EINTR` returns
+/// `Interrupted`, for the caller to re-check its deadline.
+pub(crate) fn recv_waiting(socket: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the duration of the call.
+    let n = unsafe { libc::recv(socket.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 
 /// Waits until `socket` is readable (or hung up) or `timeout` has passed (`None`: no limit).
@@ -59,7 +68,9 @@ pub(crate) fn wait_readable(socket: BorrowedFd<'_>, timeout: Option<Duration>) -
     Err(err)
 }
 
-/// An epoll set watching one socket for readability, which can be switched off and on.
+/// A one-shot epoll watch of one socket: armed, it reports the socket readable (or hung up)
+/// once and disarms itself until armed again, so a sleeper on it wakes at most once for data
+/// that someone else reads.
 #[derive(Debug)]
 pub(crate) struct Watch {
     epoll: OwnedFd,
@@ -67,26 +78,28 @@ pub(crate) struct Watch {
 }
 
 impl Watch {
-    /// A set watching `socket` (off until [`Watch::on`]). The socket must outlive the set.
+    /// A watch of `socket`, armed. The socket must outlive the watch.
     pub(crate) fn new(socket: BorrowedFd<'_>) -> io::Result<Watch> {
         // SAFETY: epoll_create1 takes no pointers.
         let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(Watch {
+        let watch = Watch {
             // SAFETY: `fd` is a new descriptor that nothing else owns.
             epoll: unsafe { OwnedFd::from_raw_fd(fd) },
             socket: socket.as_raw_fd(),
-        })
+        };
+        watch.ctl(libc::EPOLL_CTL_ADD)?;
+        Ok(watch)
     }
 
     fn ctl(&self, op: libc::c_int) -> io::Result<()> {
         let mut event = libc::epoll_event {
-            events: libc::EPOLLIN as u32,
+            events: (libc::EPOLLIN | libc::EPOLLONESHOT) as u32,
             u64: 0,
         };
-        // SAFETY: `event` is a valid epoll_event for the call (ignored for EPOLL_CTL_DEL).
+        // SAFETY: `event` is a valid epoll_event for the call.
         let r = unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, self.socket, &mut event) };
         if r < 0 {
             return Err(io::Error::last_os_error());
@@ -94,30 +107,29 @@ impl Watch {
         Ok(())
     }
 
-    /// Starts watching: [`Watch::wait`] returns while the socket is readable or hung up.
-    pub(crate) fn on(&self) -> io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_ADD)
+    /// Arms the watch again after it reported: the next [`Watch::wait`] returns `true` as soon
+    /// as the socket is readable or hung up (at once if it is now).
+    pub(crate) fn arm(&self) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_MOD)
     }
 
-    /// Stops watching: [`Watch::wait`] sleeps whatever the socket does. (Removal rather than
-    /// an empty interest set: epoll always reports a hang-up of a watched descriptor.)
-    pub(crate) fn off(&self) -> io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_DEL)
-    }
-
-    /// Sleeps until the watched socket is readable or hung up (while watching). `EINTR`
-    /// returns early.
-    pub(crate) fn wait(&self) -> io::Result<()> {
+    /// Sleeps until the armed watch reports (`true`, and it is disarmed) or `timeout` passes
+    /// (`None`: no limit; `false`). `EINTR` returns `false` early.
+    pub(crate) fn wait(&self, timeout: Option<Duration>) -> io::Result<bool> {
         let mut event = libc::epoll_event { events: 0, u64: 0 };
+        // Rounded up, so that a wait does not end before `timeout`.
+        let ms = timeout.map_or(-1, |t| {
+            libc::c_int::try_from(t.as_micros().div_ceil(1000)).unwrap_or(libc::c_int::MAX)
+        });
         // SAFETY: `event` has room for the one event asked for.
-        let n = unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), &mut event, 1, -1) };
+        let n = unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), &mut event, 1, ms) };
         if n < 0 {
             let err = io::Error::last_os_error();
             if err.kind() != io::ErrorKind::Interrupted {
                 return Err(err);
             }
         }
-        Ok(())
+        Ok(n > 0)
     }
 }
 
@@ -140,12 +152,31 @@ mod tests {
         b.write_all(b"hi").expect("write");
         assert!(wait_readable(a.as_fd(), None).expect("poll"));
         let watch = Watch::new(a.as_fd()).expect("epoll");
-        watch.on().expect("on");
-        watch.wait().expect("readable: returns");
-        watch.off().expect("off");
+        assert!(watch.wait(None).expect("readable: reports"));
+        // One-shot: the data is still there, but the watch has reported it.
+        let short = Some(Duration::from_millis(20));
+        assert!(!watch.wait(short).expect("disarmed: times out"));
+        watch.arm().expect("arm");
+        assert!(watch.wait(short).expect("armed, still readable: reports"));
         assert_eq!(recv_now(a.as_fd(), &mut buf).expect("data"), 2);
+        watch.arm().expect("arm");
+        assert!(!watch
+            .wait(short)
+            .expect("armed, nothing to read: times out"));
+        a.set_read_timeout(Some(Duration::from_millis(20)))
+            .expect("SO_RCVTIMEO");
+        assert_eq!(
+            recv_waiting(a.as_fd(), &mut buf)
+                .expect_err("nothing within the receive timeout")
+                .kind(),
+            io::ErrorKind::WouldBlock
+        );
+        b.write_all(b"hey").expect("write");
+        assert_eq!(recv_waiting(a.as_fd(), &mut buf).expect("data"), 3);
         drop(b);
         assert!(wait_readable(a.as_fd(), Some(Duration::from_secs(5))).expect("hang-up"));
+        assert!(watch.wait(None).expect("hang-up: reports"));
         assert_eq!(recv_now(a.as_fd(), &mut buf).expect("eof"), 0);
+        assert_eq!(recv_waiting(a.as_fd(), &mut buf).expect("eof"), 0);
     }
 }
