@@ -11,7 +11,8 @@
 //! - `raw`, `raw8`, `rawbatch8`: a minimal client (no ids, no routing, one thread; replies are
 //!   found by scanning for `"return"`): one at a time, a sliding window of 8, and batches of 8
 //!   (write 8 in one write, read 8). They negotiate `oob`, as hvarch-qmp does by default;
-//!   `raw-nooob` and `raw8-nooob` negotiate no capability.
+//!   `raw-nooob` and `raw8-nooob` negotiate no capability; `raw-ids` and `raw8-ids` send each
+//!   command with an `"id"`, as hvarch-qmp does (the same bytes on the wire).
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -37,11 +38,13 @@ fn main() -> Result<(), BoxError> {
         "blocking8" => blocking(path, count, IN_FLIGHT)?,
         "async" => tokio_client(path, count, 1)?,
         "async8" => tokio_client(path, count, IN_FLIGHT)?,
-        "raw" => Raw::connect(path, true)?.run(count, Raw::sequential)?,
-        "raw-nooob" => Raw::connect(path, false)?.run(count, Raw::sequential)?,
-        "raw8" => Raw::connect(path, true)?.run(count, Raw::window)?,
-        "raw8-nooob" => Raw::connect(path, false)?.run(count, Raw::window)?,
-        "rawbatch8" => Raw::connect(path, true)?.run(count, Raw::batches)?,
+        "raw" => Raw::connect(path, true, false)?.run(count, Raw::sequential)?,
+        "raw-nooob" => Raw::connect(path, false, false)?.run(count, Raw::sequential)?,
+        "raw-ids" => Raw::connect(path, true, true)?.run(count, Raw::sequential)?,
+        "raw8" => Raw::connect(path, true, false)?.run(count, Raw::window)?,
+        "raw8-nooob" => Raw::connect(path, false, false)?.run(count, Raw::window)?,
+        "raw8-ids" => Raw::connect(path, true, true)?.run(count, Raw::window)?,
+        "rawbatch8" => Raw::connect(path, true, false)?.run(count, Raw::batches)?,
         other => return Err(format!("unknown client {other}").into()),
     };
     println!(
@@ -136,17 +139,22 @@ struct Raw {
     writer: UnixStream,
     reader: BufReader<UnixStream>,
     line: String,
+    /// The last id sent, when commands carry one.
+    id: Option<u64>,
+    command: Vec<u8>,
 }
 
 const QUERY: &[u8] = b"{\"execute\":\"query-status\"}\n";
 
 impl Raw {
-    fn connect(path: &str, oob: bool) -> Result<Raw, BoxError> {
+    fn connect(path: &str, oob: bool, ids: bool) -> Result<Raw, BoxError> {
         let stream = UnixStream::connect(path)?;
         let mut raw = Raw {
             writer: stream.try_clone()?,
             reader: BufReader::new(stream),
             line: String::new(),
+            id: ids.then_some(0),
+            command: Vec::with_capacity(64),
         };
         raw.reader.read_line(&mut raw.line)?;
         let negotiate: &[u8] = if oob {
@@ -180,10 +188,21 @@ impl Raw {
         }
     }
 
+    /// Writes one `query-status` (with the next id, when commands carry one).
+    fn query(&mut self) -> std::io::Result<()> {
+        let Some(id) = self.id.as_mut() else {
+            return self.writer.write_all(QUERY);
+        };
+        *id += 1;
+        self.command.clear();
+        write!(self.command, "{{\"execute\":\"query-status\",\"id\":{id}}}\n")?;
+        self.writer.write_all(&self.command)
+    }
+
     /// One command at a time.
     fn sequential(&mut self, count: u32) -> Result<(), BoxError> {
         for _ in 0..count {
-            self.writer.write_all(QUERY)?;
+            self.query()?;
             self.next_return()?;
         }
         Ok(())
@@ -193,13 +212,13 @@ impl Raw {
     fn window(&mut self, count: u32) -> Result<(), BoxError> {
         let mut sent = 0;
         while sent < count.min(IN_FLIGHT) {
-            self.writer.write_all(QUERY)?;
+            self.query()?;
             sent += 1;
         }
         for _ in 0..count {
             self.next_return()?;
             if sent < count {
-                self.writer.write_all(QUERY)?;
+                self.query()?;
                 sent += 1;
             }
         }

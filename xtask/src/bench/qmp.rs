@@ -1,6 +1,7 @@
 //! QMP round trips: `query-status` per second against one paused QEMU (qemu-system-aarch64,
 //! TCG) for hvarch-qmp's blocking and async clients, a minimal raw-socket client (with and
-//! without `oob`, one at a time, a sliding window of 8 and batches of 8) and Python's `qemu.qmp`
+//! without `oob`, with and without an `"id"` in each command, one at a time, a sliding window
+//! of 8 and batches of 8) and Python's `qemu.qmp`
 //! (installed with pip into `target/bench/venv` when possible), one command at a time and with 8
 //! in flight, with each client's CPU time per round trip.
 
@@ -18,9 +19,8 @@ const ROUND_TRIPS: u32 = 2000;
 /// Where the blocking and the async client spend CPU the raw client does not, as `strace -c`
 /// counts it on this machine (2000 round trips, 1 in flight).
 const CPU_WHY: [&str; 2] = [
-    "the blocking client makes 5 syscalls: a lone caller turns the background reader's epoll \
-     watch off and on around its read (2 `epoll_ctl`) and waits in `ppoll` before its \
-     `recvfrom`, and with 8 in flight followers and the reader thread are woken with futexes",
+    "a lone caller of the blocking client makes the same two (`sendmsg`, `recvfrom`: it reads \
+     for itself); with 8 in flight followers are woken with futexes",
     "the async client makes about 3.4 syscalls: tokio's `epoll_wait` for each wake-up of the \
      reader task, plus the runtime's task wake-ups",
 ];
@@ -100,8 +100,10 @@ pub fn run(bench_dir: &Path) -> Result<Section, String> {
     let mut clients: Vec<(&str, Client)> = [
         "raw",
         "raw-nooob",
+        "raw-ids",
         "raw8",
         "raw8-nooob",
+        "raw8-ids",
         "rawbatch8",
         "blocking",
         "blocking8",
@@ -165,6 +167,7 @@ pub fn run(bench_dir: &Path) -> Result<Section, String> {
         ("raw socket, `oob` (window of 8)", "raw", "raw8"),
         ("raw socket, `oob` (batches of 8)", "", "rawbatch8"),
         ("raw socket, no `oob`", "raw-nooob", "raw8-nooob"),
+        ("raw socket, `oob`, ids as hvarch-qmp sends", "raw-ids", "raw8-ids"),
         ("Python qemu.qmp (`oob`)", "python", "python8"),
     ] {
         let (s, p) = (rate(seq), rate(par));
@@ -264,15 +267,21 @@ pub fn run(bench_dir: &Path) -> Result<Section, String> {
             0.95,
             false,
             {
-                let round_trip = 1e6 / rate("raw");
-                let predicted = round_trip / (round_trip + cpu(seq) - cpu("raw"));
+                let round_trip = 1e6 / rate("raw-ids");
+                let predicted = round_trip / (round_trip + cpu(seq) - cpu("raw-ids"));
                 format!(
-                    "a round trip of the raw client takes {} µs; ours costs {} µs more client \
-                     CPU ({} against {} µs), which alone predicts {}{}",
+                    "each of our commands carries an `\"id\"` (replies are routed by it, \
+                     past timeouts and cancellations), and QEMU reads monitor input one byte \
+                     per read (a `recvmsg`, a `poll` and eventfd writes for each byte), so the \
+                     id costs QEMU time: the raw client sending ids too reaches {} of the raw \
+                     client, and we reach {} of it. Its round trip takes {} µs; ours costs {} \
+                     µs more client CPU ({} against {} µs), which alone predicts {}{}",
+                    ratio(rate("raw-ids") / rate("raw")),
+                    ratio(rate(seq) / rate("raw-ids")),
                     fmt(round_trip, 1),
-                    fmt(cpu(seq) - cpu("raw"), 1),
+                    fmt(cpu(seq) - cpu("raw-ids"), 1),
                     fmt(cpu(seq), 1),
-                    fmt(cpu("raw"), 1),
+                    fmt(cpu("raw-ids"), 1),
                     ratio(predicted),
                     if predicted >= 0.95 {
                         "; the rest is latency: on a loaded machine every extra syscall or \
@@ -305,12 +314,16 @@ pub fn run(bench_dir: &Path) -> Result<Section, String> {
     notes.push(format!(
         "Ceilings: QEMU's monitor runs one in-band command at a time on its main loop; with `oob` \
          it reads and queues up to 8 on its I/O thread, which is what lets 8 in flight gain \
-         (the raw window of 8: {} with `oob`, {} without; batches of 8: {}). On a 2-core \
+         (the raw window of 8: {} with `oob`, {} without, {} with ids; batches of 8: {}). \
+         Commands with ids cost QEMU more: the raw window of 8 with ids reaches {} of the one \
+         without. On a 2-core \
          machine every microsecond of client CPU is taken from QEMU's two busy threads, so the \
          8-in-flight rate follows the client's CPU per round trip.",
         ratio(rate("raw8") / rate("raw")),
         ratio(rate("raw8-nooob") / rate("raw-nooob")),
+        ratio(rate("raw8-ids") / rate("raw-ids")),
         ratio(rate("rawbatch8") / rate("raw")),
+        ratio(rate("raw8-ids") / rate("raw8")),
     ));
     Ok(Section {
         title: "QMP round trips",
@@ -322,8 +335,10 @@ pub fn run(bench_dir: &Path) -> Result<Section, String> {
              async client shared by 8 tokio tasks on a current-thread runtime, the blocking \
              client by 8 threads, the raw client keeping 8 commands written ahead of the \
              replies (window) or writing 8 at once and reading 8 (batches), Python \
-             `asyncio.gather` of 8 coroutines on one `QMPClient`. CPU µs/rt: user + system \
-             time of the client process (`getrusage`) over the measured part, per round trip."
+             `asyncio.gather` of 8 coroutines on one `QMPClient`. The raw client sends \
+             `{{\"execute\":\"query-status\"}}` (27 bytes), or with ids the same line with \
+             `\"id\":N` as hvarch-qmp sends it. CPU µs/rt: user + system time of the client \
+             process (`getrusage`) over the measured part, per round trip."
         ),
         table,
         targets,
