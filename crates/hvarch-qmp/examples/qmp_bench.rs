@@ -195,7 +195,7 @@ impl Raw {
         };
         *id += 1;
         self.command.clear();
-        write!(self.command, "{{\"execute\":\"query-status\",\"id\":{id}}}\n")?;
+        writeln!(self.command, "{{\"execute\":\"query-status\",\"id\":{id}}}")?;
         self.writer.write_all(&self.command)
     }
 

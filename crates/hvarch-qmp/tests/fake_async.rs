@@ -396,6 +396,30 @@ async fn events_arrive_while_no_command_runs() {
     server.join();
 }
 
+/// The reader clears its readiness after a read that empties the socket: the end of the stream
+/// that follows a reply and an event must still be seen.
+#[tokio::test]
+async fn the_end_of_the_stream_right_after_a_reply_is_seen() {
+    let (qmp, server) = start(|mut c| {
+        c.handshake();
+        let cmd = c.recv().expect("command");
+        c.reply(&cmd, json!({}));
+        c.event("LAST", json!({}));
+        c.hang_up();
+    })
+    .await;
+    let mut sub = qmp.subscribe();
+    qmp.execute_raw("a", Value::Null).await.expect("reply");
+    assert_eq!(sub.recv_timeout(BOUND).await.expect("LAST").name, "LAST");
+    assert!(matches!(
+        sub.recv_timeout(BOUND).await,
+        Err(Error::Disconnected)
+    ));
+    assert!(!qmp.is_connected());
+    qmp.close().await;
+    server.join();
+}
+
 /// Fills the eight slots with commands the server holds, then queues more behind them.
 async fn eight_held(qmp: &Arc<AsyncQmp>, tasks: &mut tokio::task::JoinSet<()>) {
     for n in 0..8 {
