@@ -167,7 +167,11 @@ pub fn run(bench_dir: &Path) -> Result<Section, String> {
         ("raw socket, `oob` (window of 8)", "raw", "raw8"),
         ("raw socket, `oob` (batches of 8)", "", "rawbatch8"),
         ("raw socket, no `oob`", "raw-nooob", "raw8-nooob"),
-        ("raw socket, `oob`, ids as hvarch-qmp sends", "raw-ids", "raw8-ids"),
+        (
+            "raw socket, `oob`, ids as hvarch-qmp sends",
+            "raw-ids",
+            "raw8-ids",
+        ),
         ("Python qemu.qmp (`oob`)", "python", "python8"),
     ] {
         let (s, p) = (rate(seq), rate(par));
