@@ -168,23 +168,34 @@ impl BlockBackend {
         Ok(())
     }
 
-    fn protocol_props(&self) -> Result<Props<'_>> {
+    /// Pushes the protocol node's options: its driver, then what `after_driver` pushes, then
+    /// the protocol's own (filename and aio, or size).
+    fn push_protocol<'a>(
+        &'a self,
+        props: &mut Props<'a>,
+        after_driver: impl FnOnce(&mut Props<'a>),
+    ) -> Result<()> {
         const WHAT: &str = "blockdev";
-        let aio = self.aio.map(|aio| Value::literal(aio.as_str()));
-        Ok(match &self.protocol {
-            BlockProtocol::File { filename } => Props::new()
-                .with("driver", Value::literal("file"))
-                .with("filename", path_str(WHAT, "filename", filename)?)
-                .opt("aio", aio),
-            BlockProtocol::HostDevice { filename } => Props::new()
-                .with("driver", Value::literal("host_device"))
-                .with("filename", path_str(WHAT, "filename", filename)?)
-                .opt("aio", aio),
+        let driver = match &self.protocol {
+            BlockProtocol::File { .. } => "file",
+            BlockProtocol::HostDevice { .. } => "host_device",
+            BlockProtocol::NullCo { .. } => "null-co",
+        };
+        props.push("driver", Value::literal(driver));
+        after_driver(props);
+        match &self.protocol {
+            BlockProtocol::File { filename } | BlockProtocol::HostDevice { filename } => {
+                let aio = self.aio.map(|aio| Value::literal(aio.as_str()));
+                props
+                    .push("filename", path_str(WHAT, "filename", filename)?)
+                    .push_opt("aio", aio);
+            }
             // QAPI types null-co's size as `int`: -blockdev wants plain digits, no suffix.
-            BlockProtocol::NullCo { size } => Props::new()
-                .with("driver", Value::literal("null-co"))
-                .with("size", *size),
-        })
+            BlockProtocol::NullCo { size } => {
+                props.push("size", *size);
+            }
+        }
+        Ok(())
     }
 
     /// The `-blockdev` part (validated).
@@ -193,37 +204,33 @@ impl BlockBackend {
         self.part_of_valid()
     }
 
+    /// The options every `-blockdev` node of this backend has: node name, read-only, cache.
+    fn push_common<'a>(&'a self, props: &mut Props<'a>) {
+        props
+            .push("node-name", self.node_name.as_str())
+            .push_flag("read-only", self.read_only);
+        if let Some(c) = self.cache {
+            let mut cache = Box::<Props<'_>>::default();
+            cache.push("direct", c.direct).push("no-flush", c.no_flush);
+            props.push("cache", Value::Map(cache));
+        }
+    }
+
     /// The `-blockdev` part of a backend already [`validate`](Self::validate)d (by the
     /// device it belongs to).
     pub(crate) fn part_of_valid(&self) -> Result<Part<'_>> {
-        let cache = self.cache.map(|c| {
-            Props::new()
-                .with("direct", c.direct)
-                .with("no-flush", c.no_flush)
-        });
-        let common = Props::new()
-            .with("node-name", self.node_name.as_str())
-            .flag("read-only", self.read_only)
-            .opt("cache", cache);
-        let props = match self.format {
-            BlockFormat::None => {
-                // The protocol node is the top node: driver first, then the common options.
-                let mut protocol = self.protocol_props()?.into_iter();
-                let mut props = Props::new();
-                if let Some((k, v)) = protocol.next() {
-                    props.push(k, v);
-                }
-                let mut props = props.extend(common);
-                for (k, v) in protocol {
-                    props.push(k, v);
-                }
-                props
+        let mut props = Props::new();
+        match self.format {
+            // The protocol node is the top node: driver first, then the common options.
+            BlockFormat::None => self.push_protocol(&mut props, |p| self.push_common(p))?,
+            format => {
+                props.push("driver", Value::literal(format_name(format)));
+                self.push_common(&mut props);
+                let mut file = Box::<Props<'_>>::default();
+                self.push_protocol(&mut file, |_| {})?;
+                props.push("file", Value::Map(file));
             }
-            format => Props::new()
-                .with("driver", Value::literal(format_name(format)))
-                .extend(common)
-                .with("file", self.protocol_props()?),
-        };
+        }
         Ok(Part::new(PartKind::Blockdev, props))
     }
 }
@@ -331,23 +338,22 @@ impl QemuDevice for BlockDevice {
 
     fn for_each_part<'a>(&'a self, emit: &mut dyn FnMut(Part<'a>) -> Result<()>) -> Result<()> {
         self.validate()?;
-        let device = Part::device(
-            self.virtio.driver("virtio-blk"),
-            Props::new()
-                .with("id", self.id.as_str())
-                .with("drive", self.backend.node_name.as_str())
-                .opt("bus", self.bus.as_deref())
-                .opt("addr", self.addr)
-                .opt("serial", self.serial.as_deref())
-                .opt("num-queues", self.num_queues)
-                .opt("iothread", self.iothread.as_deref())
-                .opt("config-wce", self.config_wce)
-                .opt("bootindex", self.bootindex)
-                .flag("share-rw", self.share_rw)
-                .extend(self.virtio.props()),
-        );
         emit(self.backend.part_of_valid()?)?;
-        emit(device)
+        let mut props =
+            Props::starting_with("driver", Value::Str(self.virtio.driver("virtio-blk")));
+        props
+            .push("id", self.id.as_str())
+            .push("drive", self.backend.node_name.as_str())
+            .push_opt("bus", self.bus.as_deref())
+            .push_opt("addr", self.addr)
+            .push_opt("serial", self.serial.as_deref())
+            .push_opt("num-queues", self.num_queues)
+            .push_opt("iothread", self.iothread.as_deref())
+            .push_opt("config-wce", self.config_wce)
+            .push_opt("bootindex", self.bootindex)
+            .push_flag("share-rw", self.share_rw)
+            .append(self.virtio.props());
+        emit(Part::new(PartKind::Device, props))
     }
 }
 

@@ -321,22 +321,21 @@ impl QemuDevice for PcieRootPort {
 
     fn for_each_part<'a>(&'a self, emit: &mut dyn FnMut(Part<'a>) -> Result<()>) -> Result<()> {
         self.validate()?;
-        emit(Part::device(
-            "pcie-root-port",
-            Props::new()
-                .with("id", self.id.as_str())
-                .with("bus", self.bus.as_str())
-                .with("chassis", self.chassis)
-                .with("slot", self.slot)
-                .opt("addr", self.addr)
-                .with("multifunction", self.multifunction)
-                .opt("bus-reserve", self.bus_reserve)
-                .opt_size("pref64-reserve", self.pref64_reserve)
-                .opt_size("pref32-reserve", self.pref32_reserve)
-                .opt_size("mem-reserve", self.mem_reserve)
-                .opt_size("io-reserve", self.io_reserve)
-                .opt("romfile", self.romfile.as_deref()),
-        ))
+        let mut props = Props::starting_with("driver", "pcie-root-port");
+        props
+            .push("id", self.id.as_str())
+            .push("bus", self.bus.as_str())
+            .push("chassis", self.chassis)
+            .push("slot", self.slot)
+            .push_opt("addr", self.addr)
+            .push("multifunction", self.multifunction)
+            .push_opt("bus-reserve", self.bus_reserve)
+            .push_size("pref64-reserve", self.pref64_reserve)
+            .push_size("pref32-reserve", self.pref32_reserve)
+            .push_size("mem-reserve", self.mem_reserve)
+            .push_size("io-reserve", self.io_reserve)
+            .push_opt("romfile", self.romfile.as_deref());
+        emit(Part::new(crate::part::PartKind::Device, props))
     }
 }
 

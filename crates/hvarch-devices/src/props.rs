@@ -174,9 +174,22 @@ impl<'a> Props<'a> {
         self
     }
 
+    /// A list whose first property is `key = value` (an option's implied key, such as a
+    /// device's driver), to build on in place.
+    ///
+    /// The builder forms ([`with`](Self::with), [`opt`](Self::opt), …) move the list at each
+    /// step; the in-place forms ([`push`](Self::push), [`push_opt`](Self::push_opt), …) do not,
+    /// which counts where parts are built for every render.
+    #[inline]
+    pub fn starting_with(key: Key<'a>, value: impl Into<Value<'a>>) -> Self {
+        let mut props = Props::new();
+        props.push(key, value);
+        props
+    }
+
     /// Appends `key = value` when `value` is `Some`.
     #[inline]
-    pub fn opt<V: Into<Value<'a>>>(mut self, key: Key<'a>, value: Option<V>) -> Self {
+    pub fn push_opt<V: Into<Value<'a>>>(&mut self, key: Key<'a>, value: Option<V>) -> &mut Self {
         if let Some(v) = value {
             self.push(key, v);
         }
@@ -185,35 +198,63 @@ impl<'a> Props<'a> {
 
     /// Appends `key = on` when `flag` is true (and nothing otherwise).
     #[inline]
-    pub fn flag(self, key: Key<'a>, flag: bool) -> Self {
-        self.opt(key, flag.then_some(true))
+    pub fn push_flag(&mut self, key: Key<'a>, flag: bool) -> &mut Self {
+        self.push_opt(key, flag.then_some(true))
     }
 
-    /// Appends a size in bytes.
+    /// Appends a size in bytes when `Some`.
+    #[inline]
+    pub fn push_size(&mut self, key: Key<'a>, bytes: Option<u64>) -> &mut Self {
+        self.push_opt(key, bytes.map(Value::Size))
+    }
+
+    /// Appends every property of `other` (a list, or any pairs).
+    #[inline]
+    pub fn append<V: Into<Value<'a>>>(
+        &mut self,
+        other: impl IntoIterator<Item = (Key<'a>, V)>,
+    ) -> &mut Self {
+        for (key, value) in other {
+            self.push(key, value);
+        }
+        self
+    }
+
+    /// Appends `key = value` when `value` is `Some` (builder form).
+    #[inline]
+    pub fn opt<V: Into<Value<'a>>>(mut self, key: Key<'a>, value: Option<V>) -> Self {
+        self.push_opt(key, value);
+        self
+    }
+
+    /// Appends `key = on` when `flag` is true, and nothing otherwise (builder form).
+    #[inline]
+    pub fn flag(mut self, key: Key<'a>, flag: bool) -> Self {
+        self.push_flag(key, flag);
+        self
+    }
+
+    /// Appends a size in bytes (builder form).
     #[inline]
     pub fn size(mut self, key: Key<'a>, bytes: u64) -> Self {
         self.push(key, Value::Size(bytes));
         self
     }
 
-    /// Appends a size in bytes when `Some`.
+    /// Appends a size in bytes when `Some` (builder form).
     #[inline]
-    pub fn opt_size(self, key: Key<'a>, bytes: Option<u64>) -> Self {
-        match bytes {
-            Some(b) => self.size(key, b),
-            None => self,
-        }
+    pub fn opt_size(mut self, key: Key<'a>, bytes: Option<u64>) -> Self {
+        self.push_size(key, bytes);
+        self
     }
 
-    /// Appends every property of `other` (a list, or any pairs).
+    /// Appends every property of `other`, a list or any pairs (builder form).
     #[inline]
     pub fn extend<V: Into<Value<'a>>>(
         mut self,
         other: impl IntoIterator<Item = (Key<'a>, V)>,
     ) -> Self {
-        for (key, value) in other {
-            self.push(key, value);
-        }
+        self.append(other);
         self
     }
 
