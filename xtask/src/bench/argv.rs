@@ -67,9 +67,11 @@ pub fn run() -> Result<Section, String> {
         notes.push(format!(
             "A 64-device target is missed: {} µs and {} allocations per render ({} per \
              argument). Parts borrow their device's ids and paths, keep their first properties \
-             inline, and each argument is rendered into one scratch buffer and copied out once; \
-             what is left is one `String` per argument (the argv a launcher hands to exec) and \
-             the nested `file` map of each `-blockdev`.",
+             inline and are built in place, and each argument is rendered into one scratch \
+             buffer and copied out once. Where the rest goes (callgrind): the allocator, a \
+             fifth (one `String` per argument, the argv a launcher hands to exec, and the \
+             nested `file` map of each `-blockdev`); writing and escaping the options, a \
+             quarter; checking ids for duplicates and validating each device, a tenth.",
             fmt(big_us, 1),
             b[0],
             fmt(big_allocs / b[2].parse::<f64>().unwrap_or(f64::NAN), 2),
