@@ -156,6 +156,17 @@ struct Reading {
     claims: u64,
 }
 
+/// Who reads next when the reader steps down and nobody else reads.
+#[derive(Debug)]
+enum Handover {
+    /// The oldest waiting follower.
+    Promote(Arc<Slot>),
+    /// The background thread, at once: events are awaited, or the connection ended.
+    Arm,
+    /// The lingering background thread, after a quiet tick (nothing awaits events).
+    Linger,
+}
+
 /// What the background thread does when it wakes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum BackgroundStep {
@@ -241,6 +252,9 @@ impl Qmp {
 
     /// Takes an already connected stream, reads the greeting and negotiates.
     pub fn from_stream(stream: UnixStream, config: &Config) -> Result<Qmp> {
+        // Reads and writes wait in the kernel, bounded by the socket's timeouts: a stream set
+        // non-blocking (by a runtime it came from, say) would make every wait a busy loop.
+        stream.set_nonblocking(false)?;
         let mut reader = stream.try_clone()?;
         let writer = stream;
         let negotiated = handshake(&mut reader, &writer, config)?;
@@ -387,7 +401,8 @@ impl Inner {
     }
 
     /// The peer is gone: [`Connection::read_what_is_left`], unless another reader holds the
-    /// socket (it delivers).
+    /// socket. (Then what the peer sent and nobody read yet is lost to the session the failed
+    /// write ends: its callers see [`Error::Disconnected`] instead of their replies.)
     fn read_what_is_left(&self) {
         let Ok(mut read) = self.read.try_lock() else {
             return;
@@ -447,9 +462,15 @@ impl Inner {
             let mut reading = lock(&self.reading);
             reading.followers.retain(|f| !Arc::ptr_eq(f, slot));
             let leaving = slot.has_result() || remaining(deadline).is_some_and(|r| r.is_zero());
-            // Promoted but leaving: pass the role on. Promoted and staying: the loop takes it.
-            if slot.take_promotion() && leaving {
-                self.settle(&mut reading);
+            if slot.take_promotion() {
+                // Promoted but leaving: pass the role on. Promoted and staying: take it now,
+                // under this lock, so that it cannot be lost if the deadline passes before the
+                // loop comes round (leading, this caller passes it on when it steps down).
+                if leaving {
+                    self.settle(&mut reading);
+                } else if Self::claim(&mut reading) {
+                    leading = true;
+                }
             }
         }
     }
@@ -516,12 +537,21 @@ impl Inner {
         if reading.leader.is_some() {
             return;
         }
+        match self.handover(reading) {
+            Handover::Promote(next) => next.promote(),
+            Handover::Arm => self.arm(reading),
+            Handover::Linger => {}
+        }
+    }
+
+    /// Who reads next when nobody does.
+    fn handover(&self, reading: &Reading) -> Handover {
+        let shut_down = self.conn.is_shut_down();
         // A follower whose result has arrived is about to leave: ask the next one.
-        let next = reading.followers.iter().find(|f| !f.has_result()).cloned();
-        match next {
-            Some(next) if !self.conn.is_shut_down() => next.promote(),
-            _ if self.conn.has_subscriptions() || self.conn.is_shut_down() => self.arm(reading),
-            _ => {}
+        match reading.followers.iter().find(|f| !f.has_result()) {
+            Some(next) if !shut_down => Handover::Promote(Arc::clone(next)),
+            _ if shut_down || self.conn.has_subscriptions() => Handover::Arm,
+            _ => Handover::Linger,
         }
     }
 
@@ -711,21 +741,45 @@ mod tests {
         (qmp, server)
     }
 
-    /// As if the background thread had woken on a reply a caller read, and lingers.
+    /// As if the background thread had woken on a reply a caller read: the watch disarmed (in
+    /// the kernel too, so that nothing reported from now on changes the flag behind the test).
     fn disarm(qmp: &Qmp) {
-        lock(&qmp.inner.reading).armed = false;
+        let mut reading = lock(&qmp.inner.reading);
+        qmp.inner.watch.disable().expect("epoll_ctl");
+        reading.armed = false;
+    }
+
+    fn handover(qmp: &Qmp) -> Handover {
+        qmp.inner.handover(&lock(&qmp.inner.reading))
     }
 
     #[test]
-    fn a_caller_leaves_the_watch_to_the_lingering_background_when_no_events_are_awaited() {
+    fn who_reads_next() {
         let (qmp, server) = echo_client();
-        disarm(&qmp);
-        qmp.execute_raw("query-status", json!({})).expect("reply");
+        // A lone caller that steps down leaves the socket to the lingering background thread:
+        // it pays for no epoll_ctl.
+        assert!(matches!(handover(&qmp), Handover::Linger));
+        let follower = Arc::new(Slot::default());
+        lock(&qmp.inner.reading)
+            .followers
+            .push_back(Arc::clone(&follower));
+        assert!(matches!(handover(&qmp), Handover::Promote(next) if Arc::ptr_eq(&next, &follower)));
+        // A follower whose result has arrived is leaving: not promoted.
+        crate::client::Waiter::deliver(Arc::clone(&follower), Err(Error::Disconnected));
+        assert!(matches!(handover(&qmp), Handover::Linger));
+        lock(&qmp.inner.reading).followers.clear();
+        let events = qmp.subscribe();
         assert!(
-            !lock(&qmp.inner.reading).armed,
-            "a lone caller without subscriptions paid for arming the watch"
+            matches!(handover(&qmp), Handover::Arm),
+            "events would wait a tick"
         );
+        drop(events);
+        assert!(matches!(handover(&qmp), Handover::Linger));
         qmp.close();
+        assert!(
+            matches!(handover(&qmp), Handover::Arm),
+            "the end must wake the background"
+        );
         server.join();
     }
 
@@ -739,6 +793,25 @@ mod tests {
             lock(&qmp.inner.reading).armed,
             "events would wait for the lingering background thread"
         );
+        qmp.close();
+        server.join();
+    }
+
+    #[test]
+    fn a_stream_handed_over_non_blocking_is_made_blocking() {
+        let (client, server) = FakeServer::spawn(|mut c| {
+            c.handshake();
+            c.echo_until_eof();
+        })
+        .expect("spawn");
+        client.set_nonblocking(true).expect("O_NONBLOCK");
+        let probe = client.try_clone().expect("dup");
+        let qmp = Qmp::from_stream(client, &Config::default()).expect("connect");
+        // SAFETY: F_GETFL on a descriptor `probe` owns takes no pointers.
+        let flags = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&probe), libc::F_GETFL) };
+        assert!(flags >= 0);
+        assert_eq!(flags & libc::O_NONBLOCK, 0, "the leader's recv would spin");
+        qmp.execute_raw("query-status", json!({})).expect("reply");
         qmp.close();
         server.join();
     }

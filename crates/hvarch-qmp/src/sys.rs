@@ -95,10 +95,11 @@ impl Watch {
     }
 
     fn ctl(&self, op: libc::c_int) -> io::Result<()> {
-        let mut event = libc::epoll_event {
-            events: (libc::EPOLLIN | libc::EPOLLONESHOT) as u32,
-            u64: 0,
-        };
+        self.ctl_events(op, (libc::EPOLLIN | libc::EPOLLONESHOT) as u32)
+    }
+
+    fn ctl_events(&self, op: libc::c_int, events: u32) -> io::Result<()> {
+        let mut event = libc::epoll_event { events, u64: 0 };
         // SAFETY: `event` is a valid epoll_event for the call.
         let r = unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, self.socket, &mut event) };
         if r < 0 {
@@ -111,6 +112,13 @@ impl Watch {
     /// as the socket is readable or hung up (at once if it is now).
     pub(crate) fn arm(&self) -> io::Result<()> {
         self.ctl(libc::EPOLL_CTL_MOD)
+    }
+
+    /// Disables the watch as a report does, for tests: nothing is reported, not even a
+    /// hang-up, until [`Watch::arm`].
+    #[cfg(test)]
+    pub(crate) fn disable(&self) -> io::Result<()> {
+        self.ctl_events(libc::EPOLL_CTL_MOD, libc::EPOLLONESHOT as u32)
     }
 
     /// Sleeps until the armed watch reports (`true`, and it is disarmed) or `timeout` passes
@@ -156,6 +164,9 @@ mod tests {
         // One-shot: the data is still there, but the watch has reported it.
         let short = Some(Duration::from_millis(20));
         assert!(!watch.wait(short).expect("disarmed: times out"));
+        watch.arm().expect("arm");
+        watch.disable().expect("disable");
+        assert!(!watch.wait(short).expect("disabled, readable: times out"));
         watch.arm().expect("arm");
         assert!(watch.wait(short).expect("armed, still readable: reports"));
         assert_eq!(recv_now(a.as_fd(), &mut buf).expect("data"), 2);

@@ -379,7 +379,9 @@ fn send_some(stream: &tokio::net::UnixStream, rest: &mut Backlog) -> io::Result<
 /// Waits until `socket` is readable and reads what is there. A read that empties the socket
 /// (returns less than `buf` holds) clears tokio's readiness, so the next wait goes straight to
 /// the reactor rather than trying a `recv` that would find nothing: one system call less per
-/// reply. (Clearing keeps a hang-up, and an edge newer than this wait.)
+/// reply. (Clearing keeps a hang-up, and an edge newer than this wait. A short read empties a
+/// Unix stream socket unless it stopped at a message carrying descriptors or credentials,
+/// which QEMU never sends.)
 async fn read_available(socket: &AsyncFd<OwnedFd>, buf: &mut [u8]) -> io::Result<usize> {
     loop {
         let mut ready = socket.readable().await?;
