@@ -382,8 +382,14 @@ impl Inner {
                     drop(writer);
                     // A partial write would desynchronise the stream: end the session.
                     warn!(error = %e, "QMP write failed; closing the connection");
-                    if peer_gone(&e) {
-                        self.read_what_is_left();
+                    if peer_gone(&e) && !self.read_what_is_left() {
+                        // Another thread reads the socket. Shut it down: that reader gets
+                        // what the peer sent before it went, then the end of the stream,
+                        // which ends the session (with `Disconnected`, as this write would);
+                        // the background thread drains what a reader stepping down leaves.
+                        self.conn.shutdown();
+                        self.settle(&mut lock(&self.reading));
+                        return;
                     }
                     let timeout = self.conn.config().command_timeout;
                     self.conn
@@ -400,12 +406,11 @@ impl Inner {
         }
     }
 
-    /// The peer is gone: [`Connection::read_what_is_left`], unless another reader holds the
-    /// socket. (Then what the peer sent and nobody read yet is lost to the session the failed
-    /// write ends: its callers see [`Error::Disconnected`] instead of their replies.)
-    fn read_what_is_left(&self) {
+    /// The peer is gone: [`Connection::read_what_is_left`], unless another thread reads the
+    /// socket. Returns whether this thread read it.
+    fn read_what_is_left(&self) -> bool {
         let Ok(mut read) = self.read.try_lock() else {
-            return;
+            return false;
         };
         let ReadSide {
             stream,
@@ -413,6 +418,23 @@ impl Inner {
             actions,
         } = &mut *read;
         self.conn.read_what_is_left(stream.as_fd(), buf, actions);
+        true
+    }
+
+    /// The socket is shut down: delivers what is left in it (reads no longer wait), waiting
+    /// for a reader still at it, then ends the session, so that no caller waits for a reply
+    /// that cannot come.
+    fn drain_and_end(&self) {
+        {
+            let mut read = lock(&self.read);
+            let ReadSide {
+                stream,
+                buf,
+                actions,
+            } = &mut *read;
+            self.conn.read_what_is_left(stream.as_fd(), buf, actions);
+        }
+        self.conn.end(Error::Disconnected);
     }
 
     /// Takes the reading role for a caller if nobody has it; returns whether it now leads.
@@ -582,6 +604,7 @@ impl Inner {
                 }
             };
             if self.conn.is_shut_down() {
+                self.drain_and_end();
                 return;
             }
             {
@@ -814,6 +837,44 @@ mod tests {
         qmp.execute_raw("query-status", json!({})).expect("reply");
         qmp.close();
         server.join();
+    }
+
+    /// A write that finds QEMU gone while another thread holds the socket must not drop what
+    /// QEMU said before it went (the reader delivers it, then the end of the stream).
+    #[test]
+    fn what_qemu_said_before_it_went_survives_a_write_that_finds_it_gone() {
+        let (go, gone) = mpsc::channel::<()>();
+        let (client, server) = FakeServer::spawn(move |mut c| {
+            c.handshake();
+            gone.recv().expect("go");
+            c.event(
+                "SHUTDOWN",
+                json!({"guest": true, "reason": "guest-shutdown"}),
+            );
+            c.hang_up();
+        })
+        .expect("spawn");
+        let qmp = Qmp::from_stream(client, &Config::default()).expect("connect");
+        let events = qmp.subscribe();
+        let reply = std::thread::scope(|s| {
+            // Another reader holds the socket while the write fails.
+            let reader = lock(&qmp.inner.read);
+            go.send(()).expect("go");
+            server.join();
+            let quit = s.spawn(|| qmp.execute_raw("quit", json!({})));
+            // The write failed (the socket is shut down after it): let the reader go.
+            while !qmp.inner.conn.is_shut_down() && !quit.is_finished() {
+                std::thread::yield_now();
+            }
+            drop(reader);
+            quit.join().expect("thread")
+        });
+        assert!(matches!(reply, Err(Error::Disconnected)), "{reply:?}");
+        let event = events
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the SHUTDOWN QEMU sent before it went");
+        assert_eq!(event.name, "SHUTDOWN");
+        qmp.close();
     }
 
     #[test]
