@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::device::QemuDevice;
 use crate::error::{invalid, Error, Result};
 use crate::id::check_id;
-use crate::part::Part;
+use crate::part::{Part, PartKind};
 use crate::pci::PciAddr;
 use crate::props::Props;
 
@@ -335,7 +335,7 @@ impl QemuDevice for PcieRootPort {
             .push_size("mem-reserve", self.mem_reserve)
             .push_size("io-reserve", self.io_reserve)
             .push_opt("romfile", self.romfile.as_deref());
-        emit(Part::new(crate::part::PartKind::Device, props))
+        emit(Part::new(PartKind::Device, props))
     }
 }
 

@@ -220,9 +220,7 @@ fn push_scalar(
 ) -> Result<()> {
     match value {
         Value::Bool(b) => out.push_str(if *b { "on" } else { "off" }),
-        Value::Int(i) => {
-            push_int(out, *i);
-        }
+        Value::Int(i) => push_int(out, *i),
         Value::UInt(u) => push_uint(out, *u),
         Value::Size(s) => write_size(out, *s),
         Value::Str(s) => push_escaped_checked(out, what, key, s)?,

@@ -412,12 +412,7 @@ impl Inner {
         let Ok(mut read) = self.read.try_lock() else {
             return false;
         };
-        let ReadSide {
-            stream,
-            buf,
-            actions,
-        } = &mut *read;
-        self.conn.read_what_is_left(stream.as_fd(), buf, actions);
+        self.drain(&mut read);
         true
     }
 
@@ -425,16 +420,18 @@ impl Inner {
     /// for a reader still at it, then ends the session, so that no caller waits for a reply
     /// that cannot come.
     fn drain_and_end(&self) {
-        {
-            let mut read = lock(&self.read);
-            let ReadSide {
-                stream,
-                buf,
-                actions,
-            } = &mut *read;
-            self.conn.read_what_is_left(stream.as_fd(), buf, actions);
-        }
+        self.drain(&mut lock(&self.read));
         self.conn.end(Error::Disconnected);
+    }
+
+    /// [`Connection::read_what_is_left`] with the reader's socket and buffers.
+    fn drain(&self, read: &mut ReadSide) {
+        let ReadSide {
+            stream,
+            buf,
+            actions,
+        } = read;
+        self.conn.read_what_is_left(stream.as_fd(), buf, actions);
     }
 
     /// Takes the reading role for a caller if nobody has it; returns whether it now leads.
@@ -621,11 +618,12 @@ impl Inner {
             let closed = self.read_once(&mut lock(&self.read));
             let mut reading = lock(&self.reading);
             reading.leader = None;
-            // Events come while no caller reads: watch for the next one at once.
-            if reading.followers.is_empty() {
-                self.arm(&mut reading);
+            // Events come while no caller reads: unless a follower takes over, watch for the
+            // next one at once (this thread is not lingering).
+            match self.handover(&reading) {
+                Handover::Promote(next) => next.promote(),
+                Handover::Arm | Handover::Linger => self.arm(&mut reading),
             }
-            self.settle(&mut reading);
             if closed {
                 return;
             }
@@ -754,12 +752,16 @@ mod tests {
         assert_eq!(r.on_background_wake(false, &mut seen), BackgroundStep::Arm);
     }
 
-    fn echo_client() -> (Qmp, FakeServer) {
-        let (client, server) = FakeServer::spawn(|mut c| {
+    fn echo_server() -> (UnixStream, FakeServer) {
+        FakeServer::spawn(|mut c| {
             c.handshake();
             c.echo_until_eof();
         })
-        .expect("spawn");
+        .expect("spawn")
+    }
+
+    fn echo_client() -> (Qmp, FakeServer) {
+        let (client, server) = echo_server();
         let qmp = Qmp::from_stream(client, &Config::default()).expect("connect");
         (qmp, server)
     }
@@ -822,11 +824,7 @@ mod tests {
 
     #[test]
     fn a_stream_handed_over_non_blocking_is_made_blocking() {
-        let (client, server) = FakeServer::spawn(|mut c| {
-            c.handshake();
-            c.echo_until_eof();
-        })
-        .expect("spawn");
+        let (client, server) = echo_server();
         client.set_nonblocking(true).expect("O_NONBLOCK");
         let probe = client.try_clone().expect("dup");
         let qmp = Qmp::from_stream(client, &Config::default()).expect("connect");

@@ -24,8 +24,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncReadExt, Interest};
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::Interest;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 use tracing::warn;
@@ -68,7 +67,8 @@ struct Backlog {
 
 struct Inner {
     conn: Arc<Connection<Waiter, Sink>>,
-    write_half: OwnedWriteHalf,
+    /// The socket as the writers see it (registered for writability only).
+    writer: AsyncFd<OwnedFd>,
     backlog: Mutex<Option<Backlog>>,
     flush_wanted: Notify,
     /// A write found the peer gone: the reader task delivers what the peer sent before it
@@ -139,28 +139,24 @@ impl AsyncQmp {
     ) -> Result<AsyncQmp> {
         stream.set_nonblocking(true)?;
         let control = stream.try_clone()?;
-        let read_socket = OwnedFd::from(stream.try_clone()?);
-        let stream = tokio::net::UnixStream::from_std(stream)?;
-        let (mut read_half, write_half) = stream.into_split();
-        let handshake = handshake(&mut read_half, &write_half, config);
+        // The reader and the writers each have their own registration, for the one readiness
+        // they wait for: the reader can clear its readiness, and an arriving reply wakes
+        // nothing else.
+        let reader = register(stream.try_clone()?, Interest::READABLE)?;
+        let writer = register(stream, Interest::WRITABLE)?;
+        let handshake = handshake(&reader, &writer, config);
         let negotiated = tokio::time::timeout(config.greeting_timeout, handshake)
             .await
             .map_err(|_| greeting_timeout(config.greeting_timeout))??;
         let inner = Arc::new(Inner {
             conn: Arc::new(Connection::new(negotiated, control, config)),
-            write_half,
+            writer,
             backlog: Mutex::new(None),
             flush_wanted: Notify::new(),
             peer_gone: Mutex::new(None),
             peer_gone_wanted: Notify::new(),
         });
-        // The reader task reads through its own registration, whose readiness it can clear.
-        drop(read_half);
-        // SAFETY: an `OwnedFd` is open, and names the same descriptor, for as long as it lives.
-        let read_socket =
-            unsafe { AsyncFd::register_with_interest(read_socket, Interest::READABLE) }
-                .map_err(|e| Error::Io(e.into()))?;
-        let reader = tokio::spawn(reader_task(Arc::clone(&inner), read_socket));
+        let reader = tokio::spawn(reader_task(Arc::clone(&inner), reader));
         let flusher = tokio::spawn(flusher_task(Arc::clone(&inner)));
         Ok(AsyncQmp {
             inner,
@@ -284,7 +280,7 @@ impl Inner {
                     written: 0,
                     fds: t.fds,
                 };
-                match send_some(self.write_half.as_ref(), &mut rest) {
+                match send_some(&self.writer, &mut rest) {
                     Ok(true) => continue,
                     Ok(false) => {
                         *backlog = Some(rest);
@@ -326,17 +322,27 @@ impl Inner {
     }
 }
 
+/// Registers `socket` with the runtime for `interest`.
+fn register(
+    socket: std::os::unix::net::UnixStream,
+    interest: Interest,
+) -> Result<AsyncFd<OwnedFd>> {
+    // SAFETY: an `OwnedFd` is open, and names the same descriptor, for as long as it lives
+    // (the `AsyncFd` owns it and never replaces it).
+    unsafe { AsyncFd::register_with_interest(OwnedFd::from(socket), interest) }
+        .map_err(|e| Error::Io(e.into()))
+}
+
 async fn handshake(
-    reader: &mut OwnedReadHalf,
-    writer: &OwnedWriteHalf,
+    reader: &AsyncFd<OwnedFd>,
+    writer: &AsyncFd<OwnedFd>,
     config: &Config,
 ) -> Result<Negotiated<Waiter>> {
     let mut handshake = Handshake::new(config);
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let send = match reader.read(&mut buf).await {
+        let send = match read_available(reader, &mut buf).await {
             Ok(n) => handshake.on_read(buf.get(..n).filter(|b| !b.is_empty()))?,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(Error::Io(e)),
         };
         if let Some(bytes) = send {
@@ -345,8 +351,8 @@ async fn handshake(
                 written: 0,
                 fds: Vec::new(),
             };
-            while !send_some(writer.as_ref(), &mut rest)? {
-                writer.as_ref().writable().await?;
+            while !send_some(writer, &mut rest)? {
+                drop(writer.writable().await?);
             }
         }
         if handshake.is_done() {
@@ -357,12 +363,12 @@ async fn handshake(
 
 /// Writes as much of `rest` as the socket takes now (descriptors with the first byte);
 /// returns whether all of it went.
-fn send_some(stream: &tokio::net::UnixStream, rest: &mut Backlog) -> io::Result<bool> {
+fn send_some(socket: &AsyncFd<OwnedFd>, rest: &mut Backlog) -> io::Result<bool> {
     while rest.written < rest.bytes.len() {
         let bytes = rest.bytes.get(rest.written..).unwrap_or_default();
         let fds: Vec<BorrowedFd<'_>> = rest.fds.iter().map(AsFd::as_fd).collect();
-        match stream.try_io(Interest::WRITABLE, || {
-            crate::fdpass::send_with_fds(stream.as_fd(), bytes, &fds)
+        match socket.try_io(Interest::WRITABLE, |socket| {
+            crate::fdpass::send_with_fds(socket.as_fd(), bytes, &fds)
         }) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => {
@@ -437,7 +443,7 @@ async fn flusher_task(inner: Arc<Inner>) {
         inner.flush_wanted.notified().await;
         while lock(&inner.backlog).is_some() {
             let timeout = inner.conn.config().command_timeout;
-            let writable = inner.write_half.as_ref().writable();
+            let writable = async { inner.writer.writable().await.map(drop) };
             // A zero timeout means no bound, as for the blocking client's socket.
             let ready = match deadline(timeout).filter(|_| !timeout.is_zero()) {
                 Some(at) => tokio::time::timeout_at(at.into(), writable)
@@ -448,7 +454,7 @@ async fn flusher_task(inner: Arc<Inner>) {
             let sent = ready.and_then(|()| {
                 let mut backlog = lock(&inner.backlog);
                 if let Some(rest) = backlog.as_mut() {
-                    if send_some(inner.write_half.as_ref(), rest)? {
+                    if send_some(&inner.writer, rest)? {
                         *backlog = None;
                     }
                 }
