@@ -27,6 +27,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::argv::Argv;
 use crate::device::{Device, QemuDevice};
 use crate::error::{invalid, Error, Result};
 use crate::fd::{FdArg, FdResolver, FdTable};
@@ -869,6 +870,23 @@ impl VmConfig {
     /// numbered through `fds`; the launcher must map each of `fds`'s entries to its number in
     /// the child.
     pub fn to_args(&self, syntax: Syntax, fds: &mut FdTable) -> Result<Vec<String>> {
+        self.to_argv(syntax, fds).map(Argv::into_vec)
+    }
+
+    /// [`to_args`](Self::to_args) as one [`Argv`]: the same arguments in one buffer, which is
+    /// what the launcher hands to `exec` (a 64-device VM's 280 arguments in a handful of
+    /// allocations instead of one each).
+    ///
+    /// ```
+    /// use hvarch_devices::config::{Accelerator, Machine, VmConfig};
+    /// use hvarch_devices::fd::FdTable;
+    /// use hvarch_devices::part::Syntax;
+    /// let vm = VmConfig::new(Machine::new("virt", Accelerator::Tcg));
+    /// let argv = vm.to_argv(Syntax::Options, &mut FdTable::new()).unwrap();
+    /// assert_eq!(argv, ["-machine", "virt,accel=tcg"]);
+    /// assert_eq!(argv.into_vec(), vm.to_args(Syntax::Options, &mut FdTable::new()).unwrap());
+    /// ```
+    pub fn to_argv(&self, syntax: Syntax, fds: &mut FdTable) -> Result<Argv> {
         self.check_sections()?;
         let mut ids = Ids::for_config(self);
         let mut args = Args::with_capacity(40 + 4 * self.devices.len());
@@ -1031,7 +1049,7 @@ impl VmConfig {
                 let _ = write!(out, "{}", smp.cpus);
             })?;
         }
-        Ok(args.args)
+        Ok(args.0)
     }
 }
 
@@ -1087,36 +1105,32 @@ impl Hasher for Fnv1a {
     }
 }
 
-/// An argv under construction: one `String` per argument, each rendered into a scratch
-/// buffer first and copied out at its exact length.
-struct Args {
-    args: Vec<String>,
-    scratch: String,
-}
+/// An argv under construction: every argument written straight into the one buffer of an
+/// [`Argv`].
+struct Args(Argv);
 
 impl Args {
+    /// Room for `args` arguments of about 40 bytes each.
     fn with_capacity(args: usize) -> Self {
-        Args {
-            args: Vec::with_capacity(args),
-            scratch: String::with_capacity(256),
-        }
+        Args(Argv::with_capacity(args, 40 * args))
     }
 
     fn push1(&mut self, flag: &str) {
-        self.args.push(flag.to_owned());
+        self.0.push(flag);
     }
 
     fn push2(&mut self, option: &str, value: &str) {
-        self.args.push(option.to_owned());
-        self.args.push(value.to_owned());
+        self.0.push(option);
+        self.0.push(value);
     }
 
     /// `option` and the text `write` produces.
     fn text(&mut self, option: &str, write: impl FnOnce(&mut String)) {
-        self.scratch.clear();
-        write(&mut self.scratch);
-        self.args.push(option.to_owned());
-        self.args.push(self.scratch.as_str().to_owned());
+        self.0.push(option);
+        let _ = self.0.push_with::<()>(|out| {
+            write(out);
+            Ok(())
+        });
     }
 
     /// `option` and `props` in option syntax after the implied value `implied`.
@@ -1128,11 +1142,11 @@ impl Args {
         props: &Props<'_>,
         fds: &mut dyn FdResolver,
     ) -> Result<()> {
-        self.scratch.clear();
-        write_options(&mut self.scratch, 0, what, implied, props, None, fds)?;
-        self.args.push(option.to_owned());
-        self.args.push(self.scratch.as_str().to_owned());
-        Ok(())
+        self.0.push(option);
+        self.0.push_with(|out| {
+            let start = out.len();
+            write_options(out, start, what, implied, props, None, fds)
+        })
     }
 
     /// `option` and `props` in option syntax after the text `head` writes (a value of ours
@@ -1145,20 +1159,17 @@ impl Args {
         fds: &mut dyn FdResolver,
         head: impl FnOnce(&mut String),
     ) -> Result<()> {
-        self.scratch.clear();
-        head(&mut self.scratch);
-        write_options(&mut self.scratch, 0, what, None, props, None, fds)?;
-        self.args.push(option.to_owned());
-        self.args.push(self.scratch.as_str().to_owned());
-        Ok(())
+        self.0.push(option);
+        self.0.push_with(|out| {
+            let start = out.len();
+            head(out);
+            write_options(out, start, what, None, props, None, fds)
+        })
     }
 
     fn part(&mut self, part: &Part<'_>, syntax: Syntax, fds: &mut dyn FdResolver) -> Result<()> {
-        self.scratch.clear();
-        part.write(&mut self.scratch, syntax, fds)?;
-        self.args.push(part.kind().option().to_owned());
-        self.args.push(self.scratch.as_str().to_owned());
-        Ok(())
+        self.0.push(part.kind().option());
+        self.0.push_with(|out| part.write(out, syntax, fds))
     }
 }
 

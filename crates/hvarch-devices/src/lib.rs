@@ -32,6 +32,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod argv;
 pub mod balloon;
 pub mod block;
 pub mod bridge;

@@ -52,6 +52,7 @@ use hvarch_arch::settings::{
 };
 use hvarch_arch::ArchError;
 use hvarch_arm64::Arm64;
+use hvarch_devices::argv::Argv;
 use hvarch_devices::config::{
     Accelerator, Global, Incoming, Kernel, Knobs, Monitor, MonitorEndpoint, Pflash, RamAttach, Rtc,
     VmConfig,
@@ -198,8 +199,14 @@ impl Assembled {
     /// QEMU's arguments without the binary; descriptors are numbered through `fds`, which
     /// the launcher must map into the child.
     pub fn args(&self, syntax: Syntax, fds: &mut FdTable) -> Result<Vec<String>> {
+        self.args_buffer(syntax, fds).map(Argv::into_vec)
+    }
+
+    /// [`Assembled::args`] in one buffer ([`Argv`]), as the launcher renders them: what
+    /// [`Command::args`](std::process::Command::args) takes, without a `String` per argument.
+    pub fn args_buffer(&self, syntax: Syntax, fds: &mut FdTable) -> Result<Argv> {
         self.config
-            .to_args(syntax, fds)
+            .to_argv(syntax, fds)
             .map_err(Error::device("vm"))
     }
 

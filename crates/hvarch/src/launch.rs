@@ -69,8 +69,8 @@ impl Plan {
             .extend(options.monitors.iter().cloned());
 
         let mut fds = FdTable::new();
-        let mut args = assembled.args(options.syntax, &mut fds)?;
-        args.extend(options.extra_args.iter().cloned());
+        let mut args = assembled.args_buffer(options.syntax, &mut fds)?;
+        args.extend(&options.extra_args);
         let stderr = runtime
             .create_file(&stderr_name)
             .map_err(io(format!("create {}", paths.stderr.display())))?;

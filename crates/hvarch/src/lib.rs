@@ -81,6 +81,7 @@ pub use vm::{EndedBy, LaunchOptions, ShutdownOutcome, Vm, VmError, VmResult};
 pub use hvarch_arch::arch::QemuArch;
 pub use hvarch_arch::guest_arch::GuestArch;
 pub use hvarch_arch::settings::HypervisorConfig;
+pub use hvarch_devices::argv::Argv;
 pub use hvarch_devices::config::Accelerator;
 pub use hvarch_devices::part::Syntax;
 
