@@ -12,7 +12,7 @@ use serde_json::{json, Value as Json};
 use crate::error::{Error, Result};
 use crate::fd::FdResolver;
 use crate::props::{Props, Value};
-use crate::syntax::{render_json, write_options};
+use crate::syntax::{render_json, write_options, write_options_implied_first};
 
 /// Which QEMU option a [`Part`] is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -187,6 +187,13 @@ impl<'a> Part<'a> {
             out.push_str(self.props.get_str("chardev").unwrap_or_default());
             return Ok(());
         }
+        let implied_key = self.kind.implied_key();
+        // Parts are built with their implied key first: write it without looking it up.
+        if let Some((key, Value::Str(implied))) = self.props.first() {
+            if Some(key) == implied_key {
+                return write_options_implied_first(out, what, (key, implied), &self.props, fds);
+            }
+        }
         let start = out.len();
         write_options(
             out,
@@ -194,7 +201,7 @@ impl<'a> Part<'a> {
             what,
             self.implied(),
             &self.props,
-            self.kind.implied_key(),
+            implied_key,
             fds,
         )
     }

@@ -161,7 +161,31 @@ pub(crate) fn write_options(
     if let Some(first) = implied {
         push_escaped_checked(out, what, skip.unwrap_or(what), first)?;
     }
-    write_props(out, start, what, None, props, skip, fds)
+    match skip {
+        Some(skip) => write_props(
+            out,
+            start,
+            what,
+            None,
+            props.iter().filter(|(key, _)| *key != skip),
+            fds,
+        ),
+        None => write_props(out, start, what, None, props.iter(), fds),
+    }
+}
+
+/// [`write_options`] for a list whose first property is the implied one (`key = implied`),
+/// written first without its key; the others follow. Reports a NUL under `key`.
+pub(crate) fn write_options_implied_first(
+    out: &mut String,
+    what: &str,
+    (key, implied): (&str, &str),
+    props: &Props<'_>,
+    fds: &mut dyn FdResolver,
+) -> Result<()> {
+    let start = out.len();
+    push_escaped_checked(out, what, key, implied)?;
+    write_props(out, start, what, None, props.iter().skip(1), fds)
 }
 
 /// Appends `text` with every `,` doubled, refusing a NUL byte (reported under `key`) in the
@@ -186,28 +210,37 @@ fn push_escaped_checked(out: &mut String, what: &str, key: &str, text: &str) -> 
 
 /// The index of the first `,` or NUL byte in `bytes`. Eight bytes at a time: escaping was a
 /// seventh of a 64-device render's instructions, most of them this scan over paths and ids
-/// that hold neither byte.
+/// that hold neither byte. A text of eight bytes or more ends with one word overlapping the
+/// last full one, so no byte is scanned alone.
 fn find_comma_or_nul(bytes: &[u8]) -> Option<usize> {
-    const ONES: u64 = u64::from_ne_bytes([1; 8]);
-    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
-    const COMMAS: u64 = u64::from_ne_bytes([b','; 8]);
-    // Whether a byte of `x` is zero (exact as a whole-word test).
-    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS != 0;
-    let mut start = 0;
-    for chunk in bytes.chunks_exact(8) {
-        let Ok(word) = <[u8; 8]>::try_from(chunk) else {
-            break;
-        };
-        let word = u64::from_ne_bytes(word);
-        if has_zero(word) || has_zero(word ^ COMMAS) {
-            break;
-        }
-        start += 8;
+    const ONES: u64 = u64::from_le_bytes([1; 8]);
+    const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
+    const COMMAS: u64 = u64::from_le_bytes([b','; 8]);
+    // The high bit of each zero byte of `x`. Bits above the first zero byte may be wrong (a
+    // borrow runs upwards), the lowest set bit never is; words are read little-endian, so
+    // the lowest bit is the first byte on every host.
+    let zeros = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
+    // The first `,` or NUL in the eight bytes at `at`, if any.
+    let hit_in_word = |at: usize| -> Option<usize> {
+        let word = bytes.get(at..at + 8)?;
+        let word = u64::from_le_bytes(<[u8; 8]>::try_from(word).ok()?);
+        let hits = zeros(word) | zeros(word ^ COMMAS);
+        // A bit index below 64 divided by 8: the cast cannot truncate.
+        (hits != 0).then(|| at + (hits.trailing_zeros() / 8) as usize)
+    };
+    if bytes.len() < 8 {
+        return bytes.iter().position(|&b| b == b',' || b == 0);
     }
-    let tail = bytes.get(start..)?;
-    tail.iter()
-        .position(|&b| b == b',' || b == 0)
-        .map(|i| start + i)
+    let last = bytes.len() - 8;
+    let mut at = 0;
+    while at < last {
+        if let Some(i) = hit_in_word(at) {
+            return Some(i);
+        }
+        at += 8;
+    }
+    // The last eight bytes: those before `at` hold no hit, so the first one found is right.
+    hit_in_word(last)
 }
 
 /// Appends a scalar's option-syntax text, escaped, writing straight into `out`.
@@ -251,25 +284,21 @@ impl KeyPath<'_> {
     }
 }
 
-/// Appends `props` as `key=value` pairs, each after a `,` unless it is the first text since
+/// Appends `entries` as `key=value` pairs, each after a `,` unless it is the first text since
 /// `start`, nested keys prefixed by `path`.
-fn write_props(
+fn write_props<'v, 'p: 'v>(
     out: &mut String,
     start: usize,
     what: &str,
     path: Option<&KeyPath<'_>>,
-    props: &Props<'_>,
-    skip: Option<&str>,
+    entries: impl Iterator<Item = (&'v str, &'v Value<'p>)>,
     fds: &mut dyn FdResolver,
 ) -> Result<()> {
-    for (key, value) in props.iter() {
-        if path.is_none() && skip == Some(key) {
-            continue;
-        }
+    for (key, value) in entries {
         match value {
             Value::Map(inner) => {
                 let nested = KeyPath { key, parent: path };
-                write_props(out, start, what, Some(&nested), inner, None, fds)?;
+                write_props(out, start, what, Some(&nested), inner.iter(), fds)?;
             }
             scalar => {
                 if out.len() > start {
@@ -586,9 +615,17 @@ mod tests {
         /// The word-at-a-time scan finds what a byte-at-a-time one finds, wherever the bytes
         /// fall relative to the eight-byte words.
         #[test]
-        fn comma_or_nul_scan_matches_a_byte_scan(text in "[a,\u{0}\u{e9}\u{2c}\u{80}-\u{ff}]{0,40}") {
-            let expected = text.bytes().position(|b| b == b',' || b == 0);
-            prop_assert_eq!(find_comma_or_nul(text.as_bytes()), expected);
+        fn comma_or_nul_scan_matches_a_byte_scan(
+            text in "[a,\u{0}\u{e9}\u{2c}\u{80}-\u{ff}]{0,40}",
+            clean in "[a\u{e9}\u{ac}\u{80}-\u{ff}]{0,30}",
+            hits in "[a,\u{0}]{0,3}",
+        ) {
+            // Texts mostly free of hits too (a hit lands anywhere in a long text, or none).
+            let long = format!("{clean}{hits}{clean}");
+            for text in [text.as_str(), long.as_str()] {
+                let expected = text.bytes().position(|b| b == b',' || b == 0);
+                prop_assert_eq!(find_comma_or_nul(text.as_bytes()), expected, "{:?}", text);
+            }
         }
 
         #[test]
