@@ -1,6 +1,8 @@
 //! Allocations per argv render, counted by a global allocator wrapper (criterion cannot
 //! count them): prints `argv_allocs <vm> <allocations> <bytes> <args> <devices>` for the
-//! VMs of `argv/vms.rs`. Run by `cargo xtask bench argv` (`cargo bench --bench argv_allocs`).
+//! VMs of `argv/vms.rs` rendered by `VmConfig::to_argv`, and for the 64-device VM rendered by
+//! `VmConfig::to_args` (`64_devices_vec`). Run by `cargo xtask bench argv`
+//! (`cargo bench --bench argv_allocs`).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,21 +44,17 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-fn measure(name: &str, vm: &VmConfig) {
+fn measure(name: &str, vm: &VmConfig, render: impl Fn(&VmConfig) -> usize) {
     const RENDERS: u64 = 100;
     let mut args = 0;
     // One render before counting (lazy statics, first-use buffers).
-    let _ = vm.to_args(Syntax::Options, &mut FdTable::new());
+    render(vm);
     let (a0, b0) = (
         ALLOCS.load(Ordering::Relaxed),
         BYTES.load(Ordering::Relaxed),
     );
     for _ in 0..RENDERS {
-        let rendered = vm
-            .to_args(Syntax::Options, &mut FdTable::new())
-            .expect("render");
-        args = rendered.len();
-        drop(std::hint::black_box(rendered));
+        args = render(vm);
     }
     let allocs = (ALLOCS.load(Ordering::Relaxed) - a0) / RENDERS;
     let bytes = (BYTES.load(Ordering::Relaxed) - b0) / RENDERS;
@@ -66,8 +64,26 @@ fn measure(name: &str, vm: &VmConfig) {
     );
 }
 
+/// Renders `vm` as the launcher does (one buffer), returning the number of arguments.
+fn argv(vm: &VmConfig) -> usize {
+    let rendered = vm
+        .to_argv(Syntax::Options, &mut FdTable::new())
+        .expect("render");
+    std::hint::black_box(rendered).len()
+}
+
+/// Renders `vm` as one `String` per argument.
+fn args_vec(vm: &VmConfig) -> usize {
+    let rendered = vm
+        .to_args(Syntax::Options, &mut FdTable::new())
+        .expect("render");
+    std::hint::black_box(rendered).len()
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; nothing to parse.
-    measure("default_vm", &vms::default_vm());
-    measure("64_devices", &vms::vm_64_devices());
+    let (default, big) = (vms::default_vm(), vms::vm_64_devices());
+    measure("default_vm", &default, argv);
+    measure("64_devices", &big, argv);
+    measure("64_devices_vec", &big, args_vec);
 }
