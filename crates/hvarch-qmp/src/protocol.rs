@@ -7,6 +7,14 @@
 //! arrives, the caller gives up ([`Session::cancel`]), or the connection ends. Take what is ready
 //! to be written with [`Session::poll_transmit`].
 //!
+//! **Ids.** Every command carries an `"id"` that QEMU echoes in its reply, and replies are
+//! routed by it. A command's id for its caller ([`Session::submit`]'s) is never reused in a
+//! session; the id on the wire is the smallest one no other command holds, so it stays one or
+//! two digits long however long the session lives. That counts: QEMU reads monitor input one
+//! byte at a time, and its throughput falls with every byte of a command. A written command
+//! holds its wire id until QEMU answers it, even after its caller gave up, so a late reply is
+//! never taken for another command's.
+//!
 //! Flow control lives here too, as the QMP specification asks of clients: at most
 //! [`MAX_IN_FLIGHT`] commands await their reply at once (QEMU queues no more than 8 in-band
 //! commands per monitor); the rest wait in the session's queue, in order, and become ready as
@@ -105,6 +113,8 @@ impl ReplyBody for RawReply {
 
 struct Pending<W> {
     command: String,
+    /// The id on the wire (see the module docs).
+    wire_id: u64,
     /// `None` once the caller gave up on a command already written: its late reply is dropped,
     /// but it keeps its slot until then (QEMU still holds it in its queue).
     waiter: Option<W>,
@@ -149,6 +159,8 @@ pub struct Session<W> {
     decoder: LineDecoder,
     next_id: u64,
     pending: BTreeMap<u64, Pending<W>>,
+    /// Wire ids in use: slot `i` holds the id of the command that uses wire id `i + 1`.
+    wire_ids: Vec<Option<u64>>,
     queue: VecDeque<Queued>,
     /// Commands written whose reply has not arrived (abandoned ones included).
     in_flight: usize,
@@ -181,6 +193,7 @@ impl<W> Session<W> {
             decoder: LineDecoder::new(max_message_size),
             next_id: 1,
             pending: BTreeMap::new(),
+            wire_ids: Vec::new(),
             queue: VecDeque::new(),
             in_flight: 0,
             fds_in_flight: false,
@@ -301,11 +314,14 @@ impl<W> Session<W> {
         while self.pending.contains_key(&id) {
             id = self.alloc_id();
         }
-        let bytes = command.encode(id)?;
+        let wire_id = self.free_wire_id();
+        let bytes = command.encode(wire_id)?;
+        self.hold_wire_id(wire_id, id);
         self.pending.insert(
             id,
             Pending {
                 command: command.name.clone(),
+                wire_id,
                 waiter: Some(waiter),
                 sent: false,
                 carries_fds,
@@ -313,6 +329,51 @@ impl<W> Session<W> {
         );
         trace!(id, command = %command.name, "QMP command registered");
         Ok((id, bytes))
+    }
+
+    /// The smallest wire id no command holds.
+    fn free_wire_id(&self) -> u64 {
+        let slot = self
+            .wire_ids
+            .iter()
+            .position(Option::is_none)
+            .unwrap_or(self.wire_ids.len());
+        // A slot index plus one: at most the number of pending commands plus one.
+        slot as u64 + 1
+    }
+
+    /// Marks `wire_id` (from [`Session::free_wire_id`]) as held by command `id`.
+    fn hold_wire_id(&mut self, wire_id: u64, id: u64) {
+        let Some(slot) = wire_id.checked_sub(1).and_then(|s| usize::try_from(s).ok()) else {
+            return;
+        };
+        if slot >= self.wire_ids.len() {
+            self.wire_ids.resize(slot + 1, None);
+        }
+        self.wire_ids[slot] = Some(id);
+    }
+
+    /// Frees `wire_id` for the next command.
+    fn release_wire_id(&mut self, wire_id: u64) {
+        let slot = wire_id.checked_sub(1).and_then(|s| usize::try_from(s).ok());
+        if let Some(held) = slot.and_then(|s| self.wire_ids.get_mut(s)) {
+            *held = None;
+        }
+        while self.wire_ids.last() == Some(&None) {
+            self.wire_ids.pop();
+        }
+    }
+
+    /// The wire id of command `id` (what QEMU echoes in its reply).
+    #[cfg(test)]
+    fn wire_id(&self, id: u64) -> u64 {
+        self.pending.get(&id).map_or(0, |p| p.wire_id)
+    }
+
+    /// The command that holds `wire_id`, if any.
+    fn command_of_wire_id(&self, wire_id: u64) -> Option<u64> {
+        let slot = usize::try_from(wire_id.checked_sub(1)?).ok()?;
+        *self.wire_ids.get(slot)?
     }
 
     fn mark_sent(&mut self, id: u64) {
@@ -377,7 +438,9 @@ impl<W> Session<W> {
             debug!(id, command = %p.command, "QMP command abandoned; a late reply will be dropped");
         } else {
             debug!(id, command = %p.command, "queued QMP command abandoned before it was sent");
+            let wire_id = p.wire_id;
             self.pending.remove(&id);
+            self.release_wire_id(wire_id);
             self.queue.retain(|q| q.id != id);
         }
         waiter
@@ -474,6 +537,7 @@ impl<W> Session<W> {
         self.queue.clear();
         self.in_flight = 0;
         self.fds_in_flight = false;
+        self.wire_ids.clear();
         for (id, p) in std::mem::take(&mut self.pending) {
             if let Some(waiter) = p.waiter {
                 out.push(Action::Reply {
@@ -562,21 +626,23 @@ impl<W> Session<W> {
         Ok(())
     }
 
-    /// The reply for command `id` arrived: its slot is free again, and its waiter (if the
-    /// caller has not given up) gets `result(command name)`.
+    /// The reply carrying `wire_id` arrived: its command's slot and wire id are free again,
+    /// and its waiter (if the caller has not given up) gets `result(command name)`.
     fn complete<R>(
         &mut self,
-        id: u64,
+        wire_id: u64,
         result: impl FnOnce(&str) -> Result<R, Error>,
         out: &mut Vec<Action<W, R>>,
     ) {
-        if !self.pending.get(&id).is_some_and(|p| p.sent) {
-            trace!(id, "QMP reply to no command in flight dropped");
+        let id = self.command_of_wire_id(wire_id);
+        let Some(id) = id.filter(|id| self.pending.get(id).is_some_and(|p| p.sent)) else {
+            trace!(wire_id, "QMP reply to no command in flight dropped");
             return;
-        }
+        };
         let Some(p) = self.pending.remove(&id) else {
             return;
         };
+        self.release_wire_id(wire_id);
         self.in_flight = self.in_flight.saturating_sub(1);
         if p.carries_fds {
             self.fds_in_flight = false;
@@ -666,7 +732,9 @@ mod tests {
         let (a, _) = s.start_command(&Command::bare("a"), 10).expect("a");
         let (b, _) = s.start_command(&Command::bare("b"), 20).expect("b");
         let (c, _) = s.start_command(&Command::bare("c"), 30).expect("c");
+        let [a, b, c_wire] = [a, b, c].map(|id| s.wire_id(id));
         assert_eq!(s.cancel(c), Some(30));
+        let c = c_wire;
         let mut out = Vec::new();
         let input = format!(
             "{{\"return\": 2, \"id\": {b}}}\n{{\"return\": 3, \"id\": {c}}}\n{{\"error\": {{\"class\": \"X\"}}, \"id\": {a}}}\n"
@@ -774,7 +842,7 @@ mod tests {
         assert!(s.poll_transmit().is_none());
         // A reply frees a slot for the ninth.
         let mut out = Vec::new();
-        s.feed(&reply(ids[3]), &mut out);
+        s.feed(&reply(s.wire_id(ids[3])), &mut out);
         assert!(matches!(out.as_slice(), [Action::Reply { waiter: 3, .. }]));
         let t = s.poll_transmit().expect("the ninth");
         assert_eq!(t.ids, [ids[8]]);
@@ -802,9 +870,9 @@ mod tests {
         // d waits until QEMU took b's descriptor (b's reply), and e waits behind d.
         assert!(s.poll_transmit().is_none());
         let mut out = Vec::new();
-        s.feed(&reply(a), &mut out);
+        s.feed(&reply(s.wire_id(a)), &mut out);
         assert!(s.poll_transmit().is_none());
-        s.feed(&reply(b), &mut out);
+        s.feed(&reply(s.wire_id(b)), &mut out);
         let t = s.poll_transmit().expect("d");
         assert_eq!((t.ids.as_slice(), t.fds.len()), ([d].as_slice(), 1));
         let t = s.poll_transmit().expect("e");
@@ -828,15 +896,16 @@ mod tests {
         let mut byte = [0u8; 1];
         assert_eq!(std::io::Read::read(&mut &watch, &mut byte).expect("EOF"), 0);
         // Written: the caller is released, the slot stays until the late reply.
+        let written_wire = s.wire_id(written);
         assert_eq!(s.cancel(written), Some(1));
         assert_eq!((s.in_flight(), s.pending()), (1, 0));
         let mut out = Vec::new();
-        s.feed(&reply(written), &mut out);
+        s.feed(&reply(written_wire), &mut out);
         assert!(out.is_empty(), "{out:?}");
         assert_eq!(s.in_flight(), 0);
         // A reply to a command never written (or unknown) changes nothing.
         let later = s.submit(&Command::bare("l"), Vec::new(), 3).expect("l");
-        s.feed(&reply(later), &mut out);
+        s.feed(&reply(s.wire_id(later)), &mut out);
         assert!(out.is_empty(), "{out:?}");
         assert_eq!((s.queued(), s.pending()), (1, 1));
     }
@@ -882,7 +951,151 @@ mod tests {
         })
     }
 
+    /// The ids QEMU reads in written bytes, in order (what it will echo).
+    fn ids_on_the_wire(bytes: &[u8]) -> Vec<u64> {
+        bytes
+            .split(|&b| b == b'\n')
+            .filter(|line| !line.is_empty())
+            .map(|line| {
+                let sent: Value = serde_json::from_slice(line).expect("a JSON line");
+                sent["id"].as_u64().expect("an id")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_long_session_keeps_using_the_first_wire_id() {
+        let mut s = ready(true);
+        let mut out = Vec::new();
+        for i in 0..10_000 {
+            s.submit(&Command::bare("q"), Vec::new(), i)
+                .expect("submit");
+            let t = s.poll_transmit().expect("transmit");
+            assert_eq!(ids_on_the_wire(&t.bytes), [1]);
+            s.feed(&reply(1), &mut out);
+        }
+        assert_eq!(out.len(), 10_000);
+    }
+
+    #[test]
+    fn an_abandoned_command_keeps_its_wire_id_until_qemu_answers() {
+        let mut s = ready(true);
+        let mut out = Vec::new();
+        let slow = s
+            .submit(&Command::bare("slow"), Vec::new(), 1)
+            .expect("slow");
+        assert_eq!(ids_on_the_wire(&s.poll_transmit().expect("w").bytes), [1]);
+        assert_eq!(s.cancel(slow), Some(1));
+        s.submit(&Command::bare("next"), Vec::new(), 2)
+            .expect("next");
+        assert_eq!(ids_on_the_wire(&s.poll_transmit().expect("w").bytes), [2]);
+        // The late reply is dropped, not taken for `next`'s; then wire id 1 is free again.
+        s.feed(&reply(1), &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        s.submit(&Command::bare("after"), Vec::new(), 3)
+            .expect("after");
+        assert_eq!(ids_on_the_wire(&s.poll_transmit().expect("w").bytes), [1]);
+        s.feed(&reply(2), &mut out);
+        s.feed(&reply(1), &mut out);
+        let waiters: Vec<u32> = out
+            .iter()
+            .filter_map(|a| match a {
+                Action::Reply { waiter, .. } => Some(*waiter),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(waiters, [2, 3]);
+    }
+
+    /// One step of a client's life with QEMU, for the wire id model below.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Submit,
+        Transmit,
+        /// QEMU answers the written command at this index (modulo) of those it holds.
+        Answer(usize),
+        /// The caller gives up on the command at this index (modulo) of those with a caller.
+        Cancel(usize),
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            3 => Just(Step::Submit),
+            3 => Just(Step::Transmit),
+            3 => any::<usize>().prop_map(Step::Answer),
+            1 => any::<usize>().prop_map(Step::Cancel),
+        ]
+    }
+
     proptest::proptest! {
+        /// Whatever commands are submitted, written, answered (in any order) and abandoned: a
+        /// reply reaches the caller of the command whose bytes carried its id, or nobody if
+        /// that caller gave up; no two commands QEMU may still answer share a wire id; and a
+        /// new command's wire id is never larger than the number of commands holding one.
+        #[test]
+        fn replies_reach_the_command_whose_bytes_carried_the_id(
+            steps in proptest::collection::vec(step(), 1..120),
+        ) {
+            let mut s = ready(true);
+            let mut next_waiter = 0u32;
+            // What QEMU holds: (wire id, waiter) of every written, unanswered command.
+            let mut qemu: Vec<(u64, u32)> = Vec::new();
+            // Commands with a caller: (id, waiter).
+            let mut callers: Vec<(u64, u32)> = Vec::new();
+            let mut waiters_by_id = std::collections::HashMap::new();
+            for step in steps {
+                let mut out = Vec::new();
+                match step {
+                    Step::Submit => {
+                        if let Ok(id) = s.submit(&Command::bare("q"), Vec::new(), next_waiter) {
+                            // The smallest free wire id: never above the number of holders.
+                            proptest::prop_assert!(
+                                s.wire_id(id) as usize <= s.pending.len(),
+                                "wire id {} for {} commands", s.wire_id(id), s.pending.len()
+                            );
+                            callers.push((id, next_waiter));
+                            waiters_by_id.insert(id, next_waiter);
+                            next_waiter += 1;
+                        }
+                    }
+                    Step::Transmit => {
+                        if let Some(t) = s.poll_transmit() {
+                            let wire = ids_on_the_wire(&t.bytes);
+                            proptest::prop_assert_eq!(wire.len(), t.ids.len());
+                            for (w, id) in wire.into_iter().zip(&t.ids) {
+                                proptest::prop_assert!(
+                                    qemu.iter().all(|(held, _)| *held != w),
+                                    "wire id {} written while QEMU may still answer it", w
+                                );
+                                qemu.push((w, waiters_by_id[id]));
+                            }
+                        }
+                    }
+                    Step::Answer(i) if !qemu.is_empty() => {
+                        let (w, waiter) = qemu.remove(i % qemu.len());
+                        s.feed(&reply(w), &mut out);
+                        let still_waiting = callers.iter().any(|(_, c)| *c == waiter);
+                        match out.as_slice() {
+                            [Action::Reply { waiter: got, .. }] => {
+                                proptest::prop_assert!(still_waiting);
+                                proptest::prop_assert_eq!(*got, waiter);
+                                callers.retain(|(_, c)| *c != waiter);
+                            }
+                            [] => proptest::prop_assert!(!still_waiting, "reply lost"),
+                            other => proptest::prop_assert!(false, "{:?}", other),
+                        }
+                    }
+                    Step::Answer(_) => {}
+                    Step::Cancel(i) if !callers.is_empty() => {
+                        let (id, waiter) = callers.remove(i % callers.len());
+                        proptest::prop_assert_eq!(s.cancel(id), Some(waiter));
+                    }
+                    Step::Cancel(_) => {}
+                }
+            }
+        }
+
         /// The clients' raw routing (`feed_raw`) hands every reply's value over exactly as the
         /// `Value` routing (`feed`) does, to the same waiter, whatever the value and whether the
         /// line takes the fast path or the general one (a member that is not a reply's, such as
@@ -899,6 +1112,7 @@ mod tests {
                 let (id, _) = parsed.start_command(&Command::bare("c"), waiter).expect("parsed");
                 let (raw_id, _) = raw.start_command(&Command::bare("c"), waiter).expect("raw");
                 proptest::prop_assert_eq!(id, raw_id);
+                let id = parsed.wire_id(id);
                 let line = if *general {
                     json!({"event": null, "id": id, "return": value})
                 } else {

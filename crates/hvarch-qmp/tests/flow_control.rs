@@ -62,6 +62,8 @@ struct Model {
     written: Vec<u64>,
     in_flight: BTreeSet<u64>,
     delivered: HashMap<u64, u32>,
+    /// The id each written command carried on the wire (what QEMU echoes).
+    wire_ids: HashMap<u64, u64>,
 }
 
 impl Model {
@@ -86,8 +88,23 @@ impl Model {
                 "two sets of descriptors on their way"
             );
         }
-        for id in t.ids {
+        let wire_ids = t
+            .bytes
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|line| {
+                let sent: serde_json::Value = serde_json::from_slice(line).expect("a JSON line");
+                sent["id"].as_u64().expect("an id")
+            });
+        for (id, wire_id) in t.ids.into_iter().zip(wire_ids) {
+            assert!(
+                self.in_flight
+                    .iter()
+                    .all(|other| self.wire_ids[other] != wire_id),
+                "wire id {wire_id} written while QEMU may still answer it"
+            );
             assert!(self.in_flight.insert(id));
+            self.wire_ids.insert(id, wire_id);
             self.written.push(id);
         }
         assert!(self.in_flight.len() <= MAX_IN_FLIGHT);
@@ -115,8 +132,9 @@ impl Model {
 
     fn reply(&mut self, s: &mut Session<u64>, id: u64) {
         let mut out = Vec::new();
+        let wire_id = self.wire_ids[&id];
         s.feed(
-            format!("{{\"return\": {{}}, \"id\": {id}}}\n").as_bytes(),
+            format!("{{\"return\": {{}}, \"id\": {wire_id}}}\n").as_bytes(),
             &mut out,
         );
         assert!(self.in_flight.remove(&id));
