@@ -12,7 +12,8 @@
 //!   found by scanning for `"return"`): one at a time, a sliding window of 8, and batches of 8
 //!   (write 8 in one write, read 8). They negotiate `oob`, as hvarch-qmp does by default;
 //!   `raw-nooob` and `raw8-nooob` negotiate no capability; `raw-ids` and `raw8-ids` send each
-//!   command with an `"id"`, as hvarch-qmp does (the same bytes on the wire).
+//!   command with an `"id"`, as hvarch-qmp does (the same bytes on the wire: the smallest id
+//!   no command in flight holds, so `1` one at a time and `1` to `8` in turn with 8 in flight).
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -139,8 +140,10 @@ struct Raw {
     writer: UnixStream,
     reader: BufReader<UnixStream>,
     line: String,
-    /// The last id sent, when commands carry one.
+    /// How many commands were sent, when commands carry an id.
     id: Option<u64>,
+    /// How many commands are in flight at most (the ids cycle through `1..=window`).
+    window: u64,
     command: Vec<u8>,
 }
 
@@ -154,6 +157,7 @@ impl Raw {
             reader: BufReader::new(stream),
             line: String::new(),
             id: ids.then_some(0),
+            window: 1,
             command: Vec::with_capacity(64),
         };
         raw.reader.read_line(&mut raw.line)?;
@@ -193,9 +197,15 @@ impl Raw {
         let Some(id) = self.id.as_mut() else {
             return self.writer.write_all(QUERY);
         };
+        // Replies come in order, so the id freed by the last reply is the oldest one: hvarch-qmp's
+        // smallest free id cycles through 1..=window as this does.
+        let wire_id = *id % self.window + 1;
         *id += 1;
         self.command.clear();
-        writeln!(self.command, "{{\"execute\":\"query-status\",\"id\":{id}}}")?;
+        writeln!(
+            self.command,
+            "{{\"execute\":\"query-status\",\"id\":{wire_id}}}"
+        )?;
         self.writer.write_all(&self.command)
     }
 
@@ -210,6 +220,7 @@ impl Raw {
 
     /// A sliding window: 8 written ahead of the replies, one more for each reply.
     fn window(&mut self, count: u32) -> Result<(), BoxError> {
+        self.window = u64::from(IN_FLIGHT);
         let mut sent = 0;
         while sent < count.min(IN_FLIGHT) {
             self.query()?;

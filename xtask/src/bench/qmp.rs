@@ -21,10 +21,13 @@ const ROUND_TRIPS: u32 = 2000;
 const CPU_WHY: [&str; 2] = [
     "a lone caller of the blocking client makes the same two (`sendmsg`, `recvfrom`: it reads \
      for itself); with 8 in flight followers are woken with futexes",
-    "the async client makes about 3.4 syscalls: tokio's `epoll_wait` for each wake-up of the \
-     reader task, plus the runtime's task wake-ups",
+    "the async client makes about three (`sendmsg`, `recvfrom` and tokio's `epoll_wait` when \
+     its reader task waits), and each reply takes two task polls (the reader's, then the \
+     caller's)",
 ];
-const REPEATS: usize = 5;
+/// Measurements per client: this machine's speed swings within seconds, and nine steady the
+/// medians where five did not.
+const REPEATS: usize = 9;
 
 const PYTHON_CLIENT: &str = r#"
 import asyncio, resource, sys, time
@@ -281,9 +284,9 @@ pub fn run(bench_dir: &Path) -> Result<Section, String> {
                 let predicted = round_trip / (round_trip + cpu(seq) - cpu("raw-ids"));
                 format!(
                     "each of our commands carries an `\"id\"` (replies are routed by it, \
-                     past timeouts and cancellations), and QEMU reads monitor input one byte \
-                     per read (a `recvmsg`, a `poll` and eventfd writes for each byte), so the \
-                     id costs QEMU time: the raw client sending ids too reaches {} of the raw \
+                     past timeouts and cancellations; `,\"id\":1`, the shortest, 7 of 34 \
+                     bytes), and QEMU reads monitor input one byte per read (a `recvmsg`, a \
+                     `poll` and eventfd writes for each byte), so the id costs QEMU time: the raw client sending ids too reaches {} of the raw \
                      client, and we reach {} of it. Its round trip takes {} µs; ours costs {} \
                      µs more client CPU ({} against {} µs), which alone predicts {}{}",
                     ratio(rate("raw-ids") / rate("raw")),
@@ -347,7 +350,8 @@ pub fn run(bench_dir: &Path) -> Result<Section, String> {
              replies (window) or writing 8 at once and reading 8 (batches), Python \
              `asyncio.gather` of 8 coroutines on one `QMPClient`. The raw client sends \
              `{{\"execute\":\"query-status\"}}` (27 bytes), or with ids the same line with \
-             `\"id\":N` as hvarch-qmp sends it. CPU µs/rt: user + system time of the client \
+             `\"id\":N` as hvarch-qmp sends it (the smallest id no command in flight holds: \
+             `1` one at a time, `1` to `8` in turn with 8 in flight). CPU µs/rt: user + system time of the client \
              process (`getrusage`) over the measured part, per round trip."
         ),
         table,
