@@ -133,6 +133,18 @@ fn ci() -> Result<(), String> {
         // features, as docs.rs builds it (the async facade's `tokio` included); the test
         // build's dependencies then serve most of the verification builds, `qapi-qmp`'s
         // among them. hvarch-tests and xtask are not published.
+        //
+        // Each crate verifies against the others as packaged (a local registry, same
+        // version). Cargo takes a registry crate of a version it has built as unchanged, so
+        // after a change to a published crate a second run here would verify its dependents
+        // against the first run's build of it: clean the published crates' own artifacts
+        // first (their dependencies' stay).
+        let published = published_crates()?;
+        let mut clean = vec!["clean"];
+        for name in &published {
+            clean.extend(["-p", name.as_str()]);
+        }
+        cargo(&clean).run()?;
         cargo(&[
             "package",
             "--workspace",
@@ -168,6 +180,21 @@ fn stage(name: &str, f: impl FnOnce() -> Result<(), String>) -> Result<(), Strin
         Err(_) => eprintln!("<== {name}: FAILED after {:.1?} ({free})", t.elapsed()),
     }
     result.map_err(|e| format!("stage `{name}` failed: {e}"))
+}
+
+/// The published crates: the packages under `crates/`, each named as its directory.
+fn published_crates() -> Result<Vec<String>, String> {
+    let dir = run::workspace_root().join("crates");
+    let entries = std::fs::read_dir(&dir).map_err(|e| format!("read {}: {e}", dir.display()))?;
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("read {}: {e}", dir.display()))?;
+        if entry.path().join("Cargo.toml").is_file() {
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    names.sort();
+    Ok(names)
 }
 
 /// Where cargo builds: `CARGO_TARGET_DIR`, else the workspace's `target/`.
