@@ -135,11 +135,13 @@ fn ci() -> Result<(), String> {
         // among them. hvarch-tests and xtask are not published.
         //
         // Each crate verifies against the others as packaged (a local registry, same
-        // version). Cargo takes a registry crate of a version it has built as unchanged, so
-        // after a change to a published crate a second run here would verify its dependents
-        // against the first run's build of it: clean the published crates' own artifacts
-        // first (their dependencies' stay).
+        // version). Cargo takes a registry crate of a version it has seen as unchanged: it
+        // keeps the packages extracted under `$CARGO_HOME/registry/src` and their builds in
+        // `target/`, so after a change to a published crate a second run here would verify its
+        // dependents against the first run's copy. Remove both for the published crates first
+        // (their dependencies' stay).
         let published = published_crates()?;
+        remove_extracted_packages(&published)?;
         let mut clean = vec!["clean"];
         for name in &published {
             clean.extend(["-p", name.as_str()]);
@@ -195,6 +197,40 @@ fn published_crates() -> Result<Vec<String>, String> {
     }
     names.sort();
     Ok(names)
+}
+
+/// Removes what cargo extracted of `crates` from local registries (`cargo package`'s overlay
+/// of the workspace) under `$CARGO_HOME/registry/src`; crates.io's extractions stay.
+fn remove_extracted_packages(crates: &[String]) -> Result<(), String> {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cargo")))
+        .ok_or("neither CARGO_HOME nor HOME is set")?;
+    let src = home.join("registry/src");
+    let Ok(registries) = std::fs::read_dir(&src) else {
+        return Ok(()); // Nothing extracted yet.
+    };
+    for registry in registries.flatten() {
+        // crates.io's index is `index.crates.io-<hash>`; a local registry has no name.
+        if registry.file_name().to_string_lossy().starts_with("index.") {
+            continue;
+        }
+        let Ok(packages) = std::fs::read_dir(registry.path()) else {
+            continue;
+        };
+        for package in packages.flatten() {
+            let name = package.file_name().to_string_lossy().into_owned();
+            let ours = name.rsplit_once('-').is_some_and(|(crate_name, version)| {
+                crates.iter().any(|c| c == crate_name)
+                    && version.starts_with(|c: char| c.is_ascii_digit())
+            });
+            if ours {
+                std::fs::remove_dir_all(package.path())
+                    .map_err(|e| format!("remove {}: {e}", package.path().display()))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Where cargo builds: `CARGO_TARGET_DIR`, else the workspace's `target/`.
