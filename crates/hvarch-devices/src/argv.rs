@@ -70,8 +70,9 @@ impl Argv {
     }
 
     /// Appends one argument written by `write`. If `write` fails, what it wrote is taken back
-    /// and the list is as it was.
-    pub fn push_with<E>(
+    /// and the list is as it was. (Crate-only: `write` sees the whole buffer and must only
+    /// append to it.)
+    pub(crate) fn push_with<E>(
         &mut self,
         write: impl FnOnce(&mut String) -> Result<(), E>,
     ) -> Result<(), E> {
