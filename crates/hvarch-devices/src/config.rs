@@ -1145,7 +1145,8 @@ impl Args {
         self.0.push(option);
         self.0.push_with(|out| {
             let start = out.len();
-            write_options(out, start, what, implied, props, None, fds)
+            let implied = implied.map(|value| (what, value));
+            write_options(out, start, what, implied, props.iter(), fds)
         })
     }
 
@@ -1163,7 +1164,7 @@ impl Args {
         self.0.push_with(|out| {
             let start = out.len();
             head(out);
-            write_options(out, start, what, None, props, None, fds)
+            write_options(out, start, what, None, props.iter(), fds)
         })
     }
 

@@ -12,7 +12,7 @@ use serde_json::{json, Value as Json};
 use crate::error::{Error, Result};
 use crate::fd::FdResolver;
 use crate::props::{Props, Value};
-use crate::syntax::{render_json, write_options, write_options_implied_first};
+use crate::syntax::{render_json, write_options};
 
 /// Which QEMU option a [`Part`] is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -187,23 +187,28 @@ impl<'a> Part<'a> {
             out.push_str(self.props.get_str("chardev").unwrap_or_default());
             return Ok(());
         }
-        let implied_key = self.kind.implied_key();
-        // Parts are built with their implied key first: write it without looking it up.
-        if let Some((key, Value::Str(implied))) = self.props.first() {
-            if Some(key) == implied_key {
-                return write_options_implied_first(out, what, (key, implied), &self.props, fds);
-            }
-        }
         let start = out.len();
-        write_options(
-            out,
-            start,
-            what,
-            self.implied(),
-            &self.props,
-            implied_key,
-            fds,
-        )
+        // The implied key's value goes first without its key (parts are built with it first,
+        // so the search ends at once); the other properties follow in order.
+        let implied = self.kind.implied_key().and_then(|key| {
+            match self
+                .props
+                .iter()
+                .enumerate()
+                .find(|(_, (k, _))| *k == key)?
+            {
+                (index, (key, Value::Str(value))) => Some((index, key, value.as_ref())),
+                _ => None,
+            }
+        });
+        match implied {
+            Some((index, key, value)) => {
+                let (before, after) = (self.props.iter().take(index), self.props.iter());
+                let others = before.chain(after.skip(index + 1));
+                write_options(out, start, what, Some((key, value)), others, fds)
+            }
+            None => write_options(out, start, what, None, self.props.iter(), fds),
+        }
     }
 
     /// The two command-line arguments, e.g. `["-device", "virtio-rng-pci,rng=rng0"]`.
@@ -328,6 +333,26 @@ mod tests {
                 arguments: json!({"id": "blk0"})
             }
         );
+    }
+
+    /// The implied key goes first wherever the list holds it; a NUL in it is reported under
+    /// its key; without it every property keeps its key.
+    #[test]
+    fn the_implied_key_is_written_first_without_its_key() {
+        let render = |props: Props<'static>| {
+            Part::new(PartKind::Device, props).render(Syntax::Options, &mut NoFds)
+        };
+        let later = Props::new()
+            .with("id", "rng0")
+            .with("driver", "virtio-rng-pci");
+        assert_eq!(render(later).unwrap(), "virtio-rng-pci,id=rng0");
+        let nul = Props::new()
+            .with("id", "rng0")
+            .with("driver", "virtio\0rng");
+        let err = render(nul).unwrap_err().to_string();
+        assert!(err.contains("driver"), "{err}");
+        let none = Props::new().with("id", "rng0").with("romfile", "a,b");
+        assert_eq!(render(none).unwrap(), "id=rng0,romfile=a,,b");
     }
 
     #[test]

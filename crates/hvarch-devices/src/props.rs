@@ -263,11 +263,6 @@ impl<'a> Props<'a> {
         self.entries().find(|(k, _)| *k == key).map(|(_, v)| v)
     }
 
-    /// The first property, if any.
-    pub fn first(&self) -> Option<(&str, &Value<'a>)> {
-        self.iter().next()
-    }
-
     /// The string value of `key`, if present and a string.
     pub fn get_str(&self, key: &str) -> Option<&str> {
         match self.get(key) {

@@ -142,50 +142,26 @@ pub fn render_options(
     fds: &mut dyn FdResolver,
 ) -> Result<String> {
     let mut out = String::with_capacity(128);
-    write_options(&mut out, 0, what, implied, props, None, fds)?;
+    let implied = implied.map(|value| (what, value));
+    write_options(&mut out, 0, what, implied, props.iter(), fds)?;
     Ok(out)
 }
 
-/// [`render_options`] appending to `out`, leaving out the property `skip` (the implied key,
-/// already written). Each property is preceded by a `,` unless nothing precedes it in `out`
-/// since `start`. A NUL in the implied value is reported under `skip`, or `what`.
-pub(crate) fn write_options(
+/// [`render_options`] appending to `out`: the implied value first when given (`(field,
+/// value)`, a NUL in it reported under `field`), then `entries`, each property preceded by a
+/// `,` unless nothing precedes it in `out` since `start`.
+pub(crate) fn write_options<'v, 'p: 'v>(
     out: &mut String,
     start: usize,
     what: &str,
-    implied: Option<&str>,
-    props: &Props<'_>,
-    skip: Option<&str>,
+    implied: Option<(&str, &str)>,
+    entries: impl Iterator<Item = (&'v str, &'v Value<'p>)>,
     fds: &mut dyn FdResolver,
 ) -> Result<()> {
-    if let Some(first) = implied {
-        push_escaped_checked(out, what, skip.unwrap_or(what), first)?;
+    if let Some((field, value)) = implied {
+        push_escaped_checked(out, what, field, value)?;
     }
-    match skip {
-        Some(skip) => write_props(
-            out,
-            start,
-            what,
-            None,
-            props.iter().filter(|(key, _)| *key != skip),
-            fds,
-        ),
-        None => write_props(out, start, what, None, props.iter(), fds),
-    }
-}
-
-/// [`write_options`] for a list whose first property is the implied one (`key = implied`),
-/// written first without its key; the others follow. Reports a NUL under `key`.
-pub(crate) fn write_options_implied_first(
-    out: &mut String,
-    what: &str,
-    (key, implied): (&str, &str),
-    props: &Props<'_>,
-    fds: &mut dyn FdResolver,
-) -> Result<()> {
-    let start = out.len();
-    push_escaped_checked(out, what, key, implied)?;
-    write_props(out, start, what, None, props.iter().skip(1), fds)
+    write_props(out, start, what, None, entries, fds)
 }
 
 /// Appends `text` with every `,` doubled, refusing a NUL byte (reported under `key`) in the
