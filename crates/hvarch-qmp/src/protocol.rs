@@ -111,6 +111,11 @@ impl ReplyBody for RawReply {
     }
 }
 
+/// The slot of `wire_id` in [`Session`]'s table of wire ids (`None` for 0 and ids past memory).
+fn wire_slot(wire_id: u64) -> Option<usize> {
+    usize::try_from(wire_id.checked_sub(1)?).ok()
+}
+
 struct Pending<W> {
     command: String,
     /// The id on the wire (see the module docs).
@@ -314,9 +319,14 @@ impl<W> Session<W> {
         while self.pending.contains_key(&id) {
             id = self.alloc_id();
         }
-        let wire_id = self.free_wire_id();
-        let bytes = command.encode(wire_id)?;
-        self.hold_wire_id(wire_id, id);
+        let wire_id = self.hold_wire_id(id);
+        let bytes = match command.encode(wire_id) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                self.release_wire_id(wire_id);
+                return Err(e);
+            }
+        };
         self.pending.insert(
             id,
             Pending {
@@ -331,32 +341,23 @@ impl<W> Session<W> {
         Ok((id, bytes))
     }
 
-    /// The smallest wire id no command holds.
-    fn free_wire_id(&self) -> u64 {
-        let slot = self
-            .wire_ids
-            .iter()
-            .position(Option::is_none)
-            .unwrap_or(self.wire_ids.len());
-        // A slot index plus one: at most the number of pending commands plus one.
-        slot as u64 + 1
-    }
-
-    /// Marks `wire_id` (from [`Session::free_wire_id`]) as held by command `id`.
-    fn hold_wire_id(&mut self, wire_id: u64, id: u64) {
-        let Some(slot) = wire_id.checked_sub(1).and_then(|s| usize::try_from(s).ok()) else {
-            return;
+    /// Gives command `id` the smallest wire id no command holds, and returns it.
+    fn hold_wire_id(&mut self, id: u64) -> u64 {
+        let slot = match self.wire_ids.iter().position(Option::is_none) {
+            Some(slot) => slot,
+            None => {
+                self.wire_ids.push(None);
+                self.wire_ids.len() - 1
+            }
         };
-        if slot >= self.wire_ids.len() {
-            self.wire_ids.resize(slot + 1, None);
-        }
         self.wire_ids[slot] = Some(id);
+        // A slot index plus one: at most the number of pending commands.
+        slot as u64 + 1
     }
 
     /// Frees `wire_id` for the next command.
     fn release_wire_id(&mut self, wire_id: u64) {
-        let slot = wire_id.checked_sub(1).and_then(|s| usize::try_from(s).ok());
-        if let Some(held) = slot.and_then(|s| self.wire_ids.get_mut(s)) {
+        if let Some(held) = wire_slot(wire_id).and_then(|s| self.wire_ids.get_mut(s)) {
             *held = None;
         }
         while self.wire_ids.last() == Some(&None) {
@@ -372,8 +373,7 @@ impl<W> Session<W> {
 
     /// The command that holds `wire_id`, if any.
     fn command_of_wire_id(&self, wire_id: u64) -> Option<u64> {
-        let slot = usize::try_from(wire_id.checked_sub(1)?).ok()?;
-        *self.wire_ids.get(slot)?
+        *self.wire_ids.get(wire_slot(wire_id)?)?
     }
 
     fn mark_sent(&mut self, id: u64) {
@@ -975,6 +975,18 @@ mod tests {
             s.feed(&reply(1), &mut out);
         }
         assert_eq!(out.len(), 10_000);
+    }
+
+    #[test]
+    fn a_command_refused_before_it_is_queued_holds_no_wire_id() {
+        let mut s = ready(true);
+        let refused = Command::new("x", json!([1]));
+        assert!(matches!(
+            s.submit(&refused, Vec::new(), 1),
+            Err(Error::InvalidArguments { .. })
+        ));
+        s.submit(&Command::bare("q"), Vec::new(), 2).expect("q");
+        assert_eq!(ids_on_the_wire(&s.poll_transmit().expect("w").bytes), [1]);
     }
 
     #[test]
