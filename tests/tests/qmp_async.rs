@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use hvarch_qmp::commands::{self, BlockDeviceAdd};
 use hvarch_qmp::qapi_qmp;
-use hvarch_qmp::{AsyncQmp, Error};
+use hvarch_qmp::{AsyncQmp, Command, Error};
 use hvarch_tests::paused_aarch64_with_root_port as qemu;
 use serde_json::json;
 
@@ -198,6 +198,34 @@ async fn drive_real_qemu(enable_oob: bool) {
         });
     }
     calls.join_all().await;
+
+    // A command given up on before QEMU answers holds its wire id until the answer comes:
+    // the commands after it, on another wire id and then on the same one again, get their
+    // own replies (`query-name`'s would not decode as `query-status`'s or `query-version`'s).
+    for _ in 0..20 {
+        let name = Command::bare("query-name");
+        {
+            let given_up = qmp.execute_with_timeout(&name, Duration::from_secs(10));
+            tokio::pin!(given_up);
+            // Polled once (the command is written, or queued behind one in flight), then
+            // dropped at the end of this block.
+            tokio::select! {
+                biased;
+                _ = &mut given_up => {}
+                () = std::future::ready(()) => {}
+            }
+        }
+        let status = qmp
+            .execute(&qapi_qmp::query_status {})
+            .await
+            .expect("query-status gets its own reply");
+        assert!(!status.running);
+        let version = qmp
+            .execute(&qapi_qmp::query_version {})
+            .await
+            .expect("query-version gets its own reply");
+        assert_eq!(u64::from(qmp.version().major), version.qemu.major as u64);
+    }
 
     // Probing.
     let cmds = qmp

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use hvarch_qmp::commands::{self, BlockDeviceAdd};
 use hvarch_qmp::qapi_qmp;
-use hvarch_qmp::{Error, Qmp};
+use hvarch_qmp::{Command, Error, Qmp};
 use hvarch_tests::paused_aarch64_with_root_port as qemu;
 use serde_json::json;
 
@@ -169,6 +169,28 @@ fn drive_real_qemu(enable_oob: bool) {
             });
         }
     });
+
+    // A command given up on before QEMU answers holds its wire id until the answer comes:
+    // the commands after it, on another wire id and then on the same one again, get their
+    // own replies (`query-name`'s would not decode as `query-status`'s or `query-version`'s).
+    let mut given_up = 0;
+    for _ in 0..20 {
+        let name = Command::bare("query-name");
+        match qmp.execute_with_timeout(&name, Duration::from_nanos(1)) {
+            Err(Error::Timeout { .. }) => given_up += 1,
+            Ok(_) => {}
+            Err(e) => panic!("query-name: {e}"),
+        }
+        let status = qmp
+            .execute(&qapi_qmp::query_status {})
+            .expect("query-status gets its own reply");
+        assert!(!status.running);
+        let version = qmp
+            .execute(&qapi_qmp::query_version {})
+            .expect("query-version gets its own reply");
+        assert_eq!(u64::from(qmp.version().major), version.qemu.major as u64);
+    }
+    assert!(given_up > 0, "QEMU answered within a nanosecond every time");
 
     // Probing.
     let cmds = qmp
