@@ -26,6 +26,17 @@ fn criterion_median(bench: &str) -> Result<f64, String> {
         .ok_or_else(|| format!("{}: no median estimate", path.display()))
 }
 
+/// The `n` fields after `<tag> <vm>` on the line of a bench's `output` that has them (none if
+/// no line has).
+fn fields<'o>(output: &'o str, tag: &str, vm: &str, n: usize) -> Vec<&'o str> {
+    output
+        .lines()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() == n + 2 && f[0] == tag && f[1] == vm)
+        .map(|f| f[2..].to_vec())
+        .unwrap_or_default()
+}
+
 /// A table row: counts from `argv_allocs`, times (ns) from `argv_alternating` and criterion.
 fn row(vm: &str, counts: &[String], times: [f64; 3], criterion_ns: f64) -> Vec<String> {
     let us = |ns: f64| fmt(ns / 1000.0, 1);
@@ -69,13 +80,8 @@ pub fn run() -> Result<Section, String> {
     // argv_time <vm> <median ns> <p10 ns> <p90 ns>
     let times = |vm: &str| -> [f64; 3] {
         let mut figures = [f64::NAN; 3];
-        for line in timed.lines() {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() == 5 && f[0] == "argv_time" && f[1] == vm {
-                for (figure, text) in figures.iter_mut().zip(&f[2..]) {
-                    *figure = text.parse().unwrap_or(f64::NAN);
-                }
-            }
+        for (figure, text) in figures.iter_mut().zip(fields(&timed, "argv_time", vm, 3)) {
+            *figure = text.parse().unwrap_or(f64::NAN);
         }
         figures
     };
@@ -90,14 +96,11 @@ pub fn run() -> Result<Section, String> {
         .ok_or("the argv_allocs bench failed")?;
     // argv_allocs <vm> <allocations> <bytes> <args> <devices>
     let counts = |vm: &str| -> Vec<String> {
-        allocs
-            .lines()
-            .find_map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                (f.len() == 6 && f[0] == "argv_allocs" && f[1] == vm)
-                    .then(|| f[2..].iter().map(|s| (*s).to_owned()).collect())
-            })
-            .unwrap_or_else(|| vec!["n/a".into(); 4])
+        let counts = fields(&allocs, "argv_allocs", vm, 4);
+        if counts.is_empty() {
+            return vec!["n/a".into(); 4];
+        }
+        counts.into_iter().map(str::to_owned).collect()
     };
     let (d, b, v) = (
         counts("default_vm"),
@@ -110,16 +113,20 @@ pub fn run() -> Result<Section, String> {
     let allocs_met = big_allocs <= TARGET_ALLOCS;
     if big_us >= TARGET_US || !allocs_met {
         notes.push(format!(
-            "A 64-device target is missed: {} µs (median) and {} allocations per render. \
-             This machine runs at two speeds that alternate within seconds: the fastest tenth \
-             of the rounds took {} µs or less, the slowest tenth {} µs or more. Where the \
-             time goes (callgrind): writing and escaping the options, about half; building \
-             each part's property list and moving it to the writer, nearly a third; checking \
-             ids for duplicates and validating each device, a fifth.",
+            "A 64-device target is missed: {} µs (median) and {} allocations per render. The \
+             fastest tenth of the rounds took {} µs or less, the slowest tenth {} µs or \
+             more{}. Where the time goes (callgrind): writing and escaping the options, about \
+             half; building each part's property list and moving it to the writer, nearly a \
+             third; checking ids for duplicates and validating each device, a fifth.",
             fmt(big_us, 1),
             b[0],
             fmt(big_t[1] / 1000.0, 1),
             fmt(big_t[2] / 1000.0, 1),
+            if big_t[2] > 1.3 * big_t[1] {
+                " (the machine's speed changed during the run)"
+            } else {
+                ""
+            },
         ));
     }
     notes.push(format!(
@@ -182,4 +189,25 @@ pub fn run() -> Result<Section, String> {
         ],
         notes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fields;
+
+    #[test]
+    fn fields_come_from_the_line_with_the_tag_the_vm_and_their_number() {
+        let output = "Compiling x\nargv_time 64_devices 1 2\nargv_time default_vm 4 5 6\n\
+                      argv_time 64_devices 7 8 9\n";
+        assert_eq!(
+            fields(output, "argv_time", "64_devices", 3),
+            ["7", "8", "9"]
+        );
+        assert_eq!(
+            fields(output, "argv_time", "default_vm", 3),
+            ["4", "5", "6"]
+        );
+        assert!(fields(output, "argv_allocs", "default_vm", 3).is_empty());
+        assert!(fields(output, "argv_time", "64_devices_vec", 3).is_empty());
+    }
 }
