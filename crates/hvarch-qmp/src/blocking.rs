@@ -28,6 +28,7 @@ use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex, PoisonError, TryLockError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -61,6 +62,9 @@ const RECV_SLICE: Duration = Duration::from_secs(1);
 struct Slot {
     state: Mutex<SlotState>,
     wake: Condvar,
+    /// The result was delivered (it may have been taken since): set once, in `deliver`, under
+    /// `state`'s lock. Read without it by whoever looks for a follower to promote.
+    delivered: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -72,13 +76,23 @@ struct SlotState {
     sleeping: bool,
 }
 
+/// What a follower woke to (both taken from its slot in one critical section).
+struct Woken {
+    result: Option<Result<RawReply>>,
+    promoted: bool,
+}
+
 type Waiter = Arc<Slot>;
 
 impl crate::client::Waiter for Waiter {
     fn deliver(self, result: Result<RawReply>) {
         let mut state = lock(&self.state);
         state.result = Some(result);
-        if state.sleeping {
+        self.delivered.store(true, Ordering::Release);
+        let sleeping = state.sleeping;
+        // The caller is woken once its lock is free, so that it does not wake to wait for it.
+        drop(state);
+        if sleeping {
             self.wake.notify_one();
         }
     }
@@ -89,16 +103,24 @@ impl Slot {
         lock(&self.state).result.take()
     }
 
-    fn has_result(&self) -> bool {
-        lock(&self.state).result.is_some()
+    fn is_delivered(&self) -> bool {
+        self.delivered.load(Ordering::Acquire)
     }
 
-    fn promote(&self) {
+    /// Asks the caller to take over reading, unless its result has arrived (it is leaving, or
+    /// gone). Returns whether it was asked.
+    fn promote(&self) -> bool {
         let mut state = lock(&self.state);
+        if self.is_delivered() {
+            return false;
+        }
         state.promoted = true;
-        if state.sleeping {
+        let sleeping = state.sleeping;
+        drop(state);
+        if sleeping {
             self.wake.notify_one();
         }
+        true
     }
 
     /// Whether the caller was promoted since it last looked (and forgets it).
@@ -106,17 +128,21 @@ impl Slot {
         std::mem::take(&mut lock(&self.state).promoted)
     }
 
-    /// Sleeps until a result is delivered, the caller is promoted, or `deadline` passes.
-    fn sleep(&self, deadline: Option<Instant>) {
+    /// Sleeps until a result is delivered, the caller is promoted, or `deadline` passes; takes
+    /// both as it wakes.
+    fn sleep(&self, deadline: Option<Instant>) -> Woken {
         let mut state = lock(&self.state);
         while state.result.is_none() && !state.promoted {
             state.sleeping = true;
-            state = match remaining(deadline) {
+            let left = remaining(deadline);
+            if left.is_some_and(|l| l.is_zero()) {
+                break;
+            }
+            state = match left {
                 None => self
                     .wake
                     .wait(state)
                     .unwrap_or_else(PoisonError::into_inner),
-                Some(left) if left.is_zero() => return,
                 Some(left) => {
                     self.wake
                         .wait_timeout(state, left)
@@ -124,7 +150,11 @@ impl Slot {
                         .0
                 }
             };
-            state.sleeping = false;
+        }
+        state.sleeping = false;
+        Woken {
+            result: state.result.take(),
+            promoted: std::mem::take(&mut state.promoted),
         }
     }
 }
@@ -316,9 +346,11 @@ impl Qmp {
         let id = lock(&self.inner.conn.state)
             .session
             .submit(command, fds, Arc::clone(&slot))?;
-        // Take the reading role before the command goes out, so that the reply cannot reach
-        // the background thread first.
-        let leading = self.inner.claim_reading();
+        // Take the reading role (or a place among the followers) before the command goes out,
+        // so that the reply cannot reach the background thread first.
+        let leading = self
+            .inner
+            .lead_or_follow(&mut lock(&self.inner.reading), &slot);
         self.inner.flush();
         if let Some(result) = self.inner.wait(&slot, deadline, leading) {
             return result;
@@ -434,9 +466,17 @@ impl Inner {
         self.conn.read_what_is_left(stream.as_fd(), buf, actions);
     }
 
-    /// Takes the reading role for a caller if nobody has it; returns whether it now leads.
-    fn claim_reading(&self) -> bool {
-        Self::claim(&mut lock(&self.reading))
+    /// Takes the reading role for a caller if nobody has it (returns `true`), or queues its
+    /// `slot` among the followers.
+    fn lead_or_follow(&self, reading: &mut Reading, slot: &Arc<Slot>) -> bool {
+        if Self::claim(reading) {
+            return true;
+        }
+        // Followers that received their result leave without touching the queue: drop them here,
+        // so that it never holds more than the callers waiting.
+        reading.followers.retain(|f| !f.is_delivered());
+        reading.followers.push_back(Arc::clone(slot));
+        false
     }
 
     fn claim(reading: &mut Reading) -> bool {
@@ -449,55 +489,63 @@ impl Inner {
     }
 
     /// Waits for `slot`'s result until `deadline`, reading the socket when nobody else does
-    /// (`leading`: this caller already has the role). `None` when the deadline passed first.
+    /// (`leading`: this caller has the role; otherwise its slot is queued among the
+    /// followers). `None` when the deadline passed first.
     fn wait(
         &self,
         slot: &Arc<Slot>,
         deadline: Option<Instant>,
         mut leading: bool,
     ) -> Option<Result<RawReply>> {
+        let expired = || remaining(deadline).is_some_and(|r| r.is_zero());
         loop {
-            if leading {
+            let mut reading = if leading {
                 self.lead(slot, deadline);
                 let mut reading = lock(&self.reading);
                 reading.leader = None;
                 self.settle(&mut reading);
-                leading = false;
-            }
-            if let Some(result) = slot.take_result() {
-                return Some(result);
-            }
-            if remaining(deadline).is_some_and(|r| r.is_zero()) {
-                return None;
-            }
-            let mut reading = lock(&self.reading);
-            if Self::claim(&mut reading) {
-                leading = true;
-                continue;
-            }
-            reading.followers.push_back(Arc::clone(slot));
-            drop(reading);
-            slot.sleep(deadline);
-            let mut reading = lock(&self.reading);
-            reading.followers.retain(|f| !Arc::ptr_eq(f, slot));
-            let leaving = slot.has_result() || remaining(deadline).is_some_and(|r| r.is_zero());
-            if slot.take_promotion() {
-                // Promoted but leaving: pass the role on. Promoted and staying: take it now,
-                // under this lock, so that it cannot be lost if the deadline passes before the
-                // loop comes round (leading, this caller passes it on when it steps down).
-                if leaving {
-                    self.settle(&mut reading);
-                } else if Self::claim(&mut reading) {
-                    leading = true;
+                let result = slot.take_result();
+                if result.is_some() || expired() {
+                    return result;
                 }
-            }
+                reading
+            } else {
+                let woken = slot.sleep(deadline);
+                if !woken.promoted {
+                    if woken.result.is_some() {
+                        // Its entry among the followers is dropped by the next caller queued.
+                        return woken.result;
+                    }
+                    // The deadline passed: leave the queue. Promoted meanwhile (before this
+                    // lock, which promotions take), pass the role on.
+                    let mut reading = lock(&self.reading);
+                    reading.followers.retain(|f| !Arc::ptr_eq(f, slot));
+                    if slot.take_promotion() {
+                        self.settle(&mut reading);
+                    }
+                    drop(reading);
+                    // Delivered between the deadline and now, or not.
+                    return slot.take_result();
+                }
+                // Promoted (the promoter took it off the queue). Leaving: pass the role on.
+                let mut reading = lock(&self.reading);
+                let result = woken.result.or_else(|| slot.take_result());
+                if result.is_some() || expired() {
+                    self.settle(&mut reading);
+                    return result;
+                }
+                reading
+            };
+            // Still waiting: lead (a promoted caller takes the role here, under the lock it
+            // was promoted under) or follow again.
+            leading = self.lead_or_follow(&mut reading, slot);
         }
     }
 
     /// Reads as the leader until `slot` has its result, `deadline` passes or the session ends.
     fn lead(&self, slot: &Slot, deadline: Option<Instant>) {
         let mut read = lock(&self.read);
-        while !slot.has_result() {
+        while !slot.is_delivered() {
             let ReadSide { stream, buf, .. } = &mut *read;
             let n = match remaining(deadline) {
                 Some(left) if left.is_zero() => return,
@@ -556,21 +604,31 @@ impl Inner {
         if reading.leader.is_some() {
             return;
         }
-        match self.handover(reading) {
-            Handover::Promote(next) => next.promote(),
-            Handover::Arm => self.arm(reading),
-            Handover::Linger => {}
+        loop {
+            match self.handover(reading) {
+                // Its result arrived since it was chosen: ask the next one.
+                Handover::Promote(next) if !next.promote() => continue,
+                Handover::Promote(_) | Handover::Linger => return,
+                Handover::Arm => return self.arm(reading),
+            }
         }
     }
 
-    /// Who reads next when nobody does.
-    fn handover(&self, reading: &Reading) -> Handover {
+    /// Who reads next when nobody does. A follower chosen leaves the queue.
+    fn handover(&self, reading: &mut Reading) -> Handover {
         let shut_down = self.conn.is_shut_down();
-        // A follower whose result has arrived is about to leave: ask the next one.
-        match reading.followers.iter().find(|f| !f.has_result()) {
-            Some(next) if !shut_down => Handover::Promote(Arc::clone(next)),
-            _ if shut_down || self.conn.has_subscriptions() => Handover::Arm,
-            _ => Handover::Linger,
+        if !shut_down {
+            // A follower whose result has arrived is leaving (or gone): ask the next one.
+            while let Some(next) = reading.followers.pop_front() {
+                if !next.is_delivered() {
+                    return Handover::Promote(next);
+                }
+            }
+        }
+        if shut_down || self.conn.has_subscriptions() {
+            Handover::Arm
+        } else {
+            Handover::Linger
         }
     }
 
@@ -620,9 +678,13 @@ impl Inner {
             reading.leader = None;
             // Events come while no caller reads: unless a follower takes over, watch for the
             // next one at once (this thread is not lingering).
-            match self.handover(&reading) {
-                Handover::Promote(next) => next.promote(),
-                Handover::Arm | Handover::Linger => self.arm(&mut reading),
+            loop {
+                match self.handover(&mut reading) {
+                    Handover::Promote(next) if !next.promote() => continue,
+                    Handover::Promote(_) => {}
+                    Handover::Arm | Handover::Linger => self.arm(&mut reading),
+                }
+                break;
             }
             if closed {
                 return;
@@ -775,7 +837,7 @@ mod tests {
     }
 
     fn handover(qmp: &Qmp) -> Handover {
-        qmp.inner.handover(&lock(&qmp.inner.reading))
+        qmp.inner.handover(&mut lock(&qmp.inner.reading))
     }
 
     #[test]
@@ -784,15 +846,26 @@ mod tests {
         // A lone caller that steps down leaves the socket to the lingering background thread:
         // it pays for no epoll_ctl.
         assert!(matches!(handover(&qmp), Handover::Linger));
-        let follower = Arc::new(Slot::default());
-        lock(&qmp.inner.reading)
-            .followers
-            .push_back(Arc::clone(&follower));
-        assert!(matches!(handover(&qmp), Handover::Promote(next) if Arc::ptr_eq(&next, &follower)));
-        // A follower whose result has arrived is leaving: not promoted.
-        crate::client::Waiter::deliver(Arc::clone(&follower), Err(Error::Disconnected));
+        let follower = || {
+            let slot = Arc::new(Slot::default());
+            lock(&qmp.inner.reading)
+                .followers
+                .push_back(Arc::clone(&slot));
+            slot
+        };
+        let (first, second) = (follower(), follower());
+        assert!(matches!(handover(&qmp), Handover::Promote(next) if Arc::ptr_eq(&next, &first)));
+        assert!(
+            matches!(handover(&qmp), Handover::Promote(next) if Arc::ptr_eq(&next, &second)),
+            "a follower chosen leaves the queue"
+        );
+        // A follower whose result has arrived is leaving: not promoted, and dropped.
+        let (leaving, staying) = (follower(), follower());
+        crate::client::Waiter::deliver(Arc::clone(&leaving), Err(Error::Disconnected));
+        assert!(!leaving.promote(), "its caller may be gone");
+        assert!(matches!(handover(&qmp), Handover::Promote(next) if Arc::ptr_eq(&next, &staying)));
         assert!(matches!(handover(&qmp), Handover::Linger));
-        lock(&qmp.inner.reading).followers.clear();
+        assert!(lock(&qmp.inner.reading).followers.is_empty());
         let events = qmp.subscribe();
         assert!(
             matches!(handover(&qmp), Handover::Arm),
@@ -805,6 +878,39 @@ mod tests {
             matches!(handover(&qmp), Handover::Arm),
             "the end must wake the background"
         );
+        server.join();
+    }
+
+    /// Followers that got their result leave without taking the reading lock; their entries
+    /// must not pile up while one caller leads for long.
+    #[test]
+    fn the_follower_queue_holds_only_callers_still_waiting() {
+        let (qmp, server) = echo_client();
+        let mut reading = lock(&qmp.inner.reading);
+        reading.leader = Some(Leader::Caller);
+        let mut waiting = Vec::new();
+        for i in 0..100 {
+            let slot = Arc::new(Slot::default());
+            assert!(
+                !qmp.inner.lead_or_follow(&mut reading, &slot),
+                "someone leads"
+            );
+            if i % 10 == 0 {
+                waiting.push(slot);
+            } else {
+                crate::client::Waiter::deliver(slot, Err(Error::Disconnected));
+            }
+        }
+        assert!(
+            reading.followers.len() <= waiting.len() + 1,
+            "{} entries for {} callers waiting",
+            reading.followers.len(),
+            waiting.len()
+        );
+        reading.leader = None;
+        reading.followers.clear();
+        drop(reading);
+        qmp.close();
         server.join();
     }
 

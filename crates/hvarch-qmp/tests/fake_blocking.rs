@@ -426,6 +426,49 @@ fn commands_from_many_threads() {
     server.join();
 }
 
+/// Callers that give up at any moment (while leading, following, or just promoted) never leave
+/// the others without a reader: every patient caller gets its own reply, and so does a last one.
+#[test]
+fn callers_giving_up_at_random_moments_strand_nobody() {
+    let (qmp, server) = start(|mut c| {
+        c.handshake();
+        c.echo_until_eof();
+    });
+    std::thread::scope(|s| {
+        for t in 0..8u64 {
+            let qmp = &qmp;
+            s.spawn(move || {
+                let mut seed = t.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+                for i in 0..300u64 {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    let args = json!({"t": t, "i": i});
+                    let command = Command::new("echo", args.clone());
+                    // Half give up within 0–255 µs (mostly before the reply), half wait.
+                    let patient = seed % 2 == 0;
+                    let timeout = if patient {
+                        BOUND
+                    } else {
+                        Duration::from_micros(seed >> 56)
+                    };
+                    match qmp.execute_with_timeout(&command, timeout) {
+                        Ok(reply) => assert_eq!(reply["arguments"], args, "another's reply"),
+                        Err(Error::Timeout { .. }) if !patient => {}
+                        Err(e) => panic!("thread {t}, command {i} (timeout {timeout:?}): {e}"),
+                    }
+                }
+            });
+        }
+    });
+    let last = qmp
+        .execute_with_timeout(&Command::new("echo", json!({"last": true})), BOUND)
+        .expect("a reader is left");
+    assert_eq!(last["arguments"], json!({"last": true}));
+    drop(qmp);
+    server.join();
+}
+
 #[test]
 fn close_fails_pending_and_is_idempotent() {
     let (qmp, server) = start(|mut c| {
