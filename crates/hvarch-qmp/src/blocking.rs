@@ -2,12 +2,15 @@
 //! only when no caller does, writes are coalesced, a timeout bounds every wait.
 //!
 //! **Reading.** A caller waiting for its reply becomes the *leader* when nobody is reading the
-//! socket: it waits for data itself (in `recv`, bounded by the socket's receive timeout), feeds
-//! the session and delivers whatever arrived (its own reply, other callers' replies, events) in
-//! the critical section that fed it. A lone caller thus pays no thread hand-off, and a round
-//! trip costs it the two system calls a raw client makes (`sendmsg`, `recv`). Callers that find
-//! a leader are *followers*: they sleep on their own slot until their reply is delivered or the
-//! leader steps down and promotes one of them.
+//! socket: it waits for data itself, feeds the session and delivers whatever arrived (its own
+//! reply, other callers' replies, events) in the critical section that fed it. A lone caller
+//! thus pays no thread hand-off: a round trip costs it a `sendmsg`, a `ppoll` and a `recv`, and
+//! one sleep. It waits in `ppoll`, not in a blocking `recv`: a thread blocked in `recv` on a
+//! Unix socket is also woken whenever the peer has consumed what was written to it (QEMU
+//! consumes each command, byte by byte, before it answers), which cost a second sleep and
+//! wake-up per round trip; `ppoll` is woken only by data or the end of the stream. Callers
+//! that find a leader are *followers*: they sleep on their own slot until their reply is
+//! delivered or the leader steps down and promotes one of them.
 //!
 //! When no caller waits, a background thread reads, so events reach subscribers while no
 //! command runs and the end of the connection is noticed. It sleeps on a one-shot epoll watch of
@@ -47,15 +50,11 @@ use crate::error::{Error, Result};
 use crate::event::{Event, EventFilter};
 use crate::message::Command;
 use crate::protocol::{Action, RawReply};
-use crate::sys::{recv_now, recv_waiting, wait_readable, Watch};
+use crate::sys::{recv_now, wait_readable, Watch};
 
 /// How long the background thread leaves the socket to callers after the last one read, before
 /// it watches the socket again (when no subscription asks for events at once).
 const LINGER: Duration = Duration::from_millis(50);
-
-/// The socket's receive timeout: the longest a leader blocks in one `recv` before it re-checks
-/// its deadline. A leader whose deadline is nearer waits in `ppoll` instead.
-const RECV_SLICE: Duration = Duration::from_secs(1);
 
 /// Where a caller receives its result, and learns that it may lead.
 #[derive(Debug, Default)]
@@ -288,11 +287,10 @@ impl Qmp {
         let mut reader = stream.try_clone()?;
         let writer = stream;
         let negotiated = handshake(&mut reader, &writer, config)?;
-        // A leader's `recv` blocks for at most `RECV_SLICE`; the background thread's and the
-        // last slice before a deadline do not block (`MSG_DONTWAIT`). Writes block, bounded by
-        // `command_timeout`. A zero timeout would be refused by the socket (it means "none" to
-        // `set_*_timeout`).
-        reader.set_read_timeout(Some(RECV_SLICE))?;
+        // Reads never wait in `recv` (see `Inner::lead`), so the handshake's receive timeout is
+        // cleared. Writes block, bounded by `command_timeout`. A zero timeout would be refused
+        // by the socket (it means "none" to `set_*_timeout`).
+        reader.set_read_timeout(None)?;
         writer.set_write_timeout(Some(config.command_timeout).filter(|t| !t.is_zero()))?;
         let watch = Watch::new(reader.as_fd())?;
         let inner = Arc::new(Inner {
@@ -542,22 +540,19 @@ impl Inner {
         }
     }
 
-    /// Reads as the leader until `slot` has its result, `deadline` passes or the session ends.
+    /// Reads as the leader until `slot` has its result, `deadline` passes or the session ends:
+    /// waits in `ppoll` (see the module's documentation), then reads what is there.
     fn lead(&self, slot: &Slot, deadline: Option<Instant>) {
         let mut read = lock(&self.read);
         while !slot.is_delivered() {
             let ReadSide { stream, buf, .. } = &mut *read;
             let n = match remaining(deadline) {
                 Some(left) if left.is_zero() => return,
-                // The deadline comes before the receive timeout would: wait for it exactly.
-                Some(left) if left < RECV_SLICE => {
-                    match wait_readable(stream.as_fd(), Some(left)) {
-                        Ok(true) => recv_now(stream.as_fd(), buf),
-                        Ok(false) => continue,
-                        Err(e) => Err(e),
-                    }
-                }
-                _ => recv_waiting(stream.as_fd(), buf),
+                left => match wait_readable(stream.as_fd(), left) {
+                    Ok(true) => recv_now(stream.as_fd(), buf),
+                    Ok(false) => continue,
+                    Err(e) => Err(e),
+                },
             };
             if matches!(&n, Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted))
             {
@@ -878,6 +873,54 @@ mod tests {
             matches!(handover(&qmp), Handover::Arm),
             "the end must wake the background"
         );
+        server.join();
+    }
+
+    /// Voluntary context switches of the calling thread so far.
+    fn sleeps_of_this_thread() -> i64 {
+        // SAFETY: `usage` is a valid, writable rusage for the call.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: as above; RUSAGE_THREAD reports the calling thread only.
+        assert_eq!(
+            unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) },
+            0
+        );
+        usage.ru_nvcsw
+    }
+
+    /// A lone caller sleeps once per round trip, as a raw client would: it waits for the reply
+    /// in a way that the peer consuming the command (QEMU reads it byte by byte, while the
+    /// caller already waits) does not wake. Waiting in a blocking `recv` sleeps twice.
+    #[test]
+    fn a_lone_caller_sleeps_once_per_round_trip() {
+        const ROUND_TRIPS: i64 = 40;
+        let pause = Duration::from_millis(3);
+        let (client, server) = FakeServer::spawn(move |mut c| {
+            c.handshake();
+            // The caller is asleep by the time the command is read, and again by the reply.
+            loop {
+                std::thread::sleep(pause);
+                let Some((cmd, _)) = c.recv_with_fds() else {
+                    return;
+                };
+                std::thread::sleep(pause);
+                c.reply(&cmd, json!({}));
+            }
+        })
+        .expect("spawn");
+        let qmp = Qmp::from_stream(client, &Config::default()).expect("connect");
+        let before = sleeps_of_this_thread();
+        for _ in 0..ROUND_TRIPS {
+            qmp.execute_raw("query-status", json!({})).expect("reply");
+        }
+        let sleeps = sleeps_of_this_thread() - before;
+        // Once per round trip, and a few more for locks the background thread happened to
+        // hold; twice per round trip if the wait wakes when the command is consumed.
+        assert!(
+            sleeps < ROUND_TRIPS * 3 / 2,
+            "{sleeps} sleeps in {ROUND_TRIPS} round trips"
+        );
+        qmp.close();
         server.join();
     }
 

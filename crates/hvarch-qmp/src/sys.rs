@@ -1,6 +1,6 @@
-//! The socket system calls the blocking client needs beyond std: `recv` without waiting and
-//! waiting up to the socket's receive timeout, waiting for readability with a deadline
-//! (`ppoll`), and the one-shot `epoll` watch its background reader sleeps on.
+//! The socket system calls the blocking client needs beyond std: `recv` without waiting,
+//! waiting for readability with a deadline (`ppoll`), and the one-shot `epoll` watch its
+//! background reader sleeps on.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -27,15 +27,6 @@ pub(crate) fn recv_now(socket: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usi
             return Err(err);
         }
     }
-}
-
-/// Receives what is there, waiting for it up to the socket's receive timeout (`SO_RCVTIMEO`;
-/// `WouldBlock` when it passes). `Ok(0)` is the end of the stream; `EINTR` returns
-/// `Interrupted`, for the caller to re-check its deadline.
-pub(crate) fn recv_waiting(socket: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the duration of the call.
-    let n = unsafe { libc::recv(socket.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-    usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 
 /// Waits until `socket` is readable (or hung up) or `timeout` has passed (`None`: no limit).
@@ -174,20 +165,12 @@ mod tests {
         assert!(!watch
             .wait(short)
             .expect("armed, nothing to read: times out"));
-        a.set_read_timeout(Some(Duration::from_millis(20)))
-            .expect("SO_RCVTIMEO");
-        assert_eq!(
-            recv_waiting(a.as_fd(), &mut buf)
-                .expect_err("nothing within the receive timeout")
-                .kind(),
-            io::ErrorKind::WouldBlock
-        );
         b.write_all(b"hey").expect("write");
-        assert_eq!(recv_waiting(a.as_fd(), &mut buf).expect("data"), 3);
+        assert!(wait_readable(a.as_fd(), Some(Duration::from_secs(5))).expect("data"));
+        assert_eq!(recv_now(a.as_fd(), &mut buf).expect("data"), 3);
         drop(b);
         assert!(wait_readable(a.as_fd(), Some(Duration::from_secs(5))).expect("hang-up"));
         assert!(watch.wait(None).expect("hang-up: reports"));
         assert_eq!(recv_now(a.as_fd(), &mut buf).expect("eof"), 0);
-        assert_eq!(recv_waiting(a.as_fd(), &mut buf).expect("eof"), 0);
     }
 }
