@@ -876,44 +876,23 @@ mod tests {
         server.join();
     }
 
-    /// Voluntary context switches of the calling thread so far.
-    fn sleeps_of_this_thread() -> i64 {
-        // SAFETY: `usage` is a valid, writable rusage for the call.
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        // SAFETY: as above; RUSAGE_THREAD reports the calling thread only.
-        assert_eq!(
-            unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) },
-            0
-        );
-        usage.ru_nvcsw
-    }
-
-    /// A lone caller sleeps once per round trip, as a raw client would: it waits for the reply
-    /// in a way that the peer consuming the command (QEMU reads it byte by byte, while the
-    /// caller already waits) does not wake. Waiting in a blocking `recv` sleeps twice.
+    /// A lone caller sleeps once per round trip: it waits for the reply in a way that the peer
+    /// consuming the command (QEMU reads it byte by byte, while the caller already waits) does
+    /// not wake. Waiting in a blocking `recv` sleeps twice.
     #[test]
     fn a_lone_caller_sleeps_once_per_round_trip() {
         const ROUND_TRIPS: i64 = 40;
-        let pause = Duration::from_millis(3);
-        let (client, server) = FakeServer::spawn(move |mut c| {
+        let (client, server) = FakeServer::spawn(|mut c| {
             c.handshake();
-            // The caller is asleep by the time the command is read, and again by the reply.
-            loop {
-                std::thread::sleep(pause);
-                let Some((cmd, _)) = c.recv_with_fds() else {
-                    return;
-                };
-                std::thread::sleep(pause);
-                c.reply(&cmd, json!({}));
-            }
+            c.answer_slowly(Duration::from_millis(3));
         })
         .expect("spawn");
         let qmp = Qmp::from_stream(client, &Config::default()).expect("connect");
-        let before = sleeps_of_this_thread();
+        let before = crate::testing::thread_sleeps();
         for _ in 0..ROUND_TRIPS {
             qmp.execute_raw("query-status", json!({})).expect("reply");
         }
-        let sleeps = sleeps_of_this_thread() - before;
+        let sleeps = crate::testing::thread_sleeps() - before;
         // Once per round trip, and a few more for locks the background thread happened to
         // hold; twice per round trip if the wait wakes when the command is consumed.
         assert!(

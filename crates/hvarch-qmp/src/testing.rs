@@ -232,6 +232,21 @@ impl FakeConn {
         }
     }
 
+    /// Answers every command with `{}` until EOF, at QEMU's pace and in its way: waits
+    /// `pause` (a waiting client is asleep by then), reads the command a byte at a time (QEMU's
+    /// monitor does, so the client's bytes are consumed while it waits), waits `pause` again,
+    /// replies.
+    pub fn answer_slowly(&mut self, pause: Duration) {
+        loop {
+            std::thread::sleep(pause);
+            let Some((cmd, _)) = self.recv_with_fds() else {
+                return;
+            };
+            std::thread::sleep(pause);
+            self.reply(&cmd, json!({}));
+        }
+    }
+
     /// Stops receiving: the client's next write fails with `EPIPE` (and raises `SIGPIPE` unless
     /// the writer asked not to), while the client still reads no EOF.
     pub fn shutdown_read(&self) {
@@ -242,4 +257,15 @@ impl FakeConn {
     pub fn hang_up(self) {
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
     }
+}
+
+/// How many times the calling thread has gone to sleep so far (its voluntary context switches,
+/// `getrusage(RUSAGE_THREAD)`).
+pub fn thread_sleeps() -> i64 {
+    // SAFETY: an all-zero `rusage` is a valid value for getrusage to fill.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is a valid, writable rusage; RUSAGE_THREAD reports this thread only.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) };
+    assert_eq!(rc, 0, "getrusage: {}", io::Error::last_os_error());
+    usage.ru_nvcsw
 }

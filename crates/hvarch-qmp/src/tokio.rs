@@ -67,8 +67,9 @@ struct Backlog {
 
 struct Inner {
     conn: Arc<Connection<Waiter, Sink>>,
-    /// The socket as the writers see it (registered for writability only).
-    writer: AsyncFd<OwnedFd>,
+    /// The socket as the writers see it: written without waiting, and registered with the
+    /// runtime only while a write waits for room (see [`wait_writable`]).
+    writer: OwnedFd,
     backlog: Mutex<Option<Backlog>>,
     flush_wanted: Notify,
     /// A write found the peer gone: the reader task delivers what the peer sent before it
@@ -139,11 +140,11 @@ impl AsyncQmp {
     ) -> Result<AsyncQmp> {
         stream.set_nonblocking(true)?;
         let control = stream.try_clone()?;
-        // The reader and the writers each have their own registration, for the one readiness
-        // they wait for: the reader can clear its readiness, and an arriving reply wakes
-        // nothing else.
-        let reader = register(stream.try_clone()?, Interest::READABLE)?;
-        let writer = register(stream, Interest::WRITABLE)?;
+        // The reader has its own registration, for readability only: it can clear its
+        // readiness, and nothing but arriving data wakes it. The writers' descriptor is
+        // registered only while a write waits for room (see `wait_writable`).
+        let reader = register(OwnedFd::from(stream.try_clone()?), Interest::READABLE)?;
+        let writer = OwnedFd::from(stream);
         let handshake = handshake(&reader, &writer, config);
         let negotiated = tokio::time::timeout(config.greeting_timeout, handshake)
             .await
@@ -280,7 +281,7 @@ impl Inner {
                     written: 0,
                     fds: t.fds,
                 };
-                match send_some(&self.writer, &mut rest) {
+                match send_some(self.writer.as_fd(), &mut rest) {
                     Ok(true) => continue,
                     Ok(false) => {
                         *backlog = Some(rest);
@@ -323,19 +324,27 @@ impl Inner {
 }
 
 /// Registers `socket` with the runtime for `interest`.
-fn register(
-    socket: std::os::unix::net::UnixStream,
-    interest: Interest,
-) -> Result<AsyncFd<OwnedFd>> {
+fn register(socket: OwnedFd, interest: Interest) -> io::Result<AsyncFd<OwnedFd>> {
     // SAFETY: an `OwnedFd` is open, and names the same descriptor, for as long as it lives
     // (the `AsyncFd` owns it and never replaces it).
-    unsafe { AsyncFd::register_with_interest(OwnedFd::from(socket), interest) }
-        .map_err(|e| Error::Io(e.into()))
+    unsafe { AsyncFd::register_with_interest(socket, interest) }.map_err(io::Error::from)
+}
+
+/// Waits until `socket` takes bytes again (after a write found it full). It is registered with
+/// the runtime, as a descriptor of its own, only for this wait: registered for writability all
+/// along, the runtime would wake each time the peer has consumed what was written to it (QEMU:
+/// every command), not only when there was none.
+async fn wait_writable(socket: &OwnedFd) -> io::Result<()> {
+    let registered = register(socket.try_clone()?, Interest::WRITABLE)?;
+    // A registration reports the readiness the socket has when it is made: room that came
+    // between the full write and now is not missed.
+    drop(registered.writable().await?);
+    Ok(())
 }
 
 async fn handshake(
     reader: &AsyncFd<OwnedFd>,
-    writer: &AsyncFd<OwnedFd>,
+    writer: &OwnedFd,
     config: &Config,
 ) -> Result<Negotiated<Waiter>> {
     let mut handshake = Handshake::new(config);
@@ -351,8 +360,8 @@ async fn handshake(
                 written: 0,
                 fds: Vec::new(),
             };
-            while !send_some(writer, &mut rest)? {
-                drop(writer.writable().await?);
+            while !send_some(writer.as_fd(), &mut rest)? {
+                wait_writable(writer).await?;
             }
         }
         if handshake.is_done() {
@@ -363,13 +372,11 @@ async fn handshake(
 
 /// Writes as much of `rest` as the socket takes now (descriptors with the first byte);
 /// returns whether all of it went.
-fn send_some(socket: &AsyncFd<OwnedFd>, rest: &mut Backlog) -> io::Result<bool> {
+fn send_some(socket: BorrowedFd<'_>, rest: &mut Backlog) -> io::Result<bool> {
     while rest.written < rest.bytes.len() {
         let bytes = rest.bytes.get(rest.written..).unwrap_or_default();
         let fds: Vec<BorrowedFd<'_>> = rest.fds.iter().map(AsFd::as_fd).collect();
-        match socket.try_io(Interest::WRITABLE, |socket| {
-            crate::fdpass::send_with_fds(socket.as_fd(), bytes, &fds)
-        }) {
+        match crate::fdpass::send_with_fds(socket, bytes, &fds) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => {
                 rest.written += n;
@@ -443,7 +450,7 @@ async fn flusher_task(inner: Arc<Inner>) {
         inner.flush_wanted.notified().await;
         while lock(&inner.backlog).is_some() {
             let timeout = inner.conn.config().command_timeout;
-            let writable = async { inner.writer.writable().await.map(drop) };
+            let writable = wait_writable(&inner.writer);
             // A zero timeout means no bound, as for the blocking client's socket.
             let ready = match deadline(timeout).filter(|_| !timeout.is_zero()) {
                 Some(at) => tokio::time::timeout_at(at.into(), writable)
@@ -454,7 +461,7 @@ async fn flusher_task(inner: Arc<Inner>) {
             let sent = ready.and_then(|()| {
                 let mut backlog = lock(&inner.backlog);
                 if let Some(rest) = backlog.as_mut() {
-                    if send_some(&inner.writer, rest)? {
+                    if send_some(inner.writer.as_fd(), rest)? {
                         *backlog = None;
                     }
                 }

@@ -509,3 +509,30 @@ async fn descriptors_go_alone_between_coalesced_commands() {
     }
     go_and_finish(qmp, server, go, tasks).await;
 }
+
+/// A lone caller on a current-thread runtime sleeps once per round trip: nothing but the reply
+/// wakes the runtime. Were the socket registered for writability all along, the runtime would
+/// also wake each time the peer has consumed a command (QEMU reads each one byte by byte while
+/// the caller waits): twice per round trip.
+#[tokio::test(flavor = "current_thread")]
+async fn a_lone_caller_sleeps_once_per_round_trip() {
+    const ROUND_TRIPS: i64 = 40;
+    let (qmp, server) = start(|mut c| {
+        c.handshake();
+        c.answer_slowly(Duration::from_millis(3));
+    })
+    .await;
+    let before = hvarch_qmp::testing::thread_sleeps();
+    for _ in 0..ROUND_TRIPS {
+        qmp.execute_raw("query-status", json!({}))
+            .await
+            .expect("reply");
+    }
+    let sleeps = hvarch_qmp::testing::thread_sleeps() - before;
+    assert!(
+        sleeps < ROUND_TRIPS * 3 / 2,
+        "{sleeps} sleeps in {ROUND_TRIPS} round trips"
+    );
+    qmp.close().await;
+    server.join();
+}
