@@ -1,8 +1,9 @@
 //! `query-status` round trips against a QMP socket, for `cargo xtask bench qmp`.
 //!
-//! Usage: `qmp_bench <client> <socket> <count>`; prints `<client> <count> <seconds> <cpu>`,
-//! where `cpu` is the CPU time (user + system, `getrusage` of this process) the client spent in
-//! the measured part, in seconds.
+//! Usage: `qmp_bench <client> <socket> <count>`; prints
+//! `<client> <count> <seconds> <cpu> <sleeps>`, where `cpu` is the CPU time (user + system,
+//! `getrusage` of this process) the client spent in the measured part, in seconds, and `sleeps`
+//! the times its threads went to sleep meanwhile (voluntary context switches).
 //!
 //! Clients:
 //! - `blocking`, `async`: hvarch-qmp, one typed `execute(&query_status {})` at a time.
@@ -34,7 +35,7 @@ fn main() -> Result<(), BoxError> {
         return Err("usage: qmp_bench <client> <socket> <count>".into());
     };
     let count: u32 = count.parse()?;
-    let (elapsed, cpu) = match kind.as_str() {
+    let (elapsed, used) = match kind.as_str() {
         "blocking" => blocking(path, count, 1)?,
         "blocking8" => blocking(path, count, IN_FLIGHT)?,
         "async" => tokio_client(path, count, 1)?,
@@ -49,33 +50,57 @@ fn main() -> Result<(), BoxError> {
         other => return Err(format!("unknown client {other}").into()),
     };
     println!(
-        "{kind} {count} {:.6} {:.6}",
+        "{kind} {count} {:.6} {:.6} {}",
         elapsed.as_secs_f64(),
-        cpu.as_secs_f64()
+        used.cpu.as_secs_f64(),
+        used.sleeps
     );
     Ok(())
 }
 
-/// CPU time (user + system) this process has used so far.
-fn cpu_time() -> Duration {
-    // SAFETY: an all-zero `rusage` is a valid value for getrusage to fill.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `usage` is a valid, writable rusage.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    let tv = |t: libc::timeval| {
-        Duration::new(
-            u64::try_from(t.tv_sec).unwrap_or(0),
-            u32::try_from(t.tv_usec).unwrap_or(0) * 1000,
-        )
-    };
-    tv(usage.ru_utime) + tv(usage.ru_stime)
+/// What the process has used so far: CPU time (user + system) and voluntary context switches.
+#[derive(Debug, Clone, Copy)]
+struct Usage {
+    cpu: Duration,
+    sleeps: i64,
 }
 
-/// Runs `f`, returning its wall-clock and CPU time.
-fn measure<E>(f: impl FnOnce() -> Result<(), E>) -> Result<(Duration, Duration), E> {
-    let (t, cpu) = (Instant::now(), cpu_time());
+impl Usage {
+    fn now() -> Usage {
+        // SAFETY: an all-zero `rusage` is a valid value for getrusage to fill.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: `usage` is a valid, writable rusage.
+        unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+        let tv = |t: libc::timeval| {
+            Duration::new(
+                u64::try_from(t.tv_sec).unwrap_or(0),
+                u32::try_from(t.tv_usec).unwrap_or(0) * 1000,
+            )
+        };
+        Usage {
+            cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
+            sleeps: usage.ru_nvcsw,
+        }
+    }
+
+    /// What was used since `start`.
+    fn since(start: Usage) -> Usage {
+        let now = Usage::now();
+        Usage {
+            cpu: now.cpu.saturating_sub(start.cpu),
+            sleeps: now.sleeps - start.sleeps,
+        }
+    }
+}
+
+/// A measured run: wall-clock time and what the process used.
+type Measured = (Duration, Usage);
+
+/// Runs `f`, returning its wall-clock time and what it used.
+fn measure<E>(f: impl FnOnce() -> Result<(), E>) -> Result<Measured, E> {
+    let (t, start) = (Instant::now(), Usage::now());
     f()?;
-    Ok((t.elapsed(), cpu_time().saturating_sub(cpu)))
+    Ok((t.elapsed(), Usage::since(start)))
 }
 
 /// Worker `i`'s share of `count` commands among `workers`.
@@ -83,7 +108,7 @@ fn share(count: u32, workers: u32, i: u32) -> u32 {
     count / workers + u32::from(i < count % workers)
 }
 
-fn blocking(path: &str, count: u32, workers: u32) -> Result<(Duration, Duration), BoxError> {
+fn blocking(path: &str, count: u32, workers: u32) -> Result<Measured, BoxError> {
     let qmp = Qmp::connect(path, &Config::default())?;
     let measured = measure(|| {
         std::thread::scope(|s| {
@@ -108,13 +133,13 @@ fn blocking(path: &str, count: u32, workers: u32) -> Result<(Duration, Duration)
     Ok(measured)
 }
 
-fn tokio_client(path: &str, count: u32, workers: u32) -> Result<(Duration, Duration), BoxError> {
+fn tokio_client(path: &str, count: u32, workers: u32) -> Result<Measured, BoxError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let measured = rt.block_on(async {
         let qmp = Arc::new(AsyncQmp::connect(path, &Config::default()).await?);
-        let (t, cpu) = (Instant::now(), cpu_time());
+        let (t, start) = (Instant::now(), Usage::now());
         let mut tasks = tokio::task::JoinSet::new();
         for i in 0..workers {
             let qmp = Arc::clone(&qmp);
@@ -128,7 +153,7 @@ fn tokio_client(path: &str, count: u32, workers: u32) -> Result<(Duration, Durat
         while let Some(done) = tasks.join_next().await {
             done.map_err(|e| hvarch_qmp::Error::Io(std::io::Error::other(e)))??;
         }
-        let measured = (t.elapsed(), cpu_time().saturating_sub(cpu));
+        let measured = (t.elapsed(), Usage::since(start));
         qmp.close().await;
         Ok::<_, hvarch_qmp::Error>(measured)
     })?;
@@ -175,7 +200,7 @@ impl Raw {
         mut self,
         count: u32,
         how: fn(&mut Raw, u32) -> Result<(), BoxError>,
-    ) -> Result<(Duration, Duration), BoxError> {
+    ) -> Result<Measured, BoxError> {
         measure(|| how(&mut self, count))
     }
 

@@ -16,15 +16,28 @@ use crate::run::{cargo, workspace_root, Step};
 
 const ROUND_TRIPS: u32 = 2000;
 
-/// Where the blocking and the async client spend CPU the raw client does not, as `strace -c`
-/// counts it on this machine (2000 round trips, 1 in flight).
-const CPU_WHY: [&str; 2] = [
-    "a lone caller of the blocking client makes the same two (`sendmsg`, `recvfrom`: it reads \
-     for itself); with 8 in flight followers are woken with futexes",
-    "the async client makes about three (`sendmsg`, `recvfrom` and tokio's `epoll_wait` when \
-     its reader task waits), and each reply takes two task polls (the reader's, then the \
-     caller's)",
-];
+/// Where the blocking and the async client spend CPU the raw client does not (as `strace -c`
+/// and the clients' voluntary context switches show on this machine), by client and by
+/// whether 8 commands are in flight.
+fn cpu_why(client: &str, in_flight_8: bool) -> &'static str {
+    match (client, in_flight_8) {
+        ("blocking", false) => {
+            "a lone caller of the blocking client reads for itself (`sendmsg`, then `ppoll` \
+             and `recvfrom`) and sleeps once per round trip, where the raw client's blocking \
+             `recvfrom` also wakes when QEMU has consumed the command and sleeps twice"
+        }
+        ("blocking", true) => {
+            "with 8 threads in flight, each reply wakes the thread waiting for it (a futex \
+             wake-up and a context switch, here often across the VM's two vCPUs), which the \
+             raw client's one thread keeping 8 commands written never pays"
+        }
+        _ => {
+            "the async client makes about three (`sendmsg`, `recvfrom` and tokio's \
+             `epoll_wait` when its reader task waits), and each reply takes two task polls \
+             (the reader's, then the caller's)"
+        }
+    }
+}
 /// Measurements per client: this machine's speed swings within seconds, and nine steady the
 /// medians where five did not.
 const REPEATS: usize = 9;
@@ -33,9 +46,9 @@ const PYTHON_CLIENT: &str = r#"
 import asyncio, resource, sys, time
 from qemu.qmp import QMPClient
 
-def cpu():
+def usage():
     r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+    return r.ru_utime + r.ru_stime, r.ru_nvcsw
 
 async def worker(client, n):
     for _ in range(n):
@@ -45,11 +58,11 @@ async def main(path, n, flight):
     client = QMPClient("bench")
     await client.connect(path)
     shares = [n // flight + (1 if i < n % flight else 0) for i in range(flight)]
-    t, c = time.perf_counter(), cpu()
-    await asyncio.gather(*(worker(client, s) for s in shares))
-    elapsed, used = time.perf_counter() - t, cpu() - c
+    t, (cpu0, sleeps0) = time.perf_counter(), usage()
+    await asyncio.gather(*(worker(client, share) for share in shares))
+    elapsed, (cpu1, sleeps1) = time.perf_counter() - t, usage()
     await client.disconnect()
-    print(f"python {n} {elapsed:.6f} {used:.6f}")
+    print(f"python {n} {elapsed:.6f} {cpu1 - cpu0:.6f} {sleeps1 - sleeps0}")
 
 asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
 "#;
@@ -75,6 +88,8 @@ enum Client {
 struct Measure {
     rate: f64,
     cpu_us: f64,
+    /// The client's threads going to sleep (voluntary context switches) per round trip.
+    sleeps: f64,
 }
 
 pub fn run(bench_dir: &Path) -> Result<Section, String> {
@@ -154,6 +169,7 @@ pub fn run(bench_dir: &Path) -> Result<Section, String> {
     };
     let rate = |name: &str| get(name, |m| m.rate);
     let cpu = |name: &str| get(name, |m| m.cpu_us);
+    let sleeps = |name: &str| get(name, |m| m.sleeps);
     let mut table = vec![vec![
         "client".to_owned(),
         "1 in flight (rt/s)".into(),
@@ -163,6 +179,7 @@ pub fn run(bench_dir: &Path) -> Result<Section, String> {
         "vs qemu.qmp".into(),
         "8 / 1".into(),
         "CPU µs/rt (1 / 8)".into(),
+        "sleeps/rt (1 / 8)".into(),
     ]];
     for (label, seq, par) in [
         ("hvarch-qmp blocking", "blocking", "blocking8"),
@@ -187,6 +204,7 @@ pub fn run(bench_dir: &Path) -> Result<Section, String> {
             ratio(p / rate("python8")),
             ratio(p / s),
             format!("{} / {}", fmt(cpu(seq), 1), fmt(cpu(par), 1)),
+            format!("{} / {}", fmt(sleeps(seq), 2), fmt(sleeps(par), 2)),
         ]);
     }
     let mut targets = Vec::new();
@@ -288,11 +306,12 @@ pub fn run(bench_dir: &Path) -> Result<Section, String> {
                      bytes), and QEMU reads monitor input one byte per read (a `recvmsg`, a \
                      `poll` and eventfd writes for each byte), so the id costs QEMU time: the raw client sending ids too reaches {} of the raw \
                      client, and we reach {} of it. Its round trip takes {} µs; ours costs {} \
-                     µs more client CPU ({} against {} µs), which alone predicts {}{}",
+                     µs {} client CPU ({} against {} µs), which alone predicts {}{}",
                     ratio(rate("raw-ids") / rate("raw")),
                     ratio(rate(seq) / rate("raw-ids")),
                     fmt(round_trip, 1),
-                    fmt(cpu(seq) - cpu("raw-ids"), 1),
+                    fmt((cpu(seq) - cpu("raw-ids")).abs(), 1),
+                    if cpu(seq) < cpu("raw-ids") { "less" } else { "more" },
                     fmt(cpu(seq), 1),
                     fmt(cpu("raw-ids"), 1),
                     ratio(predicted),
@@ -313,13 +332,13 @@ pub fn run(bench_dir: &Path) -> Result<Section, String> {
                 1.5,
                 true,
                 format!(
-                    "{} µs against {} µs: the raw client makes one `sendto` and one `recvfrom` \
-                     per round trip; {}; and it encodes and decodes typed values and routes \
-                     replies. Figures from getrusage on a loaded machine swing by ±20% \
-                     between runs",
+                    "{} µs against {} µs: the raw client makes one `sendto` and at most one \
+                     `recvfrom` per round trip; {}; and it encodes and decodes typed values \
+                     and routes replies. Figures from getrusage on a loaded machine swing by \
+                     ±20% between runs",
                     fmt(cpu(ours), 1),
                     fmt(cpu(raw), 1),
-                    CPU_WHY[usize::from(client == "async")]
+                    cpu_why(client, ours == par)
                 ),
             );
         }
@@ -351,8 +370,10 @@ pub fn run(bench_dir: &Path) -> Result<Section, String> {
              `asyncio.gather` of 8 coroutines on one `QMPClient`. The raw client sends \
              `{{\"execute\":\"query-status\"}}` (27 bytes), or with ids the same line with \
              `\"id\":N` as hvarch-qmp sends it (the smallest id no command in flight holds: \
-             `1` one at a time, `1` to `8` in turn with 8 in flight). CPU µs/rt: user + system time of the client \
-             process (`getrusage`) over the measured part, per round trip."
+             `1` one at a time, `1` to `8` in turn with 8 in flight). CPU µs/rt: user + \
+             system time of the client process (`getrusage`) over the measured part, per round \
+             trip; sleeps/rt: the times its threads went to sleep (voluntary context switches, \
+             `getrusage`) per round trip."
         ),
         table,
         targets,
@@ -370,7 +391,7 @@ fn parse_measure(output: &str) -> Result<Measure, String> {
         .skip(1)
         .map(|f| f.parse().map_err(|_| bad()))
         .collect::<Result<_, _>>()?;
-    let [count, secs, cpu] = fields.as_slice() else {
+    let [count, secs, cpu, sleeps] = fields.as_slice() else {
         return Err(bad());
     };
     if *secs <= 0.0 || *count <= 0.0 {
@@ -379,6 +400,7 @@ fn parse_measure(output: &str) -> Result<Measure, String> {
     Ok(Measure {
         rate: count / secs,
         cpu_us: cpu * 1e6 / count,
+        sleeps: sleeps / count,
     })
 }
 
@@ -433,4 +455,23 @@ fn python_venv(bench_dir: &Path) -> Option<PathBuf> {
         .run()
         .ok()?;
     has_qmp(&python).then_some(python)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_measure_is_read_from_the_clients_last_line() {
+        let m = parse_measure("warming up\nblocking8 2000 0.25 0.05 3000\n").expect("parsed");
+        assert_eq!((m.rate, m.cpu_us, m.sleeps), (8000.0, 25.0, 1.5));
+        for bad in [
+            "blocking8 2000 0.25 0.05",
+            "blocking8 2000 0 0.05 3000",
+            "blocking8 x 0.25 0.05 3000",
+            "",
+        ] {
+            assert!(parse_measure(bad).is_err(), "{bad:?}");
+        }
+    }
 }
