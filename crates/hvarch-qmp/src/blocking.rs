@@ -84,16 +84,17 @@ struct Woken {
 type Waiter = Arc<Slot>;
 
 impl crate::client::Waiter for Waiter {
-    fn deliver(self, result: Result<RawReply>) {
+    fn deliver(self, result: Result<RawReply>) -> Option<Self> {
         let mut state = lock(&self.state);
         state.result = Some(result);
         self.delivered.store(true, Ordering::Release);
-        let sleeping = state.sleeping;
-        // The caller is woken once its lock is free, so that it does not wake to wait for it.
+        let asleep = state.sleeping;
         drop(state);
-        if sleeping {
-            self.wake.notify_one();
-        }
+        asleep.then_some(self)
+    }
+
+    fn wake(self) {
+        self.wake.notify_one();
     }
 }
 
@@ -341,7 +342,10 @@ impl Qmp {
     ) -> Result<RawReply> {
         let deadline = deadline(timeout);
         let slot = Arc::new(Slot::default());
-        let id = lock(&self.inner.conn.state)
+        let id = self
+            .inner
+            .conn
+            .link()
             .session
             .submit(command, fds, Arc::clone(&slot))?;
         // Take the reading role (or a place among the followers) before the command goes out,
@@ -353,7 +357,7 @@ impl Qmp {
         if let Some(result) = self.inner.wait(&slot, deadline, leading) {
             return result;
         }
-        lock(&self.inner.conn.state).session.cancel(id);
+        self.inner.conn.link().session.cancel(id);
         // The reply may have been delivered between the deadline and the cancel.
         slot.take_result()
             .unwrap_or_else(|| Err(command_timeout(&command.name, timeout)))
@@ -404,7 +408,7 @@ impl Inner {
                 Err(TryLockError::WouldBlock) => return,
             };
             loop {
-                let Some(t) = lock(&self.conn.state).session.poll_transmit() else {
+                let Some(t) = self.conn.link().session.poll_transmit() else {
                     break;
                 };
                 let fds: Vec<BorrowedFd<'_>> = t.fds.iter().map(AsFd::as_fd).collect();
@@ -430,7 +434,7 @@ impl Inner {
             }
             drop(writer);
             // A command queued while this thread held the lock has been left to it.
-            if !lock(&self.conn.state).session.has_transmit() {
+            if !self.conn.link().session.has_transmit() {
                 return;
             }
         }
@@ -580,7 +584,7 @@ impl Inner {
         let ReadSide { buf, actions, .. } = read;
         let bytes = n.map(|n| buf.get(..n).unwrap_or_default());
         let (closed, ready) = {
-            let mut state = lock(&self.conn.state);
+            let mut state = self.conn.link();
             let closed = state.on_read(bytes, actions);
             (closed, state.session.has_transmit())
         };

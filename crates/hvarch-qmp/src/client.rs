@@ -27,9 +27,15 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Where a command's result goes: a one-shot channel of the client's flavour. The reply's value
 /// stays raw JSON until the caller decodes it, outside the connection's lock.
-pub(crate) trait Waiter {
+pub(crate) trait Waiter: Sized {
     /// Hands over the result; never blocks (a caller that gave up simply does not receive it).
-    fn deliver(self, result: Result<RawReply>);
+    /// Runs under the connection's lock: a caller asleep is not woken here, but returned, for
+    /// [`Waiter::wake`] once the lock is let go (it would otherwise wake to wait for the lock,
+    /// and the lock be held through a system call).
+    fn deliver(self, result: Result<RawReply>) -> Option<Self>;
+
+    /// Wakes the caller a delivery returned.
+    fn wake(self);
 }
 
 /// Where a subscriber's events go.
@@ -50,6 +56,47 @@ pub(crate) struct Link<W, S> {
     pub(crate) session: Session<W>,
     subscribers: Vec<Subscriber<S>>,
     next_subscriber: u64,
+    /// Callers delivered to and still asleep: woken by [`LinkGuard`] after the lock is let go.
+    wakes: Vec<W>,
+}
+
+/// The connection's state, locked ([`Connection::link`]). Letting go of it wakes the callers
+/// whose results were delivered under it, once the lock is released.
+pub(crate) struct LinkGuard<'a, W: Waiter, S> {
+    // Fields drop in this order: the lock is released, then the callers are woken.
+    guard: MutexGuard<'a, Link<W, S>>,
+    wakes: Wakes<W>,
+}
+
+/// Callers to wake, on drop.
+struct Wakes<W: Waiter>(Vec<W>);
+
+impl<W: Waiter> Drop for Wakes<W> {
+    fn drop(&mut self) {
+        for waiter in self.0.drain(..) {
+            waiter.wake();
+        }
+    }
+}
+
+impl<W: Waiter, S> Drop for LinkGuard<'_, W, S> {
+    fn drop(&mut self) {
+        std::mem::swap(&mut self.wakes.0, &mut self.guard.wakes);
+    }
+}
+
+impl<W: Waiter, S> std::ops::Deref for LinkGuard<'_, W, S> {
+    type Target = Link<W, S>;
+
+    fn deref(&self) -> &Link<W, S> {
+        &self.guard
+    }
+}
+
+impl<W: Waiter, S> std::ops::DerefMut for LinkGuard<'_, W, S> {
+    fn deref_mut(&mut self) -> &mut Link<W, S> {
+        &mut self.guard
+    }
 }
 
 impl<W: Waiter, S: EventSink> Link<W, S> {
@@ -68,7 +115,9 @@ impl<W: Waiter, S: EventSink> Link<W, S> {
                 }
                 Action::Reply { waiter, result, .. } => {
                     crate::testing::reply_routed();
-                    waiter.deliver(result);
+                    if let Some(asleep) = waiter.deliver(result) {
+                        self.wakes.push(asleep);
+                    }
                 }
                 Action::Closed(err) => {
                     debug!(reason = %err, "QMP session closed");
@@ -127,8 +176,9 @@ impl<W: Waiter, S: EventSink> Link<W, S> {
 
 /// A negotiated QMP connection as both clients hold it.
 pub(crate) struct Connection<W, S> {
-    /// The state that changes: lock it for as short as possible (never across I/O that waits).
-    pub(crate) state: Mutex<Link<W, S>>,
+    /// The state that changes, locked by [`Connection::link`]: for as short as possible (never
+    /// across I/O that waits).
+    state: Mutex<Link<W, S>>,
     greeting: Greeting,
     config: Config,
     /// Whether `oob` was negotiated.
@@ -150,6 +200,7 @@ impl<W: Waiter, S: EventSink> Connection<W, S> {
                 session: negotiated.session,
                 subscribers: Vec::new(),
                 next_subscriber: 1,
+                wakes: Vec::new(),
             }),
             greeting: negotiated.greeting,
             config: config.clone(),
@@ -158,6 +209,15 @@ impl<W: Waiter, S: EventSink> Connection<W, S> {
             connected: AtomicBool::new(true),
             subscriptions: AtomicUsize::new(0),
             control,
+        }
+    }
+
+    /// Locks the connection's state. Callers a delivery under it left asleep are woken when it
+    /// is let go.
+    pub(crate) fn link(&self) -> LinkGuard<'_, W, S> {
+        LinkGuard {
+            guard: lock(&self.state),
+            wakes: Wakes(Vec::new()),
         }
     }
 
@@ -178,7 +238,7 @@ impl<W: Waiter, S: EventSink> Connection<W, S> {
     }
 
     pub(crate) fn is_connected(&self) -> bool {
-        self.connected.load(Ordering::SeqCst) && lock(&self.state).session.state() == State::Ready
+        self.connected.load(Ordering::SeqCst) && self.link().session.state() == State::Ready
     }
 
     /// `Debug` for a client called `name` holding this connection.
@@ -207,7 +267,7 @@ impl<W: Waiter, S: EventSink> Connection<W, S> {
     /// Ends the session with `err` and shuts the socket down. In that order: every pending
     /// command fails with `err`, not with the end of stream the shutdown makes a reader see.
     pub(crate) fn end(&self, err: Error) {
-        lock(&self.state).end(err);
+        self.link().end(err);
         self.shutdown();
     }
 
@@ -225,7 +285,7 @@ impl<W: Waiter, S: EventSink> Connection<W, S> {
             match crate::sys::recv_now(socket, buf) {
                 Ok(n) if n > 0 => {
                     let bytes = buf.get(..n).unwrap_or_default();
-                    if lock(&self.state).on_read(Ok(bytes), actions) {
+                    if self.link().on_read(Ok(bytes), actions) {
                         return;
                     }
                 }
@@ -245,7 +305,7 @@ impl<W: Waiter, S: EventSink> Connection<W, S> {
     pub(crate) fn subscribe(self: &Arc<Self>, filter: EventFilter, sink: S) -> Registration<W, S> {
         self.subscriptions.fetch_add(1, Ordering::SeqCst);
         Registration {
-            id: lock(&self.state).subscribe(filter, sink),
+            id: self.link().subscribe(filter, sink),
             conn: Arc::downgrade(self),
         }
     }
@@ -260,7 +320,7 @@ pub(crate) struct Registration<W: Waiter, S: EventSink> {
 impl<W: Waiter, S: EventSink> Drop for Registration<W, S> {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.upgrade() {
-            lock(&conn.state).unsubscribe(self.id);
+            conn.link().unsubscribe(self.id);
             conn.subscriptions.fetch_sub(1, Ordering::SeqCst);
         }
     }
@@ -593,5 +653,67 @@ pub(crate) fn event_timeout(filter: &EventFilter, after: Duration) -> Error {
     Error::Timeout {
         what: format!("event {filter}"),
         after,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type ProbeLink = Link<Probe, NoEvents>;
+
+    /// A waiter that records, when woken, whether the connection's lock was free.
+    struct Probe {
+        link: Arc<Mutex<ProbeLink>>,
+        woke_unlocked: Arc<Mutex<Vec<bool>>>,
+    }
+
+    impl Waiter for Probe {
+        fn deliver(self, _result: Result<RawReply>) -> Option<Self> {
+            // As a caller asleep on its slot.
+            Some(self)
+        }
+
+        fn wake(self) {
+            let unlocked = self.link.try_lock().is_ok();
+            lock(&self.woke_unlocked).push(unlocked);
+        }
+    }
+
+    struct NoEvents;
+
+    impl EventSink for NoEvents {
+        fn send(&self, _event: Event) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn callers_delivered_to_are_woken_after_the_lock_is_let_go() {
+        let link = Arc::new(Mutex::new(Link {
+            session: Session::new(1 << 20, false),
+            subscribers: Vec::new(),
+            next_subscriber: 1,
+            wakes: Vec::new(),
+        }));
+        let woke_unlocked = Arc::new(Mutex::new(Vec::new()));
+        let probe = |id| Action::Reply {
+            id,
+            waiter: Probe {
+                link: Arc::clone(&link),
+                woke_unlocked: Arc::clone(&woke_unlocked),
+            },
+            result: Err(Error::Disconnected),
+        };
+        {
+            let mut guard = LinkGuard {
+                guard: lock(&link),
+                wakes: Wakes(Vec::new()),
+            };
+            guard.dispatch(&mut vec![probe(1), probe(2)]);
+            assert!(lock(&woke_unlocked).is_empty(), "woken under the lock");
+        }
+        assert_eq!(*lock(&woke_unlocked), [true, true]);
+        assert!(lock(&link).wakes.is_empty());
     }
 }

@@ -45,10 +45,14 @@ type Waiter = oneshot::Sender<Result<RawReply>>;
 type Sink = mpsc::UnboundedSender<Event>;
 
 impl crate::client::Waiter for Waiter {
-    fn deliver(self, result: Result<RawReply>) {
-        // Never blocks; a caller that gave up dropped the receiver.
+    fn deliver(self, result: Result<RawReply>) -> Option<Self> {
+        // Never blocks; a caller that gave up dropped the receiver. Waking its task is only
+        // queueing it: done here.
         let _ = self.send(result);
+        None
     }
+
+    fn wake(self) {}
 }
 
 impl EventSink for Sink {
@@ -111,7 +115,7 @@ struct CancelGuard<'a> {
 impl Drop for CancelGuard<'_> {
     fn drop(&mut self) {
         if let Some(id) = self.id {
-            lock(&self.inner.conn.state).session.cancel(id);
+            self.inner.conn.link().session.cancel(id);
         }
     }
 }
@@ -192,7 +196,7 @@ impl AsyncQmp {
     ) -> Result<RawReply> {
         let (tx, mut rx) = oneshot::channel();
         let (id, others_in_flight) = {
-            let mut state = lock(&self.inner.conn.state);
+            let mut state = self.inner.conn.link();
             let id = state.session.submit(command, fds, tx)?;
             (id, state.session.in_flight() > 0)
         };
@@ -211,7 +215,7 @@ impl AsyncQmp {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(Error::Disconnected),
             Err(_) => {
-                lock(&self.inner.conn.state).session.cancel(id);
+                self.inner.conn.link().session.cancel(id);
                 rx.try_recv()
                     .unwrap_or_else(|_| Err(command_timeout(&command.name, timeout)))
             }
@@ -273,7 +277,7 @@ impl Inner {
                 return;
             }
             loop {
-                let Some(t) = lock(&self.conn.state).session.poll_transmit() else {
+                let Some(t) = self.conn.link().session.poll_transmit() else {
                     break;
                 };
                 let mut rest = Backlog {
@@ -297,7 +301,7 @@ impl Inner {
             }
             drop(backlog);
             // A command queued while this caller held the lock has been left to it.
-            if !lock(&self.conn.state).session.has_transmit() {
+            if !self.conn.link().session.has_transmit() {
                 return;
             }
         }
@@ -428,7 +432,7 @@ async fn reader_task(inner: Arc<Inner>, socket: AsyncFd<OwnedFd>) {
             read => read.map(|n| buf.get(..n).unwrap_or_default()),
         };
         let (closed, ready) = {
-            let mut state = lock(&inner.conn.state);
+            let mut state = inner.conn.link();
             let closed = state.on_read(read, &mut actions);
             (closed, state.session.has_transmit())
         };
