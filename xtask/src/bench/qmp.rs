@@ -27,14 +27,15 @@ fn cpu_why(client: &str, in_flight_8: bool) -> &'static str {
              `recvfrom` also wakes when QEMU has consumed the command and sleeps twice"
         }
         ("blocking", true) => {
-            "with 8 threads in flight, each reply wakes the thread waiting for it (a futex \
-             wake-up and a context switch, here often across the VM's two vCPUs), which the \
-             raw client's one thread keeping 8 commands written never pays"
+            "with 8 threads in flight, each reply wakes two threads: the caller reading the \
+             socket for all of them, and the one the reply is for (a futex wake-up and a \
+             context switch, here often across the VM's two vCPUs); the raw client's one \
+             thread keeping 8 commands written does not hand replies over"
         }
         _ => {
             "the async client makes about three (`sendmsg`, `recvfrom` and tokio's \
-             `epoll_wait` when its reader task waits), and each reply takes two task polls \
-             (the reader's, then the caller's)"
+             `epoll_wait` when its reader task waits) and sleeps once per reply, and each reply \
+             takes two task polls (the reader's, then the caller's)"
         }
     }
 }
@@ -348,14 +349,20 @@ pub fn run(bench_dir: &Path) -> Result<Section, String> {
          it reads and queues up to 8 on its I/O thread, which is what lets 8 in flight gain \
          (the raw window of 8: {} with `oob`, {} without, {} with ids; batches of 8: {}). \
          Commands with ids cost QEMU more: the raw window of 8 with ids reaches {} of the one \
-         without. On a 2-core \
-         machine every microsecond of client CPU is taken from QEMU's two busy threads, so the \
-         8-in-flight rate follows the client's CPU per round trip.",
+         without. On a 2-core machine every microsecond of client CPU is taken from QEMU's two \
+         busy threads, so the 8-in-flight rate follows the client's CPU per round trip. \
+         Sleeps: the raw client blocks in `recvfrom`, which also wakes when QEMU has consumed \
+         a command (QEMU reads it byte by byte while the client waits): {} per round trip one \
+         at a time. hvarch-qmp's clients wait in `ppoll` (blocking) or the runtime's `epoll` \
+         (async), which only data wakes: {} and {}.",
         ratio(rate("raw8") / rate("raw")),
         ratio(rate("raw8-nooob") / rate("raw-nooob")),
         ratio(rate("raw8-ids") / rate("raw-ids")),
         ratio(rate("rawbatch8") / rate("raw")),
         ratio(rate("raw8-ids") / rate("raw8")),
+        fmt(sleeps("raw"), 2),
+        fmt(sleeps("blocking"), 2),
+        fmt(sleeps("async"), 2),
     ));
     Ok(Section {
         title: "QMP round trips",
