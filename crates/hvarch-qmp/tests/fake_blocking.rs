@@ -26,6 +26,14 @@ fn start(script: impl FnOnce(FakeConn) + Send + 'static) -> (Qmp, FakeServer) {
     start_with(&config(), script)
 }
 
+/// A server that negotiates and echoes every command back.
+fn start_echo() -> (Qmp, FakeServer) {
+    start(|mut c| {
+        c.handshake();
+        c.echo_until_eof();
+    })
+}
+
 fn start_with(
     config: &Config,
     script: impl FnOnce(FakeConn) + Send + 'static,
@@ -405,10 +413,7 @@ fn device_deleted_for_another_device_first() {
 
 #[test]
 fn commands_from_many_threads() {
-    let (qmp, server) = start(|mut c| {
-        c.handshake();
-        c.echo_until_eof();
-    });
+    let (qmp, server) = start_echo();
     std::thread::scope(|s| {
         for t in 0..8 {
             let qmp = &qmp;
@@ -430,10 +435,7 @@ fn commands_from_many_threads() {
 /// the others without a reader: every patient caller gets its own reply, and so does a last one.
 #[test]
 fn callers_giving_up_at_random_moments_strand_nobody() {
-    let (qmp, server) = start(|mut c| {
-        c.handshake();
-        c.echo_until_eof();
-    });
+    let (qmp, server) = start_echo();
     std::thread::scope(|s| {
         for t in 0..8u64 {
             let qmp = &qmp;
