@@ -337,7 +337,7 @@ fn register(socket: OwnedFd, interest: Interest) -> io::Result<AsyncFd<OwnedFd>>
 /// Waits until `socket` takes bytes again (after a write found it full). It is registered with
 /// the runtime, as a descriptor of its own, only for this wait: registered for writability all
 /// along, the runtime would wake each time the peer has consumed what was written to it (QEMU:
-/// every command), not only when there was none.
+/// every command), not only after the socket had been full.
 async fn wait_writable(socket: &OwnedFd) -> io::Result<()> {
     let registered = register(socket.try_clone()?, Interest::WRITABLE)?;
     // A registration reports the readiness the socket has when it is made: room that came

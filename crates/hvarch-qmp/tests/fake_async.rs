@@ -538,3 +538,32 @@ async fn a_lone_caller_sleeps_once_per_round_trip() {
     qmp.close().await;
     server.join();
 }
+
+/// A command larger than the socket takes at once waits for room and goes out whole once the
+/// peer reads: the writing descriptor, registered with the runtime only for that wait, wakes
+/// the flusher when the peer makes room.
+#[tokio::test(flavor = "current_thread")]
+async fn a_command_larger_than_the_socket_goes_out_when_the_peer_reads() {
+    let data = "x".repeat(4 << 20);
+    let expected = data.len();
+    let (qmp, server) = start(move |mut c| {
+        c.handshake();
+        // The client's write fills the socket meanwhile and waits for room.
+        std::thread::sleep(Duration::from_millis(200));
+        let cmd = c.expect_command("big");
+        let len = cmd["arguments"]["data"].as_str().map_or(0, str::len);
+        c.reply(&cmd, json!({"len": len}));
+        c.echo_until_eof();
+    })
+    .await;
+    let reply = qmp
+        .execute_raw("big", json!({"data": data}))
+        .await
+        .expect("the whole command went out and was answered");
+    assert_eq!(reply["len"], expected);
+    // The connection goes on.
+    let echo = qmp.execute_raw("after", json!({})).await.expect("reply");
+    assert_eq!(echo["echo"], "after");
+    qmp.close().await;
+    server.join();
+}
