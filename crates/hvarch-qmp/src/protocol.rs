@@ -672,6 +672,7 @@ impl<W> Session<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::ids_on_the_wire;
 
     const GREETING: &[u8] =
         b"{\"QMP\": {\"version\": {\"qemu\": {\"micro\": 2, \"minor\": 0, \"major\": 10}, \"package\": \"\"}, \"capabilities\": [\"oob\"]}}\r\n";
@@ -952,17 +953,6 @@ mod tests {
     }
 
     /// The ids QEMU reads in written bytes, in order (what it will echo).
-    fn ids_on_the_wire(bytes: &[u8]) -> Vec<u64> {
-        bytes
-            .split(|&b| b == b'\n')
-            .filter(|line| !line.is_empty())
-            .map(|line| {
-                let sent: Value = serde_json::from_slice(line).expect("a JSON line");
-                sent["id"].as_u64().expect("an id")
-            })
-            .collect()
-    }
-
     #[test]
     fn a_long_session_keeps_using_the_first_wire_id() {
         let mut s = ready(true);

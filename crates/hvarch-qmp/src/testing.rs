@@ -259,6 +259,19 @@ impl FakeConn {
     }
 }
 
+/// The ids of the commands in `bytes` (what a client wrote: JSON lines), in order, as QEMU
+/// reads them. Panics on a line that is not a JSON object with an integer `"id"`.
+pub fn ids_on_the_wire(bytes: &[u8]) -> Vec<u64> {
+    bytes
+        .split(|&b| b == b'\n')
+        .filter(|line| !line.is_empty())
+        .map(|line| {
+            let sent: Value = serde_json::from_slice(line).expect("a JSON line");
+            sent["id"].as_u64().expect("an id")
+        })
+        .collect()
+}
+
 /// How many times the calling thread has gone to sleep so far (its voluntary context switches,
 /// `getrusage(RUSAGE_THREAD)`). `None` under a user-mode emulator (`HVARCH_TEST_RUNNER` set, as
 /// `cargo xtask cross` runs the tests): the kernel then counts the emulator's own waits as the

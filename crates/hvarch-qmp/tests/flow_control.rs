@@ -88,14 +88,7 @@ impl Model {
                 "two sets of descriptors on their way"
             );
         }
-        let wire_ids = t
-            .bytes
-            .split(|&b| b == b'\n')
-            .filter(|l| !l.is_empty())
-            .map(|line| {
-                let sent: serde_json::Value = serde_json::from_slice(line).expect("a JSON line");
-                sent["id"].as_u64().expect("an id")
-            });
+        let wire_ids = hvarch_qmp::testing::ids_on_the_wire(&t.bytes);
         for (id, wire_id) in t.ids.into_iter().zip(wire_ids) {
             assert!(
                 self.in_flight
