@@ -536,6 +536,36 @@ fn an_existing_runtime_dir_keeps_its_files_through_a_shutdown() {
     assert_untouched(&run);
 }
 
+/// As if hvarch had been killed with QEMU ready: everything it and QEMU created is left, with
+/// its record. The next VM there removes those leftovers (QEMU's pid file and sockets too: their
+/// identities were recorded once QEMU was ready), and the user's files stay.
+#[test]
+fn the_next_vm_removes_what_a_killed_hvarch_left_in_the_users_directory() {
+    let (_dir, spec, run) = in_user_runtime_dir();
+    let left = LaunchOptions {
+        remove_runtime_dir: false,
+        ..LaunchOptions::default()
+    };
+    let vm = Vm::launch(assembled(&spec), left).expect("launch");
+    let pid = vm.pid();
+    drop(vm);
+    assert_reaped(pid);
+    let record = std::fs::read_to_string(run.join("hvarch.lock")).expect("the record");
+    for name in ["qmp.sock", "qemu.stderr", "pid"] {
+        assert!(
+            record
+                .lines()
+                .any(|l| l.starts_with("made ") && l.ends_with(&format!(" {name}"))),
+            "{name}'s identity in {record}"
+        );
+    }
+    let vm = launch(&spec);
+    let pid = vm.pid();
+    drop(vm);
+    assert_reaped(pid);
+    assert_untouched(&run);
+}
+
 #[test]
 fn an_existing_runtime_dir_keeps_its_files_through_a_drop() {
     let (_dir, spec, run) = in_user_runtime_dir();

@@ -213,6 +213,13 @@ impl<P: Qemu> Started<P> {
                 return Err(VmError::Launch { reason, stderr });
             }
         };
+        // QEMU has created its sockets and pid file (and the daemons theirs): record which
+        // files they are, so that only they are removed as leftovers should hvarch be killed.
+        if let Some(runtime) = self.process.process().runtime() {
+            if let Err(e) = runtime.note_existing() {
+                tracing::warn!(error = %e, "cannot record the runtime files QEMU created");
+            }
+        }
         let shutdowns = qmp.subscribe(EventFilter::name("SHUTDOWN"));
         let early_shutdown = qmp
             .early_events()

@@ -29,12 +29,16 @@
 //! have unlinked it in between) and starts over if not.
 //!
 //! The lock file is also hvarch's record of what it created: the holder's pid, whether hvarch
-//! created the directory, and the names it (or QEMU, for it) creates. When the VM ends, those
-//! names and the lock file are removed; if hvarch could not clean up (it was killed), the next
-//! VM on the directory finds the record under a lock nobody holds, and removes the leftovers it
-//! lists before starting. A directory an earlier hvarch created, holding nothing but such
-//! leftovers, is owned whole again. An existing lock file that is not hvarch's record (not
-//! empty and not starting with its header) makes the directory refused.
+//! created the directory, the names it (or QEMU, for it) is to create, and, for each file once
+//! created, its identity (device and inode numbers). When the VM ends, those files and the lock
+//! file are removed; if hvarch could not clean up (it was killed), the next VM on the directory
+//! finds the record under a lock nobody holds, and removes the leftovers before starting: only
+//! files whose identity is recorded and still matches, so a file someone put in their place
+//! later is never touched. A name recorded without an identity (hvarch was killed between
+//! QEMU's creating it and QMP's being ready) is left alone, and refused as occupied if the new
+//! VM needs it. A directory an earlier hvarch created, holding nothing but such leftovers once
+//! they are removed, is owned whole again. An existing lock file that is not hvarch's record
+//! (not empty and not starting with its header) makes the directory refused.
 //!
 //! [`LaunchOptions::remove_runtime_dir`](crate::LaunchOptions::remove_runtime_dir) `= false`
 //! leaves everything hvarch created in place when the VM ends (QEMU's stderr, for debugging);
@@ -48,6 +52,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{DirBuilderExt, FileExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Component, Path, PathBuf};
+use std::sync::Mutex;
 
 /// The lock file hvarch keeps in every runtime directory it uses (see the [module
 /// docs](self)).
@@ -59,6 +64,8 @@ const LOCK_HEADER: &str = "hvarch runtime directory lock";
 const CREATED_LINE: &str = "created-directory";
 /// The prefix of a record line naming a file hvarch creates.
 const FILE_PREFIX: &str = "file ";
+/// The prefix of a record line giving a created file's identity: `made <dev> <ino> <name>`.
+const MADE_PREFIX: &str = "made ";
 /// The prefix of the record line naming the holder.
 const PID_PREFIX: &str = "pid ";
 /// How many times locking starts over when the locked file was unlinked meanwhile.
@@ -125,10 +132,11 @@ pub enum RuntimeDirError {
         /// The pid of the hvarch process holding the lock, when its record could be read.
         pid: Option<u32>,
     },
-    /// A name hvarch is about to create already exists and is not a leftover of hvarch's.
+    /// A name hvarch is about to create already exists and is not recorded as a leftover of
+    /// hvarch's.
     #[error(
-        "runtime directory {}: {} already exists ({kind}) and hvarch did not create it: \
-         refused rather than replaced (remove it, or name another directory)",
+        "runtime directory {}: {} already exists ({kind}) and is not recorded as created by \
+         hvarch: refused rather than replaced (remove it, or name another directory)",
         dir.display(),
         name.to_string_lossy()
     )]
@@ -200,6 +208,8 @@ pub(crate) struct RuntimeDir {
     lock: Option<File>,
     /// The names hvarch (or QEMU, for it) creates here.
     names: Vec<OsString>,
+    /// The identities of those created so far (recorded as they are learnt).
+    made: Mutex<Vec<Made>>,
     /// Remove what hvarch created when dropped.
     remove: bool,
 }
@@ -282,6 +292,7 @@ impl RuntimeDir {
             created,
             lock: None,
             names: Vec::new(),
+            made: Mutex::new(Vec::new()),
             remove: true,
         };
         if created {
@@ -331,6 +342,9 @@ impl RuntimeDir {
             libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
             0o600,
         )?;
+        let identity = identity_at(fd.as_raw_fd(), OsStr::new(""))?
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        self.note_made(name, identity)?;
         Ok(File::from(fd))
     }
 
@@ -345,7 +359,74 @@ impl RuntimeDir {
         if unsafe { libc::fchmodat(self.fd.as_raw_fd(), name_c.as_ptr(), 0o600, 0) } != 0 {
             return Err(io::Error::last_os_error());
         }
+        if let Some(identity) = identity_at(self.fd.as_raw_fd(), name)? {
+            self.note_made(name, identity)?;
+        }
         Ok(listener)
+    }
+
+    /// Records the identity of every recorded name that exists now and has none yet: the
+    /// files QEMU (or a daemon) created for hvarch. Called once QEMU is ready.
+    pub(crate) fn note_existing(&self) -> io::Result<()> {
+        let mut made = lock_made(&self.made);
+        let before = made.len();
+        for name in &self.names {
+            if made.iter().any(|m| m.name == *name) {
+                continue;
+            }
+            if let Some(identity) = identity_at(self.fd.as_raw_fd(), name)? {
+                made.push(Made {
+                    name: name.clone(),
+                    identity,
+                });
+            }
+        }
+        self.append_record(made.get(before..).unwrap_or_default())
+    }
+
+    /// Records that hvarch created `made` (and writes the record).
+    fn note_made(&self, name: &OsStr, identity: Identity) -> io::Result<()> {
+        let made = Made {
+            name: name.to_os_string(),
+            identity,
+        };
+        let mut all = lock_made(&self.made);
+        all.retain(|m| m.name != name);
+        self.append_record(std::slice::from_ref(&made))?;
+        all.push(made);
+        Ok(())
+    }
+
+    /// Appends `made` to the record (one write at its end: a kill leaves at worst a last line
+    /// without its newline, which is not read).
+    fn append_record(&self, made: &[Made]) -> io::Result<()> {
+        let Some(lock) = &self.lock else {
+            return Ok(());
+        };
+        if made.is_empty() {
+            return Ok(());
+        }
+        let mut text = Vec::new();
+        for m in made {
+            m.write(&mut text);
+        }
+        lock.write_all_at(&text, lock.metadata()?.len())
+    }
+
+    /// Whether `name` in the directory is the file hvarch recorded creating during this VM's
+    /// life (`None`: no identity recorded for it). The same device, inode number and birth
+    /// time, known or not: within the VM's life only this user could have replaced it.
+    fn is_made(&self, name: &OsStr) -> io::Result<Option<bool>> {
+        let recorded = lock_made(&self.made)
+            .iter()
+            .find(|m| m.name == name)
+            .map(|m| m.identity);
+        let Some(recorded) = recorded else {
+            return Ok(None);
+        };
+        Ok(Some(
+            identity_at(self.fd.as_raw_fd(), name)?.is_some_and(|now| now == recorded),
+        ))
     }
 
     /// Connects to the UNIX socket `name` inside the directory.
@@ -466,47 +547,65 @@ impl RuntimeDir {
         ))
     }
 
-    /// Removes the files an earlier hvarch recorded and did not remove (it was killed); adopts
-    /// the directory whole when that hvarch created it and nothing else is in it.
+    /// Removes the files an earlier hvarch recorded creating and did not remove (it was
+    /// killed), those still the files it created (same device and inode); adopts the directory
+    /// whole when that hvarch created it and nothing else is left in it.
     fn remove_leftovers(&mut self, record: &[u8]) -> Result<()> {
-        let mut leftovers = Vec::new();
         let mut created_earlier = false;
-        for line in record.split(|&b| b == b'\n').skip(1) {
+        let mut leftovers = Vec::new();
+        for line in record_lines(record) {
             if line == CREATED_LINE.as_bytes() {
                 created_earlier = true;
-            } else if let Some(name) = line.strip_prefix(FILE_PREFIX.as_bytes()) {
-                let name = OsString::from_vec(name.to_vec());
+            } else if let Some(made) = line
+                .strip_prefix(MADE_PREFIX.as_bytes())
+                .and_then(Made::parse)
+            {
                 // A record is only trusted for plain names inside this directory.
-                if check_name(&self.path, &name).is_ok() {
-                    leftovers.push(name);
+                if check_name(&self.path, &made.name).is_ok() {
+                    leftovers.push(made);
                 }
             }
         }
+        let dir = self.fd.as_raw_fd();
+        for made in &leftovers {
+            let name = made.name.as_os_str();
+            let log_name = name.to_string_lossy();
+            match identity_at(dir, name) {
+                Ok(Some(now)) if made.identity.proves(&now) => match unlink_at(dir, name, 0) {
+                    Ok(()) => tracing::info!(
+                        dir = %self.path.display(),
+                        name = %log_name,
+                        "removed a leftover of an earlier hvarch"
+                    ),
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                    Err(e) => tracing::warn!(
+                        dir = %self.path.display(),
+                        name = %log_name,
+                        error = %e,
+                        "cannot remove a leftover of an earlier hvarch"
+                    ),
+                },
+                Ok(Some(_)) => tracing::info!(
+                    dir = %self.path.display(),
+                    name = %log_name,
+                    "not removed: not provably the file an earlier hvarch created"
+                ),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(
+                    dir = %self.path.display(),
+                    name = %log_name,
+                    error = %e,
+                    "cannot check a leftover of an earlier hvarch"
+                ),
+            }
+        }
         if created_earlier && !self.created {
-            let entries = list(self.fd.as_raw_fd()).map_err(|source| RuntimeDirError::Io {
+            let entries = list(dir).map_err(|source| RuntimeDirError::Io {
                 dir: self.path.clone(),
                 what: "list".into(),
                 source,
             })?;
-            self.created = entries
-                .iter()
-                .all(|e| e == OsStr::new(LOCK_FILE) || leftovers.contains(e));
-        }
-        for name in &leftovers {
-            match unlink_at(self.fd.as_raw_fd(), name, 0) {
-                Ok(()) => tracing::info!(
-                    dir = %self.path.display(),
-                    name = %name.to_string_lossy(),
-                    "removed a leftover of an earlier hvarch"
-                ),
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-                Err(e) => tracing::warn!(
-                    dir = %self.path.display(),
-                    name = %name.to_string_lossy(),
-                    error = %e,
-                    "cannot remove a leftover of an earlier hvarch"
-                ),
-            }
+            self.created = entries.iter().all(|e| e == OsStr::new(LOCK_FILE));
         }
         Ok(())
     }
@@ -525,6 +624,9 @@ impl RuntimeDir {
             text.extend_from_slice(FILE_PREFIX.as_bytes());
             text.extend_from_slice(name.as_bytes());
             text.push(b'\n');
+        }
+        for made in lock_made(&self.made).iter() {
+            made.write(&mut text);
         }
         lock.set_len(0)?;
         lock.write_all_at(&text, 0)
@@ -565,6 +667,19 @@ impl RuntimeDir {
             }
         } else {
             for name in &self.names {
+                match self.is_made(name) {
+                    // Replaced since hvarch created it: not hvarch's any more.
+                    Ok(Some(false)) => {
+                        tracing::info!(dir = %self.path.display(), name = %name.to_string_lossy(), "not removed: replaced since hvarch created it");
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(dir = %self.path.display(), name = %name.to_string_lossy(), error = %e, "cannot check before removing");
+                        continue;
+                    }
+                    // Created by hvarch, or by QEMU for it during this VM's life.
+                    Ok(Some(true) | None) => {}
+                }
                 match unlink_at(dir, name, 0) {
                     Ok(()) => {}
                     Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
@@ -609,6 +724,95 @@ impl Drop for RuntimeDir {
             }
         }
     }
+}
+
+/// What tells one file from any other, even one created later under the same name: its
+/// device, inode number and birth time (an inode number freed by a removal is soon reused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Identity {
+    dev: (u32, u32),
+    ino: u64,
+    /// Seconds and nanoseconds; `None` where the filesystem does not keep it.
+    born: Option<(i64, u32)>,
+}
+
+impl Identity {
+    /// The identity of what `statx` filled in.
+    fn of(stx: &libc::statx) -> Identity {
+        Identity {
+            dev: (stx.stx_dev_major, stx.stx_dev_minor),
+            ino: stx.stx_ino,
+            born: (stx.stx_mask & libc::STATX_BTIME != 0)
+                .then_some((stx.stx_btime.tv_sec, stx.stx_btime.tv_nsec)),
+        }
+    }
+
+    /// Whether `other` is provably the same file: without a birth time, nothing proves that
+    /// an inode number was not reused.
+    fn proves(&self, other: &Identity) -> bool {
+        self.born.is_some() && self == other
+    }
+}
+
+/// A file hvarch (or QEMU, for it) created in the directory: its name and identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Made {
+    name: OsString,
+    identity: Identity,
+}
+
+impl Made {
+    /// Appends its record line: `made <major>:<minor> <ino> <sec>.<nsec> <name>`, with `-`
+    /// for an unknown birth time.
+    fn write(&self, text: &mut Vec<u8>) {
+        let Identity { dev, ino, born } = self.identity;
+        let born = born.map_or("-".to_owned(), |(sec, nsec)| format!("{sec}.{nsec}"));
+        text.extend_from_slice(
+            format!("{MADE_PREFIX}{}:{} {ino} {born} ", dev.0, dev.1).as_bytes(),
+        );
+        text.extend_from_slice(self.name.as_bytes());
+        text.push(b'\n');
+    }
+
+    /// Reads what follows [`MADE_PREFIX`] in a record line.
+    fn parse(rest: &[u8]) -> Option<Made> {
+        let mut fields = rest.splitn(4, |&b| b == b' ');
+        let mut text = || std::str::from_utf8(fields.next()?).ok();
+        let (dev, ino, born) = (text()?, text()?, text()?);
+        let (major, minor) = dev.split_once(':')?;
+        let born = match born {
+            "-" => None,
+            born => {
+                let (sec, nsec) = born.split_once('.')?;
+                Some((sec.parse().ok()?, nsec.parse().ok()?))
+            }
+        };
+        let identity = Identity {
+            dev: (major.parse().ok()?, minor.parse().ok()?),
+            ino: ino.parse().ok()?,
+            born,
+        };
+        let name = fields.next().filter(|name| !name.is_empty())?;
+        Some(Made {
+            name: OsString::from_vec(name.to_vec()),
+            identity,
+        })
+    }
+}
+
+/// The complete lines of a record after its header: a last line without its newline (a write
+/// cut short) is not read.
+fn record_lines(record: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let complete = record
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(&[][..], |end| record.get(..end).unwrap_or_default());
+    complete.split(|&b| b == b'\n').skip(1)
+}
+
+fn lock_made(made: &Mutex<Vec<Made>>) -> std::sync::MutexGuard<'_, Vec<Made>> {
+    made.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Splits `path` into its parent and its last component, which must be a name.
@@ -708,6 +912,31 @@ fn fstat(fd: RawFd) -> io::Result<libc::stat> {
         Ok(stat)
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+/// The identity of `name` in the directory `dir` (without following a symlink), if it exists;
+/// of the open file `dir` itself when `name` is empty.
+fn identity_at(dir: RawFd, name: &OsStr) -> io::Result<Option<Identity>> {
+    let name_c = cstring(name);
+    let flags = if name.is_empty() {
+        libc::AT_EMPTY_PATH
+    } else {
+        libc::AT_SYMLINK_NOFOLLOW
+    };
+    // SAFETY: an all-zero statx is a valid value for statx to overwrite.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    let mask = libc::STATX_INO | libc::STATX_BTIME;
+    // SAFETY: statx on a valid descriptor, a NUL-terminated name and a valid out-pointer.
+    let rc = unsafe { libc::statx(dir, name_c.as_ptr(), flags, mask, &mut stx) };
+    if rc == 0 {
+        return Ok(Some(Identity::of(&stx)));
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::ENOENT) {
+        Ok(None)
+    } else {
+        Err(e)
     }
 }
 
@@ -1192,6 +1421,8 @@ pub(crate) mod tests {
         let mut rt = RuntimeDir::open(&dir, &names()).unwrap();
         let listener = populate(&rt, &dir);
         drop(listener);
+        // QEMU is ready: what it created is recorded too.
+        rt.note_existing().unwrap();
         // As if hvarch had been killed: nothing removed, the lock released.
         rt.set_remove(false);
         drop(rt);
@@ -1217,12 +1448,129 @@ pub(crate) mod tests {
         assert_eq!(entries(&dir), ["disk.img"]);
     }
 
+    /// A killed hvarch's record names its files by identity: one replaced since (someone else's
+    /// file under the same name) is not its any more, and stays.
+    #[test]
+    fn a_leftover_replaced_since_is_not_removed() {
+        let tmp = Tmp::new();
+        let dir = tmp.existing("run");
+        let mut rt = RuntimeDir::open(&dir, &names()).unwrap();
+        let _listener = populate(&rt, &dir);
+        rt.note_existing().unwrap();
+        rt.set_remove(false);
+        drop(rt);
+        // Kept under another name, so that the new file cannot reuse its inode number (the
+        // birth time tells a reused one apart: `an_identity_differs_by_birth_time`).
+        std::fs::rename(dir.join("qemu.stderr"), dir.join("old.stderr")).unwrap();
+        std::fs::write(dir.join("qemu.stderr"), "my own log").unwrap();
+        let err = RuntimeDir::open(&dir, &names()).unwrap_err();
+        assert!(
+            matches!(&err, RuntimeDirError::Occupied { name, .. } if name == "qemu.stderr"),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("qemu.stderr")).unwrap(),
+            "my own log"
+        );
+        assert_eq!(
+            entries(&dir),
+            ["old.stderr", "qemu.stderr"],
+            "the other leftovers removed, the lock file of the refused open too"
+        );
+    }
+
+    /// hvarch killed before QEMU was ready: the files QEMU made have no recorded identity, so
+    /// nothing proves they are leftovers; they stay, and a VM that needs the name is refused.
+    #[test]
+    fn a_leftover_without_a_recorded_identity_is_not_removed() {
+        let tmp = Tmp::new();
+        let dir = tmp.existing("run");
+        let mut rt = RuntimeDir::open(&dir, &names()).unwrap();
+        let _listener = populate(&rt, &dir);
+        rt.set_remove(false);
+        drop(rt);
+        let err = RuntimeDir::open(&dir, &names()).unwrap_err();
+        assert!(
+            matches!(&err, RuntimeDirError::Occupied { name, .. } if name == "console.sock"),
+            "{err}"
+        );
+        assert_eq!(entries(&dir), ["console.sock", "pid"]);
+        assert_eq!(std::fs::read_to_string(dir.join("pid")).unwrap(), "1\n");
+    }
+
+    #[test]
+    fn an_identity_differs_by_birth_time() {
+        let made = Identity {
+            dev: (8, 1),
+            ino: 42,
+            born: Some((1_700_000_000, 5)),
+        };
+        assert!(made.proves(&made));
+        let reused = Identity {
+            born: Some((1_700_000_001, 5)),
+            ..made
+        };
+        assert!(!made.proves(&reused), "an inode number reused later");
+        assert!(!made.proves(&Identity { ino: 43, ..made }));
+        assert!(!made.proves(&Identity {
+            dev: (8, 2),
+            ..made
+        }));
+    }
+
+    #[test]
+    fn a_record_line_cut_short_is_not_read() {
+        let record = b"header\nmade 8:1 2 3.4 a\nmade 8:1 5 6.7 b";
+        let lines: Vec<&[u8]> = record_lines(record).collect();
+        assert_eq!(lines, [&b"made 8:1 2 3.4 a"[..]]);
+        assert_eq!(record_lines(b"header only").count(), 0);
+        for bad in [
+            "",
+            "8:1",
+            "8:1 2",
+            "8:1 2 3.4",
+            "8:1 2 3.4 ",
+            "8 2 3.4 a",
+            "8:x 2 3.4 a",
+            "8:1 -2 3.4 a",
+            "8:1 2 3 a",
+            "8:1 2 3.x a",
+        ] {
+            assert_eq!(Made::parse(bad.as_bytes()), None, "{bad:?}");
+        }
+        let unknown = Made::parse(b"8:1 2 - a").expect("an unknown birth time");
+        assert_eq!(unknown.identity.born, None);
+        assert!(
+            !unknown.identity.proves(&unknown.identity),
+            "nothing proves it"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn a_made_line_reads_back_as_written(
+            name in "[^/\n\u{0}]{1,40}",
+            dev in any::<(u32, u32)>(),
+            ino in any::<u64>(),
+            born in proptest::option::of(any::<(i64, u32)>()),
+        ) {
+            let made = Made { name: OsString::from(&name), identity: Identity { dev, ino, born } };
+            let mut text = b"header\n".to_vec();
+            made.write(&mut text);
+            let lines: Vec<&[u8]> = record_lines(&text).collect();
+            prop_assert_eq!(lines.len(), 1);
+            let rest = lines[0].strip_prefix(MADE_PREFIX.as_bytes()).expect("prefix");
+            prop_assert_eq!(Made::parse(rest), Some(made));
+        }
+    }
+
     #[test]
     fn a_directory_an_earlier_hvarch_created_is_owned_again_only_if_it_holds_only_leftovers() {
         let tmp = Tmp::new();
         let dir = tmp.0.join("run");
         let mut rt = RuntimeDir::open(&dir, &names()).unwrap();
         let _listener = populate(&rt, &dir);
+        rt.note_existing().unwrap();
         rt.set_remove(false);
         drop(rt);
         let rt = RuntimeDir::open(&dir, &names()).unwrap();
@@ -1279,14 +1627,23 @@ pub(crate) mod tests {
         let absolute = tmp.0.join("absolute");
         std::fs::write(&outside, "precious").unwrap();
         std::fs::write(&absolute, "precious").unwrap();
-        std::fs::write(
-            dir.join(LOCK_FILE),
-            format!(
-                "{LOCK_HEADER}\npid 1\nfile ../outside\nfile {}\nfile ..\n",
-                absolute.display()
-            ),
-        )
-        .unwrap();
+        // With their true identities: only the name check stands between them and removal.
+        let mut record = format!("{LOCK_HEADER}\npid 1\nfile ../outside\n").into_bytes();
+        for (path, name) in [
+            (&outside, "../outside".to_owned()),
+            (&absolute, absolute.display().to_string()),
+            (&tmp.0, "..".to_owned()),
+        ] {
+            let identity = identity_at(libc::AT_FDCWD, path.as_os_str())
+                .unwrap()
+                .unwrap();
+            Made {
+                name: name.into(),
+                identity,
+            }
+            .write(&mut record);
+        }
+        std::fs::write(dir.join(LOCK_FILE), record).unwrap();
         let rt = RuntimeDir::open(&dir, &names()).unwrap();
         drop(rt);
         assert_eq!(std::fs::read_to_string(&outside).unwrap(), "precious");
@@ -1338,6 +1695,8 @@ pub(crate) mod tests {
                 Ok(mut rt) => {
                     prop_assert!(!clash);
                     let _listener = populate(&rt, &dir);
+                    // QEMU is ready: what it created is recorded too.
+                    rt.note_existing().unwrap();
                     rt.set_remove(remove);
                     drop(rt);
                     if !remove {
