@@ -1448,17 +1448,25 @@ pub(crate) mod tests {
         assert_eq!(entries(&dir), ["disk.img"]);
     }
 
+    /// Leaves `dir` as a VM's hvarch killed there leaves it: every file it and QEMU created, and
+    /// its record, the lock released; `qemu_ready`: killed after QEMU's files were recorded.
+    fn left_by_a_killed_hvarch(dir: &Path, qemu_ready: bool) {
+        let mut rt = RuntimeDir::open(dir, &names()).unwrap();
+        let _listener = populate(&rt, dir);
+        if qemu_ready {
+            rt.note_existing().unwrap();
+        }
+        rt.set_remove(false);
+        drop(rt);
+    }
+
     /// A killed hvarch's record names its files by identity: one replaced since (someone else's
     /// file under the same name) is not its any more, and stays.
     #[test]
     fn a_leftover_replaced_since_is_not_removed() {
         let tmp = Tmp::new();
         let dir = tmp.existing("run");
-        let mut rt = RuntimeDir::open(&dir, &names()).unwrap();
-        let _listener = populate(&rt, &dir);
-        rt.note_existing().unwrap();
-        rt.set_remove(false);
-        drop(rt);
+        left_by_a_killed_hvarch(&dir, true);
         // Kept under another name, so that the new file cannot reuse its inode number (the
         // birth time tells a reused one apart: `an_identity_differs_by_birth_time`).
         std::fs::rename(dir.join("qemu.stderr"), dir.join("old.stderr")).unwrap();
@@ -1485,10 +1493,7 @@ pub(crate) mod tests {
     fn a_leftover_without_a_recorded_identity_is_not_removed() {
         let tmp = Tmp::new();
         let dir = tmp.existing("run");
-        let mut rt = RuntimeDir::open(&dir, &names()).unwrap();
-        let _listener = populate(&rt, &dir);
-        rt.set_remove(false);
-        drop(rt);
+        left_by_a_killed_hvarch(&dir, false);
         let err = RuntimeDir::open(&dir, &names()).unwrap_err();
         assert!(
             matches!(&err, RuntimeDirError::Occupied { name, .. } if name == "console.sock"),
@@ -1568,11 +1573,7 @@ pub(crate) mod tests {
     fn a_directory_an_earlier_hvarch_created_is_owned_again_only_if_it_holds_only_leftovers() {
         let tmp = Tmp::new();
         let dir = tmp.0.join("run");
-        let mut rt = RuntimeDir::open(&dir, &names()).unwrap();
-        let _listener = populate(&rt, &dir);
-        rt.note_existing().unwrap();
-        rt.set_remove(false);
-        drop(rt);
+        left_by_a_killed_hvarch(&dir, true);
         let rt = RuntimeDir::open(&dir, &names()).unwrap();
         assert!(rt.created(), "only leftovers: owned whole again");
         let mut rt = rt;
