@@ -14,7 +14,9 @@ use serde_json::json;
 
 mod qmp_support;
 
-use qmp_support::{config, PassedFiles, CONCURRENT};
+use qmp_support::{
+    assert_one_sleep_per_round_trip, config, PassedFiles, CONCURRENT, SLEEP_ROUND_TRIPS,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_client_drives_real_qemu_with_oob() {
@@ -24,6 +26,24 @@ async fn async_client_drives_real_qemu_with_oob() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_client_drives_real_qemu_without_oob() {
     drive_real_qemu(false).await;
+}
+
+/// A lone caller on a current-thread runtime: the runtime is woken by QEMU's reply only, not
+/// when QEMU has read the command.
+#[tokio::test(flavor = "current_thread")]
+async fn a_lone_caller_sleeps_once_per_round_trip_with_qemu() {
+    let vm = qemu();
+    let qmp = AsyncQmp::connect(vm.qmp_path(), &config(true))
+        .await
+        .expect("connect and negotiate");
+    let before = hvarch_qmp::testing::thread_sleeps();
+    for _ in 0..SLEEP_ROUND_TRIPS {
+        qmp.execute(&qapi_qmp::query_status {})
+            .await
+            .expect("query-status");
+    }
+    assert_one_sleep_per_round_trip(before, hvarch_qmp::testing::thread_sleeps());
+    qmp.close().await;
 }
 
 async fn drive_real_qemu(enable_oob: bool) {

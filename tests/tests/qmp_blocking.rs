@@ -13,7 +13,9 @@ use serde_json::json;
 
 mod qmp_support;
 
-use qmp_support::{config, PassedFiles, CONCURRENT};
+use qmp_support::{
+    assert_one_sleep_per_round_trip, config, PassedFiles, CONCURRENT, SLEEP_ROUND_TRIPS,
+};
 
 #[test]
 fn blocking_client_drives_real_qemu_with_oob() {
@@ -23,6 +25,19 @@ fn blocking_client_drives_real_qemu_with_oob() {
 #[test]
 fn blocking_client_drives_real_qemu_without_oob() {
     drive_real_qemu(false);
+}
+
+/// A lone caller waits for QEMU's reply without being woken when QEMU has read the command.
+#[test]
+fn a_lone_caller_sleeps_once_per_round_trip_with_qemu() {
+    let vm = qemu();
+    let qmp = Qmp::connect(vm.qmp_path(), &config(true)).expect("connect and negotiate");
+    let before = hvarch_qmp::testing::thread_sleeps();
+    for _ in 0..SLEEP_ROUND_TRIPS {
+        qmp.execute(&qapi_qmp::query_status {})
+            .expect("query-status");
+    }
+    assert_one_sleep_per_round_trip(before, hvarch_qmp::testing::thread_sleeps());
 }
 
 fn drive_real_qemu(enable_oob: bool) {

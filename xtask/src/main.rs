@@ -219,12 +219,7 @@ fn remove_extracted_packages(crates: &[String]) -> Result<(), String> {
             continue;
         };
         for package in packages.flatten() {
-            let name = package.file_name().to_string_lossy().into_owned();
-            let ours = name.rsplit_once('-').is_some_and(|(crate_name, version)| {
-                crates.iter().any(|c| c == crate_name)
-                    && version.starts_with(|c: char| c.is_ascii_digit())
-            });
-            if ours {
+            if is_extraction_of(&package.file_name().to_string_lossy(), crates) {
                 std::fs::remove_dir_all(package.path())
                     .map_err(|e| format!("remove {}: {e}", package.path().display()))?;
             }
@@ -233,9 +228,41 @@ fn remove_extracted_packages(crates: &[String]) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether `dir` (an extracted package's directory, `<name>-<version>`) is one of `crates`.
+fn is_extraction_of(dir: &str, crates: &[String]) -> bool {
+    crates.iter().any(|name| {
+        dir.strip_prefix(name.as_str())
+            .and_then(|rest| rest.strip_prefix('-'))
+            .is_some_and(|version| version.starts_with(|c: char| c.is_ascii_digit()))
+    })
+}
+
 /// Where cargo builds: `CARGO_TARGET_DIR`, else the workspace's `target/`.
 fn target_dir() -> std::path::PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(Into::into)
         .unwrap_or_else(|| run::workspace_root().join("target"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_our_crates_extractions_are_recognised() {
+        let ours = ["hvarch".to_owned(), "hvarch-qmp".to_owned()];
+        for dir in ["hvarch-0.1.0", "hvarch-qmp-0.1.0", "hvarch-qmp-0.2.0-rc.1"] {
+            assert!(is_extraction_of(dir, &ours), "{dir}");
+        }
+        // Another crate sharing a prefix, a name alone, a non-version suffix.
+        for dir in [
+            "hvarch-arm64-0.1.0",
+            "hvarch-qmpx-0.1.0",
+            "hvarch",
+            "hvarch-qmp-x",
+            "qapi-qmp-0.15.0",
+        ] {
+            assert!(!is_extraction_of(dir, &ours), "{dir}");
+        }
+    }
 }

@@ -603,12 +603,18 @@ impl Inner {
         if reading.leader.is_some() {
             return;
         }
+        if let Handover::Arm = self.promote_next(reading) {
+            self.arm(reading);
+        }
+    }
+
+    /// Carries out [`Inner::handover`]'s promotion (passing over a follower whose result
+    /// arrived since it was chosen); returns the hand-over made, or what to do instead.
+    fn promote_next(&self, reading: &mut Reading) -> Handover {
         loop {
             match self.handover(reading) {
-                // Its result arrived since it was chosen: ask the next one.
                 Handover::Promote(next) if !next.promote() => continue,
-                Handover::Promote(_) | Handover::Linger => return,
-                Handover::Arm => return self.arm(reading),
+                done => return done,
             }
         }
     }
@@ -677,13 +683,8 @@ impl Inner {
             reading.leader = None;
             // Events come while no caller reads: unless a follower takes over, watch for the
             // next one at once (this thread is not lingering).
-            loop {
-                match self.handover(&mut reading) {
-                    Handover::Promote(next) if !next.promote() => continue,
-                    Handover::Promote(_) => {}
-                    Handover::Arm | Handover::Linger => self.arm(&mut reading),
-                }
-                break;
+            if !matches!(self.promote_next(&mut reading), Handover::Promote(_)) {
+                self.arm(&mut reading);
             }
             if closed {
                 return;

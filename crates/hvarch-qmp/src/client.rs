@@ -79,6 +79,16 @@ impl<W: Waiter> Drop for Wakes<W> {
     }
 }
 
+impl<'a, W: Waiter, S> LinkGuard<'a, W, S> {
+    /// Locks `state`.
+    fn new(state: &'a Mutex<Link<W, S>>) -> Self {
+        LinkGuard {
+            guard: lock(state),
+            wakes: Wakes(Vec::new()),
+        }
+    }
+}
+
 impl<W: Waiter, S> Drop for LinkGuard<'_, W, S> {
     fn drop(&mut self) {
         std::mem::swap(&mut self.wakes.0, &mut self.guard.wakes);
@@ -215,10 +225,7 @@ impl<W: Waiter, S: EventSink> Connection<W, S> {
     /// Locks the connection's state. Callers a delivery under it left asleep are woken when it
     /// is let go.
     pub(crate) fn link(&self) -> LinkGuard<'_, W, S> {
-        LinkGuard {
-            guard: lock(&self.state),
-            wakes: Wakes(Vec::new()),
-        }
+        LinkGuard::new(&self.state)
     }
 
     pub(crate) fn greeting(&self) -> &Greeting {
@@ -706,10 +713,7 @@ mod tests {
             result: Err(Error::Disconnected),
         };
         {
-            let mut guard = LinkGuard {
-                guard: lock(&link),
-                wakes: Wakes(Vec::new()),
-            };
+            let mut guard = LinkGuard::new(&link);
             guard.dispatch(&mut vec![probe(1), probe(2)]);
             assert!(lock(&woke_unlocked).is_empty(), "woken under the lock");
         }

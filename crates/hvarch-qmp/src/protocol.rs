@@ -952,7 +952,7 @@ mod tests {
         })
     }
 
-    /// The ids QEMU reads in written bytes, in order (what it will echo).
+    /// However many commands a session has run, a lone caller's command goes out as `1`.
     #[test]
     fn a_long_session_keeps_using_the_first_wire_id() {
         let mut s = ready(true);

@@ -78,6 +78,14 @@ pub use runtime_dir::RuntimeDirError;
 pub use spec::VmSpec;
 pub use vm::{EndedBy, LaunchOptions, ShutdownOutcome, Vm, VmError, VmResult};
 
+/// Locks `mutex`, recovering the data if a holder panicked (every critical section in this
+/// crate leaves the state it guards consistent).
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 pub use hvarch_arch::arch::QemuArch;
 pub use hvarch_arch::guest_arch::GuestArch;
 pub use hvarch_arch::settings::HypervisorConfig;

@@ -29,8 +29,8 @@
 //! have unlinked it in between) and starts over if not.
 //!
 //! The lock file is also hvarch's record of what it created: the holder's pid, whether hvarch
-//! created the directory, the names it (or QEMU, for it) is to create, and, for each file once
-//! created, its identity (device and inode numbers). When the VM ends, those files and the lock
+//! created the directory, and for each file it (or QEMU, for it) created, its name and identity
+//! (device, inode number and birth time). When the VM ends, those files and the lock
 //! file are removed; if hvarch could not clean up (it was killed), the next VM on the directory
 //! finds the record under a lock nobody holds, and removes the leftovers before starting: only
 //! files whose identity is recorded and still matches, so a file someone put in their place
@@ -54,6 +54,8 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Mutex;
 
+use crate::lock;
+
 /// The lock file hvarch keeps in every runtime directory it uses (see the [module
 /// docs](self)).
 pub const LOCK_FILE: &str = "hvarch.lock";
@@ -62,9 +64,7 @@ pub const LOCK_FILE: &str = "hvarch.lock";
 const LOCK_HEADER: &str = "hvarch runtime directory lock";
 /// The record line saying hvarch created the directory.
 const CREATED_LINE: &str = "created-directory";
-/// The prefix of a record line naming a file hvarch creates.
-const FILE_PREFIX: &str = "file ";
-/// The prefix of a record line giving a created file's identity: `made <dev> <ino> <name>`.
+/// The prefix of a record line giving a created file's name and identity (see [`Made::write`]).
 const MADE_PREFIX: &str = "made ";
 /// The prefix of the record line naming the holder.
 const PID_PREFIX: &str = "pid ";
@@ -368,7 +368,7 @@ impl RuntimeDir {
     /// Records the identity of every recorded name that exists now and has none yet: the
     /// files QEMU (or a daemon) created for hvarch. Called once QEMU is ready.
     pub(crate) fn note_existing(&self) -> io::Result<()> {
-        let mut made = lock_made(&self.made);
+        let mut made = lock(&self.made);
         let before = made.len();
         for name in &self.names {
             if made.iter().any(|m| m.name == *name) {
@@ -390,7 +390,7 @@ impl RuntimeDir {
             name: name.to_os_string(),
             identity,
         };
-        let mut all = lock_made(&self.made);
+        let mut all = lock(&self.made);
         all.retain(|m| m.name != name);
         self.append_record(std::slice::from_ref(&made))?;
         all.push(made);
@@ -417,7 +417,7 @@ impl RuntimeDir {
     /// life (`None`: no identity recorded for it). The same device, inode number and birth
     /// time, known or not: within the VM's life only this user could have replaced it.
     fn is_made(&self, name: &OsStr) -> io::Result<Option<bool>> {
-        let recorded = lock_made(&self.made)
+        let recorded = lock(&self.made)
             .iter()
             .find(|m| m.name == name)
             .map(|m| m.identity);
@@ -548,7 +548,7 @@ impl RuntimeDir {
     }
 
     /// Removes the files an earlier hvarch recorded creating and did not remove (it was
-    /// killed), those still the files it created (same device and inode); adopts the directory
+    /// killed), those still the files it created (see [`Identity::proves`]); adopts the directory
     /// whole when that hvarch created it and nothing else is left in it.
     fn remove_leftovers(&mut self, record: &[u8]) -> Result<()> {
         let mut created_earlier = false;
@@ -610,7 +610,8 @@ impl RuntimeDir {
         Ok(())
     }
 
-    /// Writes this holder's record into the lock file (one write).
+    /// Writes this holder's record into the lock file (one write): its pid and whether hvarch
+    /// created the directory; each file's identity is appended as it is made.
     fn write_record(&self) -> io::Result<()> {
         let Some(lock) = &self.lock else {
             return Ok(());
@@ -619,14 +620,6 @@ impl RuntimeDir {
         if self.created {
             text.extend_from_slice(CREATED_LINE.as_bytes());
             text.push(b'\n');
-        }
-        for name in &self.names {
-            text.extend_from_slice(FILE_PREFIX.as_bytes());
-            text.extend_from_slice(name.as_bytes());
-            text.push(b'\n');
-        }
-        for made in lock_made(&self.made).iter() {
-            made.write(&mut text);
         }
         lock.set_len(0)?;
         lock.write_all_at(&text, 0)
@@ -808,11 +801,6 @@ fn record_lines(record: &[u8]) -> impl Iterator<Item = &[u8]> {
         .rposition(|&b| b == b'\n')
         .map_or(&[][..], |end| record.get(..end).unwrap_or_default());
     complete.split(|&b| b == b'\n').skip(1)
-}
-
-fn lock_made(made: &Mutex<Vec<Made>>) -> std::sync::MutexGuard<'_, Vec<Made>> {
-    made.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Splits `path` into its parent and its last component, which must be a name.
@@ -1138,12 +1126,25 @@ pub(crate) mod tests {
         assert_eq!(
             record,
             format!(
-                "{LOCK_HEADER}\npid {}\ncreated-directory\nfile qmp.sock\nfile qemu.stderr\n\
-                 file console.sock\nfile pid\n",
+                "{LOCK_HEADER}\npid {}\ncreated-directory\n",
                 std::process::id()
             )
         );
         let _listener = populate(&rt, &dir);
+        rt.note_existing().unwrap();
+        // Each file made is recorded once, with its identity, after the header.
+        let record = std::fs::read_to_string(dir.join(LOCK_FILE)).unwrap();
+        let mut made: Vec<&str> = record
+            .lines()
+            .skip(3)
+            .map(|line| {
+                let fields: Vec<&str> = line.splitn(5, ' ').collect();
+                assert_eq!(fields.first(), Some(&"made"), "{line}");
+                fields[4]
+            })
+            .collect();
+        made.sort_unstable();
+        assert_eq!(made, ["console.sock", "pid", "qemu.stderr", "qmp.sock"]);
         // Whatever else lands in a directory hvarch owns goes with it.
         std::fs::create_dir(dir.join("sub")).unwrap();
         std::fs::write(dir.join("sub/x"), "x").unwrap();
@@ -1418,14 +1419,7 @@ pub(crate) mod tests {
         let tmp = Tmp::new();
         let dir = tmp.existing("run");
         std::fs::write(dir.join("disk.img"), "precious").unwrap();
-        let mut rt = RuntimeDir::open(&dir, &names()).unwrap();
-        let listener = populate(&rt, &dir);
-        drop(listener);
-        // QEMU is ready: what it created is recorded too.
-        rt.note_existing().unwrap();
-        // As if hvarch had been killed: nothing removed, the lock released.
-        rt.set_remove(false);
-        drop(rt);
+        left_by_a_killed_hvarch(&dir, true);
         assert_eq!(
             entries(&dir),
             [
@@ -1629,7 +1623,7 @@ pub(crate) mod tests {
         std::fs::write(&outside, "precious").unwrap();
         std::fs::write(&absolute, "precious").unwrap();
         // With their true identities: only the name check stands between them and removal.
-        let mut record = format!("{LOCK_HEADER}\npid 1\nfile ../outside\n").into_bytes();
+        let mut record = format!("{LOCK_HEADER}\npid 1\n").into_bytes();
         for (path, name) in [
             (&outside, "../outside".to_owned()),
             (&absolute, absolute.display().to_string()),

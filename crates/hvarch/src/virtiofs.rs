@@ -38,11 +38,13 @@ use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 
 use hvarch_arch::settings::{InodeFileHandles, VirtioFsCache};
 use hvarch_devices::fd::{FdTable, SharedFd};
+
+use crate::lock;
 
 /// The descriptor number the daemon gets its listening socket at (`--fd=3`, as in Kata).
 pub const SOCKET_FD: RawFd = 3;
@@ -164,14 +166,6 @@ impl DaemonEvents {
     fn publish(&self, exit: &DaemonExit) {
         lock(&self.subscribers).retain(|tx| tx.send(exit.clone()).is_ok());
     }
-}
-
-/// Locks `mutex`, recovering the data if a holder panicked (every critical section here
-/// leaves the state consistent).
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The child and what is known of its end, under one lock (see the [module docs](self)).

@@ -59,3 +59,22 @@ impl PassedFiles {
         }
     }
 }
+
+/// Round trips in the sleep-count checks.
+pub const SLEEP_ROUND_TRIPS: i64 = 200;
+
+/// Asserts that the calling thread went to sleep about once per round trip over
+/// [`SLEEP_ROUND_TRIPS`] (sleep counts `before` and `after`, from
+/// `hvarch_qmp::testing::thread_sleeps`; nothing is checked where they are unknown). QEMU
+/// consumes each command byte by byte while the caller waits: a wait that also wakes for that
+/// (a blocking `recv`, a socket registered for writability) sleeps about 1.5 times per round
+/// trip here.
+pub fn assert_one_sleep_per_round_trip(before: Option<i64>, after: Option<i64>) {
+    if let (Some(before), Some(after)) = (before, after) {
+        let sleeps = after - before;
+        assert!(
+            sleeps < SLEEP_ROUND_TRIPS * 5 / 4,
+            "{sleeps} sleeps in {SLEEP_ROUND_TRIPS} round trips with QEMU"
+        );
+    }
+}
